@@ -1,0 +1,164 @@
+"""LigerConfig: the base family's configuration plus every Liger field, typed and validated.
+
+The base model's fields (``hidden_size``, ``num_attention_heads``, ``rope_parameters``…) are stored flat, as
+in the base config, so that generation, lm-eval and peft read them as usual; ``base_model_type`` names the
+family they belong to. The Liger fields below default to the paper's values (see docs/method.md; "spec §N"
+refers to the method specification the defaults were fixed from).
+"""
+
+from __future__ import annotations
+
+from dataclasses import field, fields
+from typing import Any, Literal
+
+from transformers import AutoConfig, PretrainedConfig
+
+from .families import get_family
+
+VARIANTS = ("gla", "hgrn2", "gsa", "mamba2", "mlstm", "gated_retention", "rwkv6")
+FEATURE_MAPS = ("softmax", "relu", "elu_plus_one", "identity")
+BACKENDS = ("auto", "torch", "fla")
+
+
+class LigerConfig(PretrainedConfig):
+    model_type = "liger"
+
+    base_model_type: str = "llama"
+    """``model_type`` of the converted base model (llama, mistral, qwen2, qwen3)."""
+    variant: Literal["gla", "hgrn2", "gsa", "mamba2", "mlstm", "gated_retention", "rwkv6"] = "gla"
+    """Gated recurrence of the linear branch, with its gate from the key projection (paper Table 1)."""
+    feature_map: Literal["softmax", "relu", "elu_plus_one", "identity"] = "softmax"
+    """Parameter-free map over the head dimension, applied to the pre-RoPE q/k of the linear branch
+    (paper v2 §3.2: softmax). GSA uses raw q/k and ignores it."""
+    gate_pool_size: int | None = None
+    """Gate channels per KV head: the key is mean-pooled over adjacent channels within each head.
+    None = head_dim, the identity pooling of the official code (spec §3)."""
+    gate_normalizer: float | None = None
+    """log α = log(gate) / gate_normalizer. None resolves per variant: 1.0 for hgrn2 (official HGRN2 file),
+    16.0 for the others (fla's GLA default, used by the official GLA/GSA code, spec §3)."""
+    hgrn2_lower_bound: float = 0.0
+    """γ of HGRN2's gate γ + (1 − γ)·σ(·) (paper Table 1; the official code uses 0)."""
+    gsa_num_slots: int | None = None
+    """M, GSA memory slots per head. None = head_dim (the released Liger-GSA-8B config)."""
+    linear_scale: float = 1.0
+    """Scale of the query in the recurrent readout (official code: 1, no 1/sqrt(d))."""
+    window_size: int = 64
+    """Keys in the sliding window, the current one included: positions t−w+1..t (paper v2 Eq. 10)."""
+    num_sink_tokens: int = 0
+    """Beyond the paper: the window branch also attends to the first N real tokens (spec §16)."""
+    linear_weight: float = 0.5
+    """Weight of the recurrent branch (paper v2 Eq. 9, α = 0.5)."""
+    window_weight: float = 0.5
+    """Weight of the sliding-window branch (paper v2 Eq. 9, β = 0.5)."""
+    use_qk_norm_in_linear: bool = True
+    """Families with q_norm/k_norm (Qwen3): the linear branch and the gate use the normed q/k (spec §6)."""
+    linear_backend: Literal["auto", "torch", "fla"] = "auto"
+    """Recurrence kernels: "torch" (pure PyTorch, any device), "fla" (fla Triton kernels, CUDA), or "auto"
+    (fla when the tensors are on CUDA and fla is installed, torch otherwise)."""
+    full_attention_layers: list[int] = field(default_factory=list)
+    """Decoder layers that keep the teacher's full softmax attention (the inter-layer hybrid "-H")."""
+    tie_word_embeddings: bool = False
+    """Copied from the base config."""
+    use_cache: bool = True
+    """Copied from the base config."""
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self._validate()
+        if self.gate_normalizer is None:
+            self.gate_normalizer = 1.0 if self.variant == "hgrn2" else 16.0
+
+    def _validate(self) -> None:
+        def fail(name: str, message: str, value: Any):
+            raise ValueError(f"LigerConfig.{name} {message}, got {value!r}")
+
+        def is_int(x):
+            return isinstance(x, int) and not isinstance(x, bool)
+
+        def is_number(x):
+            return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+        get_family(self.base_model_type)
+        if self.variant not in VARIANTS:
+            fail("variant", f"must be one of {', '.join(VARIANTS)}", self.variant)
+        if self.feature_map not in FEATURE_MAPS:
+            fail("feature_map", f"must be one of {', '.join(FEATURE_MAPS)}", self.feature_map)
+        if self.linear_backend not in BACKENDS:
+            fail("linear_backend", f"must be one of {', '.join(BACKENDS)}", self.linear_backend)
+        if not is_int(self.window_size) or self.window_size < 1:
+            fail("window_size", "must be an integer >= 1", self.window_size)
+        if not is_int(self.num_sink_tokens) or self.num_sink_tokens < 0:
+            fail("num_sink_tokens", "must be an integer >= 0", self.num_sink_tokens)
+        for name in ("linear_weight", "window_weight", "linear_scale"):
+            if not is_number(getattr(self, name)):
+                fail(name, "must be a number", getattr(self, name))
+        if self.linear_weight == 0 and self.window_weight == 0:
+            fail("linear_weight", "and window_weight cannot both be 0", (self.linear_weight, self.window_weight))
+        if self.gate_normalizer is not None and (not is_number(self.gate_normalizer) or self.gate_normalizer <= 0):
+            fail("gate_normalizer", "must be a positive number", self.gate_normalizer)
+        if not is_number(self.hgrn2_lower_bound) or not 0 <= self.hgrn2_lower_bound < 1:
+            fail("hgrn2_lower_bound", "must be in [0, 1)", self.hgrn2_lower_bound)
+        if not isinstance(self.use_qk_norm_in_linear, bool):
+            fail("use_qk_norm_in_linear", "must be a bool", self.use_qk_norm_in_linear)
+        head_dim = self.head_dim_
+        for name in ("gate_pool_size", "gsa_num_slots"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not is_int(value) or value < 1:
+                fail(name, "must be a positive integer or null", value)
+            if name == "gate_pool_size" and head_dim is not None and head_dim % value:
+                fail(name, f"must divide head_dim ({head_dim})", value)
+        if not isinstance(self.full_attention_layers, (list, tuple)) or not all(
+            is_int(i) for i in self.full_attention_layers
+        ):
+            fail("full_attention_layers", "must be a list of layer indices", self.full_attention_layers)
+        n_layers = getattr(self, "num_hidden_layers", None)
+        for i in self.full_attention_layers:
+            if i < 0 or (n_layers is not None and i >= n_layers):
+                fail("full_attention_layers", f"indices must be in [0, {n_layers})", self.full_attention_layers)
+        self.full_attention_layers = sorted(set(self.full_attention_layers))
+
+    @property
+    def head_dim_(self) -> int | None:
+        """head_dim of the base model (read from the base config, never assumed)."""
+        head_dim = getattr(self, "head_dim", None)
+        if head_dim is None and hasattr(self, "hidden_size") and hasattr(self, "num_attention_heads"):
+            head_dim = self.hidden_size // self.num_attention_heads
+        return head_dim
+
+    @classmethod
+    def liger_field_names(cls) -> set[str]:
+        base = {f.name for f in fields(PretrainedConfig)}
+        return {f.name for f in fields(cls) if f.name not in base} - {"tie_word_embeddings", "use_cache"}
+
+    @classmethod
+    def from_base_config(cls, base_config: PretrainedConfig, **liger_options) -> LigerConfig:
+        """A LigerConfig holding ``base_config``'s fields plus the given Liger options.
+
+        Raises:
+            ValueError: unsupported base architecture, unknown option, or an invalid value.
+        """
+        family = get_family(getattr(base_config, "model_type", ""))
+        unknown = set(liger_options) - cls.liger_field_names()
+        if unknown:
+            raise ValueError(
+                f"unknown Liger option(s) {', '.join(sorted(unknown))}; "
+                f"valid options: {', '.join(sorted(cls.liger_field_names() - {'base_model_type'}))}"
+            )
+        base = base_config.to_dict()
+        for key in ("model_type", "architectures", "auto_map", "transformers_version", "_name_or_path"):
+            base.pop(key, None)
+        config = cls(**base, base_model_type=family.model_type, **liger_options)
+        config.architectures = ["LigerForCausalLM"]
+        return config
+
+    def to_base_config(self) -> PretrainedConfig:
+        """The base family's own config (what the teacher was built from)."""
+        values = self.to_dict()
+        for key in self.liger_field_names() | {"model_type", "architectures", "auto_map", "transformers_version"}:
+            values.pop(key, None)
+        base = AutoConfig.for_model(self.base_model_type, **values)
+        base._attn_implementation = self._attn_implementation
+        return base
+

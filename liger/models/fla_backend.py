@@ -1,0 +1,91 @@
+"""Adapters from Liger's recurrence API to fla's Triton kernels (CUDA only).
+
+This is the only module that imports fla, and it does so lazily. fla 0.6 is time-first ``[B, T, H, D]``
+(``head_first`` is gone; ``fused_chunk_gla`` raises; ``fused_recurrent_gla`` silently ignores unknown keyword
+arguments), so every call here passes time-first tensors and keyword arguments that fla's signatures name.
+Its GLA kernels want as many key heads as query heads: keys, values and gates are expanded for the kernel
+and the final state is read back once per KV head (all query heads of a group carry the same state).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+
+import torch
+
+
+@functools.cache
+def is_available() -> bool:
+    """fla and triton are importable and a CUDA device exists."""
+    if importlib.util.find_spec("fla") is None or importlib.util.find_spec("triton") is None:
+        return False
+    return torch.cuda.is_available()
+
+
+def _expand(x: torch.Tensor | None, groups: int) -> torch.Tensor | None:
+    # [B, T, H, ...] -> [B, T, H * groups, ...], query head h * groups + j reading KV head h
+    if x is None or groups == 1:
+        return x
+    return x.repeat_interleave(groups, dim=2)
+
+
+def gla(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    gk: torch.Tensor | None = None,
+    gv: torch.Tensor | None = None,
+    scale: float = 1.0,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    mode: str = "chunk",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Same contract as ``recurrence.naive_recurrent_gla``, computed by fla's kernels in float32."""
+    from fla.ops.gla import chunk_gla, fused_recurrent_gla
+    from fla.ops.simple_gla import chunk_simple_gla, fused_recurrent_simple_gla
+
+    H, HQ = k.shape[2], q.shape[2]
+    G = HQ // H
+    q, k, v = q.float(), _expand(k.float(), G), _expand(v.float(), G)
+    gk = _expand(gk.float(), G) if gk is not None else None
+    gv = _expand(gv.float(), G) if gv is not None else None
+    h0 = initial_state.float().repeat_interleave(G, dim=1) if initial_state is not None else None
+    common = dict(scale=scale, initial_state=h0, output_final_state=output_final_state)
+    if gv is not None or mode == "recurrent":
+        if gk is not None and gk.dim() == 3:
+            o, ht = fused_recurrent_simple_gla(q, k, v, g=gk, **common)
+        else:
+            o, ht = fused_recurrent_gla(q, k, v, gk=gk, gv=gv, **common)
+    elif gk is not None and gk.dim() == 3:
+        o, ht = chunk_simple_gla(q, k, v, g=gk, **common)
+    else:
+        if gk is None:
+            gk = torch.zeros_like(k)
+        o, ht = chunk_gla(q, k, v, g=gk, **common)
+    if ht is not None:
+        ht = ht[:, ::G]
+    return o, ht
+
+
+def gsa(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    s: torch.Tensor,
+    g: torch.Tensor,
+    scale: float = 1.0,
+    initial_state: tuple[torch.Tensor, torch.Tensor] | None = None,
+    output_final_state: bool = False,
+    mode: str = "chunk",
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    """fla's gated slot attention (GQA native): q ``[B,T,HQ,K]``, k ``[B,T,H,K]``, v ``[B,T,H,V]``,
+    s and g ``[B,T,H,M]``; state ``(Sk [B,H,K,M], Sv [B,H,M,V])``."""
+    from fla.ops.gsa import chunk_gsa, fused_recurrent_gsa
+
+    h0 = tuple(x.float() for x in initial_state) if initial_state is not None else None
+    fn = fused_recurrent_gsa if mode == "recurrent" else chunk_gsa
+    return fn(
+        q.float(), k.float(), v.float(), s.float(), g=g.float(), scale=scale,
+        initial_state=h0, output_final_state=output_final_state,
+    )

@@ -1,0 +1,183 @@
+"""LigerForCausalLM: a base family's decoder with its attention layers swapped for LigerAttention.
+
+The embeddings, decoder layers (norms, MLPs), final norm and rotary embedding are the family's own modules,
+built from the base config, so parameter names, shapes and counts equal the teacher's exactly. Only each
+layer's ``self_attn`` is replaced, by a :class:`LigerAttention` that owns the same ``q/k/v/o_proj`` modules,
+except in ``full_attention_layers``, which keep the family's attention and a standard KV cache.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from .attention import LigerAttention
+from .cache import LigerCache
+from .configuration_liger import LigerConfig
+from .families import FAMILIES, get_family
+
+
+class LigerPreTrainedModel(PreTrainedModel):
+    config_class = LigerConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = [f.decoder_layer for f in FAMILIES.values()]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        # generate() must not hand us a DynamicCache: the model creates its LigerCache on the first call
+        return False
+
+
+class LigerModel(LigerPreTrainedModel):
+    def __init__(self, config: LigerConfig):
+        super().__init__(config)
+        self.family = get_family(config.base_model_type)
+        base_config = config.to_base_config()
+        if base_config._attn_implementation is None:
+            base_config._attn_implementation = "sdpa"
+        self.base_config = base_config
+        base = AutoModel.from_config(base_config)
+        self.embed_tokens = base.embed_tokens
+        self.layers = base.layers
+        self.norm = base.norm
+        self.rotary_emb = base.rotary_emb
+        self.full_attention_layers = set(config.full_attention_layers)
+        for i, layer in enumerate(self.layers):
+            if i not in self.full_attention_layers:
+                layer.self_attn = LigerAttention(layer.self_attn, config, i)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: LigerCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        if attention_mask is not None and attention_mask.dim() != 2:
+            raise ValueError("LigerModel takes a 2D [batch, tokens] padding mask (1 = token, 0 = padding)")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if use_cache and past_key_values is None:
+            past_key_values = LigerCache(self.config)
+        if past_key_values is not None and not isinstance(past_key_values, LigerCache):
+            raise TypeError(f"a Liger model needs a LigerCache, got {type(past_key_values).__name__}")
+        T = inputs_embeds.shape[1]
+        past_seen = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if position_ids is None:
+            position_ids = (torch.arange(T, device=inputs_embeds.device) + past_seen)[None]
+        token_mask = attention_mask[:, -T:].bool() if attention_mask is not None else None
+
+        hidden_states = inputs_embeds
+        position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
+        all_hidden_states = () if output_hidden_states else None
+        for i, layer in enumerate(self.layers):
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            if i in self.full_attention_layers:
+                mask_fn = (
+                    create_sliding_window_causal_mask
+                    if self.family.teacher_layer_is_sliding(self.base_config, i)
+                    else create_causal_mask
+                )
+                mask = mask_fn(
+                    config=self.base_config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                    past_key_values=past_key_values, position_ids=position_ids, layer_idx=i,
+                )
+                layer_kwargs = {"attention_mask": mask}
+            else:
+                layer_kwargs = {"token_mask": token_mask}
+            hidden_states = layer(
+                hidden_states,
+                position_embeddings=position_embeddings,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                use_cache=use_cache,
+                **layer_kwargs,
+            )
+        hidden_states = self.norm(hidden_states)
+        if output_hidden_states:
+            all_hidden_states += (hidden_states,)
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden_states,
+            past_key_values=past_key_values if use_cache else None,
+            hidden_states=all_hidden_states,
+        )
+
+
+class LigerForCausalLM(LigerPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: LigerConfig):
+        super().__init__(config)
+        self.model = LigerModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, value):
+        self.lm_head = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: LigerCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+        )
+        hidden_states = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, keep, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        output = CausalLMOutputWithPast(
+            loss=loss, logits=logits, past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states
+        )
+        return output if return_dict is not False else output.to_tuple()

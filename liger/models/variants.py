@@ -1,0 +1,214 @@
+"""The parameter-free gated recurrences of Liger's linear branch (paper Table 1), one class each.
+
+Every variant reads the pretrained projections: ``q`` ``[B, T, HQ, D]`` and ``k``, ``v`` ``[B, T, H, D]``
+(pre-RoPE; ``H`` KV heads shared by the ``HQ / H`` query heads of a group). Its forget gate α_t comes from
+the key ``k_t`` of the same KV head with no new parameters, as a log-decay ``log α_t = f(Pool(k_t)) / n``
+with ``n = gate_normalizer``. ``Pool`` is the mean over adjacent channels within a head (the identity at
+the default pool size, as in the official code); scalar gates pool the whole head. ``φ`` is the feature
+map (softmax over the head dimension by default), ``s`` is ``linear_scale``. Unless a variant says
+otherwise, the recurrence is the generic gated form, per KV head:
+
+    S_t = diag(α_t) S_{t-1} + φ(k_t)ᵀ v_t        o_t = s · φ(q_t) S_t
+
+Padding positions add nothing to the state and do not decay it.
+The state of each variant is a tuple of float32 tensors kept once per KV head.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+
+from . import fla_backend
+from .recurrence import chunk_gla, naive_recurrent_gla
+
+logger = logging.getLogger("liger")
+
+FEATURE_MAPS = {
+    "softmax": lambda x: x.softmax(-1),
+    "relu": torch.relu,
+    "elu_plus_one": lambda x: F.elu(x) + 1,
+    "identity": lambda x: x,
+}
+
+# exp() input bound for RWKV6's double exponential: exp(10)/16 ≈ 1.4e3 is already a decay to exactly 0
+_RWKV6_MAX_EXPONENT = 10.0
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """"auto" -> "fla" on CUDA when fla is installed, else "torch". An explicit "fla" off CUDA is an error."""
+    if backend == "auto":
+        backend = "fla" if device.type == "cuda" and fla_backend.is_available() else "torch"
+        _log_backend_once(backend, device.type)
+    elif backend == "fla" and (device.type != "cuda" or not fla_backend.is_available()):
+        raise RuntimeError("linear_backend='fla' needs a CUDA device and fla installed (pip install 'liger-linearize[gpu]')")
+    return backend
+
+
+_logged: set = set()
+
+
+def _log_backend_once(backend: str, device: str) -> None:
+    if (backend, device) not in _logged:
+        _logged.add((backend, device))
+        logger.info("liger: recurrence backend '%s' on %s", backend, device)
+
+
+def gated_linear_attention(q, k, v, gk=None, gv=None, scale=1.0, state=None, mode="chunk", backend="torch"):
+    """Dispatch to the torch (chunked or recurrent) or fla implementation; returns (o fp32, final state)."""
+    if backend == "fla":
+        return fla_backend.gla(q, k, v, gk, gv, scale, state, True, mode)
+    fn = naive_recurrent_gla if mode == "recurrent" else chunk_gla
+    return fn(q, k, v, gk, gv, scale, state, True)
+
+
+def pool_channels(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Mean over groups of adjacent channels within each head: ``[..., D] -> [..., size]``."""
+    D = x.shape[-1]
+    if size == D:
+        return x
+    return x.reshape(*x.shape[:-1], size, D // size).mean(-1)
+
+
+class Recurrence:
+    """Base class: the generic gated form with a per-key-channel gate."""
+
+    scalar_gate = False
+
+    def __init__(self, config):
+        self.feature_map = FEATURE_MAPS[config.feature_map]
+        self.normalizer = float(config.gate_normalizer)
+        self.scale = float(config.linear_scale)
+        self.pool_size = config.gate_pool_size
+        self.config = config
+
+    def gate_input(self, k: torch.Tensor) -> torch.Tensor:
+        """Pool(k): ``[B,T,H]`` for scalar gates, else ``[B,T,H,D]`` (pooled channels repeated back)."""
+        if self.scalar_gate:
+            return k.mean(-1)
+        D = k.shape[-1]
+        size = self.pool_size or D
+        return pool_channels(k, size).repeat_interleave(D // size, dim=-1)
+
+    def log_gate(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def inputs(self, q, k, v):
+        """(query, key, value, log-decay) fed to the recurrence."""
+        return self.feature_map(q), self.feature_map(k), v, self.log_gate(self.gate_input(k).float())
+
+    def __call__(self, q, k, v, valid, state, mode, backend):
+        q, k, v, g = self.inputs(q, k, v)
+        k, v, g = _mask_padding(valid, k, v, g)
+        o, S = gated_linear_attention(q, k, v, gk=g, scale=self.scale, state=state[0] if state else None,
+                                      mode=mode, backend=backend)
+        return o, (S,)
+
+
+def _mask_padding(valid, *tensors):
+    """Zero padded positions ([B,T] bool, False = pad) in [B,T,...] tensors."""
+    if valid is None:
+        return tensors
+    return tuple(None if t is None else t * valid.view(*valid.shape, *([1] * (t.dim() - 2))).to(t.dtype)
+                 for t in tensors)
+
+
+class GLA(Recurrence):
+    """Liger-GLA (paper Eq. 7; official GLA file): log α_t = logsigmoid(Pool(k_t)) / n, per key channel."""
+
+    def log_gate(self, x):
+        return F.logsigmoid(x) / self.normalizer
+
+
+class HGRN2(Recurrence):
+    """Liger-HGRN2 (official HGRN2 file): the key content only drives the gate.
+
+    α_t = γ + (1 − γ) σ(Pool(k_t)), log α_t = log(α_t) / n (n = 1, γ = 0 by default)
+    S_t = diag(α_t) S_{t-1} + (1 − α_t)ᵀ v_t,   o_t = s · φ(q_t) S_t
+    """
+
+    def log_gate(self, x):
+        gamma = float(self.config.hgrn2_lower_bound)
+        log_alpha = F.logsigmoid(x) if gamma == 0 else torch.log(gamma + (1 - gamma) * torch.sigmoid(x))
+        return log_alpha / self.normalizer
+
+    def inputs(self, q, k, v):
+        g = self.log_gate(self.gate_input(k).float())
+        return self.feature_map(q), 1 - g.exp(), v, g
+
+
+class RWKV6(Recurrence):
+    """Liger-RWKV6 (paper Table 1): α_t = exp(−exp(Pool(k_t))), per key channel, in the generic form
+    (RWKV6's bonus term u is 1: the current token enters with weight 1). log α_t = −exp(Pool(k_t)) / n."""
+
+    def log_gate(self, x):
+        return -torch.exp(x.clamp(max=_RWKV6_MAX_EXPONENT)) / self.normalizer
+
+
+class Mamba2(Recurrence):
+    """Liger-Mamba2 (paper Table 1): scalar α_t = exp(−softplus(mean(k_t))) per head; the input term is
+    unscaled (no Δ, no parameters). log α_t = −softplus(mean(k_t)) / n."""
+
+    scalar_gate = True
+
+    def log_gate(self, x):
+        return -F.softplus(x) / self.normalizer
+
+
+class GatedRetention(Recurrence):
+    """Liger-Gated-Retention (paper Table 1): scalar α_t = σ(mean(k_t)) per head, log α_t =
+    logsigmoid(mean(k_t)) / n, generic form without normaliser (RetNet with a data-dependent decay)."""
+
+    scalar_gate = True
+
+    def log_gate(self, x):
+        return F.logsigmoid(x) / self.normalizer
+
+
+class MLSTM(GatedRetention):
+    """Liger-mLSTM (paper Table 1): the scalar gate of gated retention plus mLSTM's normaliser state.
+
+    n_t = α_t n_{t-1} + φ(k_t),   o_t = s · φ(q_t) S_t / max(|s · φ(q_t) n_t|, 1)
+    (input gate 1: no parameters). The normaliser rides along as one extra value column of the state.
+    """
+
+    def __call__(self, q, k, v, valid, state, mode, backend):
+        v = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
+        o, (S,) = super().__call__(q, k, v, valid, state, mode, backend)
+        return o[..., :-1] / o[..., -1:].abs().clamp_min(1.0), (S,)
+
+
+class GSA(Recurrence):
+    """Liger-GSA (official GSA file; fla ``chunk_gsa``), M slots per head, raw q/k (no feature map):
+
+    log α_t = logsigmoid(Pool_M(k_t)) / n ∈ R^M,  s_t = 1 − α_t
+    K̃_t = K̃_{t-1} diag(α_t) + k_tᵀ s_t,   Ṽ_t = diag(α_t) Ṽ_{t-1} + s_tᵀ v_t
+    o_t = softmax_M(s · q_t K̃_t) Ṽ_t
+    Two gated recurrences: the first decays its value (slot) side, the second its key side.
+    """
+
+    def __call__(self, q, k, v, valid, state, mode, backend):
+        M = self.config.gsa_num_slots or k.shape[-1]
+        g = F.logsigmoid(pool_channels(k.float(), M)) / self.normalizer
+        s = 1 - g.exp()
+        s, v, g = _mask_padding(valid, s, v, g)
+        Sk, Sv = state if state else (None, None)
+        if backend == "fla":
+            o, final = fla_backend.gsa(q, k, v, s, g, self.scale, state, True, mode)
+            return o, tuple(final)
+        ok, Sk = gated_linear_attention(q, k, s, gv=g, scale=self.scale, state=Sk, mode=mode, backend=backend)
+        o, Sv = gated_linear_attention(ok.softmax(-1), s, v, gk=g, scale=1.0, state=Sv, mode=mode, backend=backend)
+        return o, (Sk, Sv)
+
+
+VARIANT_CLASSES: dict[str, type[Recurrence]] = {
+    "gla": GLA,
+    "hgrn2": HGRN2,
+    "gsa": GSA,
+    "mamba2": Mamba2,
+    "mlstm": MLSTM,
+    "gated_retention": GatedRetention,
+    "rwkv6": RWKV6,
+}
