@@ -43,7 +43,9 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         backend = "fla" if device.type == "cuda" and fla_backend.is_available() else "torch"
         _log_backend_once(backend, device.type)
     elif backend == "fla" and (device.type != "cuda" or not fla_backend.is_available()):
-        raise RuntimeError("linear_backend='fla' needs a CUDA device and fla installed (pip install 'liger-linearize[gpu]')")
+        raise RuntimeError(
+            "linear_backend='fla' needs a CUDA device and fla installed (pip install 'liger-linearize[gpu]')"
+        )
     return backend
 
 
@@ -62,6 +64,11 @@ def gated_linear_attention(q, k, v, gk=None, gv=None, scale=1.0, state=None, mod
         return fla_backend.gla(q, k, v, gk, gv, scale, state, True, mode)
     fn = naive_recurrent_gla if mode == "recurrent" else chunk_gla
     return fn(q, k, v, gk, gv, scale, state, True)
+
+
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """Gates and the recurrence run in float32 (float64 inputs stay float64)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def pool_channels(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -97,7 +104,7 @@ class Recurrence:
 
     def inputs(self, q, k, v):
         """(query, key, value, log-decay) fed to the recurrence."""
-        return self.feature_map(q), self.feature_map(k), v, self.log_gate(self.gate_input(k).float())
+        return self.feature_map(q), self.feature_map(k), v, self.log_gate(at_least_fp32(self.gate_input(k)))
 
     def __call__(self, q, k, v, valid, state, mode, backend):
         q, k, v, g = self.inputs(q, k, v)
@@ -135,7 +142,7 @@ class HGRN2(Recurrence):
         return log_alpha / self.normalizer
 
     def inputs(self, q, k, v):
-        g = self.log_gate(self.gate_input(k).float())
+        g = self.log_gate(at_least_fp32(self.gate_input(k)))
         return self.feature_map(q), 1 - g.exp(), v, g
 
 
@@ -191,7 +198,7 @@ class GSA(Recurrence):
 
     def __call__(self, q, k, v, valid, state, mode, backend):
         M = self.config.gsa_num_slots or k.shape[-1]
-        g = F.logsigmoid(pool_channels(k.float(), M)) / self.normalizer
+        g = F.logsigmoid(pool_channels(at_least_fp32(k), M)) / self.normalizer
         s = 1 - g.exp()
         s, v, g = _mask_padding(valid, s, v, g)
         Sk, Sv = state if state else (None, None)

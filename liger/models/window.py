@@ -35,7 +35,8 @@ class Sinks:
     valid: torch.Tensor
 
 
-def _masked_softmax_av(scores: list[torch.Tensor], masks: list[torch.Tensor], values: list[torch.Tensor], eq: list[str]):
+def _masked_softmax_av(scores: list[torch.Tensor], masks: list[torch.Tensor], values: list[torch.Tensor],
+                       eq: list[str]) -> torch.Tensor:
     """softmax over the concatenation of several score blocks, then the weighted sum of their values.
 
     Rows whose keys are all masked (padding queries) return zeros instead of NaN.

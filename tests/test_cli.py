@@ -1,0 +1,84 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import liger  # noqa: F401
+from liger.cli import main
+from tests.conftest import tiny_teacher
+
+
+def test_help_lists_the_subcommands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "convert" in out and "generate" in out
+
+
+def test_every_subcommand_has_help(capsys):
+    from liger.cli import SUBCOMMANDS
+
+    for name in SUBCOMMANDS:
+        command = name.rsplit(".", 1)[1]
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0, command
+        assert "usage: liger" in capsys.readouterr().out
+
+
+def test_convert_saves_a_loadable_checkpoint(tmp_path, capsys):
+    tiny_teacher("qwen3").save_pretrained(tmp_path / "base")
+    rc = main(["convert", str(tmp_path / "base"), str(tmp_path / "out"), "--variant", "gsa", "--window-size", "8",
+               "--num-sink-tokens", "2", "--full-attention-layers", "1", "--use-qk-norm-in-linear", "false"])
+    assert rc == 0
+    assert "saved Liger-gsa" in capsys.readouterr().out
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    c = model.config
+    assert (c.variant, c.window_size, c.num_sink_tokens, c.full_attention_layers, c.use_qk_norm_in_linear) == (
+        "gsa", 8, 2, [1], False)
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.tensor([[1, 2, 3]])).logits).all()
+
+
+def test_convert_refuses_to_overwrite(tmp_path, capsys):
+    tiny_teacher("llama").save_pretrained(tmp_path / "base")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("precious")
+    capsys.readouterr()
+    assert main(["convert", str(tmp_path / "base"), str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "not empty" in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "out" / "keep.txt").read_text() == "precious"
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["convert", "/no/such/dir", "OUT"], "no model directory"),
+        (["convert", "{base}", "{out}", "--window-size", "0"], "LigerConfig.window_size"),
+        (["convert", "{base}", "{out}", "--gate-normalizer", "-3"], "LigerConfig.gate_normalizer"),
+    ],
+)
+def test_bad_input_gives_one_line_and_nonzero_exit(tmp_path, capsys, args, message):
+    tiny_teacher("llama").save_pretrained(tmp_path / "base")
+    args = [a.format(base=tmp_path / "base", out=tmp_path / "out") for a in args]
+    capsys.readouterr()
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
+def test_unsupported_architecture_from_the_cli(tmp_path, capsys):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50)).save_pretrained(tmp_path / "gpt2")
+    assert main(["convert", str(tmp_path / "gpt2"), str(tmp_path / "out")]) == 1
+    assert "unsupported architecture 'gpt2'" in capsys.readouterr().err
+
+
+def test_python_dash_m_liger_works():
+    out = subprocess.run([sys.executable, "-m", "liger", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("liger ")
