@@ -15,6 +15,7 @@ reused as they are. It takes one extra keyword, ``token_mask`` (``[B, T]`` bool,
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .cache import LigerCache, LigerLayerCache
@@ -33,7 +34,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class LigerAttention(nn.Module):
-    def __init__(self, teacher_attention: nn.Module, config, layer_idx: int):
+    def __init__(self, teacher_attention: nn.Module, config, layer_idx: int, teacher_window: int | None = None):
         super().__init__()
         self.layer_idx = layer_idx
         self.q_proj = teacher_attention.q_proj
@@ -54,6 +55,11 @@ class LigerAttention(nn.Module):
         self.use_qk_norm_in_linear = config.use_qk_norm_in_linear
         self.backend = config.linear_backend
         self.recurrence = VARIANT_CLASSES[config.variant](config)
+        self.teacher_window = teacher_window
+        """The teacher's own attention window in this layer (None = full causal attention)."""
+        self.teacher_mode = False
+        """When True the layer computes the teacher's softmax attention from the same projections (see
+        ``LigerForCausalLM.teacher_mode``): no recurrence, no Liger window, no cache."""
 
     def forward(
         self,
@@ -75,6 +81,12 @@ class LigerAttention(nn.Module):
             if self.use_qk_norm_in_linear:
                 q_lin, k_lin = q, k
         valid = token_mask if token_mask is not None else torch.ones(B, T, dtype=torch.bool, device=q.device)
+        if self.teacher_mode:
+            if past_key_values is not None:
+                raise RuntimeError("teacher_mode is for full-sequence forwards; call the model with use_cache=False")
+            cos, sin = position_embeddings
+            out = self._teacher_attention(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, token_mask)
+            return self.o_proj(out.reshape(B, T, self.num_heads * D)), None
         cache = past_key_values.layers[self.layer_idx] if past_key_values is not None else None
         decoding = cache is not None and cache.seen > 0
 
@@ -99,3 +111,21 @@ class LigerAttention(nn.Module):
 
         out = out.to(hidden_states.dtype).reshape(B, T, self.num_heads * D)
         return self.o_proj(out), None
+
+    def _teacher_attention(self, q, k, v, token_mask):
+        """Causal softmax attention exactly as the teacher computes it (GQA, padding mask, its own window)."""
+        if self.teacher_window is not None:
+            valid = token_mask if token_mask is not None else None
+            return window_attention(q, k, v, self.teacher_window, self.scaling, valid)
+        G = self.num_heads // self.num_key_value_heads
+        qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if token_mask is None:
+            out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=self.scaling, enable_gqa=G > 1)
+        else:
+            T = q.shape[1]
+            causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+            mask = causal[None, None] & token_mask[:, None, None, :].bool()
+            # a padding query sees nothing: let it see itself (its output is ignored) instead of producing NaN
+            mask = mask | torch.eye(T, dtype=torch.bool, device=q.device)[None, None]
+            out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=self.scaling, enable_gqa=G > 1)
+        return out.transpose(1, 2)

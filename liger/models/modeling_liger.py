@@ -8,6 +8,8 @@ except in ``full_attention_layers``, which keep the family's attention and a sta
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
@@ -51,7 +53,8 @@ class LigerModel(LigerPreTrainedModel):
         self.full_attention_layers = set(config.full_attention_layers)
         for i, layer in enumerate(self.layers):
             if i not in self.full_attention_layers:
-                layer.self_attn = LigerAttention(layer.self_attn, config, i)
+                window = base_config.sliding_window if self.family.teacher_layer_is_sliding(base_config, i) else None
+                layer.self_attn = LigerAttention(layer.self_attn, config, i, teacher_window=window)
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -128,6 +131,24 @@ class LigerModel(LigerPreTrainedModel):
 
 class LigerForCausalLM(LigerPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    @contextlib.contextmanager
+    def teacher_mode(self):
+        """Run the teacher from the same weights: every Liger layer computes the base model's own softmax
+        attention (its RoPE, GQA, padding and sliding window) instead of the two Liger branches.
+
+        Used for logit distillation without a second copy of the model (combine with peft's
+        ``disable_adapter()`` to also drop the LoRA deltas). Not for cached generation.
+        """
+        layers = [m for m in self.modules() if isinstance(m, LigerAttention)]
+        previous = [m.teacher_mode for m in layers]
+        for m in layers:
+            m.teacher_mode = True
+        try:
+            yield self
+        finally:
+            for m, p in zip(layers, previous):
+                m.teacher_mode = p
 
     def __init__(self, config: LigerConfig):
         super().__init__(config)

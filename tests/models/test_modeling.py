@@ -246,3 +246,18 @@ def test_bfloat16_model_keeps_its_dtype():
     with torch.no_grad():
         logits = model(ids()).logits
     assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
+
+
+def test_teacher_mode_reproduces_the_teacher_from_the_same_weights(family):
+    teacher = tiny_teacher(family, **({"sliding_window": 7} if family == "mistral" else {}))
+    model = liger.convert(teacher)
+    x, mask = left_padded(T=24)
+    with torch.no_grad():
+        theirs = teacher(x, attention_mask=mask).logits
+        with model.teacher_mode():
+            ours = model(x, attention_mask=mask, use_cache=False).logits
+        after = model(x, attention_mask=mask).logits
+    for b in range(3):
+        real = mask[b].bool()
+        assert_close(ours[b, real], theirs[b, real], 1e-5)
+    assert (after - ours).abs().max() > 1e-3, "teacher_mode did not switch back"
