@@ -51,6 +51,16 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol
     assert err <= rtol or max_abs <= atol, f"{msg} relative error {err:.3e} > {rtol:.1e} (max abs {max_abs:.3e})"
 
 
+def pytest_collection_modifyitems(config, items):
+    """``gpu`` tests need CUDA: skip them (with the reason) on machines without it."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(params=FAMILIES)
 def family(request):
     return request.param
