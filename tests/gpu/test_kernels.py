@@ -1,7 +1,8 @@
 """GPU tier: fla's Triton kernels (through liger's adapters) against the pure-PyTorch references.
 
 Run on a CUDA machine with fla installed: ``pytest -m gpu tests/gpu``.
-Tolerances (relative RMS error): float32 inputs 1e-4, bfloat16 inputs 1e-2.
+Tolerances (relative RMS error): float32 inputs 1e-4, bfloat16 inputs 1e-2. fla autotunes each new kernel
+shape on first use (seconds per kernel on a fresh machine), so the shapes here are few and share head_dim 64.
 """
 
 import pytest
@@ -48,7 +49,7 @@ def reference(q, k, v, gk, gv, h0):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("T", [1, 63, 64, 1000])
+@pytest.mark.parametrize("T", [63, 1000])
 @pytest.mark.parametrize("gate", ["key", "scalar"])
 @pytest.mark.parametrize("mode", ["chunk", "recurrent"])
 def test_fla_gla_matches_reference(dtype, T, gate, mode):
@@ -61,10 +62,18 @@ def test_fla_gla_matches_reference(dtype, T, gate, mode):
     assert_close(s.cpu(), s_ref, TOL[dtype], msg="final state")
 
 
-@pytest.mark.parametrize("T", [63, 300])
-def test_fla_gla_value_gate_matches_reference(T):
+def test_fla_single_token_decode_step_matches_reference():
     needs_fla()
-    q, k, v, gk, gv, h0 = inputs(1, T, 2, 2, 32, 32, "value", torch.float32)
+    q, k, v, gk, gv, h0 = inputs(3, 1, 2, 3, 64, 64, "key", torch.float32)
+    o, s = fla_backend.gla(q, k, v, gk, gv, 1.0, h0, True, "recurrent")
+    o_ref, s_ref = reference(q, k, v, gk, gv, h0)
+    assert_close(o.cpu(), o_ref, 1e-4)
+    assert_close(s.cpu(), s_ref, 1e-4)
+
+
+def test_fla_gla_value_gate_matches_reference():
+    needs_fla()
+    q, k, v, gk, gv, h0 = inputs(1, 300, 2, 2, 64, 64, "value", torch.float32)
     o, s = fla_backend.gla(q, k, v, gk, gv, 1.0, h0, True, "recurrent")
     o_ref, s_ref = reference(q, k, v, gk, gv, h0)
     assert_close(o.cpu(), o_ref, 1e-4)
@@ -102,7 +111,7 @@ def test_window_attention_on_cuda_matches_dense_reference(dtype):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_model_on_cuda_fla_backend_matches_torch_backend(variant):
     needs_fla()
-    teacher = tiny_teacher("llama", hidden_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=32)
+    teacher = tiny_teacher("llama", hidden_size=256, num_attention_heads=4, num_key_value_heads=2, head_dim=64)
     x = torch.randint(3, 128, (2, 150), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(x)
     mask[1, :20] = 0
@@ -117,7 +126,7 @@ def test_model_on_cuda_fla_backend_matches_torch_backend(variant):
 
 @pytest.mark.parametrize("variant", ["gla", "gsa", "mamba2"])
 def test_cached_decoding_on_cuda_equals_full_forward(variant):
-    teacher = tiny_teacher("qwen2")
+    teacher = tiny_teacher("qwen2", hidden_size=256, num_attention_heads=4, num_key_value_heads=2, head_dim=64)
     model = liger.convert(teacher, variant=variant, window_size=8, num_sink_tokens=2).cuda()
     x = torch.randint(3, 128, (2, 40), generator=torch.Generator().manual_seed(1)).cuda()
     mask = torch.ones_like(x)
@@ -135,7 +144,9 @@ def test_cached_decoding_on_cuda_equals_full_forward(variant):
 
 
 def test_bf16_model_generates_on_cuda():
-    model = liger.convert(tiny_teacher("llama", dtype=torch.bfloat16)).cuda()
+    teacher = tiny_teacher("llama", dtype=torch.bfloat16, hidden_size=256, num_attention_heads=4,
+                           num_key_value_heads=2, head_dim=64)
+    model = liger.convert(teacher).cuda()
     x = torch.randint(3, 128, (2, 12)).cuda()
     out = model.generate(x, max_new_tokens=16, do_sample=False, pad_token_id=0)
     assert out.shape == (2, 28)
