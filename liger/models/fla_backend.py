@@ -3,8 +3,15 @@
 This is the only module that imports fla, and it does so lazily. fla 0.6 is time-first ``[B, T, H, D]``
 (``head_first`` is gone; ``fused_chunk_gla`` raises; ``fused_recurrent_gla`` silently ignores unknown keyword
 arguments), so every call here passes time-first tensors and keyword arguments that fla's signatures name.
-Its GLA kernels want as many key heads as query heads: keys, values and gates are expanded for the kernel
+
+Precision: queries/keys/values go to the kernels in the model's dtype when it is bfloat16/float16 (no
+float32 copies: the kernels multiply them on tensor cores and accumulate in float32, which is what an
+upcast would compute from the same bf16 numbers), and in float32 otherwise; log-decays always go in
+float32, and states are float32. Outputs come back in the kernels' input dtype.
+
+fla's GLA kernels want as many key heads as query heads: keys, values and gates are expanded for the kernel
 and the final state is read back once per KV head (all query heads of a group carry the same state).
+``chunk_gsa`` and ``fused_recurrent_gsa`` take grouped queries themselves.
 """
 
 from __future__ import annotations
@@ -21,6 +28,11 @@ def is_available() -> bool:
     if importlib.util.find_spec("fla") is None or importlib.util.find_spec("triton") is None:
         return False
     return torch.cuda.is_available()
+
+
+def kernel_dtype(x: torch.Tensor) -> torch.dtype:
+    """Dtype of the q/k/v tensors handed to fla: half-precision models stay in their dtype."""
+    return x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.float32
 
 
 def _expand(x: torch.Tensor | None, groups: int) -> torch.Tensor | None:
@@ -41,13 +53,15 @@ def gla(
     output_final_state: bool = False,
     mode: str = "chunk",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Same contract as ``recurrence.naive_recurrent_gla``, computed by fla's kernels in float32."""
+    """Same contract as ``recurrence.naive_recurrent_gla`` (``o`` in :func:`kernel_dtype`, the final state
+    ``[B, H, K, V]`` float32 once per KV head), computed by fla's kernels."""
     from fla.ops.gla import chunk_gla, fused_recurrent_gla
     from fla.ops.simple_gla import chunk_simple_gla, fused_recurrent_simple_gla
 
     H, HQ = k.shape[2], q.shape[2]
     G = HQ // H
-    q, k, v = q.float(), _expand(k.float(), G), _expand(v.float(), G)
+    dtype = kernel_dtype(q)
+    q, k, v = q.to(dtype), _expand(k.to(dtype), G), _expand(v.to(dtype), G)
     gk = _expand(gk.float(), G) if gk is not None else None
     gv = _expand(gv.float(), G) if gv is not None else None
     h0 = initial_state.float().repeat_interleave(G, dim=1) if initial_state is not None else None
@@ -61,10 +75,10 @@ def gla(
         o, ht = chunk_simple_gla(q, k, v, g=gk, **common)
     else:
         if gk is None:
-            gk = torch.zeros_like(k)
+            gk = torch.zeros_like(k, dtype=torch.float32)
         o, ht = chunk_gla(q, k, v, g=gk, **common)
     if ht is not None:
-        ht = ht[:, ::G]
+        ht = ht[:, ::G].contiguous()
     return o, ht
 
 
@@ -80,12 +94,13 @@ def gsa(
     mode: str = "chunk",
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
     """fla's gated slot attention (GQA native): q ``[B,T,HQ,K]``, k ``[B,T,H,K]``, v ``[B,T,H,V]``,
-    s and g ``[B,T,H,M]``; state ``(Sk [B,H,K,M], Sv [B,H,M,V])``."""
+    s and g ``[B,T,H,M]``; state ``(Sk [B,H,K,M], Sv [B,H,M,V])`` float32."""
     from fla.ops.gsa import chunk_gsa, fused_recurrent_gsa
 
+    dtype = kernel_dtype(q)
     h0 = tuple(x.float() for x in initial_state) if initial_state is not None else None
     fn = fused_recurrent_gsa if mode == "recurrent" else chunk_gsa
     return fn(
-        q.float(), k.float(), v.float(), s.float(), g=g.float(), scale=scale,
+        q.to(dtype), k.to(dtype), v.to(dtype), s.to(dtype), g=g.float(), scale=scale,
         initial_state=h0, output_final_state=output_final_state,
     )
