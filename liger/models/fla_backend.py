@@ -98,9 +98,18 @@ def gsa(
     from fla.ops.gsa import chunk_gsa, fused_recurrent_gsa
 
     dtype = kernel_dtype(q)
+    q, k, v, s, g = q.to(dtype), k.to(dtype), v.to(dtype), s.to(dtype), g.float()
     h0 = tuple(x.float() for x in initial_state) if initial_state is not None else None
-    fn = fused_recurrent_gsa if mode == "recurrent" else chunk_gsa
-    return fn(
-        q.to(dtype), k.to(dtype), v.to(dtype), s.to(dtype), g=g.float(), scale=scale,
-        initial_state=h0, output_final_state=output_final_state,
-    )
+    if mode != "recurrent":
+        return chunk_gsa(q, k, v, s, g=g, scale=scale, initial_state=h0, output_final_state=output_final_state)
+    G = q.shape[2] // k.shape[2]
+    grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, s, g))
+    if G == 1 or (q.shape[1] == 1 and not grad):
+        # fused_recurrent_gsa reads grouped queries itself, but only in its single-token inference kernel
+        return fused_recurrent_gsa(q, k, v, s, g=g, scale=scale, initial_state=h0,
+                                   output_final_state=output_final_state)
+    k, v, s, g = (_expand(x, G) for x in (k, v, s, g))
+    h0 = tuple(x.repeat_interleave(G, dim=1) for x in h0) if h0 is not None else None
+    o, final = fused_recurrent_gsa(q, k, v, s, g=g, scale=scale, initial_state=h0,
+                                   output_final_state=output_final_state)
+    return o, [x[:, ::G].contiguous() if x is not None else None for x in final]
