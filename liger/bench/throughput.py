@@ -420,10 +420,10 @@ def run_bench(cfg: BenchConfig) -> dict:
 
 
 def fallbacks() -> dict:
-    """Whether any fast path fell back to its reference (each logs a warning when it does)."""
-    from ..models import attention, window
+    """``{compiled path: True}`` for each one that fell back to eager (each logs a warning when it does)."""
+    from ..models.compiling import fallbacks as compiled_fallbacks
 
-    return {"flex_attention_failed": window._flex_failed, "decode_step_compile_failed": attention._compile_failed}
+    return compiled_fallbacks()
 
 
 # ---------------------------------------------------------------------------------------------- analysis

@@ -20,7 +20,6 @@ CUDA (unless ``linear_backend`` is "torch") and through the banded PyTorch op ot
 from __future__ import annotations
 
 import functools
-import logging
 from dataclasses import dataclass
 
 import torch
@@ -28,10 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cache import LigerCache, write_decoded_token
+from .compiling import CompiledOrEager
 from .variants import Recurrence, get_recurrence, resolve_backend
 from .window import Sinks, first_real_tokens, sliding_window_attention, window_attention, window_decode_attention
-
-logger = logging.getLogger("liger")
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -108,25 +106,20 @@ def decode_step_core(spec: DecodeSpec, q, k, v, q_lin, k_lin, cos, sin, valid, s
     return mix_branches(o_rec, o_win, spec.linear_weight, spec.window_weight, q.dtype)
 
 
-_compiled_core = None
-_compile_failed = False
+_compiled_core = CompiledOrEager(decode_step_core, "decode_step")
 
 
 def run_decode_step_core(compiled: bool, *args) -> torch.Tensor:
     """:func:`decode_step_core`, through ``torch.compile`` when ``compiled`` (one graph serves every layer:
-    the spec and the recurrence are shared instances). A compiler failure is logged once and the eager
-    function is used from then on."""
-    global _compiled_core, _compile_failed
-    if compiled and not _compile_failed:
-        try:
-            if _compiled_core is None:
-                _compiled_core = torch.compile(decode_step_core)
-            return _compiled_core(*args)
-        except Exception as err:  # a compiler/toolchain problem: keep decoding with the eager step
-            _compile_failed = True
-            logger.warning("liger: torch.compile of the decode step failed (%s: %s); decoding with the eager step",
-                           type(err).__name__, str(err).splitlines()[0] if str(err) else "")
-    return decode_step_core(*args)
+    the spec and the recurrence are shared instances; eager again if compilation fails)."""
+    return _compiled_core(*args) if compiled else decode_step_core(*args)
+
+
+def rope_pair(q, k, cos, sin):
+    return apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+
+
+_compiled_rope = CompiledOrEager(rope_pair, "rope")
 
 
 class LigerAttention(nn.Module):
@@ -201,7 +194,8 @@ class LigerAttention(nn.Module):
             o_rec, state = self.recurrence(q_lin, k_lin, v, token_mask, prev, mode, backend,
                                            need_state=cache is not None)
 
-        q_rot, k_rot = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        fast = q.is_cuda and self.backend != "torch"
+        q_rot, k_rot = (_compiled_rope if fast else rope_pair)(q, k, cos, sin)
         if cache is not None:
             valid = token_mask if token_mask is not None else torch.ones(B, T, dtype=torch.bool, device=q.device)
             keys, values, key_valid, sinks = cache.window_inputs(k_rot, v, valid)
@@ -209,7 +203,7 @@ class LigerAttention(nn.Module):
             keys, values, key_valid = k_rot, v, token_mask
             sinks = first_real_tokens(k_rot, v, token_mask, self.num_sink_tokens) if self.num_sink_tokens else None
         if self.window_weight != 0:
-            use_flex = q.is_cuda and self.backend != "torch" and not single_token
+            use_flex = fast and not single_token
             o_win = sliding_window_attention(q_rot, keys, values, self.window_size, self.scaling, key_valid, sinks,
                                              backend="flex" if use_flex else "torch")
         if cache is not None:

@@ -42,28 +42,24 @@ def _expand(x: torch.Tensor | None, groups: int) -> torch.Tensor | None:
     return x.repeat_interleave(groups, dim=2)
 
 
-def gla(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    gk: torch.Tensor | None = None,
-    gv: torch.Tensor | None = None,
-    scale: float = 1.0,
-    initial_state: torch.Tensor | None = None,
-    output_final_state: bool = False,
-    mode: str = "chunk",
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Same contract as ``recurrence.naive_recurrent_gla`` (``o`` in :func:`kernel_dtype`, the final state
-    ``[B, H, K, V]`` float32 once per KV head), computed by fla's kernels."""
+def kernel_inputs(q, k, v, gk=None, gv=None):
+    """Tensors as fla's GLA kernels take them: q/k/v in :func:`kernel_dtype`, log-decays in float32, keys,
+    values and gates repeated to the query heads. Pure tensor code (it is compiled together with the feature
+    maps and gates that produce its inputs)."""
+    G = q.shape[2] // k.shape[2]
+    dtype = kernel_dtype(q)
+    gk = _expand(gk.float(), G) if gk is not None else None
+    gv = _expand(gv.float(), G) if gv is not None else None
+    return q.to(dtype), _expand(k.to(dtype), G), _expand(v.to(dtype), G), gk, gv
+
+
+def gla_kernels(q, k, v, gk, gv, scale, initial_state, output_final_state, mode, groups):
+    """fla's GLA kernels on :func:`kernel_inputs`' tensors; ``initial_state`` and the returned final state
+    are ``[B, H, K, V]`` float32, once per KV head (``groups`` query heads per KV head)."""
     from fla.ops.gla import chunk_gla, fused_recurrent_gla
     from fla.ops.simple_gla import chunk_simple_gla, fused_recurrent_simple_gla
 
-    H, HQ = k.shape[2], q.shape[2]
-    G = HQ // H
-    dtype = kernel_dtype(q)
-    q, k, v = q.to(dtype), _expand(k.to(dtype), G), _expand(v.to(dtype), G)
-    gk = _expand(gk.float(), G) if gk is not None else None
-    gv = _expand(gv.float(), G) if gv is not None else None
+    G = groups
     h0 = initial_state.float().repeat_interleave(G, dim=1) if initial_state is not None else None
     common = dict(scale=scale, initial_state=h0, output_final_state=output_final_state)
     if gv is not None or mode == "recurrent":
@@ -80,6 +76,23 @@ def gla(
     if ht is not None:
         ht = ht[:, ::G].contiguous()
     return o, ht
+
+
+def gla(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    gk: torch.Tensor | None = None,
+    gv: torch.Tensor | None = None,
+    scale: float = 1.0,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    mode: str = "chunk",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Same contract as ``recurrence.naive_recurrent_gla`` (``o`` in :func:`kernel_dtype`, the final state
+    ``[B, H, K, V]`` float32 once per KV head), computed by fla's kernels."""
+    groups = q.shape[2] // k.shape[2]
+    return gla_kernels(*kernel_inputs(q, k, v, gk, gv), scale, initial_state, output_final_state, mode, groups)
 
 
 def gsa(

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from . import fla_backend
+from .compiling import CompiledOrEager
 from .recurrence import chunk_gla, naive_recurrent_gla, recurrent_gla_step_
 
 logger = logging.getLogger("liger")
@@ -107,6 +108,8 @@ class Recurrence:
             return k.mean(-1)
         D = k.shape[-1]
         size = self.pool_size or D
+        if size == D:
+            return k
         return pool_channels(k, size).repeat_interleave(D // size, dim=-1)
 
     def log_gate(self, x: torch.Tensor) -> torch.Tensor:
@@ -116,21 +119,40 @@ class Recurrence:
         """(query, key, value, log-decay) fed to the recurrence."""
         return self.feature_map(q), self.feature_map(k), v, self.log_gate(at_least_fp32(self.gate_input(k)))
 
+    def prepare(self, q, k, v, valid):
+        """(query, key, value, log-decay) of the recurrence, with padding zeroed."""
+        q, k, v, g = self.inputs(q, k, v)
+        k, v, g = _mask_padding(valid, k, v, g)
+        return q, k, v, g
+
     def __call__(self, q, k, v, valid, state, mode, backend, need_state=True):
         """Whole-sequence form: ``q`` ``[B,T,HQ,D]``, ``k``/``v`` ``[B,T,H,D]``, ``valid`` ``[B,T]`` bool or
         None (no padding), ``state`` the previous state tuple or None. Returns ``(o, state tuple or None)``."""
-        q, k, v, g = self.inputs(q, k, v)
-        k, v, g = _mask_padding(valid, k, v, g)
-        o, S = gated_linear_attention(q, k, v, gk=g, scale=self.scale, state=state[0] if state else None,
-                                      mode=mode, backend=backend, need_state=need_state)
+        prev = state[0] if state else None
+        if backend == "fla":
+            # feature maps, gates, padding, casts and head expansion: one compiled function feeding the kernels
+            prepare = _fla_inputs_compiled if mode == "chunk" else _fla_inputs
+            o, S = fla_backend.gla_kernels(*prepare(self, q, k, v, valid), self.scale, prev, need_state, mode,
+                                           q.shape[2] // k.shape[2])
+        else:
+            q, k, v, g = self.prepare(q, k, v, valid)
+            o, S = gated_linear_attention(q, k, v, gk=g, scale=self.scale, state=prev, mode=mode, backend=backend,
+                                          need_state=need_state)
         return o, ((S,) if S is not None else None)
 
     def step(self, q, k, v, valid, state):
         """One decode token: ``q`` ``[B,1,HQ,D]``, ``k``/``v`` ``[B,1,H,D]``, ``valid`` ``[B,1]`` bool; updates
         the ``state`` tuple in place and returns ``o`` ``[B,1,HQ,V]`` (float32)."""
-        q, k, v, g = self.inputs(q, k, v)
-        k, v, g = _mask_padding(valid, k, v, g)
+        q, k, v, g = self.prepare(q, k, v, valid)
         return recurrent_gla_step_(state[0], q, k, v, gk=g, scale=self.scale)
+
+
+def _fla_inputs(recurrence, q, k, v, valid):
+    q, k, v, g = recurrence.prepare(q, k, v, valid)
+    return fla_backend.kernel_inputs(q, k, v, gk=g)
+
+
+_fla_inputs_compiled = CompiledOrEager(_fla_inputs, "fla_inputs")
 
 
 def _mask_padding(valid, *tensors):

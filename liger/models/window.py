@@ -19,13 +19,14 @@ All take grouped-query inputs (``HQ`` query heads over ``H`` key/value heads) wi
 
 from __future__ import annotations
 
-import logging
+import copy
+import functools
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-logger = logging.getLogger("liger")
+from .compiling import CompiledOrEager
 
 
 @dataclass
@@ -263,8 +264,6 @@ def window_block_mask(B: int, Tq: int, Tk: int, window_size: int, key_valid: tor
                       sinks: Sinks | None, block_size: int, device):
     """The FlexAttention ``BlockMask`` of :func:`flex_window_attention`: keys are the sinks (if any)
     followed by the ``Tk`` window keys; the block lists come from :func:`window_block_indices`."""
-    from torch.nn.attention.flex_attention import BlockMask
-
     W, S = window_size, (sinks.k.shape[1] if sinks is not None else 0)
     offset = Tk - Tq
     if key_valid is None:
@@ -273,9 +272,9 @@ def window_block_mask(B: int, Tq: int, Tk: int, window_size: int, key_valid: tor
     if S:
         key_valid = torch.cat([sinks.valid, key_valid], dim=1)
         position = torch.cat([sinks.index.to(position.dtype), position], dim=1)
-    num, order = window_block_indices(Tq, Tk, S, W, block_size, device)
+    structure = _block_structure(Tq, Tk, S, W, block_size, torch.device(device))
     # per-key tables padded to whole blocks, so mask_mod never reads past their end
-    pad = order.shape[-1] * block_size - (S + Tk)
+    pad = structure.kv_indices.shape[-1] * block_size - (S + Tk)
     key_valid = F.pad(key_valid, (0, pad))
     position = F.pad(position, (0, pad))
 
@@ -287,7 +286,19 @@ def window_block_mask(B: int, Tq: int, Tk: int, window_size: int, key_valid: tor
         visible = key_valid[b, kv_idx] & torch.where(is_sink, pos <= p - W, in_window)
         return visible | (~is_sink & (pos == p))
 
-    return BlockMask.from_kv_blocks(num[None, None], order[None, None], BLOCK_SIZE=block_size, mask_mod=mask_mod,
+    block_mask = copy.copy(structure)
+    block_mask.mask_mod = mask_mod
+    return block_mask
+
+
+@functools.lru_cache(maxsize=64)
+def _block_structure(Tq: int, Tk: int, S: int, W: int, block_size: int, device: torch.device):
+    """The block lists of a window mask (they depend on sizes only; every layer and step with the same sizes
+    shares them), as a ``BlockMask`` whose ``mask_mod`` the caller replaces."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    num, order = window_block_indices(Tq, Tk, S, W, block_size, device)
+    return BlockMask.from_kv_blocks(num[None, None], order[None, None], BLOCK_SIZE=block_size,
                                     seq_lengths=(Tq, S + Tk))
 
 
@@ -327,17 +338,22 @@ def flex_window_attention(
     return out.transpose(1, 2).to(q.dtype)
 
 
-_compiled_flex = None
-_flex_failed = False
+def _flex_attention(*args, **kwargs):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return flex_attention(*args, **kwargs)
 
 
-def _flex_kernel():
-    global _compiled_flex
-    if _compiled_flex is None:
-        from torch.nn.attention.flex_attention import flex_attention
+class FlexUnavailable(RuntimeError):
+    pass
 
-        _compiled_flex = torch.compile(flex_attention)
-    return _compiled_flex
+
+def _no_flex(*args, **kwargs):
+    # eager FlexAttention materialises every score: never a fallback for long sequences
+    raise FlexUnavailable("FlexAttention could not be compiled")
+
+
+_compiled_flex = CompiledOrEager(_flex_attention, "flex_attention", fallback=_no_flex)
 
 
 def sliding_window_attention(
@@ -352,13 +368,10 @@ def sliding_window_attention(
 ) -> torch.Tensor:
     """Dispatch: ``"torch"`` = :func:`window_attention` (any device); ``"flex"`` = compiled
     :func:`flex_window_attention` (CUDA). If FlexAttention cannot be compiled here, a warning is logged once
-    and the torch op is used from then on."""
-    global _flex_failed
-    if backend == "flex" and not _flex_failed:
+    and the torch op is used from then on (eager FlexAttention would materialise every score)."""
+    if backend == "flex" and not _compiled_flex.failed:
         try:
-            return flex_window_attention(q, k, v, window_size, scale, key_valid, sinks, kernel=_flex_kernel())
-        except Exception as err:  # a compiler/toolchain problem: keep working on the reference op
-            _flex_failed = True
-            logger.warning("liger: FlexAttention unavailable (%s: %s); using the banded torch window op",
-                           type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+            return flex_window_attention(q, k, v, window_size, scale, key_valid, sinks, kernel=_compiled_flex)
+        except FlexUnavailable:
+            pass
     return window_attention(q, k, v, window_size, scale, key_valid, sinks)
