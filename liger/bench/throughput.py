@@ -354,8 +354,22 @@ def _section(report, name, fn):
         return False
 
 
-def run_bench(cfg: BenchConfig) -> dict:
-    """Run the benchmark described by ``cfg`` and return the report (see the module docstring)."""
+def run_bench(cfg: BenchConfig, on_update=None) -> dict:
+    """Run the benchmark described by ``cfg`` and return the report (see the module docstring).
+
+    Args:
+        on_update: called with the report after every measured context and section (e.g. to save it, so that
+            a run stopped by a time limit keeps what it measured).
+    """
+
+    def update():
+        report["fallbacks"] = fallbacks()
+        report["estimated_decode_time"] = estimated_decode_time(report, cfg.prompt_length)
+        report["targets"] = evaluate_targets(report)
+        report["wall_s"] = time.time() - budget.start
+        if on_update is not None:
+            on_update(report)
+
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda but no CUDA device is available")
@@ -389,6 +403,7 @@ def run_bench(cfg: BenchConfig) -> dict:
                     logger.info("liger bench: %s context %d", kind, context)
                     try:
                         _context_rows(m, kind, context, cfg, device, generator, report)
+                        update()
                     except Exception as err:
                         error = "out of memory" if _is_oom(err) else f"{type(err).__name__}: {_first_line(err)}"
                         report["decode"].append(dict(model=kind, context=context, batch_size=cfg.batch_size,
@@ -400,10 +415,10 @@ def run_bench(cfg: BenchConfig) -> dict:
                 if kind == "liger" and budget.left() > 0:
                     logger.info("liger bench: decode modes at batch %d", cfg.graph_batch_size)
                     _section(report, "graph", lambda m=m: _graph_rows(m, cfg, device, generator, report))
+                    update()
             finally:
                 m.to("cpu")
                 _reset_peak(device)
-    report["fallbacks"] = fallbacks()
     if cfg.train:
         for kind, m in models:
             if budget.left() <= 0:
@@ -412,10 +427,8 @@ def run_bench(cfg: BenchConfig) -> dict:
             logger.info("liger bench: %s LoRA training", kind)
             _section(report, f"train {kind}",
                      lambda m=m, kind=kind: _train_rows(m, kind, cfg, device, generator, report, budget))
-    report["fallbacks"] = fallbacks()
-    report["estimated_decode_time"] = estimated_decode_time(report, cfg.prompt_length)
-    report["targets"] = evaluate_targets(report)
-    report["wall_s"] = time.time() - budget.start
+            update()
+    update()
     return report
 
 

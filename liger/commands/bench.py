@@ -78,10 +78,17 @@ def run(args: argparse.Namespace) -> int:
         train_batch_sizes=args.train_batch_sizes, train_length=args.train_length, train_steps=args.train_steps,
         seed=args.seed, autotune=args.autotune, liger_options=liger_options(args), time_budget=args.time_budget,
     )
-    report = run_bench(cfg)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(report, f, indent=2)
+
+    def save(report):
+        # written after every measurement, so that a run cut short keeps what it measured
+        tmp = args.output + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(report, f, indent=2)
+        os.replace(tmp, args.output)
+
+    report = run_bench(cfg, on_update=save)
+    save(report)
     plot = os.path.splitext(args.output)[0] + ".png"
     try:
         plot_report(report, plot)
