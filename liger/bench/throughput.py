@@ -378,6 +378,7 @@ def run_bench(cfg: BenchConfig, on_update=None) -> dict:
     from .autotune import restrict_triton_autotuning
 
     restrict_triton_autotuning(cfg.autotune)
+    _raise_recompile_limit(64)
     report = {"provenance": provenance(device), "config": dataclasses.asdict(cfg), "models": {}, "prefill": [],
               "decode": [], "graph": [], "train": [], "errors": [], "skipped": []}
     teacher, model = load_models(cfg, dtype)
@@ -430,6 +431,16 @@ def run_bench(cfg: BenchConfig, on_update=None) -> dict:
             update()
     update()
     return report
+
+
+def _raise_recompile_limit(limit: int) -> None:
+    # every context is a new shape; should a compiled path end up shape-specialised, dynamo's default limit
+    # (8 shapes) would silently switch it to its eager version
+    import torch._dynamo
+
+    for name in ("cache_size_limit", "recompile_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(limit, getattr(torch._dynamo.config, name)))
 
 
 def fallbacks() -> dict:

@@ -27,6 +27,7 @@ class CompiledOrEager:
         self.name = name
         self.compile_options = compile_options
         self.compiled = None
+        self.static = compile_options.get("dynamic") is False
         self.failed = False
         _registry[name] = self
 
@@ -37,11 +38,20 @@ class CompiledOrEager:
                     self.compiled = torch.compile(self.fn, **self.compile_options)
                 return self.compiled(*args, **kwargs)
             except Exception as err:  # a compiler/toolchain problem: the eager function computes the same
+                if not self.static:
+                    # dynamic-shape compilation is the less travelled road: retry with shapes specialised
+                    self.static = True
+                    self._warn(err, "retrying with static shapes")
+                    self.compiled = torch.compile(self.fn, **dict(self.compile_options, dynamic=False))
+                    return self(*args, **kwargs)
                 self.failed = True
-                text = str(err).strip()
-                logger.warning("liger: torch.compile of %s failed (%s: %s); using the eager version", self.name,
-                               type(err).__name__, text.splitlines()[0] if text else "")
+                self._warn(err, "using the eager version")
         return self.fallback(*args, **kwargs)
+
+    def _warn(self, err: Exception, action: str) -> None:
+        text = str(err).strip()
+        logger.warning("liger: torch.compile of %s failed (%s: %s); %s", self.name, type(err).__name__,
+                       text.splitlines()[0] if text else "", action)
 
 
 def fallbacks() -> dict[str, bool]:
