@@ -14,7 +14,7 @@ within ``--budget`` seconds overall (default 540):
    contexts 1K..32K, decode modes at batch 1, LoRA training at T=1024; JSON + PNG written as it goes;
 3. a summary: test results, then the benchmark table with the issue's targets marked PASS/FAIL.
 
-Files written to ``--out``: gpu_tests.log, bench.log, bench.json, bench.png, summary.txt.
+Files written to ``--out``: gpu_tests.log, bench.log, bench.json, bench.png, profile.txt, summary.txt.
 """
 
 from __future__ import annotations
@@ -143,12 +143,12 @@ def main() -> int:
                "--dtype", "bfloat16", "--batch-size", str(args.batch_size), "--prompt-length", "128",
                "--context", args.contexts, "--decode-steps", "16", "--train", "--train-batch-sizes", "1,8",
                "--train-length", "1024", "--autotune", args.autotune, "--time-budget", f"{budget:.0f}",
-               "--output", bench_json]
+               "--profile", "--output", bench_json]
         if args.smoke:
             cmd = [sys.executable, "-m", "liger", "bench", "--model", "random:tiny", "--device", "cpu", "--dtype",
                    "float32", "--batch-size", "2", "--context", "32,64", "--decode-steps", "2", "--prompt-length",
                    "16", "--train", "--train-batch-sizes", "1", "--train-length", "32", "--train-steps", "2",
-                   "--time-budget", f"{budget:.0f}", "--output", bench_json]
+                   "--time-budget", f"{budget:.0f}", "--profile", "--output", bench_json]
         log(f"step 2/2: {' '.join(cmd[2:])} (limit {left - 15:.0f} s)")
         code, secs = run(cmd, os.path.join(args.out, "bench.log"), left - 15, env)
         bench_status = f"bench {'TIMED OUT' if code is None else f'exit {code}'} after {secs:.0f} s"
@@ -164,6 +164,10 @@ def main() -> int:
         with open(bench_json) as f:
             report = json.load(f)
         report["targets"] = evaluate_targets(report)
+        if report.get("profiles"):
+            with open(os.path.join(args.out, "profile.txt"), "w") as f:
+                for label, table in report["profiles"].items():
+                    f.write(f"== {label} ==\n{table}\n\n")
         try:
             plot_report(report, os.path.join(args.out, "bench.png"))
         except Exception as err:  # the table matters more than the picture
@@ -175,7 +179,8 @@ def main() -> int:
                   "Targets: decode growth <=10% (1K->32K), decode <=0.3x teacher at 32K, decode memory flat and",
                   "<=0.05x teacher at 32K, prefill >=2x faster at 32K and <=1.5x slower at 2K, LoRA training",
                   ">=0.8x teacher tokens/s, CUDA-graph decode >=3x faster than eager at batch 1.",
-                  f"Full data: {args.out}/bench.json, plot: bench.png, logs: gpu_tests.log, bench.log."]
+                  f"Full data: {args.out}/bench.json, plot: bench.png, top kernels: profile.txt, logs: gpu_tests.log,"
+                  " bench.log."]
     lines.append(f"total {time.time() - start:.0f} s")
     text = "\n".join(lines)
     with open(os.path.join(args.out, "summary.txt"), "w") as f:

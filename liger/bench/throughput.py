@@ -85,6 +85,9 @@ class BenchConfig:
     train_length: int = 1024
     train_steps: int = 10
     seed: int = 0
+    profile: bool = False
+    """Also record a torch.profiler table (top kernels by device time) for one prefill at 2K (or the first
+    context), one decode step at the longest context, and one training step, per model."""
     autotune: str = "full"
     """fla's Triton autotuning: "full" (every config) or "fast" (a subset; see ``autotune.py``)."""
     liger_options: dict = field(default_factory=dict)
@@ -245,14 +248,24 @@ def _context_rows(model, kind, context, cfg, device, generator, report):
         peak = max(peak, _peak(device) or 0)
     report["prefill"].append(dict(model=kind, context=context, batch_size=B, seconds=min(times), runs=times,
                                   tokens_per_s=B * context / min(times), peak_memory_bytes=peak or None))
+    profile_context = 2048 if 2048 in cfg.contexts else cfg.contexts[0]
+    if cfg.profile and context == profile_context:
+        cache = None
+        _profile(report, f"prefill {kind} {B} x {context}",
+                 lambda: model(input_ids=ids, use_cache=True, logits_to_keep=1), device)
+    if cache is None:
+        cache = model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
     for mode in _decode_modes(kind, device):
         _reset_peak(device)
         steps = _decode_steps(model, kind, mode, cache, token, cfg.decode_steps, cfg.warmup_steps, device)
+        if cfg.profile and context == max(cfg.contexts) and mode == "eager":
+            _profile(report, f"decode {kind} eager step at {context} (batch {B})",
+                     lambda c=cache: model(input_ids=token, past_key_values=c, use_cache=True), device)
         median = statistics.median(steps)
         report["decode"].append(dict(model=kind, mode=mode, context=context, batch_size=B, latency_s=median,
                                      latency_s_runs=steps, tokens_per_s=B / median,
                                      peak_memory_bytes=_peak(device), cache_bytes=_cache_bytes(cache)))
-    del cache
+    cache = None
 
 
 def _warm_up(model, kind, cfg, device, generator):
@@ -323,6 +336,8 @@ def _train_rows(base, kind, cfg, device, generator, report, budget):
                                             step_s_runs=times, tokens_per_s=B * cfg.train_length / median,
                                             peak_memory_bytes=_peak(device),
                                             trainable_parameters=sum(p.numel() for p in params)))
+                if cfg.profile and B == max(cfg.train_batch_sizes):
+                    _profile(report, f"train {kind} batch {B} x {cfg.train_length}", lambda x=ids: step(x), device)
             except Exception as err:
                 if not _is_oom(err):
                     raise
@@ -332,6 +347,24 @@ def _train_rows(base, kind, cfg, device, generator, report, budget):
         model.to("cpu")
         optimizer.state.clear()
         _reset_peak(device)
+
+
+def _profile(report, label, fn, device, rows: int = 25) -> None:
+    """Top operators of one call of ``fn`` by device time (CPU time on a CPU) into ``report["profiles"]``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    _sync(device)
+    with profile(activities=activities) as prof:
+        fn()
+        _sync(device)
+    averages = prof.key_averages()
+    for key in (("device_time_total", "cuda_time_total") if device.type == "cuda" else ("cpu_time_total",)):
+        try:
+            report["profiles"][label] = averages.table(sort_by=key, row_limit=rows)
+            return
+        except (AttributeError, KeyError, ValueError):
+            continue
 
 
 def _first_line(err: BaseException) -> str:
@@ -380,7 +413,7 @@ def run_bench(cfg: BenchConfig, on_update=None) -> dict:
     restrict_triton_autotuning(cfg.autotune)
     _raise_recompile_limit(64)
     report = {"provenance": provenance(device), "config": dataclasses.asdict(cfg), "models": {}, "prefill": [],
-              "decode": [], "graph": [], "train": [], "errors": [], "skipped": []}
+              "decode": [], "graph": [], "train": [], "errors": [], "skipped": [], "profiles": {}}
     teacher, model = load_models(cfg, dtype)
     models = [("teacher", teacher), ("liger", model)] if teacher is not None else [("liger", model)]
     for kind, m in models:

@@ -52,6 +52,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--train-batch-sizes", type=_int_list, default=[1, 8])
     parser.add_argument("--train-length", type=int, default=1024, help="tokens per training sequence")
     parser.add_argument("--train-steps", type=int, default=10, help="timed training steps (after 3 untimed)")
+    parser.add_argument("--profile", action="store_true",
+                        help="record torch.profiler tables (top kernels) for a prefill, a decode step and a "
+                        "training step of each model in the report")
     parser.add_argument("--autotune", default="full", choices=["full", "fast"],
                         help="fla's Triton autotuning on first use: every config, or a subset (4 warps, 2-3 "
                         "stages) that makes the first call ~5x quicker")
@@ -76,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
         warmup_steps=args.warmup_steps, prefill_repeats=max(1, args.prefill_repeats),
         graph_batch_size=args.graph_batch_size, decode=not args.no_decode, train=args.train,
         train_batch_sizes=args.train_batch_sizes, train_length=args.train_length, train_steps=args.train_steps,
-        seed=args.seed, autotune=args.autotune, liger_options=liger_options(args), time_budget=args.time_budget,
+        seed=args.seed, profile=args.profile, autotune=args.autotune, liger_options=liger_options(args),
+        time_budget=args.time_budget,
     )
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
 
