@@ -84,13 +84,18 @@ def environment() -> list[str]:
 
 
 def summarize_tests(path: str) -> list[str]:
+    """The pytest summary line and each failure; from the per-test lines when pytest was stopped early."""
     text = open(path, errors="replace").read() if os.path.exists(path) else ""
-    lines = []
-    summary = [ln for ln in text.splitlines() if re.search(r"\d+ (passed|failed|error|skipped)", ln)]
-    lines.append(summary[-1].strip("= ") if summary else "no pytest summary (timed out or crashed; see gpu_tests.log)")
-    for ln in text.splitlines():
-        if ln.startswith(("FAILED ", "ERROR ")):
-            lines.append("  " + ln[:220])
+    summary = [ln for ln in text.splitlines() if re.search(r"=+ .*\d+ (passed|failed|error|skipped).* =+", ln)]
+    results = re.findall(r"^(tests/\S+::\S+) (PASSED|FAILED|ERROR|SKIPPED)", text, flags=re.M)
+    if summary:
+        lines = [summary[-1].strip("= ")]
+    else:
+        counts = {s: sum(1 for _, r in results if r == s) for s in ("PASSED", "FAILED", "ERROR", "SKIPPED")}
+        lines = ["stopped before the end: " + ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n)]
+    lines += [f"  {r}: {name}" for name, r in results if r in ("FAILED", "ERROR")]
+    errors = [ln for ln in text.splitlines() if ln.startswith(("FAILED ", "ERROR ")) and " - " in ln]
+    lines += ["    " + ln.split(" - ", 1)[1][:200] for ln in errors]
     return lines
 
 
@@ -121,8 +126,9 @@ def main() -> int:
     if not args.skip_tests:
         limit = min(args.test_budget, args.budget - (time.time() - start) - 240)
         log(f"step 1/2: pytest -m gpu tests/gpu (limit {limit:.0f} s)")
-        code, secs = run([sys.executable, "-m", "pytest", "-m", "gpu", "tests/gpu", "-q", "-rfE",
-                          "-p", "no:cacheprovider"], os.path.join(args.out, "gpu_tests.log"), limit, env)
+        code, secs = run([sys.executable, "-m", "pytest", "-m", "gpu", "tests/gpu", "-v", "--tb=short", "-rfE",
+                          "--durations=10", "-p", "no:cacheprovider"], os.path.join(args.out, "gpu_tests.log"),
+                         limit, env)
         status = "TIMED OUT" if code is None else f"exit {code}"
         found = summarize_tests(os.path.join(args.out, "gpu_tests.log"))
         test_lines = [f"tests ({status}, {secs:.0f} s): {found[0]}"] + found[1:]

@@ -12,6 +12,8 @@ cache's buffers in place; the cache's host token count is advanced after each re
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 DECODING_MODES = ("auto", "eager", "static", "cuda_graph")
@@ -28,7 +30,8 @@ class CUDAGraphDecoder:
 
     def __init__(self, model, cache, compile: bool = True):
         self.model = model
-        self.cache = cache
+        # the cache holds its decoder; a weak link back lets both go as soon as the cache is dropped
+        self._cache = weakref.ref(cache)
         self.compile = compile
         first = cache.liger_layers[0]
         B, device = first.ring_valid.shape[0], first.ring_valid.device
@@ -53,6 +56,10 @@ class CUDAGraphDecoder:
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph), torch.no_grad():
             self.logits = self._step()
+
+    @property
+    def cache(self):
+        return self._cache()
 
     def _step(self) -> torch.Tensor:
         return self.model.static_step(self.input_ids, self.position_ids, self.attention_mask, self.cache,

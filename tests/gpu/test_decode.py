@@ -1,5 +1,9 @@
 """CUDA-graph decoding: the static decode step captured once per cache and replayed gives the eager path's
-tokens and logits, keeps memory constant, and survives beam-search reordering."""
+tokens and logits, keeps memory constant, and survives beam-search reordering.
+
+The decode step is the same whatever ``linear_backend`` is; these models use the PyTorch ops for the eager
+reference (prefill and eager steps), which keeps the tier's compile time down. The full fast path (fla
+prefill, FlexAttention, then graph decoding) is checked in test_model_gpu.py."""
 
 import pytest
 import torch
@@ -11,6 +15,10 @@ from tests.conftest import VARIANTS, assert_close
 from tests.gpu.conftest import gpu_teacher, left_padded, positions
 
 
+def reference_model(family="llama", **options):
+    return liger.convert(gpu_teacher(family), linear_backend="torch", **options)
+
+
 def generate(model, mode, compile=True, **kwargs):
     model.set_decoding(mode, compile=compile)
     return model.generate(**kwargs)
@@ -18,7 +26,7 @@ def generate(model, mode, compile=True, **kwargs):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_cuda_graph_generate_gives_the_eager_tokens(variant):
-    model = liger.convert(gpu_teacher("qwen2"), variant=variant, window_size=6, num_sink_tokens=2)
+    model = reference_model("qwen2", variant=variant, window_size=6, num_sink_tokens=2)
     x, mask = left_padded(T=24, pads=(0, 5, 11))
     kwargs = dict(input_ids=x, attention_mask=mask, max_new_tokens=20, do_sample=False, pad_token_id=0)
     eager = generate(model, "eager", **kwargs)
@@ -28,7 +36,7 @@ def test_cuda_graph_generate_gives_the_eager_tokens(variant):
 
 @pytest.mark.parametrize("variant", ["gla", "gsa"])
 def test_compiled_cuda_graph_generate_gives_the_eager_tokens(variant):
-    model = liger.convert(gpu_teacher("llama"), variant=variant, window_size=6, num_sink_tokens=2)
+    model = reference_model(variant=variant, window_size=6, num_sink_tokens=2)
     x, mask = left_padded(T=24, pads=(0, 5, 11))
     kwargs = dict(input_ids=x, attention_mask=mask, max_new_tokens=20, do_sample=False, pad_token_id=0)
     eager = generate(model, "eager", **kwargs)
@@ -39,7 +47,7 @@ def test_compiled_cuda_graph_generate_gives_the_eager_tokens(variant):
 
 @pytest.mark.parametrize("compile", [False, True])
 def test_graph_logits_match_eager_logits_step_by_step(compile):
-    model = liger.convert(gpu_teacher("llama"), window_size=5, num_sink_tokens=3)
+    model = reference_model(window_size=5, num_sink_tokens=3)
     x, mask = left_padded(T=40)
     mask[2, 30] = 0  # a padding token while decoding
     pos = positions(mask)
@@ -62,14 +70,14 @@ def test_graph_logits_match_eager_logits_step_by_step(compile):
 
 
 def test_beam_search_with_cuda_graph_gives_the_eager_tokens():
-    model = liger.convert(gpu_teacher("llama"), window_size=4, num_sink_tokens=1)
+    model = reference_model(window_size=4, num_sink_tokens=1)
     x = torch.randint(3, 256, (2, 10), generator=torch.Generator().manual_seed(5)).cuda()
     kwargs = dict(input_ids=x, max_new_tokens=8, num_beams=3, do_sample=False, pad_token_id=0)
     assert torch.equal(generate(model, "cuda_graph", compile=False, **kwargs), generate(model, "eager", **kwargs))
 
 
 def test_graph_decoding_memory_is_constant():
-    model = liger.convert(gpu_teacher("llama"), window_size=8)
+    model = reference_model(window_size=8)
     x, mask = left_padded(T=16)
     token = x[:, :1]
     with torch.no_grad():
@@ -86,7 +94,7 @@ def test_graph_decoding_memory_is_constant():
 
 
 def test_each_cache_gets_its_own_graph_and_a_new_batch_size_recaptures():
-    model = liger.convert(gpu_teacher("llama"), window_size=8)
+    model = reference_model(window_size=8)
     with torch.no_grad():
         results = []
         for B in (2, 2, 3):

@@ -28,8 +28,7 @@ def assert_no_fallback():
     assert not failed, f"compiled paths fell back to eager: {failed}"
 
 
-@pytest.mark.parametrize("variant,dtype", [(v, torch.bfloat16) for v in VARIANTS] + [("gla", torch.float32),
-                                                                                     ("gsa", torch.float32)])
+@pytest.mark.parametrize("variant,dtype", [(v, torch.bfloat16) for v in VARIANTS] + [("gla", torch.float32)])
 def test_variant_on_fla_matches_torch_reference(variant, dtype):
     torch.manual_seed(0)
     B, T, H, G, D = 2, 100, 2, 3, 64
@@ -67,9 +66,11 @@ def test_variant_on_fla_matches_torch_reference(variant, dtype):
         assert_close(a, b, TOL[dtype], msg="decode state")
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("sinks,prefix", [(0, 0), (4, 0), (4, 63)])
-def test_flex_window_matches_dense_reference(dtype, sinks, prefix):
+@pytest.mark.parametrize("dtype,sinks,prefix,grad", [(torch.bfloat16, 4, 0, True), (torch.float32, 0, 0, True),
+                                                     (torch.float32, 4, 63, False)])
+def test_flex_window_matches_dense_reference(dtype, sinks, prefix, grad):
+    # (compiling FlexAttention takes a while per configuration: the training case in both dtypes, and the
+    # cached-prefix case of prefill with a cache)
     torch.manual_seed(1)
     B, Tq, H, G, D, W = 2, 300, 3, 3, 64, 64
     Tk = Tq + prefix
@@ -91,6 +92,8 @@ def test_flex_window_matches_dense_reference(dtype, sinks, prefix):
     real = valid[:, prefix:]
     assert out.dtype == dtype and torch.isfinite(out).all()
     assert_close(out[real], ref[real], TOL[dtype])
+    if not grad:
+        return
     w = torch.randn_like(ref) * real[..., None, None]
     (out.float() * w.float()).sum().backward()
     (ref * w).sum().backward()
@@ -98,7 +101,7 @@ def test_flex_window_matches_dense_reference(dtype, sinks, prefix):
         assert_close(a.grad, b.grad, TOL[dtype], msg=f"d{name}")
 
 
-@pytest.mark.parametrize("variant", ["gla", "gsa", "mamba2"])
+@pytest.mark.parametrize("variant", ["gla"])
 def test_model_on_gpu_matches_cpu_reference_in_float32(variant):
     teacher = gpu_teacher("qwen2")
     gpu = liger.convert(teacher, variant=variant, window_size=16, num_sink_tokens=2)
