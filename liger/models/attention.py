@@ -119,7 +119,7 @@ def rope_pair(q, k, cos, sin):
     return apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
 
-_compiled_rope = CompiledOrEager(rope_pair, "rope")
+_compiled_rope = CompiledOrEager(rope_pair, "rope", dynamic=True)
 
 
 class LigerAttention(nn.Module):

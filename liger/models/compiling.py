@@ -1,7 +1,9 @@
 """``torch.compile`` for the CUDA fast paths, with the eager function as a fallback.
 
 The GPU path compiles a few small pure functions (FlexAttention, the elementwise work around the fla kernels,
-RoPE, the static decode step); each is a :class:`CompiledOrEager`. If compilation fails on the machine at
+RoPE, the static decode step); each is a :class:`CompiledOrEager`. The sequence-level ones are compiled with
+dynamic shapes (one compilation serves every batch size and length); the decode step specialises on its
+batch size. If compilation fails on the machine at
 hand (toolchain, unsupported construct), a warning is logged once and the eager function — the same math —
 is used from then on; :func:`fallbacks` reports which ones did.
 """

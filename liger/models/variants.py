@@ -152,7 +152,7 @@ def _fla_inputs(recurrence, q, k, v, valid):
     return fla_backend.kernel_inputs(q, k, v, gk=g)
 
 
-_fla_inputs_compiled = CompiledOrEager(_fla_inputs, "fla_inputs")
+_fla_inputs_compiled = CompiledOrEager(_fla_inputs, "fla_inputs", dynamic=True)
 
 
 def _mask_padding(valid, *tensors):

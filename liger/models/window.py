@@ -266,13 +266,22 @@ def window_block_mask(B: int, Tq: int, Tk: int, window_size: int, key_valid: tor
     followed by the ``Tk`` window keys; the block lists come from :func:`window_block_indices`."""
     W, S = window_size, (sinks.k.shape[1] if sinks is not None else 0)
     offset = Tk - Tq
+    structure = _block_structure(Tq, Tk, S, W, block_size, torch.device(device))
+    block_mask = copy.copy(structure)
+    if key_valid is None and not S:
+        # no padding, no sinks (training on packed sequences): the rule needs no per-key table
+        def band(b, h, q_idx, kv_idx):
+            p = q_idx + offset
+            return (kv_idx <= p) & (kv_idx > p - W)
+
+        block_mask.mask_mod = band
+        return block_mask
     if key_valid is None:
         key_valid = torch.ones(B, Tk, dtype=torch.bool, device=device)
     position = torch.arange(Tk, device=device).expand(B, Tk)
     if S:
         key_valid = torch.cat([sinks.valid, key_valid], dim=1)
         position = torch.cat([sinks.index.to(position.dtype), position], dim=1)
-    structure = _block_structure(Tq, Tk, S, W, block_size, torch.device(device))
     # per-key tables padded to whole blocks, so mask_mod never reads past their end
     pad = structure.kv_indices.shape[-1] * block_size - (S + Tk)
     key_valid = F.pad(key_valid, (0, pad))
@@ -286,7 +295,6 @@ def window_block_mask(B: int, Tq: int, Tk: int, window_size: int, key_valid: tor
         visible = key_valid[b, kv_idx] & torch.where(is_sink, pos <= p - W, in_window)
         return visible | (~is_sink & (pos == p))
 
-    block_mask = copy.copy(structure)
     block_mask.mask_mod = mask_mod
     return block_mask
 
@@ -353,7 +361,7 @@ def _no_flex(*args, **kwargs):
     raise FlexUnavailable("FlexAttention could not be compiled")
 
 
-_compiled_flex = CompiledOrEager(_flex_attention, "flex_attention", fallback=_no_flex)
+_compiled_flex = CompiledOrEager(_flex_attention, "flex_attention", fallback=_no_flex, dynamic=True)
 
 
 def sliding_window_attention(

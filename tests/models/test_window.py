@@ -106,10 +106,10 @@ def test_banded_gradients_match_dense():
         assert_close(b, a, 1e-12)
 
 
-def _padded_with_sinks(B, Tq, Tk, S, dtype=torch.float64):
+def _padded_with_sinks(B, Tq, Tk, S, dtype=torch.float64, padded=True):
     q, k, v = inputs(B, Tq, Tk, 2, 3, 8, dtype=dtype)
     valid = torch.ones(B, Tk, dtype=torch.bool)
-    valid[-1, :5] = False
+    valid[-1, :5] = padded is False
     sinks = None
     if S:
         g = torch.Generator().manual_seed(2)
@@ -121,10 +121,11 @@ def _padded_with_sinks(B, Tq, Tk, S, dtype=torch.float64):
 
 @pytest.mark.parametrize("Tq,Tk,W,S,block", [(40, 40, 8, 0, 16), (40, 40, 8, 3, 16), (5, 20, 8, 3, 16),
                                                (70, 70, 64, 4, 16), (33, 33, 100, 2, 16), (129, 192, 64, 4, 32)])
-def test_flex_matches_dense_on_real_rows(Tq, Tk, W, S, block):
-    q, k, v, valid, sinks = _padded_with_sinks(2, Tq, Tk, S, dtype=torch.float32)
+@pytest.mark.parametrize("padded", [True, False])
+def test_flex_matches_dense_on_real_rows(Tq, Tk, W, S, block, padded):
+    q, k, v, valid, sinks = _padded_with_sinks(2, Tq, Tk, S, dtype=torch.float32, padded=padded)
     ref = naive_window_attention(q, k, v, W, 0.3, valid, sinks)
-    out = flex_window_attention(q, k, v, W, 0.3, valid, sinks, block_size=block)
+    out = flex_window_attention(q, k, v, W, 0.3, valid if padded else None, sinks, block_size=block)
     real = valid[:, Tk - Tq :]
     assert_close(out[real], ref[real], 1e-5)
     assert torch.isfinite(out).all()
