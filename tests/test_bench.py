@@ -29,6 +29,7 @@ def test_bench_writes_report_plot_and_table(tmp_path, capsys, train):
         assert all(r["tokens_per_s"] > 0 for r in report["train"])
         return
     assert (tmp_path / "bench.png").stat().st_size > 0
+    assert report["checks"]["passed"] and report["checks"]["prefill_logits_rel_err"] < 1e-4
     assert {(r["model"], r["context"]) for r in report["prefill"]} == {(m, c) for m in ("teacher", "liger")
                                                                          for c in (24, 48)}
     modes = {(r["model"], r["mode"]) for r in report["decode"]}

@@ -268,6 +268,48 @@ def _context_rows(model, kind, context, cfg, device, generator, report):
     cache = None
 
 
+def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def _check_fast_path(model, cfg, device, generator, report) -> None:
+    """Before timing: Liger's default path on this device (fla kernels, FlexAttention, CUDA-graph decoding)
+    against the PyTorch reference ops (``linear_backend="torch"``, eager decoding), same weights, on a
+    left-padded batch: relative error of the prefill logits and of 8 decode steps' logits."""
+    B, T, steps = 2, 300, 8
+    vocab = model.config.vocab_size
+    ids = torch.randint(0, vocab, (B, T + steps), device=device, generator=generator)
+    mask = torch.ones_like(ids)
+    mask[1, :37] = 0
+    pos = (mask.cumsum(1) - 1).clamp(min=0)
+    attention = [m for m in model.modules() if hasattr(m, "decode_spec")]
+    backends = [m.backend for m in attention]
+    logits = {}
+    for name, backend, mode in (("fast", None, "auto"), ("reference", "torch", "eager")):
+        for m, b in zip(attention, backends):
+            m.backend = backend or b
+        model.set_decoding(mode)
+        try:
+            out = model(ids[:, :T], attention_mask=mask[:, :T], position_ids=pos[:, :T], use_cache=True)
+            cache, steps_out = out.past_key_values, []
+            for t in range(T, T + steps):
+                step = model(ids[:, t : t + 1], attention_mask=mask[:, : t + 1], position_ids=pos[:, t : t + 1],
+                             past_key_values=cache)
+                steps_out.append(step.logits)
+            logits[name] = (out.logits, torch.cat(steps_out, 1), type(cache.decoder).__name__)
+        finally:
+            for m, b in zip(attention, backends):
+                m.backend = b
+            model.set_decoding("auto")
+    real = mask[:, :T].bool()
+    limit = 1e-2 if model.dtype in (torch.bfloat16, torch.float16) else 1e-4
+    prefill = _relative_error(logits["fast"][0][real], logits["reference"][0][real])
+    decode = _relative_error(logits["fast"][1], logits["reference"][1])
+    report["checks"] = dict(prefill_logits_rel_err=prefill, decode_logits_rel_err=decode, limit=limit,
+                            decoder=logits["fast"][2], passed=prefill < limit and decode < limit)
+
+
 def _warm_up(model, kind, cfg, device, generator):
     # compile/autotune (fla kernels, FlexAttention, the decode step) outside the timed region: two prefill
     # lengths (torch.compile specialises on the first shape and generalises on the second) and a few steps
@@ -413,7 +455,8 @@ def run_bench(cfg: BenchConfig, on_update=None) -> dict:
     restrict_triton_autotuning(cfg.autotune)
     _raise_recompile_limit(64)
     report = {"provenance": provenance(device), "config": dataclasses.asdict(cfg), "models": {}, "prefill": [],
-              "decode": [], "graph": [], "train": [], "errors": [], "skipped": [], "profiles": {}}
+              "decode": [], "graph": [], "train": [], "errors": [], "skipped": [], "profiles": {},
+              "checks": None}
     teacher, model = load_models(cfg, dtype)
     models = [("teacher", teacher), ("liger", model)] if teacher is not None else [("liger", model)]
     for kind, m in models:
@@ -426,6 +469,10 @@ def run_bench(cfg: BenchConfig, on_update=None) -> dict:
                 break
             m.to(device)
             try:
+                if kind == "liger":
+                    logger.info("liger bench: fast path vs reference ops")
+                    _section(report, "correctness check", lambda m=m: _check_fast_path(m, cfg, device, generator,
+                                                                                         report))
                 logger.info("liger bench: %s warm-up", kind)
                 if not _section(report, f"{kind} warm-up", lambda m=m, kind=kind: _warm_up(m, kind, cfg, device,
                                                                                           generator)):
@@ -600,6 +647,12 @@ def format_report(report) -> str:
     lines = [f"liger bench on {p.get('device_name')} | torch {p.get('torch')} | fla {p.get('fla-core')} | "
              f"{cfg['dtype']} | batch {cfg['batch_size']} | autotune {cfg.get('autotune')} | "
              f"commit {(p.get('git_commit') or '?')[:10]}{' (dirty)' if p.get('git_dirty') else ''}"]
+    check = report.get("checks")
+    if check:
+        lines.append(f"correctness of the fast path vs the PyTorch reference ops (same weights, left-padded batch): "
+                     f"prefill logits rel. err {check['prefill_logits_rel_err']:.1e}, decode ({check['decoder']}) "
+                     f"{check['decode_logits_rel_err']:.1e}, limit {check['limit']:.0e}: "
+                     f"{'PASS' if check['passed'] else 'FAIL'}")
     mode = _best_decode_mode(report)
     pre = {(r["model"], r["context"]): r for r in _rows(report, "prefill")}
     dec = {(r["model"], r["mode"], r["context"]): r for r in _rows(report, "decode")}
