@@ -103,7 +103,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=os.environ.get("OUT", "gpu_check_out"))
     parser.add_argument("--budget", type=float, default=560.0, help="seconds for the whole check")
-    parser.add_argument("--test-budget", type=float, default=180.0, help="seconds at most for the tests")
+    parser.add_argument("--test-budget", type=float, default=200.0, help="seconds at most for the tests")
     parser.add_argument("--smoke", action="store_true",
                         help="check this script's plumbing on a CPU (toy model, tiny sizes; numbers meaningless)")
     parser.add_argument("--skip-tests", action="store_true")
