@@ -225,7 +225,8 @@ class LigerForCausalLM(LigerPreTrainedModel, GenerationMixin):
 
     def _graph_decoder(self, cache: LigerCache) -> CUDAGraphDecoder | None:
         decoder = cache.decoder
-        if isinstance(decoder, CUDAGraphDecoder) and decoder.matches(cache) and decoder.model is self:
+        if (isinstance(decoder, CUDAGraphDecoder) and decoder.matches(cache) and decoder.model is self
+                and decoder.compile == self.compile_decode_step):
             return decoder
         if decoder == "failed":
             return None
