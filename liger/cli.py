@@ -16,6 +16,7 @@ from . import __version__
 SUBCOMMANDS = [
     "liger.commands.convert",
     "liger.commands.generate",
+    "liger.commands.bench",
 ]
 
 

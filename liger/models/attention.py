@@ -8,19 +8,28 @@ q/k, the window branch sees them after RoPE with the teacher's softmax scale. Th
 float32 and cast back to the input dtype before the pretrained ``o_proj``. No parameter is added.
 
 The module keeps the teacher attention's call signature, so the family's decoder layer, norms and MLP are
-reused as they are. It takes one extra keyword, ``token_mask`` (``[B, T]`` bool, False = padding), from
-``LigerModel``.
+reused as they are. It takes two extra keywords from ``LigerModel``: ``token_mask`` (``[B, T]`` bool, False =
+padding) and ``decode_step`` (None, or "eager"/"compiled" for the static single-token decode step, see
+:func:`decode_step_core`).
+
+Kernels: the recurrence runs on fla's Triton kernels on CUDA (``linear_backend`` "auto"/"fla") and on the
+pure-PyTorch ops otherwise; the window branch of multi-token calls runs through compiled FlexAttention on
+CUDA (unless ``linear_backend`` is "torch") and through the banded PyTorch op otherwise.
 """
 
 from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cache import LigerCache, LigerLayerCache
-from .variants import VARIANT_CLASSES, resolve_backend
-from .window import window_attention
+from .cache import LigerCache, write_decoded_token
+from .compiling import CompiledOrEager
+from .variants import Recurrence, get_recurrence, resolve_backend
+from .window import Sinks, first_real_tokens, sliding_window_attention, window_attention, window_decode_attention
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -31,6 +40,86 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """RoPE as in Llama/Mistral/Qwen, for time-first ``x`` ``[B, T, H, D]`` and ``cos``/``sin`` ``[B, T, D]``."""
     return x * cos[:, :, None] + rotate_half(x) * sin[:, :, None]
+
+
+def mix_branches(o_rec: torch.Tensor | None, o_win: torch.Tensor | None, linear_weight: float,
+                 window_weight: float, dtype: torch.dtype) -> torch.Tensor:
+    """``linear_weight · o_rec + window_weight · o_win`` in float32, cast to ``dtype``.
+
+    For half-precision models with weights summing to 1 (the paper's 0.5/0.5) this is one ``lerp`` kernel,
+    which also computes in float32 and rounds once.
+    """
+    if o_rec is None:
+        return (window_weight * _at_least_fp32(o_win)).to(dtype)
+    if o_win is None:
+        return (linear_weight * _at_least_fp32(o_rec)).to(dtype)
+    if dtype in (torch.bfloat16, torch.float16) and linear_weight + window_weight == 1.0:
+        return torch.lerp(o_win.to(dtype), o_rec.to(dtype), linear_weight)
+    return (linear_weight * _at_least_fp32(o_rec) + window_weight * _at_least_fp32(o_win)).to(dtype)
+
+
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+@dataclass(frozen=True)
+class DecodeSpec:
+    """The per-layer constants of the static decode step (equal across layers, so one instance is shared)."""
+
+    recurrence: Recurrence
+    window_size: int
+    num_sinks: int
+    scaling: float
+    linear_weight: float
+    window_weight: float
+
+
+@functools.cache
+def decode_spec(recurrence, window_size, num_sinks, scaling, linear_weight, window_weight) -> DecodeSpec:
+    return DecodeSpec(recurrence, window_size, num_sinks, scaling, linear_weight, window_weight)
+
+
+def decode_step_core(spec: DecodeSpec, q, k, v, q_lin, k_lin, cos, sin, valid, state, ring_k, ring_v, ring_valid,
+                     sink_k, sink_v, sink_pos, sink_valid, real_seen, seen_t) -> torch.Tensor:
+    """The static decode step of one Liger layer, between the projections and ``o_proj``.
+
+    Args:
+        q, k, v: the new token's projections (after q/k norms), ``[B, 1, HQ|H, D]``; ``q_lin``/``k_lin`` what
+            the linear branch reads; ``cos``/``sin`` ``[B, 1, D]``; ``valid`` ``[B]`` bool.
+        state, ring_*, sink_*, real_seen, seen_t: the layer cache's buffers, updated in place.
+
+    Returns:
+        The mixed attention output ``[B, 1, HQ, D]`` in ``q.dtype``. Shapes are fixed, nothing is allocated
+        beyond temporaries and nothing is read back to the host, so the step can be captured in a CUDA graph;
+        it computes what the eager path (window concatenation + recurrent step) computes.
+    """
+    o_rec = o_win = None
+    if spec.linear_weight != 0:
+        o_rec = spec.recurrence.step(q_lin, k_lin, v, valid[:, None], state)
+    q_rot, k_rot = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    if spec.window_weight != 0:
+        sinks = Sinks(sink_k, sink_v, sink_pos, sink_valid) if spec.num_sinks else None
+        o_win = window_decode_attention(q_rot, k_rot, v, valid, ring_k, ring_v, ring_valid, spec.scaling, sinks,
+                                        seen_t - (spec.window_size - 1))
+    write_decoded_token(ring_k, ring_v, ring_valid, sink_k, sink_v, sink_pos, sink_valid, real_seen, seen_t,
+                        k_rot, v, valid)
+    return mix_branches(o_rec, o_win, spec.linear_weight, spec.window_weight, q.dtype)
+
+
+_compiled_core = CompiledOrEager(decode_step_core, "decode_step")
+
+
+def run_decode_step_core(compiled: bool, *args) -> torch.Tensor:
+    """:func:`decode_step_core`, through ``torch.compile`` when ``compiled`` (one graph serves every layer:
+    the spec and the recurrence are shared instances; eager again if compilation fails)."""
+    return _compiled_core(*args) if compiled else decode_step_core(*args)
+
+
+def rope_pair(q, k, cos, sin):
+    return apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+
+
+_compiled_rope = CompiledOrEager(rope_pair, "rope", dynamic=True)
 
 
 class LigerAttention(nn.Module):
@@ -54,7 +143,9 @@ class LigerAttention(nn.Module):
         self.window_weight = float(config.window_weight)
         self.use_qk_norm_in_linear = config.use_qk_norm_in_linear
         self.backend = config.linear_backend
-        self.recurrence = VARIANT_CLASSES[config.variant](config)
+        self.recurrence = get_recurrence(config)
+        self.decode_spec = decode_spec(self.recurrence, self.window_size, self.num_sink_tokens, float(self.scaling),
+                                       self.linear_weight, self.window_weight)
         self.teacher_window = teacher_window
         """The teacher's own attention window in this layer (None = full causal attention)."""
         self.teacher_mode = False
@@ -68,6 +159,7 @@ class LigerAttention(nn.Module):
         attention_mask: torch.Tensor | None = None,
         past_key_values: LigerCache | None = None,
         token_mask: torch.Tensor | None = None,
+        decode_step: str | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, None]:
         B, T, _ = hidden_states.shape
@@ -80,37 +172,56 @@ class LigerAttention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
             if self.use_qk_norm_in_linear:
                 q_lin, k_lin = q, k
-        valid = token_mask if token_mask is not None else torch.ones(B, T, dtype=torch.bool, device=q.device)
+        cos, sin = position_embeddings
         if self.teacher_mode:
             if past_key_values is not None:
                 raise RuntimeError("teacher_mode is for full-sequence forwards; call the model with use_cache=False")
-            cos, sin = position_embeddings
             out = self._teacher_attention(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, token_mask)
             return self.o_proj(out.reshape(B, T, self.num_heads * D)), None
         cache = past_key_values.layers[self.layer_idx] if past_key_values is not None else None
+        if decode_step is not None:
+            out = self._decode_static(q, k, v, q_lin, k_lin, cos, sin, token_mask, cache, decode_step)
+            return self.o_proj(out.reshape(B, T, self.num_heads * D)), None
         decoding = cache is not None and cache.seen > 0
+        single_token = decoding and T == 1
 
-        out = 0.0
+        o_rec = o_win = None
         state = None
         if self.linear_weight != 0:
             backend = resolve_backend(self.backend, q.device)
-            mode = "recurrent" if decoding and T == 1 else "chunk"
+            mode = "recurrent" if single_token else "chunk"
             prev = cache.state if decoding else None
-            o_rec, state = self.recurrence(q_lin, k_lin, v, valid, prev, mode, backend)
-            out = self.linear_weight * o_rec
+            o_rec, state = self.recurrence(q_lin, k_lin, v, token_mask, prev, mode, backend,
+                                           need_state=cache is not None)
 
-        scratch = cache if cache is not None else LigerLayerCache(self.window_size, self.num_sink_tokens)
-        cos, sin = position_embeddings
-        q_rot, k_rot = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        keys, values, key_valid, sinks = scratch.window_inputs(k_rot, v, valid)
+        fast = q.is_cuda and self.backend != "torch"
+        q_rot, k_rot = (_compiled_rope if fast else rope_pair)(q, k, cos, sin)
+        if cache is not None:
+            valid = token_mask if token_mask is not None else torch.ones(B, T, dtype=torch.bool, device=q.device)
+            keys, values, key_valid, sinks = cache.window_inputs(k_rot, v, valid)
+        else:
+            keys, values, key_valid = k_rot, v, token_mask
+            sinks = first_real_tokens(k_rot, v, token_mask, self.num_sink_tokens) if self.num_sink_tokens else None
         if self.window_weight != 0:
-            o_win = window_attention(q_rot, keys, values, self.window_size, self.scaling, key_valid, sinks)
-            out = out + self.window_weight * o_win.float()
+            use_flex = fast and not single_token
+            o_win = sliding_window_attention(q_rot, keys, values, self.window_size, self.scaling, key_valid, sinks,
+                                             backend="flex" if use_flex else "torch")
         if cache is not None:
             cache.commit(keys, values, key_valid, sinks, state)
 
-        out = out.to(hidden_states.dtype).reshape(B, T, self.num_heads * D)
-        return self.o_proj(out), None
+        out = mix_branches(o_rec, o_win, self.linear_weight, self.window_weight, hidden_states.dtype)
+        return self.o_proj(out.reshape(B, T, self.num_heads * D)), None
+
+    def _decode_static(self, q, k, v, q_lin, k_lin, cos, sin, token_mask, cache, decode_step):
+        B, T = q.shape[:2]
+        if T != 1 or cache is None or not cache.is_initialized:
+            raise ValueError("the static decode step takes one token per sequence and a prefilled LigerCache")
+        valid = token_mask[:, 0] if token_mask is not None else torch.ones(B, dtype=torch.bool, device=q.device)
+        return run_decode_step_core(
+            decode_step == "compiled", self.decode_spec, q, k, v, q_lin, k_lin, cos, sin, valid, cache.state,
+            cache.ring_k, cache.ring_v, cache.ring_valid, cache.sink_k, cache.sink_v, cache.sink_pos,
+            cache.sink_valid, cache.real_seen, cache.seen_t,
+        )
 
     def _teacher_attention(self, q, k, v, token_mask):
         """Causal softmax attention exactly as the teacher computes it (GQA, padding mask, its own window)."""

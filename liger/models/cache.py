@@ -2,14 +2,21 @@
 
 Per Liger layer it holds
 * the recurrent state of the linear branch (a tuple of float32 tensors, once per KV head);
-* the post-RoPE keys/values of the last ``window_size - 1`` tokens (with a validity flag per slot), which is
-  all the window branch of the next token can see besides itself;
+* the post-RoPE keys/values of the last ``L = window_size - 1`` tokens, which is all the window branch of
+  the next token can see besides itself, in a **ring buffer**: token ``i`` (counted from the start, padding
+  included) lives in slot ``i % L``, with a validity flag per slot;
 * when ``num_sink_tokens > 0``, the post-RoPE keys/values of the first real tokens of each sequence and
   their positions.
 Layers kept as full softmax attention use a standard growing ``DynamicLayer``.
 
+Every tensor is allocated once (on the first forward) and later written in place, so its address never
+changes: the single-token decode step (:meth:`LigerLayerCache.decode_update`) has fixed shapes, no host
+synchronisation and no allocation that outlives it, and can be captured in a CUDA graph. Multi-token calls
+(prefill) read the ring in time order (:meth:`window_inputs`) and write it back (:meth:`commit`).
+
 Positions are token counts: ``seen`` counts every token fed so far (padding included, like
-``DynamicCache.get_seq_length``), and each sequence's count of real tokens is tracked to place its sinks.
+``DynamicCache.get_seq_length``); ``seen_t`` is the same count as a device tensor, read by the decode step;
+each sequence's count of real tokens (``real_seen``) places its sinks.
 """
 
 from __future__ import annotations
@@ -18,6 +25,37 @@ import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
 from .window import Sinks
+
+_BUFFERS = ("ring_k", "ring_v", "ring_valid", "sink_k", "sink_v", "sink_pos", "sink_valid", "real_seen", "seen_t")
+
+
+def write_decoded_token(ring_k, ring_v, ring_valid, sink_k, sink_v, sink_pos, sink_valid, real_seen, seen_t,
+                        k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor) -> None:
+    """Write one decoded token into a layer's buffers, in place, with no host synchronisation.
+
+    Args:
+        ring_k, ring_v, ring_valid, sink_*, real_seen, seen_t: a :class:`LigerLayerCache`'s buffers (sink
+            buffers None without sinks).
+        k, v: post-RoPE key and value of the new token, ``[B, 1, H, D]``.
+        valid: ``[B]`` bool, False for a padding token.
+    """
+    L = ring_k.shape[1]
+    k, v = k.detach(), v.detach()
+    if L:
+        slot = torch.remainder(seen_t, L).view(1)
+        ring_k.index_copy_(1, slot, k.to(ring_k.dtype))
+        ring_v.index_copy_(1, slot, v.to(ring_v.dtype))
+        ring_valid.index_copy_(1, slot, valid[:, None])
+    if sink_k is not None:
+        # the token becomes sink number real_seen[b] while that is < S
+        S = sink_k.shape[1]
+        take = (torch.arange(S, device=k.device) == real_seen[:, None]) & valid[:, None]  # [B, S]
+        sink_k.copy_(torch.where(take[:, :, None, None], k.to(sink_k.dtype), sink_k))
+        sink_v.copy_(torch.where(take[:, :, None, None], v.to(sink_v.dtype), sink_v))
+        sink_pos.copy_(torch.where(take, seen_t, sink_pos))
+        sink_valid.logical_or_(take)
+    real_seen.add_(valid.long())
+    seen_t.add_(1)
 
 
 class LigerLayerCache:
@@ -33,39 +71,52 @@ class LigerLayerCache:
         self.num_sink_tokens = num_sink_tokens
         self.seen = 0
         self.state: tuple[torch.Tensor, ...] | None = None
-        self.window_k = self.window_v = self.window_valid = None
+        self.ring_k = self.ring_v = self.ring_valid = None
         self.sink_k = self.sink_v = self.sink_pos = self.sink_valid = None
         self.real_seen: torch.Tensor | None = None
+        self.seen_t: torch.Tensor | None = None
+        self.version = 0
+        """Bumped whenever a buffer is replaced by a new tensor (e.g. a batch-size change), which invalidates
+        anything that captured the old addresses (a CUDA graph)."""
 
     @property
     def is_initialized(self) -> bool:
-        return self.window_k is not None
+        return self.ring_k is not None
+
+    @property
+    def ring_size(self) -> int:
+        return self.window_size - 1
 
     def _lazy_init(self, k: torch.Tensor, v: torch.Tensor) -> None:
         B, _, H, D = k.shape
-        L, S = self.window_size - 1, self.num_sink_tokens
-        self.window_k = k.new_zeros(B, L, H, D)
-        self.window_v = v.new_zeros(B, L, H, v.shape[-1])
-        self.window_valid = torch.zeros(B, L, dtype=torch.bool, device=k.device)
+        L, S = self.ring_size, self.num_sink_tokens
+        self.ring_k = k.new_zeros(B, L, H, D)
+        self.ring_v = v.new_zeros(B, L, H, v.shape[-1])
+        self.ring_valid = torch.zeros(B, L, dtype=torch.bool, device=k.device)
         self.real_seen = torch.zeros(B, dtype=torch.long, device=k.device)
+        self.seen_t = torch.full((), self.seen, dtype=torch.long, device=k.device)
         if S:
             self.sink_k = k.new_zeros(B, S, H, D)
             self.sink_v = v.new_zeros(B, S, H, v.shape[-1])
             self.sink_pos = torch.zeros(B, S, dtype=torch.long, device=k.device)
             self.sink_valid = torch.zeros(B, S, dtype=torch.bool, device=k.device)
 
+    def _in_time_order(self, ring: torch.Tensor) -> torch.Tensor:
+        # slot (seen + j) % L holds the j-th oldest of the last L tokens
+        return ring.roll(-(self.seen % self.ring_size), dims=1) if self.ring_size else ring
+
     def window_inputs(self, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor):
         """What the window branch attends over for the new tokens ``k``, ``v`` ``[B, T, H, D]``.
 
-        Returns ``(keys, values, key_valid, sinks)``: the cached window followed by the new tokens, and
-        the sinks (the first ``num_sink_tokens`` real tokens of each sequence, new ones included) with
-        their positions relative to ``keys[:, 0]``. Nothing is stored: :meth:`commit` does that.
+        Returns ``(keys, values, key_valid, sinks)``: the cached window in time order followed by the new
+        tokens, and the sinks (the first ``num_sink_tokens`` real tokens of each sequence, new ones included)
+        with their positions relative to ``keys[:, 0]``. Nothing is stored: :meth:`commit` does that.
         """
         if not self.is_initialized:
             self._lazy_init(k, v)
-        keys = torch.cat([self.window_k.to(k.dtype), k], dim=1)
-        values = torch.cat([self.window_v.to(v.dtype), v], dim=1)
-        key_valid = torch.cat([self.window_valid, valid], dim=1)
+        keys = torch.cat([self._in_time_order(self.ring_k).to(k.dtype), k], dim=1)
+        values = torch.cat([self._in_time_order(self.ring_v).to(v.dtype), v], dim=1)
+        key_valid = torch.cat([self._in_time_order(self.ring_valid), valid], dim=1)
         sinks = self._sinks_with(k, v, valid) if self.num_sink_tokens else None
         return keys, values, key_valid, sinks
 
@@ -74,7 +125,7 @@ class LigerLayerCache:
         S = self.num_sink_tokens
         real_index = self.real_seen[:, None] + valid.long().cumsum(1) - 1  # [B, T]
         slot = torch.where(valid & (real_index < S), real_index, S)  # S = a discarded overflow slot
-        start = self.seen - (self.window_size - 1)  # absolute position of keys[:, 0]
+        start = self.seen - self.ring_size  # absolute position of keys[:, 0]
         position = self.seen - start + torch.arange(T, device=k.device).expand(B, T)
 
         def put(buffer, src):
@@ -89,19 +140,44 @@ class LigerLayerCache:
     def commit(self, keys, values, key_valid, sinks: Sinks | None, state) -> None:
         """Store what the next tokens need: the last ``window_size - 1`` keys/values, the sinks, the
         recurrent state and the token counts. Arguments are :meth:`window_inputs`'s outputs."""
-        L = self.window_size - 1
+        L = self.ring_size
         T = keys.shape[1] - L
-        self.window_k = keys[:, T:].detach()
-        self.window_v = values[:, T:].detach()
-        self.window_valid = key_valid[:, T:]
+        seen = self.seen + T
+        if L:
+            # the last L keys in time order are the tokens seen - L .. seen - 1, whose slots start at seen % L
+            shift = seen % L
+            self.ring_k.copy_(keys[:, T:].detach().roll(shift, dims=1))
+            self.ring_v.copy_(values[:, T:].detach().roll(shift, dims=1))
+            self.ring_valid.copy_(key_valid[:, T:].roll(shift, dims=1))
         if sinks is not None:
             start = self.seen - L
-            self.sink_k, self.sink_v = sinks.k.detach(), sinks.v.detach()
-            self.sink_pos, self.sink_valid = sinks.index + start, sinks.valid
+            self.sink_k.copy_(sinks.k.detach())
+            self.sink_v.copy_(sinks.v.detach())
+            self.sink_pos.copy_(sinks.index + start)
+            self.sink_valid.copy_(sinks.valid)
         if state is not None:
-            self.state = tuple(x.detach() for x in state)
-        self.real_seen = self.real_seen + key_valid[:, L:].long().sum(1)
-        self.seen += T
+            self._store_state(state)
+        self.real_seen.add_(key_valid[:, L:].long().sum(1))
+        self.seen = seen
+        self.seen_t.fill_(seen)
+
+    def _store_state(self, state) -> None:
+        state = tuple(x.detach() for x in state)
+        if self.state is None or [x.shape for x in self.state] != [x.shape for x in state]:
+            self.state = tuple(x.contiguous() for x in state)
+            self.version += 1
+        else:
+            for dst, src in zip(self.state, state):
+                dst.copy_(src)
+
+    def decode_update(self, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor) -> None:
+        """Write one decoded token in place (the static decode step; see :func:`write_decoded_token`).
+
+        The host count ``seen`` is advanced separately by :meth:`LigerCache.advance`, so that a CUDA graph
+        replaying this step stays in step with it.
+        """
+        write_decoded_token(self.ring_k, self.ring_v, self.ring_valid, self.sink_k, self.sink_v, self.sink_pos,
+                            self.sink_valid, self.real_seen, self.seen_t, k, v, valid)
 
     def get_seq_length(self) -> int:
         return self.seen
@@ -109,21 +185,40 @@ class LigerLayerCache:
     def get_max_length(self) -> int:
         return -1
 
-    def _apply(self, fn) -> None:
-        for name in ("window_k", "window_v", "window_valid", "sink_k", "sink_v", "sink_pos", "sink_valid", "real_seen"):
-            if getattr(self, name) is not None:
-                setattr(self, name, fn(getattr(self, name)))
+    def buffers(self) -> list[torch.Tensor]:
+        """Every tensor this layer holds (the ones a decode step reads and writes)."""
+        tensors = [getattr(self, n) for n in _BUFFERS]
+        return [t for t in tensors + list(self.state or ()) if t is not None]
+
+    def _apply(self, fn, in_place: bool) -> None:
+        for name in _BUFFERS:
+            t = getattr(self, name)
+            if t is None or t.dim() == 0:
+                continue
+            new = fn(t)
+            if in_place and new.shape == t.shape:
+                t.copy_(new)
+            else:
+                setattr(self, name, new)
+                self.version += 1
         if self.state is not None:
-            self.state = tuple(fn(x) for x in self.state)
+            new_state = tuple(fn(x) for x in self.state)
+            if in_place and all(a.shape == b.shape for a, b in zip(new_state, self.state)):
+                for dst, src in zip(self.state, new_state):
+                    dst.copy_(src)
+            else:
+                self.state = new_state
+                self.version += 1
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        self._apply(lambda x: x.index_select(0, beam_idx.to(x.device)))
+        # in place: buffers keep their addresses (a captured decode graph stays valid)
+        self._apply(lambda x: x.index_select(0, beam_idx.to(x.device)), in_place=True)
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        self._apply(lambda x: x[indices])
+        self._apply(lambda x: x[indices], in_place=False)
 
     def batch_repeat_interleave(self, repeats: int) -> None:
-        self._apply(lambda x: x.repeat_interleave(repeats, dim=0))
+        self._apply(lambda x: x.repeat_interleave(repeats, dim=0), in_place=False)
 
     def reset(self) -> None:
         self.__init__(self.window_size, self.num_sink_tokens)
@@ -142,10 +237,7 @@ class LigerLayerCache:
 
     def state_bytes(self) -> int:
         """Bytes held by this layer's cache."""
-        tensors = [getattr(self, n) for n in ("window_k", "window_v", "window_valid", "sink_k", "sink_v",
-                                               "sink_pos", "sink_valid", "real_seen")]
-        tensors += list(self.state or ())
-        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+        return sum(t.numel() * t.element_size() for t in self.buffers())
 
 
 class LigerCache(Cache):
@@ -159,6 +251,18 @@ class LigerCache(Cache):
             for i in range(config.num_hidden_layers)
         ]
         super().__init__(layers=layers)
+        self.decoder = None
+        """The CUDA-graph decoder bound to this cache's buffers, once one was built (see ``decoding.py``)."""
+
+    @property
+    def liger_layers(self) -> list[LigerLayerCache]:
+        return [layer for layer in self.layers if isinstance(layer, LigerLayerCache)]
+
+    @property
+    def is_static(self) -> bool:
+        """True when every layer is a Liger layer (no growing full-attention K/V): the decode step then has
+        fixed shapes."""
+        return all(isinstance(layer, LigerLayerCache) for layer in self.layers)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         layer = self.layers[layer_idx]
@@ -168,6 +272,19 @@ class LigerCache(Cache):
 
     def get_max_length(self, layer_idx: int | None = None) -> int:
         return -1
+
+    def advance(self, tokens: int = 1) -> None:
+        """Advance the host token count of every Liger layer after a static decode step."""
+        for layer in self.liger_layers:
+            layer.seen += tokens
+
+    def buffers(self) -> list[torch.Tensor]:
+        return [t for layer in self.liger_layers for t in layer.buffers()]
+
+    def signature(self) -> tuple:
+        """Addresses, shapes and dtypes of every buffer: equal signatures mean a graph captured against one
+        still reads and writes the right memory."""
+        return tuple((t.data_ptr(), tuple(t.shape), t.dtype) for t in self.buffers())
 
     def nbytes(self) -> int:
         """Total bytes held by the cache (recurrent states, windows, sinks and full-attention K/V)."""

@@ -3,8 +3,15 @@
 This is the only module that imports fla, and it does so lazily. fla 0.6 is time-first ``[B, T, H, D]``
 (``head_first`` is gone; ``fused_chunk_gla`` raises; ``fused_recurrent_gla`` silently ignores unknown keyword
 arguments), so every call here passes time-first tensors and keyword arguments that fla's signatures name.
-Its GLA kernels want as many key heads as query heads: keys, values and gates are expanded for the kernel
+
+Precision: queries/keys/values go to the kernels in the model's dtype when it is bfloat16/float16 (no
+float32 copies: the kernels multiply them on tensor cores and accumulate in float32, which is what an
+upcast would compute from the same bf16 numbers), and in float32 otherwise; log-decays always go in
+float32, and states are float32. Outputs come back in the kernels' input dtype.
+
+fla's GLA kernels want as many key heads as query heads: keys, values and gates are expanded for the kernel
 and the final state is read back once per KV head (all query heads of a group carry the same state).
+``chunk_gsa`` and ``fused_recurrent_gsa`` take grouped queries themselves.
 """
 
 from __future__ import annotations
@@ -23,11 +30,52 @@ def is_available() -> bool:
     return torch.cuda.is_available()
 
 
+def kernel_dtype(x: torch.Tensor) -> torch.dtype:
+    """Dtype of the q/k/v tensors handed to fla: half-precision models stay in their dtype."""
+    return x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.float32
+
+
 def _expand(x: torch.Tensor | None, groups: int) -> torch.Tensor | None:
     # [B, T, H, ...] -> [B, T, H * groups, ...], query head h * groups + j reading KV head h
     if x is None or groups == 1:
         return x
     return x.repeat_interleave(groups, dim=2)
+
+
+def kernel_inputs(q, k, v, gk=None, gv=None):
+    """Tensors as fla's GLA kernels take them: q/k/v in :func:`kernel_dtype`, log-decays in float32, keys,
+    values and gates repeated to the query heads. Pure tensor code (it is compiled together with the feature
+    maps and gates that produce its inputs)."""
+    G = q.shape[2] // k.shape[2]
+    dtype = kernel_dtype(q)
+    gk = _expand(gk.float(), G) if gk is not None else None
+    gv = _expand(gv.float(), G) if gv is not None else None
+    return q.to(dtype), _expand(k.to(dtype), G), _expand(v.to(dtype), G), gk, gv
+
+
+def gla_kernels(q, k, v, gk, gv, scale, initial_state, output_final_state, mode, groups):
+    """fla's GLA kernels on :func:`kernel_inputs`' tensors; ``initial_state`` and the returned final state
+    are ``[B, H, K, V]`` float32, once per KV head (``groups`` query heads per KV head)."""
+    from fla.ops.gla import chunk_gla, fused_recurrent_gla
+    from fla.ops.simple_gla import chunk_simple_gla, fused_recurrent_simple_gla
+
+    G = groups
+    h0 = initial_state.float().repeat_interleave(G, dim=1) if initial_state is not None else None
+    common = dict(scale=scale, initial_state=h0, output_final_state=output_final_state)
+    if gv is not None or mode == "recurrent":
+        if gk is not None and gk.dim() == 3:
+            o, ht = fused_recurrent_simple_gla(q, k, v, g=gk, **common)
+        else:
+            o, ht = fused_recurrent_gla(q, k, v, gk=gk, gv=gv, **common)
+    elif gk is not None and gk.dim() == 3:
+        o, ht = chunk_simple_gla(q, k, v, g=gk, **common)
+    else:
+        if gk is None:
+            gk = torch.zeros_like(k, dtype=torch.float32)
+        o, ht = chunk_gla(q, k, v, g=gk, **common)
+    if ht is not None:
+        ht = ht[:, ::G].contiguous()
+    return o, ht
 
 
 def gla(
@@ -41,31 +89,10 @@ def gla(
     output_final_state: bool = False,
     mode: str = "chunk",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Same contract as ``recurrence.naive_recurrent_gla``, computed by fla's kernels in float32."""
-    from fla.ops.gla import chunk_gla, fused_recurrent_gla
-    from fla.ops.simple_gla import chunk_simple_gla, fused_recurrent_simple_gla
-
-    H, HQ = k.shape[2], q.shape[2]
-    G = HQ // H
-    q, k, v = q.float(), _expand(k.float(), G), _expand(v.float(), G)
-    gk = _expand(gk.float(), G) if gk is not None else None
-    gv = _expand(gv.float(), G) if gv is not None else None
-    h0 = initial_state.float().repeat_interleave(G, dim=1) if initial_state is not None else None
-    common = dict(scale=scale, initial_state=h0, output_final_state=output_final_state)
-    if gv is not None or mode == "recurrent":
-        if gk is not None and gk.dim() == 3:
-            o, ht = fused_recurrent_simple_gla(q, k, v, g=gk, **common)
-        else:
-            o, ht = fused_recurrent_gla(q, k, v, gk=gk, gv=gv, **common)
-    elif gk is not None and gk.dim() == 3:
-        o, ht = chunk_simple_gla(q, k, v, g=gk, **common)
-    else:
-        if gk is None:
-            gk = torch.zeros_like(k)
-        o, ht = chunk_gla(q, k, v, g=gk, **common)
-    if ht is not None:
-        ht = ht[:, ::G]
-    return o, ht
+    """Same contract as ``recurrence.naive_recurrent_gla`` (``o`` in :func:`kernel_dtype`, the final state
+    ``[B, H, K, V]`` float32 once per KV head), computed by fla's kernels."""
+    groups = q.shape[2] // k.shape[2]
+    return gla_kernels(*kernel_inputs(q, k, v, gk, gv), scale, initial_state, output_final_state, mode, groups)
 
 
 def gsa(
@@ -80,12 +107,22 @@ def gsa(
     mode: str = "chunk",
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
     """fla's gated slot attention (GQA native): q ``[B,T,HQ,K]``, k ``[B,T,H,K]``, v ``[B,T,H,V]``,
-    s and g ``[B,T,H,M]``; state ``(Sk [B,H,K,M], Sv [B,H,M,V])``."""
+    s and g ``[B,T,H,M]``; state ``(Sk [B,H,K,M], Sv [B,H,M,V])`` float32."""
     from fla.ops.gsa import chunk_gsa, fused_recurrent_gsa
 
+    dtype = kernel_dtype(q)
+    q, k, v, s, g = q.to(dtype), k.to(dtype), v.to(dtype), s.to(dtype), g.float()
     h0 = tuple(x.float() for x in initial_state) if initial_state is not None else None
-    fn = fused_recurrent_gsa if mode == "recurrent" else chunk_gsa
-    return fn(
-        q.float(), k.float(), v.float(), s.float(), g=g.float(), scale=scale,
-        initial_state=h0, output_final_state=output_final_state,
-    )
+    if mode != "recurrent":
+        return chunk_gsa(q, k, v, s, g=g, scale=scale, initial_state=h0, output_final_state=output_final_state)
+    G = q.shape[2] // k.shape[2]
+    grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, s, g))
+    if G == 1 or (q.shape[1] == 1 and not grad):
+        # fused_recurrent_gsa reads grouped queries itself, but only in its single-token inference kernel
+        return fused_recurrent_gsa(q, k, v, s, g=g, scale=scale, initial_state=h0,
+                                   output_final_state=output_final_state)
+    k, v, s, g = (_expand(x, G) for x in (k, v, s, g))
+    h0 = tuple(x.repeat_interleave(G, dim=1) for x in h0) if h0 is not None else None
+    o, final = fused_recurrent_gsa(q, k, v, s, g=g, scale=scale, initial_state=h0,
+                                   output_final_state=output_final_state)
+    return o, [x[:, ::G].contiguous() if x is not None else None for x in final]

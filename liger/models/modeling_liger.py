@@ -4,11 +4,16 @@ The embeddings, decoder layers (norms, MLPs), final norm and rotary embedding ar
 built from the base config, so parameter names, shapes and counts equal the teacher's exactly. Only each
 layer's ``self_attn`` is replaced, by a :class:`LigerAttention` that owns the same ``q/k/v/o_proj`` modules,
 except in ``full_attention_layers``, which keep the family's attention and a standard KV cache.
+
+Single-token decode steps run in one of the modes of :meth:`LigerForCausalLM.set_decoding`: eager (the
+reference), static (fixed shapes, cache written in place) or the static step replayed from a CUDA graph
+(the default on CUDA; see ``decoding.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import torch
 from torch import nn
@@ -19,7 +24,10 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from .attention import LigerAttention
 from .cache import LigerCache
 from .configuration_liger import LigerConfig
+from .decoding import DECODING_MODES, CUDAGraphDecoder
 from .families import FAMILIES, get_family
+
+logger = logging.getLogger("liger")
 
 
 class LigerPreTrainedModel(PreTrainedModel):
@@ -73,8 +81,12 @@ class LigerModel(LigerPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
+        decode_step: str | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
+        """``decode_step`` ("eager" or "compiled"): run the static single-token decode step (one token per
+        sequence, a prefilled cache with Liger layers only); positions then default to the cache's device-side
+        token count, so that the call reads nothing from the host."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if attention_mask is not None and attention_mask.dim() != 2:
@@ -88,6 +100,8 @@ class LigerModel(LigerPreTrainedModel):
             raise TypeError(f"a Liger model needs a LigerCache, got {type(past_key_values).__name__}")
         T = inputs_embeds.shape[1]
         past_seen = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if position_ids is None and decode_step is not None:
+            position_ids = past_key_values.liger_layers[0].seen_t.view(1, 1).expand(inputs_embeds.shape[0], 1)
         if position_ids is None:
             position_ids = (torch.arange(T, device=inputs_embeds.device) + past_seen)[None]
         token_mask = attention_mask[:, -T:].bool() if attention_mask is not None else None
@@ -110,7 +124,7 @@ class LigerModel(LigerPreTrainedModel):
                 )
                 layer_kwargs = {"attention_mask": mask}
             else:
-                layer_kwargs = {"token_mask": token_mask}
+                layer_kwargs = {"token_mask": token_mask, "decode_step": decode_step}
             hidden_states = layer(
                 hidden_states,
                 position_embeddings=position_embeddings,
@@ -155,7 +169,75 @@ class LigerForCausalLM(LigerPreTrainedModel, GenerationMixin):
         self.model = LigerModel(config)
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.decoding = "auto"
+        """How single-token decode steps run (see :meth:`set_decoding`)."""
+        self.compile_decode_step = True
         self.post_init()
+
+    def set_decoding(self, mode: str = "auto", compile: bool = True) -> LigerForCausalLM:
+        """Choose how single-token decode steps (``generate``, or a forward of one token per sequence on a
+        prefilled ``LigerCache``) run:
+
+        * ``"eager"``: the reference path (the cached window is concatenated with the new token);
+        * ``"static"``: the fixed-shape step that writes the cache in place (any device; same outputs);
+        * ``"cuda_graph"``: the static step captured once per cache in a CUDA graph and replayed (CUDA only);
+        * ``"auto"`` (default): ``"cuda_graph"`` on CUDA outside autograd, ``"eager"`` otherwise.
+
+        Models with ``full_attention_layers`` (a growing K/V cache) always decode eagerly.
+
+        Args:
+            compile: with ``"cuda_graph"``, compile each layer's attention core with ``torch.compile`` before
+                capturing (fewer, fused kernels; falls back to the eager step if compilation fails).
+        """
+        if mode not in DECODING_MODES:
+            raise ValueError(f"decoding mode must be one of {', '.join(DECODING_MODES)}, got {mode!r}")
+        if mode in ("static", "cuda_graph") and self.config.full_attention_layers:
+            raise ValueError(f"decoding mode {mode!r} needs a fixed-size cache, but layers "
+                             f"{self.config.full_attention_layers} keep full attention (use 'eager')")
+        self.decoding = mode
+        self.compile_decode_step = compile
+        return self
+
+    def _decode_mode(self, input_ids, inputs_embeds, past_key_values, labels, output_hidden_states) -> str | None:
+        """The decoding mode this call takes, or None for a regular forward."""
+        if self.decoding == "eager" or not isinstance(past_key_values, LigerCache):
+            return None
+        if input_ids is None or inputs_embeds is not None or input_ids.shape[1] != 1 or labels is not None:
+            return None
+        if output_hidden_states or not past_key_values.is_static or past_key_values.get_seq_length() == 0:
+            return None
+        if not all(layer.is_initialized for layer in past_key_values.liger_layers):
+            return None
+        if self.decoding == "auto":
+            return "cuda_graph" if input_ids.is_cuda and not torch.is_grad_enabled() else None
+        if self.decoding == "cuda_graph" and not input_ids.is_cuda:
+            raise RuntimeError("decoding mode 'cuda_graph' needs the model on a CUDA device (use 'static' or 'eager')")
+        return self.decoding
+
+    @torch.no_grad()
+    def static_step(self, input_ids, position_ids, attention_mask, cache: LigerCache, compile: bool = False):
+        """Logits ``[B, 1, vocab]`` of one token per sequence through the static decode step; writes ``cache``'s
+        buffers in place but leaves its host token count alone (see ``LigerCache.advance``)."""
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                            past_key_values=cache, use_cache=True,
+                            decode_step="compiled" if compile else "eager").last_hidden_state
+        return self.lm_head(hidden)
+
+    def _graph_decoder(self, cache: LigerCache) -> CUDAGraphDecoder | None:
+        decoder = cache.decoder
+        if (isinstance(decoder, CUDAGraphDecoder) and decoder.matches(cache) and decoder.model is self
+                and decoder.compile == self.compile_decode_step):
+            return decoder
+        if decoder == "failed":
+            return None
+        try:
+            cache.decoder = CUDAGraphDecoder(self, cache, compile=self.compile_decode_step)
+        except Exception as err:  # capture is best effort: decode with the same static step, uncaptured
+            cache.decoder = "failed"
+            logger.warning("liger: CUDA graph capture failed (%s: %s); decoding with the uncaptured static step",
+                           type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+            return None
+        return cache.decoder
 
     def get_input_embeddings(self):
         return self.model.embed_tokens
@@ -183,6 +265,17 @@ class LigerForCausalLM(LigerPreTrainedModel, GenerationMixin):
         return_dict: bool | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
+        mode = self._decode_mode(input_ids, inputs_embeds, past_key_values, labels, output_hidden_states)
+        if mode is not None:
+            decoder = self._graph_decoder(past_key_values) if mode == "cuda_graph" else None
+            if decoder is not None:
+                logits = decoder(input_ids, position_ids, attention_mask)
+            else:
+                compile = mode == "cuda_graph" and self.compile_decode_step
+                logits = self.static_step(input_ids, position_ids, attention_mask, past_key_values, compile=compile)
+                past_key_values.advance(1)
+            output = CausalLMOutputWithPast(logits=logits, past_key_values=past_key_values)
+            return output if return_dict is not False else output.to_tuple()
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,

@@ -247,3 +247,36 @@ def _chunk_value_gate(qc, kc, vc, g, S0, c, causal):
     vs = vc.reshape(B, H, N, ns, c, V)
     o_diag = torch.einsum("bhngati,bhnativ->bhngatv", A_diag, vs[..., None, :, :] * decay)
     return o + (o_off + o_diag).reshape(B, H, N, G, C, V), S
+
+
+def recurrent_gla_step_(
+    state: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    gk: torch.Tensor | None = None,
+    gv: torch.Tensor | None = None,
+    scale: float = 1.0,
+) -> torch.Tensor:
+    """One token of :func:`naive_recurrent_gla`, updating ``state`` in place (the static decode step).
+
+    Args:
+        state: ``[B, H, K, V]``, float32 (or float64); written in place.
+        q: ``[B, 1, HQ, K]``; k ``[B, 1, H, K]``; v ``[B, 1, H, V]``; gk ``[B, 1, H, K]`` or ``[B, 1, H]``;
+            gv ``[B, 1, H, V]``.
+
+    Returns:
+        ``o`` ``[B, 1, HQ, V]`` in the state's dtype. The query heads of a group read their KV head's state
+        directly (no repeat).
+    """
+    B, _, HQ, K = q.shape
+    H, V = k.shape[2], v.shape[-1]
+    dtype = state.dtype
+    if gk is not None:
+        decay = gk[:, 0].to(dtype).exp()
+        state.mul_(decay[..., None] if decay.dim() == 3 else decay[..., None, None])
+    if gv is not None:
+        state.mul_(gv[:, 0].to(dtype).exp()[:, :, None, :])
+    state.add_(k[:, 0, :, :, None].to(dtype) * v[:, 0, :, None, :].to(dtype))
+    o = torch.einsum("bhgk,bhkv->bhgv", q[:, 0].to(dtype).view(B, H, HQ // H, K) * scale, state)
+    return o.reshape(B, 1, HQ, V)

@@ -12,17 +12,23 @@ otherwise, the recurrence is the generic gated form, per KV head:
 
 Padding positions add nothing to the state and do not decay it.
 The state of each variant is a tuple of float32 tensors kept once per KV head.
+
+A variant is called on whole sequences (``__call__``: chunked/recurrent forms, torch or fla kernels) and on
+single decode tokens (``step``: in-place state update with a grouped readout, the static decode step).
+Variants hold no per-layer data, so layers with the same options share one instance (:func:`get_recurrence`).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import torch
 import torch.nn.functional as F
 
 from . import fla_backend
-from .recurrence import chunk_gla, naive_recurrent_gla
+from .compiling import CompiledOrEager
+from .recurrence import chunk_gla, naive_recurrent_gla, recurrent_gla_step_
 
 logger = logging.getLogger("liger")
 
@@ -58,12 +64,16 @@ def _log_backend_once(backend: str, device: str) -> None:
         logger.info("liger: recurrence backend '%s' on %s", backend, device)
 
 
-def gated_linear_attention(q, k, v, gk=None, gv=None, scale=1.0, state=None, mode="chunk", backend="torch"):
-    """Dispatch to the torch (chunked or recurrent) or fla implementation; returns (o fp32, final state)."""
+def gated_linear_attention(q, k, v, gk=None, gv=None, scale=1.0, state=None, mode="chunk", backend="torch",
+                           need_state=True):
+    """Dispatch to the torch (chunked or recurrent) or fla implementation; returns (o, final state or None).
+
+    ``o`` is float32 from the torch ops (float64 for float64 inputs); the fla kernels return it in their input
+    dtype (the model's dtype for bf16/fp16 models, float32 otherwise; see ``fla_backend.gla``)."""
     if backend == "fla":
-        return fla_backend.gla(q, k, v, gk, gv, scale, state, True, mode)
+        return fla_backend.gla(q, k, v, gk, gv, scale, state, need_state, mode)
     fn = naive_recurrent_gla if mode == "recurrent" else chunk_gla
-    return fn(q, k, v, gk, gv, scale, state, True)
+    return fn(q, k, v, gk, gv, scale, state, need_state)
 
 
 def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
@@ -89,7 +99,8 @@ class Recurrence:
         self.normalizer = float(config.gate_normalizer)
         self.scale = float(config.linear_scale)
         self.pool_size = config.gate_pool_size
-        self.config = config
+        self.lower_bound = float(config.hgrn2_lower_bound)
+        self.num_slots = config.gsa_num_slots
 
     def gate_input(self, k: torch.Tensor) -> torch.Tensor:
         """Pool(k): ``[B,T,H]`` for scalar gates, else ``[B,T,H,D]`` (pooled channels repeated back)."""
@@ -97,6 +108,8 @@ class Recurrence:
             return k.mean(-1)
         D = k.shape[-1]
         size = self.pool_size or D
+        if size == D:
+            return k
         return pool_channels(k, size).repeat_interleave(D // size, dim=-1)
 
     def log_gate(self, x: torch.Tensor) -> torch.Tensor:
@@ -106,19 +119,47 @@ class Recurrence:
         """(query, key, value, log-decay) fed to the recurrence."""
         return self.feature_map(q), self.feature_map(k), v, self.log_gate(at_least_fp32(self.gate_input(k)))
 
-    def __call__(self, q, k, v, valid, state, mode, backend):
+    def prepare(self, q, k, v, valid):
+        """(query, key, value, log-decay) of the recurrence, with padding zeroed."""
         q, k, v, g = self.inputs(q, k, v)
         k, v, g = _mask_padding(valid, k, v, g)
-        o, S = gated_linear_attention(q, k, v, gk=g, scale=self.scale, state=state[0] if state else None,
-                                      mode=mode, backend=backend)
-        return o, (S,)
+        return q, k, v, g
+
+    def __call__(self, q, k, v, valid, state, mode, backend, need_state=True):
+        """Whole-sequence form: ``q`` ``[B,T,HQ,D]``, ``k``/``v`` ``[B,T,H,D]``, ``valid`` ``[B,T]`` bool or
+        None (no padding), ``state`` the previous state tuple or None. Returns ``(o, state tuple or None)``."""
+        prev = state[0] if state else None
+        if backend == "fla":
+            # feature maps, gates, padding, casts and head expansion: one compiled function feeding the kernels
+            prepare = _fla_inputs_compiled if mode == "chunk" else _fla_inputs
+            o, S = fla_backend.gla_kernels(*prepare(self, q, k, v, valid), self.scale, prev, need_state, mode,
+                                           q.shape[2] // k.shape[2])
+        else:
+            q, k, v, g = self.prepare(q, k, v, valid)
+            o, S = gated_linear_attention(q, k, v, gk=g, scale=self.scale, state=prev, mode=mode, backend=backend,
+                                          need_state=need_state)
+        return o, ((S,) if S is not None else None)
+
+    def step(self, q, k, v, valid, state):
+        """One decode token: ``q`` ``[B,1,HQ,D]``, ``k``/``v`` ``[B,1,H,D]``, ``valid`` ``[B,1]`` bool; updates
+        the ``state`` tuple in place and returns ``o`` ``[B,1,HQ,V]`` (float32)."""
+        q, k, v, g = self.prepare(q, k, v, valid)
+        return recurrent_gla_step_(state[0], q, k, v, gk=g, scale=self.scale)
+
+
+def _fla_inputs(recurrence, q, k, v, valid):
+    q, k, v, g = recurrence.prepare(q, k, v, valid)
+    return fla_backend.kernel_inputs(q, k, v, gk=g)
+
+
+_fla_inputs_compiled = CompiledOrEager(_fla_inputs, "fla_inputs", dynamic=True)
 
 
 def _mask_padding(valid, *tensors):
-    """Zero padded positions ([B,T] bool, False = pad) in [B,T,...] tensors."""
+    """Zero padded positions ([B,T] bool, False = pad) in [B,T,...] tensors (None = no padding)."""
     if valid is None:
         return tensors
-    return tuple(None if t is None else t * valid.view(*valid.shape, *([1] * (t.dim() - 2))).to(t.dtype)
+    return tuple(None if t is None else torch.where(valid.view(*valid.shape, *([1] * (t.dim() - 2))), t, 0)
                  for t in tensors)
 
 
@@ -137,7 +178,7 @@ class HGRN2(Recurrence):
     """
 
     def log_gate(self, x):
-        gamma = float(self.config.hgrn2_lower_bound)
+        gamma = self.lower_bound
         log_alpha = F.logsigmoid(x) if gamma == 0 else torch.log(gamma + (1 - gamma) * torch.sigmoid(x))
         return log_alpha / self.normalizer
 
@@ -181,10 +222,21 @@ class MLSTM(GatedRetention):
     (input gate 1: no parameters). The normaliser rides along as one extra value column of the state.
     """
 
-    def __call__(self, q, k, v, valid, state, mode, backend):
-        v = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
-        o, (S,) = super().__call__(q, k, v, valid, state, mode, backend)
-        return o[..., :-1] / o[..., -1:].abs().clamp_min(1.0), (S,)
+    def __call__(self, q, k, v, valid, state, mode, backend, need_state=True):
+        o, S = super().__call__(q, k, _with_normaliser_column(v), valid, state, mode, backend, need_state)
+        return _normalise(o), S
+
+    def step(self, q, k, v, valid, state):
+        return _normalise(super().step(q, k, _with_normaliser_column(v), valid, state))
+
+
+def _with_normaliser_column(v):
+    return torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
+
+
+def _normalise(o):
+    o = o.float() if o.dtype not in (torch.float32, torch.float64) else o
+    return o[..., :-1] / o[..., -1:].abs().clamp_min(1.0)
 
 
 class GSA(Recurrence):
@@ -196,18 +248,29 @@ class GSA(Recurrence):
     Two gated recurrences: the first decays its value (slot) side, the second its key side.
     """
 
-    def __call__(self, q, k, v, valid, state, mode, backend):
-        M = self.config.gsa_num_slots or k.shape[-1]
+    def _slots(self, k, v, valid):
+        M = self.num_slots or k.shape[-1]
         g = F.logsigmoid(pool_channels(at_least_fp32(k), M)) / self.normalizer
         s = 1 - g.exp()
-        s, v, g = _mask_padding(valid, s, v, g)
+        return _mask_padding(valid, s, v, g)
+
+    def __call__(self, q, k, v, valid, state, mode, backend, need_state=True):
+        s, v, g = self._slots(k, v, valid)
         Sk, Sv = state if state else (None, None)
         if backend == "fla":
-            o, final = fla_backend.gsa(q, k, v, s, g, self.scale, state, True, mode)
-            return o, tuple(final)
-        ok, Sk = gated_linear_attention(q, k, s, gv=g, scale=self.scale, state=Sk, mode=mode, backend=backend)
-        o, Sv = gated_linear_attention(ok.softmax(-1), s, v, gk=g, scale=1.0, state=Sv, mode=mode, backend=backend)
-        return o, (Sk, Sv)
+            o, final = fla_backend.gsa(q, k, v, s, g, self.scale, state, need_state, mode)
+            return o, (tuple(final) if need_state else None)
+        ok, Sk = gated_linear_attention(q, k, s, gv=g, scale=self.scale, state=Sk, mode=mode, backend=backend,
+                                        need_state=need_state)
+        o, Sv = gated_linear_attention(ok.softmax(-1), s, v, gk=g, scale=1.0, state=Sv, mode=mode, backend=backend,
+                                       need_state=need_state)
+        return o, ((Sk, Sv) if need_state else None)
+
+    def step(self, q, k, v, valid, state):
+        s, v, g = self._slots(k, v, valid)
+        Sk, Sv = state
+        ok = recurrent_gla_step_(Sk, q, k, s, gv=g, scale=self.scale)
+        return recurrent_gla_step_(Sv, ok.softmax(-1), s, v, gk=g, scale=1.0)
 
 
 VARIANT_CLASSES: dict[str, type[Recurrence]] = {
@@ -219,3 +282,20 @@ VARIANT_CLASSES: dict[str, type[Recurrence]] = {
     "gated_retention": GatedRetention,
     "rwkv6": RWKV6,
 }
+
+
+@functools.cache
+def _shared(variant, feature_map, gate_normalizer, linear_scale, gate_pool_size, hgrn2_lower_bound, gsa_num_slots):
+    from types import SimpleNamespace
+
+    options = SimpleNamespace(feature_map=feature_map, gate_normalizer=gate_normalizer, linear_scale=linear_scale,
+                              gate_pool_size=gate_pool_size, hgrn2_lower_bound=hgrn2_lower_bound,
+                              gsa_num_slots=gsa_num_slots)
+    return VARIANT_CLASSES[variant](options)
+
+
+def get_recurrence(config) -> Recurrence:
+    """The recurrence of ``config.variant`` with the config's options; one shared instance per set of options
+    (instances are stateless), so that compiled code traced for one layer serves every layer."""
+    return _shared(config.variant, config.feature_map, float(config.gate_normalizer), float(config.linear_scale),
+                   config.gate_pool_size, float(config.hgrn2_lower_bound), config.gsa_num_slots)

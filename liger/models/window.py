@@ -10,15 +10,23 @@ the cached window followed by its own key). The query at key index ``p`` attends
 
 ``naive_window_attention`` builds the dense ``[Tq, Tk]`` mask and is the reference.
 ``window_attention`` cuts the queries into blocks and gives each block only the ``block + W - 1`` keys it
-can see, so memory is ``O(T · W)`` and no ``T × T`` mask is ever built.
-Both take grouped-query inputs (``HQ`` query heads over ``H`` key/value heads) without repeating K/V.
+can see, so memory is ``O(T · W)`` and no ``T × T`` mask is ever built (the CPU path).
+``flex_window_attention`` is the same function through PyTorch's FlexAttention with a block-sparse mask built
+directly from block indices (the CUDA path: one fused kernel, compiled).
+``window_decode_attention`` is the single-token decode step over the cache's ring buffer (fixed shapes).
+All take grouped-query inputs (``HQ`` query heads over ``H`` key/value heads) without repeating K/V.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+
+from .compiling import CompiledOrEager
 
 
 @dataclass
@@ -144,3 +152,234 @@ def window_attention(
         eqs.append("bhgnqs,bshd->bnqhgd")
     out = _masked_softmax_av(scores, masks, values, eqs)
     return out.reshape(B, nb * bq, HQ, D)[:, :Tq].to(q.dtype)
+
+
+def first_real_tokens(k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor | None, num_sinks: int) -> Sinks:
+    """The sinks of a sequence read from its start: the first ``num_sinks`` real tokens of each sequence.
+
+    Args:
+        k, v: ``[B, T, H, D]``.
+        valid: ``[B, T]`` bool (None = all real).
+        num_sinks: ``S``.
+
+    Returns:
+        :class:`Sinks` with ``index`` relative to ``k[:, 0]``; slots of sequences with fewer than ``S`` real
+        tokens are invalid.
+    """
+    B, T = k.shape[:2]
+    S = num_sinks
+    if valid is None:
+        valid = torch.ones(B, T, dtype=torch.bool, device=k.device)
+    real_index = valid.long().cumsum(1) - 1
+    slot = torch.where(valid & (real_index < S), real_index, S)  # S = a discarded overflow slot
+
+    def put(src):
+        buffer = src.new_zeros(B, S + 1, *src.shape[2:])
+        index = slot.view(B, T, *([1] * (src.dim() - 2))).expand_as(src)
+        return buffer.scatter(1, index, src)[:, :S]
+
+    position = torch.arange(T, device=k.device).expand(B, T)
+    return Sinks(put(k), put(v), put(position), put(valid))
+
+
+def window_decode_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    valid: torch.Tensor,
+    ring_k: torch.Tensor,
+    ring_v: torch.Tensor,
+    ring_valid: torch.Tensor,
+    scale: float,
+    sinks: Sinks | None = None,
+    visible_before: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One decode step of the window branch, over a ring buffer (shapes fixed, no concatenation).
+
+    The ring holds the ``W - 1`` tokens before the new one, in any slot order (attention does not depend on
+    the order of its keys), so the new token sees exactly its window: the ring's valid slots plus itself.
+
+    Args:
+        q: ``[B, 1, HQ, D]`` (post-RoPE).
+        k, v: the new token's ``[B, 1, H, D]``; ``valid`` ``[B]`` bool.
+        ring_k, ring_v: ``[B, L, H, D]``; ``ring_valid`` ``[B, L]`` bool.
+        scale: softmax scale.
+        sinks: sink keys with ``index`` as absolute token positions.
+        visible_before: a sink is visible when ``index < visible_before`` (``t - W + 1`` for the token at
+            absolute position ``t``: sinks inside the window are counted once, as window keys). A 0-d long
+            tensor, so that the step needs no host value.
+
+    Returns:
+        ``[B, 1, HQ, D]`` in ``q.dtype``.
+    """
+    B, _, HQ, D = q.shape
+    H = k.shape[2]
+    qg = q.reshape(B, H, HQ // H, D)
+    scores = [torch.einsum("bhgd,bhd->bhg", qg, k[:, 0])[..., None] * scale]
+    masks = [valid[:, None, None, None]]
+    values = [v]
+    eqs = ["bhgs,bshd->bhgd"]
+    if ring_k.shape[1]:
+        scores.append(torch.einsum("bhgd,blhd->bhgl", qg, ring_k.to(q.dtype)) * scale)
+        masks.append(ring_valid[:, None, None, :])
+        values.append(ring_v.to(v.dtype))
+        eqs.append("bhgl,blhd->bhgd")
+    if sinks is not None:
+        scores.append(torch.einsum("bhgd,bshd->bhgs", qg, sinks.k.to(q.dtype)) * scale)
+        visible = sinks.valid & (sinks.index < visible_before)  # [B, S]
+        masks.append(visible[:, None, None, :])
+        values.append(sinks.v.to(v.dtype))
+        eqs.append("bhgs,bshd->bhgd")
+    out = _masked_softmax_av(scores, masks, values, eqs)
+    return out.reshape(B, 1, HQ, D).to(q.dtype)
+
+
+def window_block_indices(Tq: int, Tk: int, num_sinks: int, window_size: int, block_size: int, device):
+    """Which key blocks each query block can see (for a FlexAttention ``BlockMask``), computed from block
+    indices alone: O((T / block)²) integers, never a per-token mask.
+
+    Keys are ``num_sinks`` sink keys followed by the ``Tk`` window keys; query ``i`` sits at window-key index
+    ``p = i + Tk - Tq`` and sees window keys ``p - W + 1 .. p`` and any sink.
+
+    Returns:
+        ``(kv_num_blocks [nq], kv_indices [nq, nk])`` as int32 (listed blocks first, in increasing order).
+    """
+    S, W, bs = num_sinks, window_size, block_size
+    nq, nk = -(-Tq // bs), -(-(S + Tk) // bs)
+    q_first = torch.arange(nq, device=device) * bs
+    q_last = torch.clamp(q_first + bs, max=Tq) - 1
+    offset = Tk - Tq + S  # key index of query 0's own key
+    lo = torch.clamp(q_first + offset - W + 1, min=0) // bs
+    hi = (q_last + offset) // bs
+    kb = torch.arange(nk, device=device)
+    needed = (kb[None, :] >= lo[:, None]) & (kb[None, :] <= hi[:, None])
+    if S:
+        needed |= kb[None, :] <= (S - 1) // bs
+    num = needed.sum(-1).to(torch.int32)
+    order = torch.argsort(needed.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
+    return num, order
+
+
+def window_block_mask(B: int, Tq: int, Tk: int, window_size: int, key_valid: torch.Tensor | None,
+                      sinks: Sinks | None, block_size: int, device):
+    """The FlexAttention ``BlockMask`` of :func:`flex_window_attention`: keys are the sinks (if any)
+    followed by the ``Tk`` window keys; the block lists come from :func:`window_block_indices`."""
+    W, S = window_size, (sinks.k.shape[1] if sinks is not None else 0)
+    offset = Tk - Tq
+    structure = _block_structure(Tq, Tk, S, W, block_size, torch.device(device))
+    block_mask = copy.copy(structure)
+    if key_valid is None and not S:
+        # no padding, no sinks (training on packed sequences): the rule needs no per-key table
+        def band(b, h, q_idx, kv_idx):
+            p = q_idx + offset
+            return (kv_idx <= p) & (kv_idx > p - W)
+
+        block_mask.mask_mod = band
+        return block_mask
+    if key_valid is None:
+        key_valid = torch.ones(B, Tk, dtype=torch.bool, device=device)
+    position = torch.arange(Tk, device=device).expand(B, Tk)
+    if S:
+        key_valid = torch.cat([sinks.valid, key_valid], dim=1)
+        position = torch.cat([sinks.index.to(position.dtype), position], dim=1)
+    # per-key tables padded to whole blocks, so mask_mod never reads past their end
+    pad = structure.kv_indices.shape[-1] * block_size - (S + Tk)
+    key_valid = F.pad(key_valid, (0, pad))
+    position = F.pad(position, (0, pad))
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        p = q_idx + offset
+        pos = position[b, kv_idx]
+        is_sink = kv_idx < S
+        in_window = (pos <= p) & (pos > p - W)
+        visible = key_valid[b, kv_idx] & torch.where(is_sink, pos <= p - W, in_window)
+        return visible | (~is_sink & (pos == p))
+
+    block_mask.mask_mod = mask_mod
+    return block_mask
+
+
+@functools.lru_cache(maxsize=64)
+def _block_structure(Tq: int, Tk: int, S: int, W: int, block_size: int, device: torch.device):
+    """The block lists of a window mask (they depend on sizes only; every layer and step with the same sizes
+    shares them), as a ``BlockMask`` whose ``mask_mod`` the caller replaces."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    num, order = window_block_indices(Tq, Tk, S, W, block_size, device)
+    return BlockMask.from_kv_blocks(num[None, None], order[None, None], BLOCK_SIZE=block_size,
+                                    seq_lengths=(Tq, S + Tk))
+
+
+def flex_window_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    window_size: int,
+    scale: float,
+    key_valid: torch.Tensor | None = None,
+    sinks: Sinks | None = None,
+    block_size: int = 128,
+    kernel=None,
+) -> torch.Tensor:
+    """:func:`naive_window_attention` through FlexAttention (same arguments and results on real rows).
+
+    The block mask lists, per block of ``block_size`` queries, the key blocks its windows (and the sinks)
+    can reach; the ``mask_mod`` applies the exact per-token rule inside them, with padding. A query always
+    sees its own key, so a padding query gets a finite output (its own value) instead of the reference's
+    zeros: outputs at padding positions are never read.
+
+    Args:
+        kernel: the ``flex_attention`` callable (``torch.compile(flex_attention)`` on CUDA). Default: the
+            eager one (slow, dense: for tests).
+    """
+    from torch.nn.attention.flex_attention import flex_attention
+
+    B, Tq, HQ, D = q.shape
+    Tk, H = k.shape[1], k.shape[2]
+    if sinks is not None and sinks.k.shape[1]:
+        k = torch.cat([sinks.k.to(k.dtype), k], dim=1)
+        v = torch.cat([sinks.v.to(v.dtype), v], dim=1)
+    block_mask = window_block_mask(B, Tq, Tk, window_size, key_valid, sinks, block_size, q.device)
+    kernel = kernel or flex_attention
+    out = kernel(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=block_mask, scale=scale,
+                 enable_gqa=HQ != H)
+    return out.transpose(1, 2).to(q.dtype)
+
+
+def _flex_attention(*args, **kwargs):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return flex_attention(*args, **kwargs)
+
+
+class FlexUnavailable(RuntimeError):
+    pass
+
+
+def _no_flex(*args, **kwargs):
+    # eager FlexAttention materialises every score: never a fallback for long sequences
+    raise FlexUnavailable("FlexAttention could not be compiled")
+
+
+_compiled_flex = CompiledOrEager(_flex_attention, "flex_attention", fallback=_no_flex, dynamic=True)
+
+
+def sliding_window_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    window_size: int,
+    scale: float,
+    key_valid: torch.Tensor | None = None,
+    sinks: Sinks | None = None,
+    backend: str = "torch",
+) -> torch.Tensor:
+    """Dispatch: ``"torch"`` = :func:`window_attention` (any device); ``"flex"`` = compiled
+    :func:`flex_window_attention` (CUDA). If FlexAttention cannot be compiled here, a warning is logged once
+    and the torch op is used from then on (eager FlexAttention would materialise every score)."""
+    if backend == "flex" and not _compiled_flex.failed:
+        try:
+            return flex_window_attention(q, k, v, window_size, scale, key_valid, sinks, kernel=_compiled_flex)
+        except FlexUnavailable:
+            pass
+    return window_attention(q, k, v, window_size, scale, key_valid, sinks)

@@ -1,6 +1,7 @@
 """GPU tier: fla's Triton kernels (through liger's adapters) against the pure-PyTorch references.
 
-Run on a CUDA machine with fla installed: ``pytest -m gpu tests/gpu``.
+Run on a CUDA machine with fla installed: ``pytest -m gpu tests/gpu``. Model-level checks (every variant on fla
+vs the PyTorch path, FlexAttention, CUDA-graph decoding) are in test_model_gpu.py and test_decode.py.
 Tolerances (relative RMS error): float32 inputs 1e-4, bfloat16 inputs 1e-2. fla autotunes each new kernel
 shape on first use (seconds per kernel on a fresh machine), so the shapes here are few and share head_dim 64.
 """
@@ -9,11 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import liger
 from liger.models import fla_backend
 from liger.models.recurrence import naive_recurrent_gla
-from liger.models.window import naive_window_attention, window_attention
-from tests.conftest import VARIANTS, assert_close, tiny_teacher
+from tests.conftest import assert_close
 
 pytestmark = pytest.mark.gpu
 
@@ -49,7 +48,7 @@ def reference(q, k, v, gk, gv, h0):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("T", [63, 1000])
+@pytest.mark.parametrize("T", [1000])
 @pytest.mark.parametrize("gate", ["key", "scalar"])
 @pytest.mark.parametrize("mode", ["chunk", "recurrent"])
 def test_fla_gla_matches_reference(dtype, T, gate, mode):
@@ -92,61 +91,3 @@ def test_fla_gla_gradients_match_reference(gate):
     (o_r.square().sum() + s_r.sin().sum()).backward()
     for name, a, b in zip("q k v g h0".split(), leaves, ref):
         assert_close(a.grad.cpu(), b.grad, 1e-4, msg=f"d{name}")
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_window_attention_on_cuda_matches_dense_reference(dtype):
-    g = torch.Generator(device="cuda").manual_seed(0)
-    q = torch.randn(2, 300, 6, 64, device="cuda", generator=g, dtype=dtype)
-    k = torch.randn(2, 300, 2, 64, device="cuda", generator=g, dtype=dtype)
-    v = torch.randn(2, 300, 2, 64, device="cuda", generator=g, dtype=dtype)
-    valid = torch.ones(2, 300, dtype=torch.bool, device="cuda")
-    valid[1, :17] = False
-    out = window_attention(q, k, v, 64, 0.125, valid)
-    ref = naive_window_attention(*(x.double().cpu() for x in (q, k, v)), 64, 0.125, valid.cpu())
-    assert_close(out[0].cpu(), ref[0], TOL[dtype])
-    assert_close(out[1, 17:].cpu(), ref[1, 17:], TOL[dtype])
-
-
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_model_on_cuda_fla_backend_matches_torch_backend(variant):
-    needs_fla()
-    teacher = tiny_teacher("llama", hidden_size=256, num_attention_heads=4, num_key_value_heads=2, head_dim=64)
-    x = torch.randint(3, 128, (2, 150), generator=torch.Generator().manual_seed(0))
-    mask = torch.ones_like(x)
-    mask[1, :20] = 0
-    outs = {}
-    for backend in ("torch", "fla"):
-        model = liger.convert(teacher, variant=variant, linear_backend=backend).cuda()
-        with torch.no_grad():
-            outs[backend] = model(x.cuda(), attention_mask=mask.cuda()).logits.float().cpu()
-    assert_close(outs["fla"][0], outs["torch"][0], 1e-4)
-    assert_close(outs["fla"][1, 20:], outs["torch"][1, 20:], 1e-4)
-
-
-@pytest.mark.parametrize("variant", ["gla", "gsa", "mamba2"])
-def test_cached_decoding_on_cuda_equals_full_forward(variant):
-    teacher = tiny_teacher("qwen2", hidden_size=256, num_attention_heads=4, num_key_value_heads=2, head_dim=64)
-    model = liger.convert(teacher, variant=variant, window_size=8, num_sink_tokens=2).cuda()
-    x = torch.randint(3, 128, (2, 40), generator=torch.Generator().manual_seed(1)).cuda()
-    mask = torch.ones_like(x)
-    mask[0, :9] = 0
-    with torch.no_grad():
-        full = model(x, attention_mask=mask).logits
-        out = model(x[:, :20], attention_mask=mask[:, :20], use_cache=True)
-        cache, steps = out.past_key_values, [out.logits]
-        for t in range(20, 40):
-            steps.append(model(x[:, t : t + 1], attention_mask=mask[:, : t + 1], past_key_values=cache,
-                               use_cache=True).logits)
-    stepped = torch.cat(steps, 1)
-    assert_close(stepped[0, 9:].cpu(), full[0, 9:].cpu(), 1e-4)
-    assert_close(stepped[1].cpu(), full[1].cpu(), 1e-4)
-
-
-def test_bf16_model_generates_on_cuda():
-    teacher = tiny_teacher("llama", dtype=torch.bfloat16, hidden_size=256, num_attention_heads=4,
-                           num_key_value_heads=2, head_dim=64)
-    model = liger.convert(teacher).cuda()
-    x = torch.randint(3, 128, (2, 12)).cuda()
-    out = model.generate(x, max_new_tokens=16, do_sample=False, pad_token_id=0)
-    assert out.shape == (2, 28)

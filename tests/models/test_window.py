@@ -2,7 +2,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from liger.models.window import Sinks, naive_window_attention, window_attention
+from liger.models.window import (
+    Sinks,
+    first_real_tokens,
+    flex_window_attention,
+    naive_window_attention,
+    window_attention,
+    window_block_mask,
+    window_decode_attention,
+)
 from tests.conftest import assert_close
 
 
@@ -96,3 +104,83 @@ def test_banded_gradients_match_dense():
         grads.append([x.grad for x in leaves])
     for a, b in zip(*grads):
         assert_close(b, a, 1e-12)
+
+
+def _padded_with_sinks(B, Tq, Tk, S, dtype=torch.float64, padded=True):
+    q, k, v = inputs(B, Tq, Tk, 2, 3, 8, dtype=dtype)
+    valid = torch.ones(B, Tk, dtype=torch.bool)
+    valid[-1, :5] = padded is False
+    sinks = None
+    if S:
+        g = torch.Generator().manual_seed(2)
+        index = torch.stack([torch.arange(S) - 7, torch.arange(S) + 5])[:B]  # before the keys / inside them
+        sk, sv = (torch.randn(B, S, 2, 8, dtype=dtype, generator=g) for _ in range(2))
+        sinks = Sinks(sk, sv, index, torch.tensor([[True] * S, [True] * (S - 1) + [False]])[:B])
+    return q, k, v, valid, sinks
+
+
+@pytest.mark.parametrize("Tq,Tk,W,S,block", [(40, 40, 8, 0, 16), (40, 40, 8, 3, 16), (5, 20, 8, 3, 16),
+                                               (70, 70, 64, 4, 16), (33, 33, 100, 2, 16), (129, 192, 64, 4, 32)])
+@pytest.mark.parametrize("padded", [True, False])
+def test_flex_matches_dense_on_real_rows(Tq, Tk, W, S, block, padded):
+    q, k, v, valid, sinks = _padded_with_sinks(2, Tq, Tk, S, dtype=torch.float32, padded=padded)
+    ref = naive_window_attention(q, k, v, W, 0.3, valid, sinks)
+    out = flex_window_attention(q, k, v, W, 0.3, valid if padded else None, sinks, block_size=block)
+    real = valid[:, Tk - Tq :]
+    assert_close(out[real], ref[real], 1e-5)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("Tq,Tk,W,S,block", [(40, 40, 8, 0, 16), (40, 40, 8, 3, 16), (5, 20, 8, 3, 16),
+                                               (100, 163, 64, 4, 16), (300, 300, 20, 0, 32), (300, 300, 20, 40, 32)])
+def test_flex_block_lists_cover_every_visible_key(Tq, Tk, W, S, block):
+    # eager FlexAttention applies mask_mod densely: check separately that the block lists (what the fused kernel
+    # visits) contain every key the mask lets through
+    from torch.nn.attention.flex_attention import create_mask
+
+    B = 2
+    valid = torch.ones(B, Tk, dtype=torch.bool)
+    valid[-1, :5] = False
+    sinks = None
+    if S:
+        sinks = Sinks(torch.zeros(B, S, 1, 4), torch.zeros(B, S, 1, 4), (torch.arange(S) - 3).expand(B, S),
+                      torch.ones(B, S, dtype=torch.bool))
+    mask = window_block_mask(B, Tq, Tk, W, valid, sinks, block, "cpu")
+    tokens = create_mask(mask.mask_mod, B, 1, Tq, S + Tk, device="cpu")
+    blocks = mask.to_dense().repeat_interleave(block, 2).repeat_interleave(block, 3)[..., :Tq, : S + Tk].bool()
+    assert not (tokens & ~blocks).any()
+    density = blocks.float().mean().item()
+    assert density < 1.0 or Tq <= 2 * block, f"block mask is dense ({density:.2f})"
+
+
+@pytest.mark.parametrize("L,S", [(0, 0), (3, 0), (7, 2)])
+def test_decode_step_over_a_ring_matches_dense(L, S):
+    # the ring holds the L tokens before the new one in a rotated slot order, one of them padding
+    B, H, G, D, W = 2, 2, 3, 8, L + 1
+    t = 20  # absolute position of the new token
+    q, k, v = inputs(B, 1, L + 1, H, G, D, seed=4)
+    valid = torch.ones(B, L + 1, dtype=torch.bool)
+    if L:
+        valid[1, 0] = False
+    sinks = None
+    if S:
+        g = torch.Generator().manual_seed(5)
+        sinks = Sinks(torch.randn(B, S, H, D, dtype=torch.float64, generator=g),
+                      torch.randn(B, S, H, D, dtype=torch.float64, generator=g),
+                      torch.tensor([[0, t - 2], [3, 4]]), torch.tensor([[True, True], [True, False]]))
+    ref_sinks = None if sinks is None else Sinks(sinks.k, sinks.v, sinks.index - (t - L), sinks.valid)
+    ref = naive_window_attention(q, k, v, W, 0.3, valid, ref_sinks)
+    roll = 2 if L else 0
+    ring_k, ring_v, ring_valid = (x[:, :L].roll(roll, 1) for x in (k, v, valid))
+    out = window_decode_attention(q, k[:, L:], v[:, L:], valid[:, L], ring_k, ring_v, ring_valid, 0.3, sinks,
+                                  torch.tensor(t - W + 1))
+    assert_close(out, ref, 1e-13)
+
+
+def test_first_real_tokens_skips_padding():
+    k = torch.arange(12.0).view(2, 6, 1, 1)
+    valid = torch.tensor([[True] * 6, [False, False, False, True, True, True]])
+    sinks = first_real_tokens(k, k, valid, 4)
+    assert sinks.index.tolist() == [[0, 1, 2, 3], [3, 4, 5, 0]]
+    assert sinks.valid.tolist() == [[True] * 4, [True, True, True, False]]
+    assert sinks.k[1, :3, 0, 0].tolist() == [9.0, 10.0, 11.0]

@@ -1,0 +1,777 @@
+"""``liger bench``: prefill time, per-token decode latency, memory and LoRA training throughput of a Liger
+model against its teacher, measured side by side in one process on one device.
+
+Method (each number is measured, none is derived from another run):
+
+* **prefill** at each context ``c``: a forward of ``batch_size × c`` random tokens from an empty cache
+  (``logits_to_keep=1``), timed with device synchronisation; the fastest of ``prefill_repeats`` runs.
+* **decode** at each context ``c``: after that prefill, ``warmup_steps`` untimed then ``decode_steps`` timed
+  single-token steps (one token per sequence); the per-token latency is the median step time. So the latency
+  is sampled at context positions ``c .. c + warmup + steps`` instead of decoding ``c`` tokens one by one.
+  The teacher decodes with its standard KV cache and SDPA; Liger in its eager mode and, on CUDA, with the
+  static step replayed from a CUDA graph (the default of ``generate``).
+* **peak memory**: ``torch.cuda.max_memory_allocated`` over the phase, with only the measured model on the
+  device (the other one waits on the CPU), so it counts that model's weights, cache and temporaries.
+* **graph** (Liger only): batch ``graph_batch_size`` at context ``prompt_length``, the same decode step in
+  each mode (eager, static, CUDA graph, CUDA graph with a compiled attention core).
+* **train**: tokens/s of a LoRA step (peft, r=8, alpha=8 on q/k/v; AdamW) at ``train_length`` tokens per
+  sequence, for each of ``train_batch_sizes``: forward with labels, backward, optimizer step.
+* **est. decode time** (the paper's table: total time to decode from ``prompt_length`` to ``c`` at this
+  batch): the integral of the measured per-token latency over positions, linear between the measured
+  contexts and constant below the first one. It is an estimate and is labelled as such.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime
+import gc
+import importlib.metadata
+import logging
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+logger = logging.getLogger("liger")
+
+RANDOM_CONFIGS = {
+    # SmolLM2-135M(-Instruct)'s architecture (a Llama): what the GPU benchmark runs, with random weights
+    "smollm2": dict(
+        model_type="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+        num_attention_heads=9, num_key_value_heads=3, head_dim=64, hidden_act="silu", rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "default", "rope_theta": 100000.0}, tie_word_embeddings=True,
+        max_position_embeddings=8192, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+    ),
+    # a toy Llama for testing the benchmark itself on a CPU
+    "tiny": dict(
+        model_type="llama", vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, hidden_act="silu", rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, tie_word_embeddings=True,
+        max_position_embeddings=4096,
+    ),
+}
+
+
+@dataclass
+class BenchConfig:
+    model: str = "random:smollm2"
+    """Liger checkpoint, base checkpoint (converted with ``liger_options``), or ``random:<name>``
+    (random weights with a known architecture: smollm2, tiny)."""
+    teacher: str | None = None
+    """Base model to compare against. Default: the base ``model`` was given as (base checkpoint or random:);
+    none when ``model`` is a Liger checkpoint."""
+    device: str = "cuda"
+    dtype: str = "bfloat16"
+    batch_size: int = 16
+    prompt_length: int = 128
+    """Start of the estimated total decode time, and the context of the CUDA-graph comparison."""
+    contexts: list[int] = field(default_factory=lambda: [1024, 2048, 4096, 8192, 16384, 32768])
+    decode_steps: int = 16
+    warmup_steps: int = 3
+    prefill_repeats: int = 2
+    graph_batch_size: int = 1
+    graph_steps: int = 32
+    decode: bool = True
+    train: bool = False
+    train_batch_sizes: list[int] = field(default_factory=lambda: [1, 8])
+    train_length: int = 1024
+    train_steps: int = 10
+    seed: int = 0
+    profile: bool = False
+    """Also record a torch.profiler table (top kernels by device time) for one prefill at 2K (or the first
+    context), one decode step at the longest context, and one training step, per model."""
+    autotune: str = "full"
+    """fla's Triton autotuning: "full" (every config) or "fast" (a subset; see ``autotune.py``)."""
+    liger_options: dict = field(default_factory=dict)
+    time_budget: float | None = None
+    """Seconds; sections that would start after it are skipped (and reported as skipped)."""
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+
+def _random_model(name: str, dtype: torch.dtype):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if name not in RANDOM_CONFIGS:
+        raise ValueError(f"unknown random model '{name}' (known: {', '.join(RANDOM_CONFIGS)})")
+    values = dict(RANDOM_CONFIGS[name])
+    config = AutoConfig.for_model(values.pop("model_type"), **values)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa").eval()
+
+
+def _load_base(spec: str, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM
+
+    if spec.startswith("random:"):
+        return _random_model(spec.split(":", 1)[1], dtype)
+    from ..assets import resolve_model
+
+    return AutoModelForCausalLM.from_pretrained(resolve_model(spec), dtype=dtype, attn_implementation="sdpa").eval()
+
+
+def load_models(cfg: BenchConfig, dtype: torch.dtype):
+    """(teacher or None, liger) on the CPU."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    import liger
+
+    base = None
+    if cfg.model.startswith("random:"):
+        base = _load_base(cfg.model, dtype)
+        model = liger.convert(base, **cfg.liger_options)
+    else:
+        from ..assets import resolve_model
+
+        path = resolve_model(cfg.model)
+        if getattr(AutoConfig.from_pretrained(path), "model_type", None) == "liger":
+            if cfg.liger_options:
+                raise ValueError("Liger options apply when converting a base model, not to a Liger checkpoint")
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
+        else:
+            base = _load_base(path, dtype)
+            model = liger.convert(base, **cfg.liger_options)
+    teacher = base if cfg.teacher is None or cfg.teacher == cfg.model else _load_base(cfg.teacher, dtype)
+    return teacher, model.eval()
+
+
+def _describe(model) -> dict:
+    c = model.config
+    out = {"class": type(model).__name__, "parameters": sum(p.numel() for p in model.parameters()),
+           "dtype": str(model.dtype).replace("torch.", ""), "layers": c.num_hidden_layers,
+           "hidden_size": c.hidden_size, "heads": c.num_attention_heads, "kv_heads": c.num_key_value_heads}
+    if getattr(c, "model_type", None) == "liger":
+        out.update(variant=c.variant, window_size=c.window_size, num_sink_tokens=c.num_sink_tokens,
+                   linear_backend=c.linear_backend)
+    else:
+        out["attn_implementation"] = c._attn_implementation
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- timing
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, device: torch.device):
+    _sync(device)
+    start = time.perf_counter()
+    out = fn()
+    _sync(device)
+    return out, time.perf_counter() - start
+
+
+def _reset_peak(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak(device: torch.device) -> int | None:
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+
+
+def _cache_bytes(cache) -> int | None:
+    if hasattr(cache, "nbytes") and callable(cache.nbytes):
+        return int(cache.nbytes())
+    total = 0
+    for layer in getattr(cache, "layers", []):
+        for name in ("keys", "values"):
+            t = getattr(layer, name, None)
+            if isinstance(t, torch.Tensor):
+                total += t.numel() * t.element_size()
+    return total
+
+
+def _is_oom(err: BaseException) -> bool:
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+class _Budget:
+    def __init__(self, seconds: float | None):
+        self.start = time.time()
+        self.seconds = seconds
+
+    def left(self) -> float:
+        return math.inf if self.seconds is None else self.seconds - (time.time() - self.start)
+
+
+# ---------------------------------------------------------------------------------------------- sections
+
+
+def _decode_modes(kind: str, device: torch.device) -> list[str]:
+    if kind == "teacher":
+        return ["eager"]
+    return ["eager", "cuda_graph"] if device.type == "cuda" else ["eager", "static"]
+
+
+def _decode_steps(model, kind, mode, cache, token, steps, warmup, device):
+    if kind == "liger":
+        model.set_decoding(mode)
+    for _ in range(warmup):
+        model(input_ids=token, past_key_values=cache, use_cache=True)
+    times = []
+    for _ in range(steps):
+        _, t = _timed(lambda: model(input_ids=token, past_key_values=cache, use_cache=True), device)
+        times.append(t)
+    if kind == "liger":
+        model.set_decoding("auto")
+    return times
+
+
+def _context_rows(model, kind, context, cfg, device, generator, report):
+    B = cfg.batch_size
+    vocab = model.config.vocab_size
+    ids = torch.randint(0, vocab, (B, context), device=device, generator=generator)
+    token = torch.randint(0, vocab, (B, 1), device=device, generator=generator)
+    times, cache, peak = [], None, 0
+    for _ in range(cfg.prefill_repeats):
+        cache = None
+        _reset_peak(device)
+        out, t = _timed(lambda: model(input_ids=ids, use_cache=True, logits_to_keep=1), device)
+        cache = out.past_key_values
+        del out
+        times.append(t)
+        peak = max(peak, _peak(device) or 0)
+    report["prefill"].append(dict(model=kind, context=context, batch_size=B, seconds=min(times), runs=times,
+                                  tokens_per_s=B * context / min(times), peak_memory_bytes=peak or None))
+    profile_context = 2048 if 2048 in cfg.contexts else cfg.contexts[0]
+    if cfg.profile and context == profile_context:
+        cache = None
+        _profile(report, f"prefill {kind} {B} x {context}",
+                 lambda: model(input_ids=ids, use_cache=True, logits_to_keep=1), device)
+    if cache is None:
+        cache = model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
+    for mode in _decode_modes(kind, device):
+        _reset_peak(device)
+        steps = _decode_steps(model, kind, mode, cache, token, cfg.decode_steps, cfg.warmup_steps, device)
+        if cfg.profile and context == max(cfg.contexts) and mode == "eager":
+            _profile(report, f"decode {kind} eager step at {context} (batch {B})",
+                     lambda c=cache: model(input_ids=token, past_key_values=c, use_cache=True), device)
+        median = statistics.median(steps)
+        report["decode"].append(dict(model=kind, mode=mode, context=context, batch_size=B, latency_s=median,
+                                     latency_s_runs=steps, tokens_per_s=B / median,
+                                     peak_memory_bytes=_peak(device), cache_bytes=_cache_bytes(cache)))
+    cache = None
+
+
+def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def _check_fast_path(model, cfg, device, generator, report) -> None:
+    """Before timing: Liger's default path on this device (fla kernels, FlexAttention, CUDA-graph decoding)
+    against the PyTorch reference ops (``linear_backend="torch"``, eager decoding), same weights, on a
+    left-padded batch: relative error of the prefill logits and of 8 decode steps' logits."""
+    B, T, steps = 2, 300, 8
+    vocab = model.config.vocab_size
+    ids = torch.randint(0, vocab, (B, T + steps), device=device, generator=generator)
+    mask = torch.ones_like(ids)
+    mask[1, :37] = 0
+    pos = (mask.cumsum(1) - 1).clamp(min=0)
+    attention = [m for m in model.modules() if hasattr(m, "decode_spec")]
+    backends = [m.backend for m in attention]
+    logits = {}
+    for name, backend, mode in (("fast", None, "auto"), ("reference", "torch", "eager")):
+        for m, b in zip(attention, backends):
+            m.backend = backend or b
+        model.set_decoding(mode)
+        try:
+            out = model(ids[:, :T], attention_mask=mask[:, :T], position_ids=pos[:, :T], use_cache=True)
+            cache, steps_out = out.past_key_values, []
+            for t in range(T, T + steps):
+                step = model(ids[:, t : t + 1], attention_mask=mask[:, : t + 1], position_ids=pos[:, t : t + 1],
+                             past_key_values=cache)
+                steps_out.append(step.logits)
+            logits[name] = (out.logits, torch.cat(steps_out, 1), type(cache.decoder).__name__)
+        finally:
+            for m, b in zip(attention, backends):
+                m.backend = b
+            model.set_decoding("auto")
+    real = mask[:, :T].bool()
+    limit = 1e-2 if model.dtype in (torch.bfloat16, torch.float16) else 1e-4
+    prefill = _relative_error(logits["fast"][0][real], logits["reference"][0][real])
+    decode = _relative_error(logits["fast"][1], logits["reference"][1])
+    report["checks"] = dict(prefill_logits_rel_err=prefill, decode_logits_rel_err=decode, limit=limit,
+                            decoder=logits["fast"][2], passed=prefill < limit and decode < limit)
+
+
+def _warm_up(model, kind, cfg, device, generator):
+    # compile/autotune (fla kernels, FlexAttention, the decode step) outside the timed region: two prefill
+    # lengths (torch.compile specialises on the first shape and generalises on the second) and a few steps
+    vocab = model.config.vocab_size
+    for length in sorted({min(256, cfg.contexts[0]), min(512, cfg.contexts[0] + 64)}):
+        ids = torch.randint(0, vocab, (cfg.batch_size, length), device=device, generator=generator)
+        cache = model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
+    token = ids[:, :1]
+    for mode in _decode_modes(kind, device):
+        _decode_steps(model, kind, mode, cache, token, 2, 2, device)
+    _sync(device)
+
+
+def _graph_rows(model, cfg, device, generator, report):
+    B, P = cfg.graph_batch_size, cfg.prompt_length
+    vocab = model.config.vocab_size
+    ids = torch.randint(0, vocab, (B, P), device=device, generator=generator)
+    token = ids[:, :1]
+    variants = [("eager", False), ("static", False)]
+    if device.type == "cuda":
+        variants += [("cuda_graph", False), ("cuda_graph", True)]
+    for mode, compiled in variants:
+        cache = model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
+        model.set_decoding(mode, compile=compiled)
+        for _ in range(cfg.warmup_steps):
+            model(input_ids=token, past_key_values=cache, use_cache=True)
+        steps = [_timed(lambda c=cache: model(input_ids=token, past_key_values=c, use_cache=True), device)[1]
+                 for _ in range(cfg.graph_steps)]
+        graph_ok = mode != "cuda_graph" or not isinstance(cache.decoder, str)
+        report["graph"].append(dict(mode=mode, compiled=compiled, batch_size=B, context=P,
+                                    latency_s=statistics.median(steps), latency_s_runs=steps, captured=graph_ok))
+        cache = None
+    model.set_decoding("auto")
+
+
+def _train_rows(base, kind, cfg, device, generator, report, budget):
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(copy.deepcopy(base), LoraConfig(r=8, lora_alpha=8, lora_dropout=0.0,
+                                                           target_modules=["q_proj", "k_proj", "v_proj"]))
+    model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    vocab = base.config.vocab_size
+
+    def step(ids):
+        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    try:
+        for B in cfg.train_batch_sizes:
+            if budget.left() <= 0:
+                report["skipped"].append(f"train {kind} batch {B}: time budget")
+                continue
+            ids = torch.randint(0, vocab, (B, cfg.train_length), device=device, generator=generator)
+            try:
+                _reset_peak(device)
+                for _ in range(3):
+                    step(ids)
+                times = [_timed(lambda x=ids: step(x), device)[1] for _ in range(cfg.train_steps)]
+                median = statistics.median(times)
+                report["train"].append(dict(model=kind, batch_size=B, length=cfg.train_length, step_s=median,
+                                            step_s_runs=times, tokens_per_s=B * cfg.train_length / median,
+                                            peak_memory_bytes=_peak(device),
+                                            trainable_parameters=sum(p.numel() for p in params)))
+                if cfg.profile and B == max(cfg.train_batch_sizes):
+                    _profile(report, f"train {kind} batch {B} x {cfg.train_length}", lambda x=ids: step(x), device)
+            except Exception as err:
+                if not _is_oom(err):
+                    raise
+                report["train"].append(dict(model=kind, batch_size=B, length=cfg.train_length, error="out of memory"))
+                optimizer.zero_grad(set_to_none=True)
+    finally:
+        model.to("cpu")
+        optimizer.state.clear()
+        _reset_peak(device)
+
+
+def _profile(report, label, fn, device, rows: int = 25) -> None:
+    """Top operators of one call of ``fn`` by device time (CPU time on a CPU) into ``report["profiles"]``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    _sync(device)
+    with profile(activities=activities) as prof:
+        fn()
+        _sync(device)
+    averages = prof.key_averages()
+    for key in (("device_time_total", "cuda_time_total") if device.type == "cuda" else ("cpu_time_total",)):
+        try:
+            report["profiles"][label] = averages.table(sort_by=key, row_limit=rows)
+            return
+        except (AttributeError, KeyError, ValueError):
+            continue
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def _section(report, name, fn):
+    """Run one section; an error is recorded (and logged) instead of ending the benchmark."""
+    try:
+        fn()
+        return True
+    except Exception as err:
+        message = f"{name}: {type(err).__name__}: {_first_line(err)}"
+        logger.warning("liger bench: %s", message)
+        report["errors"].append(message)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return False
+
+
+def run_bench(cfg: BenchConfig, on_update=None) -> dict:
+    """Run the benchmark described by ``cfg`` and return the report (see the module docstring).
+
+    Args:
+        on_update: called with the report after every measured context and section (e.g. to save it, so that
+            a run stopped by a time limit keeps what it measured).
+    """
+
+    def update():
+        report["fallbacks"] = fallbacks()
+        report["estimated_decode_time"] = estimated_decode_time(report, cfg.prompt_length)
+        report["targets"] = evaluate_targets(report)
+        report["wall_s"] = time.time() - budget.start
+        if on_update is not None:
+            on_update(report)
+
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda but no CUDA device is available")
+    dtype = getattr(torch, cfg.dtype)
+    budget = _Budget(cfg.time_budget)
+    from .autotune import restrict_triton_autotuning
+
+    restrict_triton_autotuning(cfg.autotune)
+    _raise_recompile_limit(64)
+    report = {"provenance": provenance(device), "config": dataclasses.asdict(cfg), "models": {}, "prefill": [],
+              "decode": [], "graph": [], "train": [], "errors": [], "skipped": [], "profiles": {},
+              "checks": None}
+    teacher, model = load_models(cfg, dtype)
+    models = [("teacher", teacher), ("liger", model)] if teacher is not None else [("liger", model)]
+    for kind, m in models:
+        report["models"][kind] = _describe(m)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+
+    with torch.no_grad():
+        for kind, m in models:
+            if not cfg.decode:
+                break
+            m.to(device)
+            try:
+                if kind == "liger":
+                    logger.info("liger bench: fast path vs reference ops")
+                    _section(report, "correctness check", lambda m=m: _check_fast_path(m, cfg, device, generator,
+                                                                                         report))
+                logger.info("liger bench: %s warm-up", kind)
+                if not _section(report, f"{kind} warm-up", lambda m=m, kind=kind: _warm_up(m, kind, cfg, device,
+                                                                                          generator)):
+                    continue
+                for context in cfg.contexts:
+                    if budget.left() <= 0:
+                        report["skipped"].append(f"decode {kind} context {context}: time budget")
+                        continue
+                    logger.info("liger bench: %s context %d", kind, context)
+                    try:
+                        _context_rows(m, kind, context, cfg, device, generator, report)
+                        update()
+                    except Exception as err:
+                        error = "out of memory" if _is_oom(err) else f"{type(err).__name__}: {_first_line(err)}"
+                        report["decode"].append(dict(model=kind, context=context, batch_size=cfg.batch_size,
+                                                     error=error))
+                        if not _is_oom(err):
+                            report["errors"].append(f"{kind} context {context}: {error}")
+                            logger.warning("liger bench: %s context %d: %s", kind, context, error)
+                        _reset_peak(device)
+                if kind == "liger" and budget.left() > 0:
+                    logger.info("liger bench: decode modes at batch %d", cfg.graph_batch_size)
+                    _section(report, "graph", lambda m=m: _graph_rows(m, cfg, device, generator, report))
+                    update()
+            finally:
+                m.to("cpu")
+                _reset_peak(device)
+    if cfg.train:
+        for kind, m in models:
+            if budget.left() <= 0:
+                report["skipped"].append(f"train {kind}: time budget")
+                continue
+            logger.info("liger bench: %s LoRA training", kind)
+            _section(report, f"train {kind}",
+                     lambda m=m, kind=kind: _train_rows(m, kind, cfg, device, generator, report, budget))
+            update()
+    update()
+    return report
+
+
+def _raise_recompile_limit(limit: int) -> None:
+    # every context is a new shape; should a compiled path end up shape-specialised, dynamo's default limit
+    # (8 shapes) would silently switch it to its eager version
+    import torch._dynamo
+
+    for name in ("cache_size_limit", "recompile_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(limit, getattr(torch._dynamo.config, name)))
+
+
+def fallbacks() -> dict:
+    """``{compiled path: True}`` for each one that fell back to eager (each logs a warning when it does)."""
+    from ..models.compiling import fallbacks as compiled_fallbacks
+
+    return compiled_fallbacks()
+
+
+# ---------------------------------------------------------------------------------------------- analysis
+
+
+def _rows(report, section, **match):
+    return [r for r in report[section] if "error" not in r and all(r.get(k) == v for k, v in match.items())]
+
+
+def _best_decode_mode(report) -> str | None:
+    modes = {r["mode"] for r in _rows(report, "decode", model="liger")}
+    for mode in ("cuda_graph", "static", "eager"):
+        if mode in modes:
+            return mode
+    return None
+
+
+def estimated_decode_time(report, prompt_length: int) -> list[dict]:
+    """Estimated seconds to decode from ``prompt_length`` to each measured context, per model and mode
+    (integral of the measured per-token latency; see the module docstring)."""
+    out = []
+    pairs = {(r["model"], r["mode"]) for r in _rows(report, "decode")}
+    for model, mode in sorted(pairs):
+        points = sorted((r["context"], r["latency_s"]) for r in _rows(report, "decode", model=model, mode=mode))
+        total = points[0][1] * max(0, points[0][0] - prompt_length)
+        for i, (c, lat) in enumerate(points):
+            if i:
+                prev_c, prev_lat = points[i - 1]
+                total += (prev_lat + lat) / 2 * (c - prev_c)
+            out.append(dict(model=model, mode=mode, context=c, seconds=total))
+    return out
+
+
+def _value(rows, key, context):
+    for r in rows:
+        if r["context"] == context:
+            return r.get(key)
+    return None
+
+
+def evaluate_targets(report) -> list[dict]:
+    """The issue's targets as ratios measured in this report; ``passed`` is None where data is missing."""
+    targets = []
+
+    def add(name, value, limit, op, detail):
+        passed = None if value is None else (value <= limit if op == "<=" else value >= limit)
+        targets.append(dict(name=name, value=value, limit=limit, op=op, passed=passed, detail=detail))
+
+    mode = _best_decode_mode(report)
+    liger_dec = _rows(report, "decode", model="liger", mode=mode) if mode else []
+    teacher_dec = _rows(report, "decode", model="teacher")
+    contexts = sorted(r["context"] for r in liger_dec)
+    common = sorted(set(contexts) & {r["context"] for r in teacher_dec})
+    lo = contexts[0] if contexts else None
+    hi = contexts[-1] if contexts else None
+    top = common[-1] if common else None
+
+    def ratio(a, b):
+        return None if a is None or b is None or b == 0 else a / b
+
+    growth = ratio(_value(liger_dec, "latency_s", hi), _value(liger_dec, "latency_s", lo))
+    add("decode latency growth", None if growth is None else growth - 1, 0.10, "<=",
+        f"Liger ({mode}) per-token latency at {hi} vs {lo} tokens of context, minus 1")
+    add("decode latency vs teacher", ratio(_value(liger_dec, "latency_s", top), _value(teacher_dec, "latency_s", top)),
+        0.3, "<=", f"Liger ({mode}) / teacher per-token latency at {top}")
+    mem_growth = ratio(_value(liger_dec, "peak_memory_bytes", hi), _value(liger_dec, "peak_memory_bytes", lo))
+    add("decode memory growth", None if mem_growth is None else mem_growth - 1, 0.05, "<=",
+        f"Liger ({mode}) decode peak memory at {hi} vs {lo}, minus 1 (flat)")
+    add("decode memory vs teacher",
+        ratio(_value(liger_dec, "peak_memory_bytes", top), _value(teacher_dec, "peak_memory_bytes", top)),
+        0.05, "<=", f"Liger / teacher decode peak memory at {top}")
+    liger_pre, teacher_pre = _rows(report, "prefill", model="liger"), _rows(report, "prefill", model="teacher")
+    pre_common = sorted({r["context"] for r in liger_pre} & {r["context"] for r in teacher_pre})
+    if pre_common:
+        big = pre_common[-1]
+        add("prefill speedup at longest context",
+            ratio(_value(teacher_pre, "seconds", big), _value(liger_pre, "seconds", big)), 2.0, ">=",
+            f"teacher / Liger prefill time at {big}")
+        short = 2048 if 2048 in pre_common else pre_common[0]
+        slowdown = ratio(_value(liger_pre, "seconds", short), _value(teacher_pre, "seconds", short))
+        add(f"prefill slowdown at {short}", slowdown, 1.5, "<=", f"Liger / teacher prefill time at {short}")
+    for B in sorted({r["batch_size"] for r in _rows(report, "train")}):
+        t = [r for r in _rows(report, "train", batch_size=B)]
+        lig = next((r["tokens_per_s"] for r in t if r["model"] == "liger"), None)
+        tea = next((r["tokens_per_s"] for r in t if r["model"] == "teacher"), None)
+        add(f"LoRA training throughput (batch {B})", ratio(lig, tea), 0.8, ">=",
+            "Liger / teacher tokens/s of a LoRA r8 q/k/v step")
+    graph = {(r["mode"], r["compiled"]): r["latency_s"] for r in report["graph"]}
+    eager = graph.get(("eager", False))
+    fast = graph.get(("cuda_graph", True)) or graph.get(("cuda_graph", False))
+    if report["graph"]:
+        B = report["graph"][0]["batch_size"]
+        add(f"CUDA-graph decode speedup (batch {B})", ratio(eager, fast), 3.0, ">=",
+            "eager / CUDA-graph per-token latency of Liger")
+    return targets
+
+
+# ---------------------------------------------------------------------------------------------- output
+
+
+def _ms(x):
+    return "-" if x is None else f"{x * 1e3:.2f}"
+
+
+def _gib(x):
+    return "-" if x is None else f"{x / 2**30:.2f}"
+
+
+def _x(a, b):
+    return "-" if a is None or b is None or b == 0 else f"{a / b:.2f}x"
+
+
+def format_report(report) -> str:
+    """A short plain-text table (printed last by ``liger bench``)."""
+    p = report["provenance"]
+    cfg = report["config"]
+    lines = [f"liger bench on {p.get('device_name')} | torch {p.get('torch')} | fla {p.get('fla-core')} | "
+             f"{cfg['dtype']} | batch {cfg['batch_size']} | autotune {cfg.get('autotune')} | "
+             f"commit {(p.get('git_commit') or '?')[:10]}{' (dirty)' if p.get('git_dirty') else ''}"]
+    check = report.get("checks")
+    if check:
+        lines.append(f"correctness of the fast path vs the PyTorch reference ops (same weights, left-padded batch): "
+                     f"prefill logits rel. err {check['prefill_logits_rel_err']:.1e}, decode ({check['decoder']}) "
+                     f"{check['decode_logits_rel_err']:.1e}, limit {check['limit']:.0e}: "
+                     f"{'PASS' if check['passed'] else 'FAIL'}")
+    mode = _best_decode_mode(report)
+    pre = {(r["model"], r["context"]): r for r in _rows(report, "prefill")}
+    dec = {(r["model"], r["mode"], r["context"]): r for r in _rows(report, "decode")}
+    contexts = sorted({c for _, c in pre} | {c for _, _, c in dec})
+    if contexts:
+        lines.append("")
+        lines.append(f"{'context':>8} | {'prefill ms T/L (L/T)':>26} | {'decode ms/token T/L (L/T)':>28} | "
+                     f"{'decode peak GiB T/L (L/T)':>27} | {'Liger eager ms':>14}")
+        for c in contexts:
+            tp, lp = pre.get(("teacher", c), {}), pre.get(("liger", c), {})
+            td, ld = dec.get(("teacher", "eager", c), {}), dec.get(("liger", mode, c), {})
+            le = dec.get(("liger", "eager", c), {})
+            lines.append(
+                f"{c:>8} | {_ms(tp.get('seconds')):>8} / {_ms(lp.get('seconds')):>8} ({_x(lp.get('seconds'), tp.get('seconds')):>6}) | "  # noqa: E501
+                f"{_ms(td.get('latency_s')):>8} / {_ms(ld.get('latency_s')):>7} ({_x(ld.get('latency_s'), td.get('latency_s')):>7}) | "  # noqa: E501
+                f"{_gib(td.get('peak_memory_bytes')):>7} / {_gib(ld.get('peak_memory_bytes')):>6} "
+                f"({_x(ld.get('peak_memory_bytes'), td.get('peak_memory_bytes')):>7}) | {_ms(le.get('latency_s')):>14}")
+        oom = [f"{r['model']}@{r['context']}" for r in report["decode"] if r.get("error")]
+        if oom:
+            lines.append(f"  out of memory: {', '.join(oom)}")
+        lines.append(f"  (T = teacher, SDPA + KV cache; L = Liger, decode mode '{mode}'; ratios are L/T)")
+    if report["graph"]:
+        lines.append("")
+        lines.append("decode modes (Liger, batch {b}, context {c}): ".format(b=report["graph"][0]["batch_size"],
+                                                                          c=report["graph"][0]["context"])
+                     + ", ".join(f"{r['mode']}{'+compile' if r['compiled'] else ''} {_ms(r['latency_s'])} ms"
+                                 + ("" if r["captured"] else " (capture FAILED: uncaptured)")
+                                 for r in report["graph"]))
+    if report["train"]:
+        lines.append("")
+        for r in report["train"]:
+            if "error" in r:
+                lines.append(f"train {r['model']:>7} batch {r['batch_size']:>2} x {r['length']}: {r['error']}")
+            else:
+                lines.append(f"train {r['model']:>7} batch {r['batch_size']:>2} x {r['length']}: "
+                             f"{r['tokens_per_s']:,.0f} tokens/s, step {_ms(r['step_s'])} ms, "
+                             f"peak {_gib(r['peak_memory_bytes'])} GiB")
+    if report.get("targets"):
+        lines.append("")
+        lines.append("targets (issue 5):")
+        for t in report["targets"]:
+            mark = {True: "PASS", False: "FAIL", None: "n/a "}[t["passed"]]
+            value = "-" if t["value"] is None else f"{t['value']:.3f}"
+            lines.append(f"  [{mark}] {t['name']}: {value} (target {t['op']} {t['limit']}) - {t['detail']}")
+    fb = report.get("fallbacks") or {}
+    if any(fb.values()):
+        lines.append(f"  fallbacks used: {', '.join(k for k, v in fb.items() if v)}")
+    for e in report["errors"]:
+        lines.append(f"  error: {e}")
+    for s in report["skipped"]:
+        lines.append(f"  skipped: {s}")
+    return "\n".join(lines)
+
+
+def provenance(device: torch.device) -> dict:
+    """Versions, device and git commit, recorded with every result."""
+    info = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "python": sys.version.split()[0], "platform": platform.platform(), "torch": torch.__version__,
+            "command": " ".join(sys.argv)}
+    for dist in ("transformers", "triton", "flash-linear-attention", "fla-core", "peft", "liger-linearize"):
+        try:
+            info[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            info[dist] = None
+    from .. import __version__
+
+    info["liger"] = __version__
+    if device.type == "cuda":
+        info["device_name"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+        info["sdp_backends"] = {name: getattr(torch.backends.cuda, f"{name}_sdp_enabled")()
+                                for name in ("flash", "mem_efficient", "math", "cudnn")
+                                if hasattr(torch.backends.cuda, f"{name}_sdp_enabled")}
+    else:
+        info["device_name"] = platform.processor() or "cpu"
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10)
+        info["git_commit"] = commit.stdout.strip() or "unknown"
+        info["git_dirty"] = bool(dirty.stdout.strip()) if commit.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        info["git_commit"], info["git_dirty"] = "unknown", None
+    return info
+
+
+def plot_report(report, path) -> None:
+    """Latency, memory and prefill time against context (one PNG with three panels)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    series = sorted({(r["model"], r["mode"]) for r in _rows(report, "decode")})
+    for model, mode in series:
+        rows = sorted(_rows(report, "decode", model=model, mode=mode), key=lambda r: r["context"])
+        label = "teacher (SDPA, KV cache)" if model == "teacher" else f"Liger ({mode})"
+        axes[0].plot([r["context"] for r in rows], [r["latency_s"] * 1e3 for r in rows], "o-", label=label)
+        mem = [(r["context"], r["peak_memory_bytes"]) for r in rows if r["peak_memory_bytes"]]
+        if mem:
+            axes[1].plot([c for c, _ in mem], [m / 2**30 for _, m in mem], "o-", label=label)
+    for model in ("teacher", "liger"):
+        rows = sorted(_rows(report, "prefill", model=model), key=lambda r: r["context"])
+        if rows:
+            axes[2].plot([r["context"] for r in rows], [r["seconds"] for r in rows], "o-",
+                         label="teacher" if model == "teacher" else "Liger")
+    titles = ("decode latency (ms / token)", "decode peak memory (GiB)", "prefill time (s)")
+    for ax, title in zip(axes, titles):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("context (tokens)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend()
+    axes[2].set_yscale("log")
+    p, cfg = report["provenance"], report["config"]
+    fig.suptitle(f"{p.get('device_name')}, {cfg['dtype']}, batch {cfg['batch_size']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

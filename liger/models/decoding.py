@@ -1,0 +1,86 @@
+"""Fast single-token decoding: the static decode step captured in a CUDA graph.
+
+A Liger model's decoding state has a fixed size (recurrent states + a ring buffer of ``window_size - 1``
+keys/values + sinks), written in place by the static decode step (``LigerAttention`` with ``decode_step``).
+So one token of the whole model — embeddings, every layer, the LM head — is a fixed sequence of kernels on
+fixed buffers: :class:`CUDAGraphDecoder` records it once per cache and replays it for every token, which
+removes the per-kernel launch cost that dominates decoding small models.
+
+The graph reads its inputs (token ids, positions, the new tokens' mask) from static buffers and writes the
+cache's buffers in place; the cache's host token count is advanced after each replay.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+
+DECODING_MODES = ("auto", "eager", "static", "cuda_graph")
+
+
+class CUDAGraphDecoder:
+    """The static decode step of ``model`` for ``cache``, captured in a CUDA graph.
+
+    Args:
+        model: a ``LigerForCausalLM`` on CUDA.
+        cache: a prefilled ``LigerCache`` with only Liger layers (``cache.is_static``).
+        compile: compile each layer's attention core with ``torch.compile`` before capturing.
+    """
+
+    def __init__(self, model, cache, compile: bool = True):
+        self.model = model
+        # the cache holds its decoder; a weak link back lets both go as soon as the cache is dropped
+        self._cache = weakref.ref(cache)
+        self.compile = compile
+        first = cache.liger_layers[0]
+        B, device = first.ring_valid.shape[0], first.ring_valid.device
+        self.input_ids = torch.zeros(B, 1, dtype=torch.long, device=device)
+        self.position_ids = torch.zeros(B, 1, dtype=torch.long, device=device)
+        self.attention_mask = torch.ones(B, 1, dtype=torch.long, device=device)
+        self.signature = cache.signature()
+
+        # warm up outside the graph (compilation, cuBLAS workspaces, Triton autotuning), then undo its writes
+        saved = [t.clone() for t in cache.buffers()]
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream), torch.no_grad():
+            for _ in range(2):
+                self._step()
+        torch.cuda.current_stream(device).wait_stream(stream)
+        with torch.no_grad():
+            for t, s in zip(cache.buffers(), saved):
+                t.copy_(s)
+        del saved
+
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph), torch.no_grad():
+            self.logits = self._step()
+
+    @property
+    def cache(self):
+        return self._cache()
+
+    def _step(self) -> torch.Tensor:
+        return self.model.static_step(self.input_ids, self.position_ids, self.attention_mask, self.cache,
+                                      compile=self.compile)
+
+    def matches(self, cache) -> bool:
+        """Whether the captured graph still addresses ``cache``'s buffers."""
+        return cache is self.cache and cache.signature() == self.signature
+
+    def __call__(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """One token per sequence: ``input_ids`` ``[B, 1]``; returns logits ``[B, 1, vocab]`` (a new tensor)."""
+        self.input_ids.copy_(input_ids)
+        if position_ids is None:
+            self.position_ids.fill_(self.cache.get_seq_length())
+        else:
+            self.position_ids.copy_(position_ids[:, -1:])
+        if attention_mask is None:
+            self.attention_mask.fill_(1)
+        else:
+            self.attention_mask.copy_(attention_mask[:, -1:])
+        self.graph.replay()
+        self.cache.advance(1)
+        return self.logits.clone()

@@ -1,0 +1,68 @@
+"""``liger bench`` on a toy model on the CPU: the report's structure, the targets table and the plot (the
+numbers themselves are meaningless here; the GPU run is in benchmarks/gpu_check.py)."""
+
+import json
+
+import pytest
+
+from liger.bench.throughput import estimated_decode_time, evaluate_targets
+from liger.cli import main
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_bench_writes_report_plot_and_table(tmp_path, capsys, train):
+    out = tmp_path / "bench.json"
+    args = ["bench", "--model", "random:tiny", "--device", "cpu", "--dtype", "float32", "--batch-size", "2",
+            "--context", "24,48", "--decode-steps", "2", "--warmup-steps", "1", "--prefill-repeats", "1",
+            "--prompt-length", "8", "--output", str(out), "--window-size", "8", "--num-sink-tokens", "2"]
+    if train:
+        args += ["--no-decode", "--train", "--train-batch-sizes", "1", "--train-length", "16", "--train-steps", "1"]
+    assert main(args) == 0
+    report = json.loads(out.read_text())
+    assert report["provenance"]["torch"] and "git_commit" in report["provenance"]
+    assert report["models"]["liger"]["variant"] == "gla" and report["models"]["liger"]["window_size"] == 8
+    assert report["errors"] == []
+    printed = capsys.readouterr().out
+    assert "targets (issue 5):" in printed
+    if train:
+        assert {(r["model"], r["batch_size"]) for r in report["train"]} == {("teacher", 1), ("liger", 1)}
+        assert all(r["tokens_per_s"] > 0 for r in report["train"])
+        return
+    assert (tmp_path / "bench.png").stat().st_size > 0
+    assert report["checks"]["passed"] and report["checks"]["prefill_logits_rel_err"] < 1e-4
+    assert {(r["model"], r["context"]) for r in report["prefill"]} == {(m, c) for m in ("teacher", "liger")
+                                                                         for c in (24, 48)}
+    modes = {(r["model"], r["mode"]) for r in report["decode"]}
+    assert modes == {("teacher", "eager"), ("liger", "eager"), ("liger", "static")}
+    assert {r["mode"] for r in report["graph"]} == {"eager", "static"}
+    assert all(r["latency_s"] > 0 and len(r["latency_s_runs"]) == 2 for r in report["decode"])
+
+
+def test_targets_and_estimated_decode_time_from_a_report():
+    def dec(model, mode, context, latency, memory):
+        return dict(model=model, mode=mode, context=context, batch_size=16, latency_s=latency,
+                    peak_memory_bytes=memory)
+
+    report = {
+        "prefill": [dict(model="teacher", context=c, seconds=s) for c, s in ((2048, 0.1), (32768, 4.0))]
+        + [dict(model="liger", context=c, seconds=s) for c, s in ((2048, 0.14), (32768, 1.0))],
+        "decode": [dec("teacher", "eager", 2048, 0.010, 2e9), dec("teacher", "eager", 32768, 0.030, 14e9),
+                   dec("liger", "eager", 2048, 0.020, 4e8), dec("liger", "cuda_graph", 2048, 0.002, 4e8),
+                   dec("liger", "cuda_graph", 32768, 0.0021, 4e8)],
+        "graph": [dict(mode="eager", compiled=False, batch_size=1, latency_s=0.02),
+                  dict(mode="cuda_graph", compiled=True, batch_size=1, latency_s=0.004)],
+        "train": [dict(model="teacher", batch_size=8, tokens_per_s=100.0),
+                  dict(model="liger", batch_size=8, tokens_per_s=70.0)],
+    }
+    targets = {t["name"]: t for t in evaluate_targets(report)}
+    growth = targets["decode latency growth"]
+    assert growth["value"] == pytest.approx(0.05) and growth["passed"]
+    assert targets["decode latency vs teacher"]["value"] == pytest.approx(0.07)
+    assert targets["decode memory vs teacher"]["value"] == pytest.approx(4e8 / 14e9)
+    assert targets["prefill speedup at longest context"]["value"] == pytest.approx(4.0)
+    assert targets["prefill slowdown at 2048"]["value"] == pytest.approx(1.4)
+    assert targets["LoRA training throughput (batch 8)"]["passed"] is False
+    assert targets["CUDA-graph decode speedup (batch 1)"]["value"] == pytest.approx(5.0)
+    est = {(e["model"], e["mode"], e["context"]): e["seconds"] for e in estimated_decode_time(report, 128)}
+    assert est[("teacher", "eager", 2048)] == pytest.approx(0.010 * (2048 - 128))
+    assert est[("teacher", "eager", 32768)] == pytest.approx(0.010 * 1920 + (0.010 + 0.030) / 2 * 30720)
