@@ -203,9 +203,10 @@ class LigerAttention(nn.Module):
             keys, values, key_valid = k_rot, v, token_mask
             sinks = first_real_tokens(k_rot, v, token_mask, self.num_sink_tokens) if self.num_sink_tokens else None
         if self.window_weight != 0:
-            use_flex = fast and not single_token
+            # fused SDPA over query blocks on CUDA; FlexAttention measured slower there (docs/gpu.md)
+            use_fused = fast and not single_token
             o_win = sliding_window_attention(q_rot, keys, values, self.window_size, self.scaling, key_valid, sinks,
-                                             backend="flex" if use_flex else "torch")
+                                             backend="sdpa" if use_fused else "torch")
         if cache is not None:
             cache.commit(keys, values, key_valid, sinks, state)
 

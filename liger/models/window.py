@@ -154,6 +154,60 @@ def window_attention(
     return out.reshape(B, nb * bq, HQ, D)[:, :Tq].to(q.dtype)
 
 
+def sdpa_window_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    window_size: int,
+    scale: float,
+    key_valid: torch.Tensor | None = None,
+    sinks: Sinks | None = None,
+    block_size: int = 64,
+) -> torch.Tensor:
+    """:func:`window_attention`'s blocking with each block computed by ``F.scaled_dot_product_attention``.
+
+    Every block of ``block_size`` queries attends to its ``block_size + W - 1`` candidate keys (rounded up to
+    a multiple of 16 for the fused kernels) plus the sinks, under a small boolean mask; the fused kernel never
+    writes the scores to memory, which is what makes this fast on GPUs. A query always sees its own key, so
+    a padding query returns its own value (finite; padding outputs are never read) instead of zeros.
+    """
+    B, Tq, HQ, D = q.shape
+    Tk, H = k.shape[1], k.shape[2]
+    G = HQ // H
+    W = window_size
+    L = Tk - Tq
+    bq = max(1, min(block_size, Tq))
+    nb = -(-Tq // bq)
+    span = -(-(bq + W - 1) // 16) * 16
+    if key_valid is None:
+        key_valid = torch.ones(B, Tk, dtype=torch.bool, device=q.device)
+
+    def key_blocks(x):
+        # [B, Tk, ...] -> [B, nb, span, ...]: the keys each query block can see (zero/False padded)
+        widths = (0, 0) * (x.dim() - 2) + (W - 1, nb * bq - Tq + span - (bq + W - 1))
+        x = F.pad(x, widths)[:, L:]
+        return x.unfold(1, span, bq).movedim(-1, 2)
+
+    kb, vb = key_blocks(k), key_blocks(v)  # [B, nb, span, H, D]
+    qq = torch.arange(bq, device=q.device)[:, None]
+    jj = torch.arange(span, device=q.device)[None, :]
+    band = (jj >= qq) & (jj <= qq + W - 1)  # [bq, span]
+    mask = (band & key_blocks(key_valid)[:, :, None, :]) | (jj == qq + W - 1)  # [B, nb, bq, span]
+    if sinks is not None and sinks.k.shape[1]:
+        S = sinks.k.shape[1]
+        p = L + torch.arange(nb * bq, device=q.device).reshape(nb, bq)
+        visible = sinks.valid[:, None, None, :] & (sinks.index[:, None, None, :] <= p[None, :, :, None] - W)
+        mask = torch.cat([visible, mask], dim=-1)
+        kb = torch.cat([sinks.k.to(kb.dtype)[:, None].expand(B, nb, S, H, D), kb], dim=2)
+        vb = torch.cat([sinks.v.to(vb.dtype)[:, None].expand(B, nb, S, H, D), vb], dim=2)
+    n_keys = kb.shape[2]
+    qb = F.pad(q, (0, 0, 0, 0, 0, nb * bq - Tq)).reshape(B * nb, bq, HQ, D).transpose(1, 2)
+    kb = kb.reshape(B * nb, n_keys, H, D).transpose(1, 2).repeat_interleave(G, dim=1)
+    vb = vb.reshape(B * nb, n_keys, H, D).transpose(1, 2).repeat_interleave(G, dim=1)
+    out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask.reshape(B * nb, 1, bq, n_keys), scale=scale)
+    return out.transpose(1, 2).reshape(B, nb * bq, HQ, D)[:, :Tq]
+
+
 def first_real_tokens(k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor | None, num_sinks: int) -> Sinks:
     """The sinks of a sequence read from its start: the first ``num_sinks`` real tokens of each sequence.
 
@@ -374,9 +428,12 @@ def sliding_window_attention(
     sinks: Sinks | None = None,
     backend: str = "torch",
 ) -> torch.Tensor:
-    """Dispatch: ``"torch"`` = :func:`window_attention` (any device); ``"flex"`` = compiled
+    """Dispatch: ``"torch"`` = :func:`window_attention` (any device); ``"sdpa"`` = :func:`sdpa_window_attention`
+    (fused kernels; the CUDA default); ``"flex"`` = compiled
     :func:`flex_window_attention` (CUDA). If FlexAttention cannot be compiled here, a warning is logged once
     and the torch op is used from then on (eager FlexAttention would materialise every score)."""
+    if backend == "sdpa":
+        return sdpa_window_attention(q, k, v, window_size, scale, key_valid, sinks)
     if backend == "flex" and not _compiled_flex.failed:
         try:
             return flex_window_attention(q, k, v, window_size, scale, key_valid, sinks, kernel=_compiled_flex)
