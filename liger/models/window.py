@@ -201,15 +201,11 @@ def sdpa_window_attention(
         kb = torch.cat([sinks.k.to(kb.dtype)[:, None].expand(B, nb, S, H, D), kb], dim=2)
         vb = torch.cat([sinks.v.to(vb.dtype)[:, None].expand(B, nb, S, H, D), vb], dim=2)
     n_keys = kb.shape[2]
-    # grouped heads without repeating keys: the G query heads of a KV group become G·bq queries of one head
-    qb = F.pad(q, (0, 0, 0, 0, 0, nb * bq - Tq)).reshape(B * nb, bq, H, G, D).permute(0, 2, 3, 1, 4)
-    qb = qb.reshape(B * nb, H, G * bq, D)
-    kb = kb.reshape(B * nb, n_keys, H, D).transpose(1, 2)
-    vb = vb.reshape(B * nb, n_keys, H, D).transpose(1, 2)
-    mask = mask.reshape(B * nb, 1, 1, bq, n_keys).expand(B * nb, 1, G, bq, n_keys).reshape(B * nb, 1, G * bq, n_keys)
-    out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, scale=scale)  # [B*nb, H, G*bq, D]
-    out = out.reshape(B, nb, H, G, bq, D).permute(0, 1, 4, 2, 3, 5)
-    return out.reshape(B, nb * bq, HQ, D)[:, :Tq]
+    qb = F.pad(q, (0, 0, 0, 0, 0, nb * bq - Tq)).reshape(B * nb, bq, HQ, D).transpose(1, 2)
+    kb = kb.reshape(B * nb, n_keys, H, D).transpose(1, 2).repeat_interleave(G, dim=1)
+    vb = vb.reshape(B * nb, n_keys, H, D).transpose(1, 2).repeat_interleave(G, dim=1)
+    out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask.reshape(B * nb, 1, bq, n_keys), scale=scale)
+    return out.transpose(1, 2).reshape(B, nb * bq, HQ, D)[:, :Tq]
 
 
 def first_real_tokens(k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor | None, num_sinks: int) -> Sinks:
