@@ -265,6 +265,10 @@ def _context_rows(model, kind, context, cfg, device, generator, report):
         report["decode"].append(dict(model=kind, mode=mode, context=context, batch_size=B, latency_s=median,
                                      latency_s_runs=steps, tokens_per_s=B / median,
                                      peak_memory_bytes=_peak(device), cache_bytes=_cache_bytes(cache)))
+    # free this context's CUDA graph pool before the next context is measured (peak memory per context)
+    if hasattr(getattr(cache, "decoder", None), "release"):
+        cache.decoder.release()
+        cache.decoder = None
     cache = None
 
 

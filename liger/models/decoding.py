@@ -61,6 +61,12 @@ class CUDAGraphDecoder:
     def cache(self):
         return self._cache()
 
+    def release(self) -> None:
+        """Free the graph and its private memory pool now (instead of whenever the garbage collector drops
+        this decoder); the decoder is unusable afterwards."""
+        self.graph.reset()
+        self.logits = None
+
     def _step(self) -> torch.Tensor:
         return self.model.static_step(self.input_ids, self.position_ids, self.attention_mask, self.cache,
                                       compile=self.compile)
