@@ -17,6 +17,8 @@ SUBCOMMANDS = [
     "liger.commands.convert",
     "liger.commands.generate",
     "liger.commands.bench",
+    "liger.commands.finetune",
+    "liger.commands.linearize",
 ]
 
 
