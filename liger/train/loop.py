@@ -43,6 +43,14 @@ class TrainingError(RuntimeError):
     """The run cannot go on (non-finite loss, a run already in OUTPUT, a config that changed on resume)."""
 
 
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    from liger.assets import resolve_model
+
+    return AutoTokenizer.from_pretrained(resolve_model(path))
+
+
 def load_model(path: str, liger_options: dict, dtype: torch.dtype):
     """``(model, tokenizer)``: a Liger checkpoint as is, or a base checkpoint converted with ``liger_options``."""
     from transformers import AutoConfig, AutoTokenizer
@@ -271,12 +279,14 @@ def finetune(cfg: TrainConfig, resume: bool = False, model=None, tokenizer=None,
     accelerator.wait_for_everyone()
     set_seed(t.seed)
 
-    if model is None:
-        model, tokenizer = load_model(cfg.model.path, cfg.model.liger, dtype)
-    elif model.dtype != dtype:
-        model = model.to(dtype)
+    if tokenizer is None:
+        tokenizer = load_tokenizer(cfg.model.path)
     with accelerator.main_process_first():
         data: PackedData = build_data(cfg.data, tokenizer)
+    if model is None:
+        model, _ = load_model(cfg.model.path, cfg.model.liger, dtype)
+    elif model.dtype != dtype:
+        model = model.to(dtype)
     n_train = data.train_ids.shape[0]
     steps_per_epoch = n_train // t.batch_size
     if steps_per_epoch == 0:
