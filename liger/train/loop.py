@@ -237,12 +237,16 @@ def peak_rss_bytes() -> int:
     return rss if sys.platform == "darwin" else rss * 1024
 
 
-def finetune(cfg: TrainConfig, resume: bool = False, model=None, tokenizer=None, on_step=None) -> dict:
+def finetune(cfg: TrainConfig, resume: bool = False, model=None, tokenizer=None, data: PackedData | None = None,
+             on_step=None) -> dict:
     """Fine-tune a Liger model with LoRA as ``cfg`` says; see the module docstring for the outputs.
 
     Args:
         resume: continue from the newest complete checkpoint in ``cfg.output`` (start afresh if there is none).
-        model, tokenizer: an already loaded Liger model (in place of ``cfg.model``); it is trained in place.
+        model, tokenizer: an already loaded model (in place of ``cfg.model``); it is trained in place. A plain
+            transformers model (e.g. the teacher, as a baseline) trains the same way, without the teacher
+            validation and the distillation losses, which need a Liger model.
+        data: already packed data (in place of ``cfg.data``), e.g. random tokens for a benchmark.
         on_step: called as ``on_step(step, metrics)`` after each optimizer step (tests, progress hooks).
 
     Returns:
@@ -279,14 +283,18 @@ def finetune(cfg: TrainConfig, resume: bool = False, model=None, tokenizer=None,
     accelerator.wait_for_everyone()
     set_seed(t.seed)
 
-    if tokenizer is None:
-        tokenizer = load_tokenizer(cfg.model.path)
-    with accelerator.main_process_first():
-        data: PackedData = build_data(cfg.data, tokenizer)
+    if data is None:
+        if tokenizer is None:
+            tokenizer = load_tokenizer(cfg.model.path)
+        with accelerator.main_process_first():
+            data = build_data(cfg.data, tokenizer)
     if model is None:
         model, _ = load_model(cfg.model.path, cfg.model.liger, dtype)
     elif model.dtype != dtype:
         model = model.to(dtype)
+    is_liger = hasattr(model, "teacher_mode")
+    if not is_liger and t.loss != "ce":
+        raise TrainingError(f"train.loss={t.loss} needs a Liger model (its teacher is the same weights)")
     n_train = data.train_ids.shape[0]
     steps_per_epoch = n_train // t.batch_size
     if steps_per_epoch == 0:
@@ -356,7 +364,9 @@ def finetune(cfg: TrainConfig, resume: bool = False, model=None, tokenizer=None,
         if main:
             tqdm.write(f"step {step}: validation loss {result['loss']:.4f}, perplexity {result['ppl']:.2f}")
 
-    if start_step == 0:
+    if start_step == 0 and not is_liger:
+        validate(0)
+    elif start_step == 0:
         teacher = validation_loss(model, data.val_ids, data.val_labels, t.micro_batch_size, accelerator, teacher=True)
         log(dict(type="val", model="teacher", step=0, val_loss=teacher["loss"], val_ppl=teacher["ppl"],
                  val_tokens=teacher["tokens"]))
