@@ -106,8 +106,7 @@ def main(argv=None) -> int:
     from liger.bench.throughput import provenance
 
     dtype_name = args.dtype if args.dtype != "auto" else ("bfloat16" if args.device == "cuda" else "float32")
-    teacher, liger_model = load(args.model, getattr(torch, dtype_name))
-    models = {"liger": liger_model, "teacher": teacher}
+    models = dict(zip(("teacher", "liger"), load(args.model, getattr(torch, dtype_name))))
     report = dict(provenance=provenance(torch.device(args.device)), config=vars(args), dtype=dtype_name, results=[])
     with tempfile.TemporaryDirectory(prefix="liger-finetune-bench-") as root:
         for kind in args.models.split(","):
