@@ -71,11 +71,13 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     """AdamW betas (torch defaults, as in the official code)."""
     eps: float = 1e-8
+    """AdamW epsilon (torch default)."""
     weight_decay: float = 0.01
     """AdamW weight decay (torch default, as in the official code)."""
     schedule: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "constant"
     """Learning-rate schedule (transformers' ``get_scheduler``); the official run is effectively constant."""
     warmup_steps: int = 0
+    """Linear warm-up steps of the schedules that have one (official code: none)."""
     max_grad_norm: float | None = None
     """Clip the global gradient norm to this value; None = no clipping (the official loop never clips)."""
 
@@ -106,12 +108,13 @@ class TrainSettings:
     keep_checkpoints: int = 2
     """Newest checkpoints kept in OUTPUT/checkpoints."""
     seed: int = 0
+    """Seeds the LoRA initialisation and the order of the training chunks (official code: 0)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """``auto``: CUDA when available (one GPU per process under ``accelerate launch``)."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Base weights' dtype: ``auto`` = bfloat16 on GPU, float32 on CPU. LoRA weights stay float32."""
     gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass (less memory, about 30% slower)."""
+    """Recompute activations in the backward pass (less memory, more compute)."""
 
 
 @dataclass

@@ -92,3 +92,10 @@ def test_config_reference_lists_every_key_with_its_doc():
                 "`train.loss`", "`output`"):
         assert key in table
     assert "paper v2 §4.1" in table
+
+
+def test_docs_hold_the_current_config_reference():
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "training.md").read_text()
+    assert config_reference() in docs, "docs/training.md is out of date: paste liger.train.config.config_reference()"
