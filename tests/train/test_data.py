@@ -108,3 +108,26 @@ def test_format_mismatch_errors(tok, tmp_path, text_dir):
         build_data(DataConfig(path=str(tmp_path / "t.txt"), format="alpaca", val_records=1), tok)
     with pytest.raises(DataError, match="is a folder"):
         build_data(DataConfig(path=str(text_dir), format="alpaca", val_records=1), tok)
+
+
+def test_hub_dataset_names_go_through_datasets(tok, monkeypatch):
+    import datasets
+
+    rows = alpaca_records(30)
+    calls = []
+
+    def fake_load_dataset(name, split):
+        calls.append((name, split))
+        if name == "someone/text-corpus":
+            return datasets.Dataset.from_list([{"text": f"line {i} " * 20} for i in range(30)])
+        if name == "someone/other":
+            return datasets.Dataset.from_list([{"question": "q", "answer": "a"}])
+        return datasets.Dataset.from_list(rows)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    data = build_data(DataConfig(path="yahma/alpaca-cleaned", max_length=64, val_records=5), tok)
+    assert data.format == "alpaca" and data.records == 30 and calls[-1] == ("yahma/alpaca-cleaned", "train")
+    data = build_data(DataConfig(path="someone/text-corpus", max_length=64, val_records=5, split="test"), tok)
+    assert data.format == "text" and calls[-1] == ("someone/text-corpus", "test")
+    with pytest.raises(DataError, match=r"has columns \['answer', 'question'\]; expected instruction/input/output"):
+        build_data(DataConfig(path="someone/other", val_records=1), tok)

@@ -220,3 +220,12 @@ def test_cli_errors_are_one_line(tiny_base, alpaca_file, tmp_path, capsys, extra
     # (transformers may draw a progress bar while loading the model first)
     assert [line for line in err if "error" in line] == err[-1:], err
     assert err[-1].startswith("liger finetune: error: ") and message in err[-1], err
+
+
+def test_finetune_an_already_converted_liger_checkpoint(tiny_base, alpaca_file, tmp_path):
+    assert main(["convert", str(tiny_base), str(tmp_path / "liger"), "--window-size", "4"]) == 0
+    out = tmp_path / "run"
+    # model.liger options are for conversion: ignored (with a note) for a Liger checkpoint
+    assert main(["finetune", *tiny_args(tmp_path / "liger", alpaca_file, out), "--max-steps", "1"]) == 0
+    final = AutoModelForCausalLM.from_pretrained(out / "final")
+    assert final.config.window_size == 4
