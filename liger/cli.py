@@ -17,6 +17,7 @@ SUBCOMMANDS = [
     "liger.commands.convert",
     "liger.commands.generate",
     "liger.commands.bench",
+    "liger.commands.eval",
 ]
 
 
