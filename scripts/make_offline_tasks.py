@@ -49,14 +49,6 @@ def social_iqa(task: dict):
             yield {"question": example["input"].strip(), "choices": mc[0], "label": mc[1]}
 
 
-def intent_recognition(task: dict):
-    prefix = task["task_prefix"].strip()
-    for example in task["examples"]:
-        mc = _mc(example)
-        if mc:
-            yield {"question": f"{prefix}\n\n{example['input'].strip()}", "choices": mc[0], "label": mc[1]}
-
-
 def context_qa(task: dict):
     # contextual_parametric_knowledge_conflicts: the answer must be read from the context, which may contradict
     # what the model memorised; long contexts are left out to keep the suite fast on a CPU
@@ -71,7 +63,6 @@ def context_qa(task: dict):
 TASKS = {
     "bb_hyperbaton": ("hyperbaton", hyperbaton),
     "bb_social_iqa": ("social_iqa", social_iqa),
-    "bb_intent_recognition": ("intent_recognition", intent_recognition),
     "bb_context_qa": ("contextual_parametric_knowledge_conflicts", context_qa),
 }
 

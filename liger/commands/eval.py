@@ -78,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.passkey_trials < 1:
         raise ValueError(f"--passkey-trials must be >= 1, got {args.passkey_trials}")
+    if args.ppl_context < 2 or not 1 <= args.ppl_stride <= args.ppl_context:
+        raise ValueError(f"need --ppl-context >= 2 and 1 <= --ppl-stride <= --ppl-context, got "
+                         f"{args.ppl_context} and {args.ppl_stride}")
     if args.output and args.compare:
         raise ValueError("--output is for --model; --compare writes to --output-dir")
     if args.output_dir and args.model:

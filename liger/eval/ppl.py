@@ -1,8 +1,9 @@
 """Perplexity of a causal LM on plain-text files, with a fixed context and stride.
 
-The text is tokenized once; windows of ``context`` tokens start every ``stride`` tokens and each token is
-scored once, in the first window that predicts it with the most preceding context, as in transformers'
-"Perplexity of fixed-length models" recipe. With ``stride == context`` the windows do not overlap.
+The text is tokenized once; windows of ``context`` input tokens start every ``stride`` tokens, and each token
+(but the first) is scored once, by the first window that predicts it, so every prediction sees at least
+``context - stride + 1`` tokens (fewer at the start of the text), as in transformers' "Perplexity of
+fixed-length models" recipe. With ``stride == context`` the windows do not overlap.
 """
 
 from __future__ import annotations
@@ -27,20 +28,19 @@ def token_nll(model, ids: torch.Tensor, context: int = 512, stride: int = 256) -
     if not 1 <= stride <= context:
         raise ValueError(f"stride must be in [1, context={context}], got {stride}")
     device = next(model.parameters()).device
-    nll, scored, end_prev = 0.0, 0, 0
     T = ids.shape[0]
-    for start in range(0, T, stride):
-        end = min(start + context, T)
-        window = ids[start:end].to(device)[None]
-        # score only the tokens not scored by an earlier window (the first token of the text never is)
-        new = end - max(end_prev, start + 1)
-        if new > 0:
-            logits = model(window, use_cache=False).logits[0, -new - 1:-1].float()
-            targets = window[0, -new:]
-            nll += torch.nn.functional.cross_entropy(logits, targets, reduction="sum").item()
-            scored += new
-        end_prev = end
-        if end == T:
+    nll, scored, next_target = 0.0, 0, 1
+    for start in range(0, T - 1, stride):
+        # the window's inputs ids[start:end] predict ids[start + 1 : end + 1]; score those not scored yet
+        end = min(start + context, T - 1)
+        first = max(next_target, start + 1)
+        if end + 1 > first:
+            logits = model(ids[start:end].to(device)[None], use_cache=False).logits[0, first - 1 - start:]
+            targets = ids[first:end + 1].to(device)
+            nll += torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum").item()
+            scored += end + 1 - first
+            next_target = end + 1
+        if end == T - 1:
             break
     return nll, scored
 
