@@ -19,6 +19,7 @@ SUBCOMMANDS = [
     "liger.commands.bench",
     "liger.commands.finetune",
     "liger.commands.linearize",
+    "liger.commands.eval",
 ]
 
 

@@ -30,6 +30,12 @@ def is_available() -> bool:
     return torch.cuda.is_available()
 
 
+def _missing_fla(err: ImportError) -> ImportError:
+    # the imports of fla sit in try blocks, which also keeps transformers' trust_remote_code import check (it
+    # skips try blocks) from demanding fla when a saved checkpoint's code is loaded on a machine without it
+    return ImportError(f"the fla kernels need flash-linear-attention: pip install 'liger-linearize[gpu]' ({err})")
+
+
 def kernel_dtype(x: torch.Tensor) -> torch.dtype:
     """Dtype of the q/k/v tensors handed to fla: half-precision models stay in their dtype."""
     return x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.float32
@@ -56,8 +62,11 @@ def kernel_inputs(q, k, v, gk=None, gv=None):
 def gla_kernels(q, k, v, gk, gv, scale, initial_state, output_final_state, mode, groups):
     """fla's GLA kernels on :func:`kernel_inputs`' tensors; ``initial_state`` and the returned final state
     are ``[B, H, K, V]`` float32, once per KV head (``groups`` query heads per KV head)."""
-    from fla.ops.gla import chunk_gla, fused_recurrent_gla
-    from fla.ops.simple_gla import chunk_simple_gla, fused_recurrent_simple_gla
+    try:
+        from fla.ops.gla import chunk_gla, fused_recurrent_gla
+        from fla.ops.simple_gla import chunk_simple_gla, fused_recurrent_simple_gla
+    except ImportError as err:
+        raise _missing_fla(err) from err
 
     G = groups
     h0 = initial_state.float().repeat_interleave(G, dim=1) if initial_state is not None else None
@@ -108,7 +117,10 @@ def gsa(
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
     """fla's gated slot attention (GQA native): q ``[B,T,HQ,K]``, k ``[B,T,H,K]``, v ``[B,T,H,V]``,
     s and g ``[B,T,H,M]``; state ``(Sk [B,H,K,M], Sv [B,H,M,V])`` float32."""
-    from fla.ops.gsa import chunk_gsa, fused_recurrent_gsa
+    try:
+        from fla.ops.gsa import chunk_gsa, fused_recurrent_gsa
+    except ImportError as err:
+        raise _missing_fla(err) from err
 
     dtype = kernel_dtype(q)
     q, k, v, s, g = q.to(dtype), k.to(dtype), v.to(dtype), s.to(dtype), g.float()

@@ -26,8 +26,12 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from . import fla_backend
 from .compiling import CompiledOrEager
+from .fla_backend import gla as fla_gla
+from .fla_backend import gla_kernels as fla_gla_kernels
+from .fla_backend import gsa as fla_gsa
+from .fla_backend import is_available as fla_is_available
+from .fla_backend import kernel_inputs as fla_kernel_inputs
 from .recurrence import chunk_gla, naive_recurrent_gla, recurrent_gla_step_
 
 logger = logging.getLogger("liger")
@@ -46,9 +50,9 @@ _RWKV6_MAX_EXPONENT = 10.0
 def resolve_backend(backend: str, device: torch.device) -> str:
     """"auto" -> "fla" on CUDA when fla is installed, else "torch". An explicit "fla" off CUDA is an error."""
     if backend == "auto":
-        backend = "fla" if device.type == "cuda" and fla_backend.is_available() else "torch"
+        backend = "fla" if device.type == "cuda" and fla_is_available() else "torch"
         _log_backend_once(backend, device.type)
-    elif backend == "fla" and (device.type != "cuda" or not fla_backend.is_available()):
+    elif backend == "fla" and (device.type != "cuda" or not fla_is_available()):
         raise RuntimeError(
             "linear_backend='fla' needs a CUDA device and fla installed (pip install 'liger-linearize[gpu]')"
         )
@@ -71,7 +75,7 @@ def gated_linear_attention(q, k, v, gk=None, gv=None, scale=1.0, state=None, mod
     ``o`` is float32 from the torch ops (float64 for float64 inputs); the fla kernels return it in their input
     dtype (the model's dtype for bf16/fp16 models, float32 otherwise; see ``fla_backend.gla``)."""
     if backend == "fla":
-        return fla_backend.gla(q, k, v, gk, gv, scale, state, need_state, mode)
+        return fla_gla(q, k, v, gk, gv, scale, state, need_state, mode)
     fn = naive_recurrent_gla if mode == "recurrent" else chunk_gla
     return fn(q, k, v, gk, gv, scale, state, need_state)
 
@@ -132,7 +136,7 @@ class Recurrence:
         if backend == "fla":
             # feature maps, gates, padding, casts and head expansion: one compiled function feeding the kernels
             prepare = _fla_inputs_compiled if mode == "chunk" else _fla_inputs
-            o, S = fla_backend.gla_kernels(*prepare(self, q, k, v, valid), self.scale, prev, need_state, mode,
+            o, S = fla_gla_kernels(*prepare(self, q, k, v, valid), self.scale, prev, need_state, mode,
                                            q.shape[2] // k.shape[2])
         else:
             q, k, v, g = self.prepare(q, k, v, valid)
@@ -149,7 +153,7 @@ class Recurrence:
 
 def _fla_inputs(recurrence, q, k, v, valid):
     q, k, v, g = recurrence.prepare(q, k, v, valid)
-    return fla_backend.kernel_inputs(q, k, v, gk=g)
+    return fla_kernel_inputs(q, k, v, gk=g)
 
 
 _fla_inputs_compiled = CompiledOrEager(_fla_inputs, "fla_inputs", dynamic=True)
@@ -258,7 +262,7 @@ class GSA(Recurrence):
         s, v, g = self._slots(k, v, valid)
         Sk, Sv = state if state else (None, None)
         if backend == "fla":
-            o, final = fla_backend.gsa(q, k, v, s, g, self.scale, state, need_state, mode)
+            o, final = fla_gsa(q, k, v, s, g, self.scale, state, need_state, mode)
             return o, (tuple(final) if need_state else None)
         ok, Sk = gated_linear_attention(q, k, s, gv=g, scale=self.scale, state=Sk, mode=mode, backend=backend,
                                         need_state=need_state)

@@ -1,0 +1,105 @@
+"""Models to evaluate: checkpoints, and the zero-training students built from a teacher.
+
+A model spec is one of
+
+* a checkpoint directory (a base model or a saved Liger model), or the alias ``smollm2``;
+* ``swa:W:S``: the teacher restricted to sliding-window attention over its W most recent keys plus the first
+  S tokens ("sinks"), with no training (the baseline of "Sliding-window beats linear attention",
+  arXiv 2608.28444, whose setting is ``swa:64:4``). Built as a Liger conversion whose linear branch has
+  weight 0, which computes exactly that attention (tests/eval/test_models.py checks it against the teacher
+  run with the equivalent attention mask);
+* ``convert:VARIANT``: the teacher freshly converted to Liger-VARIANT with the paper's defaults, not fine-tuned.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class Loaded:
+    model: PreTrainedModel
+    tokenizer: object
+    name: str
+    """The spec the model was built from (how reports name it)."""
+
+
+def is_student_spec(spec: str) -> bool:
+    return spec.startswith(("swa:", "convert:"))
+
+
+def parse_swa(spec: str) -> tuple[int, int]:
+    """``swa:W:S`` -> (W, S)."""
+    parts = spec.split(":")
+    try:
+        window, sinks = int(parts[1]), int(parts[2])
+        if len(parts) != 3 or window < 1 or sinks < 0:
+            raise ValueError
+    except (ValueError, IndexError):
+        raise ValueError(f"'{spec}' is not a valid sliding-window student: use swa:W:S with W >= 1 keys and "
+                         f"S >= 0 sink tokens, e.g. swa:64:4") from None
+    return window, sinks
+
+
+def sliding_window_student(teacher: PreTrainedModel, window: int, sinks: int) -> PreTrainedModel:
+    """The teacher attending to its ``window`` most recent keys (the current one included) plus the first
+    ``sinks`` tokens, in every layer, with no training. Copies the teacher's weights."""
+    import liger
+
+    return liger.convert(teacher, linear_weight=0.0, window_weight=1.0, window_size=window, num_sink_tokens=sinks)
+
+
+def build_student(spec: str, teacher: PreTrainedModel) -> PreTrainedModel:
+    """A zero-training student (``swa:W:S`` or ``convert:VARIANT``) of ``teacher``."""
+    import liger
+    from liger.models.configuration_liger import VARIANTS
+
+    if spec.startswith("swa:"):
+        return sliding_window_student(teacher, *parse_swa(spec))
+    variant = spec[len("convert:"):]
+    if variant not in VARIANTS:
+        raise ValueError(f"'{spec}': unknown Liger variant '{variant}' (choose from {', '.join(VARIANTS)})")
+    return liger.convert(teacher, variant=variant)
+
+
+def load_checkpoint(path: str | os.PathLike, dtype: str = "float32", device: str = "cpu",
+                    tokenizer: str | os.PathLike | None = None) -> Loaded:
+    """A causal LM and its tokenizer from a checkpoint directory (or the alias ``smollm2``).
+
+    Raises:
+        FileNotFoundError: no such checkpoint, or no tokenizer next to it (and none given).
+        ValueError: the checkpoint is not a causal language model, or an unknown dtype.
+    """
+    import liger  # noqa: F401  (registers the liger model type)
+    from liger.assets import resolve_model
+
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype '{dtype}' (choose from {', '.join(DTYPES)})")
+    name = os.fspath(path)
+    resolved = resolve_model(name)
+    if not os.path.isdir(resolved):
+        raise FileNotFoundError(f"no model directory at '{name}'")
+    config = AutoConfig.from_pretrained(resolved)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type != "liger":
+        raise ValueError(f"'{name}' is not a causal language model (model_type '{model_type}')")
+    try:
+        tok = AutoTokenizer.from_pretrained(tokenizer or resolved)
+    except (OSError, ValueError) as err:
+        raise FileNotFoundError(f"no tokenizer found for '{name}' (pass --tokenizer): {err}") from None
+    model = AutoModelForCausalLM.from_pretrained(resolved, dtype=DTYPES[dtype]).to(device).eval()
+    return Loaded(model, tok, name)
+
+
+def check_causal_lm(model) -> None:
+    """A clear TypeError for objects that cannot be evaluated as causal LMs."""
+    if not isinstance(model, PreTrainedModel) or not hasattr(model, "generate"):
+        raise TypeError(f"expected a transformers causal LM (a PreTrainedModel with generate), "
+                        f"got {type(model).__name__}")
