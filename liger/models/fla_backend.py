@@ -59,6 +59,23 @@ def kernel_inputs(q, k, v, gk=None, gv=None):
     return q.to(dtype), _expand(k.to(dtype), G), _expand(v.to(dtype), G), gk, gv
 
 
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+@functools.cache
+def scalar_gate_backward_refused() -> bool:
+    """fla 0.6 raises in the backward of its scalar-gate chunk kernel (``chunk_simple_gla``) on Hopper GPUs with
+    Triton >= 3.4 and < 3.7.1, which compute it wrongly (fla issue #640). There, training with a scalar-gate
+    variant (mamba2, mlstm, gated_retention) runs ``chunk_gla`` with the gate broadcast over the key channels:
+    the same recurrence, through the vector-gate kernels."""
+    try:
+        from fla.utils import IS_NVIDIA_HOPPER, TRITON_ABOVE_3_4_0, TRITON_ABOVE_3_7_1
+    except ImportError:
+        return False
+    return bool(IS_NVIDIA_HOPPER and TRITON_ABOVE_3_4_0 and not TRITON_ABOVE_3_7_1)
+
+
 def gla_kernels(q, k, v, gk, gv, scale, initial_state, output_final_state, mode, groups):
     """fla's GLA kernels on :func:`kernel_inputs`' tensors; ``initial_state`` and the returned final state
     are ``[B, H, K, V]`` float32, once per KV head (``groups`` query heads per KV head)."""
@@ -76,11 +93,13 @@ def gla_kernels(q, k, v, gk, gv, scale, initial_state, output_final_state, mode,
             o, ht = fused_recurrent_simple_gla(q, k, v, g=gk, **common)
         else:
             o, ht = fused_recurrent_gla(q, k, v, gk=gk, gv=gv, **common)
-    elif gk is not None and gk.dim() == 3:
+    elif gk is not None and gk.dim() == 3 and not (_needs_grad(q, k, v, gk, h0) and scalar_gate_backward_refused()):
         o, ht = chunk_simple_gla(q, k, v, g=gk, **common)
     else:
         if gk is None:
             gk = torch.zeros_like(k, dtype=torch.float32)
+        elif gk.dim() == 3:  # a scalar gate is a vector gate equal across the key channels
+            gk = gk[..., None].expand_as(k).contiguous()
         o, ht = chunk_gla(q, k, v, g=gk, **common)
     if ht is not None:
         ht = ht[:, ::G].contiguous()
@@ -128,9 +147,13 @@ def gsa(
     if mode != "recurrent":
         return chunk_gsa(q, k, v, s, g=g, scale=scale, initial_state=h0, output_final_state=output_final_state)
     G = q.shape[2] // k.shape[2]
-    grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, s, g))
+    grad = _needs_grad(q, k, v, s, g, *(h0 or ()))
     if G == 1 or (q.shape[1] == 1 and not grad):
-        # fused_recurrent_gsa reads grouped queries itself, but only in its single-token inference kernel
+        # fused_recurrent_gsa reads grouped queries itself, but only in its single-token inference kernel, which
+        # it takes only when no input (the initial state included) requires a gradient
+        if not grad:
+            q, k, v, s, g = (x.detach() for x in (q, k, v, s, g))
+            h0 = tuple(x.detach() for x in h0) if h0 is not None else None
         return fused_recurrent_gsa(q, k, v, s, g=g, scale=scale, initial_state=h0,
                                    output_final_state=output_final_state)
     k, v, s, g = (_expand(x, G) for x in (k, v, s, g))

@@ -111,12 +111,12 @@ def test_model_on_gpu_matches_cpu_reference_in_float32(variant):
     cpu_loss = cpu(x.cpu(), attention_mask=mask.cpu(), position_ids=positions(mask).cpu(),
                    labels=x.masked_fill(mask == 0, -100).cpu())
     real = mask.bool()
-    assert_close(gpu_loss.logits[real], cpu_loss.logits[real.cpu()], 1e-4, msg="logits")
+    assert_close(gpu_loss.logits[real].cpu(), cpu_loss.logits[real.cpu()], 1e-4, msg="logits")
     gpu_loss.loss.backward()
     cpu_loss.loss.backward()
     for (name, p), q in zip(gpu.named_parameters(), cpu.parameters()):
         if p.grad is not None and "embed" not in name:
-            assert_close(p.grad, q.grad, 1e-4, msg=name)
+            assert_close(p.grad.cpu(), q.grad, 1e-4, msg=name)
     assert_no_fallback()
 
 
