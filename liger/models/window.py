@@ -200,6 +200,10 @@ def sdpa_window_attention(
         mask = torch.cat([visible, mask], dim=-1)
         kb = torch.cat([sinks.k.to(kb.dtype)[:, None].expand(B, nb, S, H, D), kb], dim=2)
         vb = torch.cat([sinks.v.to(vb.dtype)[:, None].expand(B, nb, S, H, D), vb], dim=2)
+    extra = -kb.shape[2] % 16  # sinks unalign the key count again: fused kernels want multiples of 16
+    if extra:
+        kb, vb = F.pad(kb, (0, 0, 0, 0, 0, extra)), F.pad(vb, (0, 0, 0, 0, 0, extra))
+        mask = F.pad(mask, (0, extra), value=False)
     n_keys = kb.shape[2]
     qb = F.pad(q, (0, 0, 0, 0, 0, nb * bq - Tq)).reshape(B * nb, bq, HQ, D).transpose(1, 2)
     kb = kb.reshape(B * nb, n_keys, H, D).transpose(1, 2).repeat_interleave(G, dim=1)
