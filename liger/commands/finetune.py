@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import warnings
 
 # command-line flag -> config key (the flags are shortcuts for the most used keys)
 FLAG_KEYS = {
@@ -39,6 +40,11 @@ def add_run_options(parser: argparse.ArgumentParser, default_config: str | None)
                         "model.liger.window_size=32")
 
 
+def quiet_library_warnings() -> None:
+    """transformers/peft deprecation notices about their own internals are noise for a CLI user."""
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)(\..*)?$")
+
+
 def resolve_config(args: argparse.Namespace):
     """Defaults < YAML < flags < ``key.sub=value`` overrides."""
     from ..train.config import load_config
@@ -65,6 +71,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..train import finetune
 
+    quiet_library_warnings()
     cfg = resolve_config(args)
     summary = finetune(cfg, resume=args.resume)
     if not summary["main_process"]:

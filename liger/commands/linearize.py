@@ -11,7 +11,7 @@ import json
 import time
 from pathlib import Path
 
-from .finetune import add_run_options, resolve_config
+from .finetune import add_run_options, quiet_library_warnings, resolve_config
 
 DEFAULT_CONFIG = "smollm2-cpu"
 
@@ -98,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
     from ..train.loop import load_model, resolve_device_dtype
 
     started = time.time()
+    quiet_library_warnings()
     cfg = resolve_config(args)
     _, dtype = resolve_device_dtype(cfg)
     print(f"[1/3] convert {cfg.model.path} to Liger")

@@ -63,7 +63,8 @@ def offline_task_config(name: str) -> dict:
     return config
 
 
-def resolve_tasks(tasks: str | list[str], include_path: str | os.PathLike | None = None) -> list[SuiteTask]:
+def resolve_tasks(tasks: str | list[str], include_path: str | os.PathLike | None = None,
+                  manager=None) -> list[SuiteTask]:
     """Expand suite names and check every task name; metric "" = the task's first reported metric.
 
     Raises:
@@ -78,7 +79,6 @@ def resolve_tasks(tasks: str | list[str], include_path: str | os.PathLike | None
         raise ValueError(f"--include-path '{include_path}' is not a directory")
     resolved: list[SuiteTask] = []
     unknown = []
-    manager = None
     for name in names:
         if name in SUITES:
             resolved += SUITES[name]
@@ -101,6 +101,7 @@ def resolve_tasks(tasks: str | list[str], include_path: str | os.PathLike | None
 
 
 def task_manager(include_path=None):
+    """lm-eval's index of its built-in tasks plus those of ``include_path`` (building it takes seconds)."""
     from lm_eval.tasks import TaskManager
 
     return TaskManager(include_path=os.fspath(include_path) if include_path else None)
@@ -146,7 +147,10 @@ def evaluate(
         raise ValueError(f"limit must be >= 1, got {limit}")
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
-    selected = resolve_tasks(tasks, include_path)
+    if include_path is not None and not os.path.isdir(include_path):
+        raise ValueError(f"--include-path '{include_path}' is not a directory")
+    manager = task_manager(include_path)
+    selected = resolve_tasks(tasks, include_path, manager)
     if isinstance(model_or_path, (str, os.PathLike)):
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         loaded = load_checkpoint(model_or_path, device=device, tokenizer=tokenizer)
@@ -156,7 +160,6 @@ def evaluate(
         check_causal_lm(model)
         if tokenizer is None:
             raise ValueError("pass the tokenizer with an in-memory model")
-    manager = task_manager(include_path)
 
     specs, skipped = {}, {}
     for task in selected:
