@@ -250,8 +250,9 @@ def finetune(cfg: TrainConfig, resume: bool = False, model=None, tokenizer=None,
         on_step: called as ``on_step(step, metrics)`` after each optimizer step (tests, progress hooks).
 
     Returns:
-        A summary: steps, tokens, tokens/s, validation losses (first, best, last), the teacher's validation loss,
-        paths, peak memory.
+        A summary dict: ``val`` (``[{step, loss, ppl}]`` of this process's run), ``teacher_val`` (at step 0),
+        ``steps``, ``trained_steps``, ``train_seconds``, ``tokens_per_s``, ``final`` (path), ``peak_rss_bytes``
+        (and ``peak_cuda_bytes`` on GPU), ``main_process``.
 
     Raises:
         TrainingError: a non-finite loss (the last good checkpoint is kept), a non-empty OUTPUT without
