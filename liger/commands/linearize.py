@@ -30,16 +30,61 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(run=run)
 
 
-def _evaluate_suites(cfg, teacher_path: str, liger_path: str) -> dict:
-    """Benchmark suites (lm-eval) of the teacher and the fine-tuned Liger model.
-
-    This is the single place where the lm-eval evaluation (``liger.eval``, issue 4) is to be called. Until it is
-    wired in, no suite runs and the summary holds the held-out validation loss and perplexity only.
+def _evaluate_suites(cfg, teacher_path: str, liger_path: str, tokenizer) -> dict:
+    """lm-eval's ``cfg.eval.tasks`` on the teacher, the freshly converted and the fine-tuned Liger model, one
+    model in memory at a time, on the fine-tuning device.
 
     Returns:
-        ``{suite_name: {"teacher": score, "liger": score, ...}}``; empty when no suite runs.
+        ``{"tasks": {task: {"metric": name, "teacher": v, "converted": v, "finetuned": v}}, "average": {...},
+        "skipped": {task: reason}, "limit": n}``; empty when ``cfg.eval.tasks`` is empty.
     """
-    return {}
+    if not cfg.eval.tasks:
+        return {}
+    import gc
+
+    import torch
+
+    from ..convert import convert
+    from ..eval import evaluate
+    from ..train.loop import resolve_device_dtype
+
+    device, dtype = resolve_device_dtype(cfg)
+    loaders = {
+        "teacher": lambda: _load(teacher_path, dtype),
+        "converted": lambda: convert(_load(teacher_path, dtype), **cfg.model.liger),
+        "finetuned": lambda: _load(liger_path, dtype),
+    }
+    tasks: dict = {}
+    skipped: dict = {}
+    for name, load in loaders.items():
+        model = load().to(device).eval()
+        print(f"      lm-eval on the {name} model: {', '.join(cfg.eval.tasks)}"
+              + (f" (first {cfg.eval.limit} documents per task)" if cfg.eval.limit else ""), flush=True)
+        try:
+            result = evaluate(model, tasks=cfg.eval.tasks, limit=cfg.eval.limit, batch_size=cfg.eval.batch_size,
+                              tokenizer=tokenizer, seed=cfg.train.seed)
+        except RuntimeError as err:  # no task could be loaded (e.g. Hub tasks offline): keep the summary
+            print(f"      lm-eval skipped: {str(err).splitlines()[0]}", flush=True)
+            return dict(tasks=tasks, average={}, skipped={", ".join(cfg.eval.tasks): str(err).splitlines()[0]},
+                        limit=cfg.eval.limit)
+        for task, row in result["tasks"].items():
+            tasks.setdefault(task, {"metric": row["metric"]})[name] = row["value"]
+        skipped.update(result.get("skipped", {}))
+        del model
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    complete = {t: r for t, r in tasks.items() if all(k in r for k in loaders)}
+    average = {k: sum(r[k] for r in complete.values()) / len(complete) for k in loaders} if complete else {}
+    return dict(tasks=tasks, average=average, skipped=skipped, limit=cfg.eval.limit)
+
+
+def _load(path: str, dtype):
+    from transformers import AutoModelForCausalLM
+
+    from .. import models  # noqa: F401  (registers the liger model type with the Auto classes)
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
 
 
 def _val_rows(metrics_path: Path) -> dict:
@@ -80,12 +125,25 @@ def format_summary(summary: dict) -> str:
     if summary["gap_closed"] is not None:
         lines.append(f"Fine-tuning closed {100 * summary['gap_closed']:.1f}% of the loss gap between the converted "
                      "model and the teacher.")
-    if summary["suites"]:
-        lines += ["", "| suite | teacher | Liger |", "|---|---|---|"]
-        for name, scores in summary["suites"].items():
-            lines.append(f"| {name} | {scores.get('teacher')} | {scores.get('liger')} |")
-    else:
-        lines.append("Benchmark suites (lm-eval): not run in this build; see `_evaluate_suites`.")
+    suites = summary["suites"]
+    if suites.get("tasks"):
+        limit = f", first {suites['limit']} documents per task" if suites.get("limit") else ""
+        lines += ["", f"lm-eval (0-shot{limit}):", "",
+                  "| task | metric | teacher | Liger, converted | Liger, fine-tuned | recovery |",
+                  "|---|---|---|---|---|---|"]
+        rows = list(suites["tasks"].items())
+        if suites.get("average"):
+            rows.append(("**average**", dict(metric="", **suites["average"])))
+        for task, r in rows:
+            cells = [f"{r[k]:.3f}" if k in r else "n/a" for k in ("teacher", "converted", "finetuned")]
+            recovery = (f"{100 * r['finetuned'] / r['teacher']:.1f}%" if r.get("teacher") and "finetuned" in r
+                        else "n/a")
+            lines.append(f"| {task} | {r['metric']} | " + " | ".join(cells) + f" | {recovery} |")
+        for task, reason in suites.get("skipped", {}).items():
+            lines.append(f"Skipped {task}: {reason}")
+        lines.append("")
+    elif not suites:
+        lines.append("lm-eval: no tasks configured (eval.tasks is empty).")
     tps = summary.get("tokens_per_s")
     lines.append(f"Wall time {summary['wall_seconds'] / 60:.1f} min (fine-tuning "
                  f"{summary['train_seconds'] / 60:.1f} min" + (f", {tps:.0f} tokens/s" if tps else "") + ").")
@@ -101,6 +159,10 @@ def run(args: argparse.Namespace) -> int:
     quiet_library_warnings()
     cfg = resolve_config(args)
     _, dtype = resolve_device_dtype(cfg)
+    if cfg.eval.tasks:  # unknown task names fail now, not after the fine-tuning
+        from ..eval.harness import resolve_tasks
+
+        resolve_tasks(cfg.eval.tasks)
     print(f"[1/3] convert {cfg.model.path} to Liger")
     model, tokenizer = load_model(cfg.model.path, cfg.model.liger, dtype)
     print(f"[2/3] fine-tune on {cfg.data.path} -> {cfg.output}")
@@ -111,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
     del model
     from ..assets import resolve_model
 
-    suites = _evaluate_suites(cfg, resolve_model(cfg.model.path), result["final"])
+    suites = _evaluate_suites(cfg, resolve_model(cfg.model.path), result["final"], tokenizer)
     run_info = dict(wall_seconds=time.time() - started, train_seconds=result["train_seconds"],
                     tokens_per_s=result["tokens_per_s"], trained_steps=result["trained_steps"],
                     peak_rss_bytes=result["peak_rss_bytes"], final=result["final"])

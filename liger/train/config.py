@@ -118,12 +118,25 @@ class TrainSettings:
 
 
 @dataclass
+class EvalSettings:
+    tasks: list[str] = field(default_factory=lambda: ["offline"])
+    """lm-eval tasks or suites that ``liger linearize`` runs on the teacher, the converted and the fine-tuned
+    model (``offline``: BIG-bench samples shipped with liger; ``paper``: the paper's six tasks, needs the
+    Hub; see docs/evaluation.md). Empty = no benchmark, validation loss only. ``liger finetune`` ignores it."""
+    limit: int | None = None
+    """Documents per task (None = all)."""
+    batch_size: int = 8
+    """lm-eval batch size."""
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainSettings = field(default_factory=TrainSettings)
+    eval: EvalSettings = field(default_factory=EvalSettings)
     output: str = "runs/finetune"
     """Output directory: metrics.jsonl, loss_curve.png, config.yaml, checkpoints/, final/."""
 
@@ -169,6 +182,8 @@ def check(cfg: TrainConfig) -> None:
     for key in ("eval_every", "save_every"):
         need(getattr(t, key) >= 0, f"train.{key}", "must be >= 0", getattr(t, key))
     need(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1", t.keep_checkpoints)
+    need(cfg.eval.limit is None or cfg.eval.limit >= 1, "eval.limit", "must be >= 1 or null", cfg.eval.limit)
+    need(cfg.eval.batch_size >= 1, "eval.batch_size", "must be >= 1", cfg.eval.batch_size)
     need(bool(cfg.output), "output", "must be a directory path", cfg.output)
 
 

@@ -13,7 +13,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_linearize_runs_convert_finetune_evaluate_and_summarizes(tiny_base, text_dir, tmp_path, capsys):
     out = tmp_path / "job"
-    assert main(["linearize", *tiny_args(tiny_base, text_dir, out), "--max-steps", "4"]) == 0
+    args = tiny_args(tiny_base, text_dir, out, "eval.tasks=[bb_hyperbaton]", "eval.limit=4", "eval.batch_size=4")
+    assert main(["linearize", *args, "--max-steps", "4"]) == 0
     printed = capsys.readouterr().out
     assert "[1/3] convert" in printed and "[3/3] evaluate" in printed
     assert "| teacher (original attention) |" in printed and "| Liger, fine-tuned (4 steps) |" in printed
@@ -21,9 +22,31 @@ def test_linearize_runs_convert_finetune_evaluate_and_summarizes(tiny_base, text
     v = summary["validation"]
     assert v["converted"]["step"] == 0 and v["finetuned"]["step"] == 4
     assert v["finetuned"]["loss"] < v["converted"]["loss"]
-    assert summary["suites"] == {} and summary["final"] == str(out / "final")
+    # lm-eval ran on all three models: scores are accuracies over the 4 documents
+    row = summary["suites"]["tasks"]["bb_hyperbaton"]
+    assert row["metric"] == "acc" and summary["suites"]["limit"] == 4
+    for name in ("teacher", "converted", "finetuned"):
+        assert row[name] in (0.0, 0.25, 0.5, 0.75, 1.0)
+    assert set(summary["suites"]["average"]) == {"teacher", "converted", "finetuned"}
+    assert "| bb_hyperbaton | acc |" in printed
+    assert summary["final"] == str(out / "final")
     assert (out / "summary.md").read_text().startswith("# liger linearize:")
     assert (out / "final" / "config.json").exists()
+
+
+def test_linearize_without_tasks_reports_validation_only(tiny_base, text_dir, tmp_path, capsys):
+    out = tmp_path / "job"
+    assert main(["linearize", *tiny_args(tiny_base, text_dir, out, "eval.tasks=[]"), "--max-steps", "2"]) == 0
+    assert json.loads((out / "summary.json").read_text())["suites"] == {}
+    assert "no tasks configured" in capsys.readouterr().out
+
+
+def test_linearize_rejects_an_unknown_task_before_training(tiny_base, text_dir, tmp_path, capsys):
+    out = tmp_path / "job"
+    assert main(["linearize", *tiny_args(tiny_base, text_dir, out, "eval.tasks=[no_such_task]")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown task(s) no_such_task" in err[0]
+    assert not (out / "metrics.jsonl").exists()
 
 
 def test_linearize_defaults_to_the_cpu_recipe():
