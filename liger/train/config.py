@@ -119,13 +119,13 @@ class TrainSettings:
 
 @dataclass
 class EvalSettings:
-    tasks: list[str] = field(default_factory=lambda: ["offline"])
+    tasks: list[str] = field(default_factory=lambda: ["paper", "offline"])
     """lm-eval tasks or suites that ``liger linearize`` runs on the teacher, the converted and the fine-tuned
     model (``offline``: BIG-bench samples shipped with liger; ``paper``: the paper's six tasks, needs the
     Hub; see docs/evaluation.md). Empty = no benchmark, validation loss only. ``liger finetune`` ignores it."""
     limit: int | None = None
     """Documents per task (None = all)."""
-    batch_size: int = 8
+    batch_size: int = 16
     """lm-eval batch size."""
 
 
