@@ -13,8 +13,8 @@ padding) and ``decode_step`` (None, or "eager"/"compiled" for the static single-
 :func:`decode_step_core`).
 
 Kernels: the recurrence runs on fla's Triton kernels on CUDA (``linear_backend`` "auto"/"fla") and on the
-pure-PyTorch ops otherwise; the window branch of multi-token calls runs through compiled FlexAttention on
-CUDA (unless ``linear_backend`` is "torch") and through the banded PyTorch op otherwise.
+pure-PyTorch ops otherwise; the window branch of multi-token calls runs through fused SDPA over query blocks
+on CUDA (unless ``linear_backend`` is "torch") and through the banded PyTorch op otherwise.
 """
 
 from __future__ import annotations

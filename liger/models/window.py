@@ -11,8 +11,10 @@ the cached window followed by its own key). The query at key index ``p`` attends
 ``naive_window_attention`` builds the dense ``[Tq, Tk]`` mask and is the reference.
 ``window_attention`` cuts the queries into blocks and gives each block only the ``block + W - 1`` keys it
 can see, so memory is ``O(T · W)`` and no ``T × T`` mask is ever built (the CPU path).
-``flex_window_attention`` is the same function through PyTorch's FlexAttention with a block-sparse mask built
-directly from block indices (the CUDA path: one fused kernel, compiled).
+``sdpa_window_attention`` is the same blocking with each block computed by PyTorch's fused
+``scaled_dot_product_attention`` (the CUDA path of the model). ``flex_window_attention`` is the same function
+through FlexAttention with a block-sparse mask built from block indices (kept and tested; slower inside the
+model on an H100, see docs/gpu.md).
 ``window_decode_attention`` is the single-token decode step over the cache's ring buffer (fixed shapes).
 All take grouped-query inputs (``HQ`` query heads over ``H`` key/value heads) without repeating K/V.
 """
