@@ -41,6 +41,9 @@ def _evaluate_suites(cfg, teacher_path: str, liger_path: str, tokenizer) -> dict
     if not cfg.eval.tasks:
         return {}
     import gc
+    import logging
+
+    logging.getLogger("lm_eval").setLevel(logging.WARNING)  # its per-task INFO lines drown the summary
 
     import torch
 
