@@ -266,9 +266,8 @@ def _context_rows(model, kind, context, cfg, device, generator, report):
                                      latency_s_runs=steps, tokens_per_s=B / median,
                                      peak_memory_bytes=_peak(device), cache_bytes=_cache_bytes(cache)))
     # free this context's CUDA graph pool before the next context is measured (peak memory per context)
-    if hasattr(getattr(cache, "decoder", None), "release"):
-        cache.decoder.release()
-        cache.decoder = None
+    if hasattr(cache, "drop_decoder"):
+        cache.drop_decoder()
     cache = None
 
 

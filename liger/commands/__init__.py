@@ -57,3 +57,14 @@ def _parse_int_list(text: str) -> list[int]:
         return [int(x) for x in text.replace(" ", "").split(",") if x]
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"expected comma-separated layer indices, got '{text}'") from err
+
+
+def positive_int_list(text: str) -> list[int]:
+    """``"512,1024"`` -> ``[512, 1024]``; an argparse error unless every value is a positive integer."""
+    try:
+        values = [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from err
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got '{text}'")
+    return values

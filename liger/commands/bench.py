@@ -6,17 +6,7 @@ import argparse
 import json
 import os
 
-from . import add_liger_options, liger_options
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(x) for x in text.replace(" ", "").split(",") if x]
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from err
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got '{text}'")
-    return values
+from . import add_liger_options, liger_options, positive_int_list
 
 
 def add_parser(subparsers) -> None:
@@ -40,7 +30,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--prompt-length", type=int, default=128,
                         help="start of the estimated total decode time; context of the decode-mode comparison")
-    parser.add_argument("--context", type=_int_list, default=[1024, 2048, 4096, 8192, 16384, 32768],
+    parser.add_argument("--context", type=positive_int_list, default=[1024, 2048, 4096, 8192, 16384, 32768],
                         help="context lengths at which prefill and per-token decode latency are measured")
     parser.add_argument("--decode-steps", type=int, default=16, help="timed decode steps per context")
     parser.add_argument("--warmup-steps", type=int, default=3, help="untimed decode steps before them")
@@ -49,7 +39,7 @@ def add_parser(subparsers) -> None:
                         help="batch of the eager / static / CUDA-graph decode comparison")
     parser.add_argument("--no-decode", action="store_true", help="skip the prefill/decode measurements")
     parser.add_argument("--train", action="store_true", help="also measure LoRA fine-tuning throughput")
-    parser.add_argument("--train-batch-sizes", type=_int_list, default=[1, 8])
+    parser.add_argument("--train-batch-sizes", type=positive_int_list, default=[1, 8])
     parser.add_argument("--train-length", type=int, default=1024, help="tokens per training sequence")
     parser.add_argument("--train-steps", type=int, default=10, help="timed training steps (after 3 untimed)")
     parser.add_argument("--profile", action="store_true",

@@ -8,6 +8,8 @@ import json
 import os
 import sys
 
+from . import positive_int_list
+
 EXAMPLES = """examples:
   liger eval --model out/liger-gla --tasks offline --limit 100 --output results.json
   liger eval --model smollm2 --ppl text.txt --passkey 512,1024
@@ -19,16 +21,6 @@ Students of --compare: checkpoint directories, swa:W:S (the teacher restricted t
 plus S sink tokens, no training) and convert:VARIANT (the teacher freshly converted, not fine-tuned).
 Without --tasks, --ppl or --passkey, the offline suite runs; with --ppl or --passkey only, no lm-eval task runs.
 """
-
-
-def _lengths(text: str) -> list[int]:
-    try:
-        values = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated token counts, got '{text}'") from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive token counts, got '{text}'")
-    return values
 
 
 def add_parser(subparsers) -> None:
@@ -52,7 +44,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--ppl-context", type=int, default=512, help="tokens per window (default: 512)")
     parser.add_argument("--ppl-stride", type=int, default=256, help="tokens between windows (default: 256)")
     parser.add_argument("--ppl-max-tokens", type=int, help="score only the first N tokens of each file")
-    parser.add_argument("--passkey", type=_lengths, metavar="L1,L2,...",
+    parser.add_argument("--passkey", type=positive_int_list, metavar="L1,L2,...",
                         help="passkey retrieval at these prompt lengths in tokens, e.g. 512,1024,4096")
     parser.add_argument("--passkey-trials", type=int, default=5, help="prompts per length (default: 5)")
     parser.add_argument("--tokenizer", help="tokenizer directory (default: the model's own)")

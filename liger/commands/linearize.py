@@ -47,15 +47,15 @@ def _evaluate_suites(cfg, teacher_path: str, liger_path: str, tokenizer) -> dict
 
     import torch
 
-    from ..convert import convert
     from ..eval import evaluate
-    from ..train.loop import resolve_device_dtype
+    from ..eval.models import load_checkpoint
+    from ..train.loop import load_model, resolve_device_dtype
 
     device, dtype = resolve_device_dtype(cfg)
     loaders = {
-        "teacher": lambda: _load(teacher_path, dtype),
-        "converted": lambda: convert(_load(teacher_path, dtype), **cfg.model.liger),
-        "finetuned": lambda: _load(liger_path, dtype),
+        "teacher": lambda: load_checkpoint(teacher_path, str(dtype).removeprefix("torch.")).model,
+        "converted": lambda: load_model(teacher_path, cfg.model.liger, dtype)[0],
+        "finetuned": lambda: load_model(liger_path, {}, dtype)[0],
     }
     tasks: dict = {}
     skipped: dict = {}
@@ -80,14 +80,6 @@ def _evaluate_suites(cfg, teacher_path: str, liger_path: str, tokenizer) -> dict
     complete = {t: r for t, r in tasks.items() if all(k in r for k in loaders)}
     average = {k: sum(r[k] for r in complete.values()) / len(complete) for k in loaders} if complete else {}
     return dict(tasks=tasks, average=average, skipped=skipped, limit=cfg.eval.limit)
-
-
-def _load(path: str, dtype):
-    from transformers import AutoModelForCausalLM
-
-    from .. import models  # noqa: F401  (registers the liger model type with the Auto classes)
-
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
 
 
 def _val_rows(metrics_path: Path) -> dict:

@@ -254,6 +254,12 @@ class LigerCache(Cache):
         self.decoder = None
         """The CUDA-graph decoder bound to this cache's buffers, once one was built (see ``decoding.py``)."""
 
+    def drop_decoder(self) -> None:
+        """Forget the CUDA-graph decoder, freeing its graph and memory pool now (not at garbage collection)."""
+        if hasattr(self.decoder, "release"):
+            self.decoder.release()
+        self.decoder = None
+
     @property
     def liger_layers(self) -> list[LigerLayerCache]:
         return [layer for layer in self.layers if isinstance(layer, LigerLayerCache)]

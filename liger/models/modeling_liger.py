@@ -230,9 +230,7 @@ class LigerForCausalLM(LigerPreTrainedModel, GenerationMixin):
             return decoder
         if decoder == "failed":
             return None
-        if isinstance(decoder, CUDAGraphDecoder):  # stale (batch size, compile setting): free its graph first
-            decoder.release()
-            cache.decoder = None
+        cache.drop_decoder()  # a stale one (batch size, compile setting): free its graph first
         try:
             cache.decoder = CUDAGraphDecoder(self, cache, compile=self.compile_decode_step)
         except Exception as err:  # capture is best effort: decode with the same static step, uncaptured

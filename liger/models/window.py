@@ -16,7 +16,8 @@ can see, so memory is ``O(T · W)`` and no ``T × T`` mask is ever built (the CP
 through FlexAttention with a block-sparse mask built from block indices (kept and tested; slower inside the
 model on an H100, see docs/gpu.md).
 ``window_decode_attention`` is the single-token decode step over the cache's ring buffer (fixed shapes).
-All take grouped-query inputs (``HQ`` query heads over ``H`` key/value heads) without repeating K/V.
+All take grouped-query inputs (``HQ`` query heads over ``H`` key/value heads); all but the SDPA blocks read
+them without repeating K/V.
 """
 
 from __future__ import annotations
