@@ -115,6 +115,10 @@ class TrainSettings:
     """Base weights' dtype: ``auto`` = bfloat16 on GPU, float32 on CPU. LoRA weights stay float32."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, more compute)."""
+    fsdp: bool = False
+    """Shard the model over the GPUs (accelerate's FSDP2, one shard group per decoder layer) instead of DDP,
+    for models that do not fit one GPU. Needs ``accelerate launch`` on CUDA GPUs; ``accelerate launch
+    --use_fsdp`` turns it on too. LoRA weights stay float32 and are cast to ``dtype`` for compute."""
 
 
 @dataclass

@@ -4,8 +4,9 @@ Per optimizer step, ``train.batch_size`` packed chunks are drawn from a seeded p
 step number alone fixes which chunks, so a resumed run sees the same data). Under ``accelerate launch`` each of
 the P processes takes every P-th chunk of the step and accumulates ``batch_size / (P * micro_batch_size)``
 micro-batches; the step's loss is the mean of the micro-batch losses (each a mean over its labelled tokens),
-which is the same number for any P. accelerate's DDP averages the gradients; there is no other distributed
-code here.
+which is the same number for any P. accelerate's DDP averages the gradients, or with ``train.fsdp`` its FSDP2
+shards the model per decoder layer; there is no other distributed code here. Checkpoints and the final model go
+through ``torch.distributed.checkpoint``'s full state dicts, the same code for one process, DDP and FSDP.
 
 Outputs (OUTPUT = ``cfg.output``): ``config.yaml`` (the resolved config), ``environment.json``,
 ``metrics.jsonl``, ``checkpoints/step-NNNNNN/`` (adapter, optimizer, scheduler, RNG and data position; written to
@@ -69,6 +70,25 @@ def load_model(path: str, liger_options: dict, dtype: torch.dtype):
     return model, AutoTokenizer.from_pretrained(local)
 
 
+def fsdp_plugin(cfg: TrainConfig, device: str, dtype: torch.dtype):
+    """accelerate's FSDP2 plugin when ``train.fsdp`` (or ``accelerate launch --use_fsdp``) asks for it, else None.
+
+    Each decoder layer is its own shard group (the model's ``_no_split_modules`` present in it, filled in
+    before ``prepare``); weights are gathered in ``dtype`` — the float32 LoRA weights are cast for compute —
+    and gradients are reduced in float32."""
+    if not (cfg.train.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"):
+        return None
+    if device != "cuda":
+        raise TrainingError("train.fsdp needs CUDA GPUs (accelerate runs FSDP only there); use DDP on CPU")
+    from accelerate import FullyShardedDataParallelPlugin
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    return FullyShardedDataParallelPlugin(
+        fsdp_version=2, auto_wrap_policy="transformer_based_wrap", reshard_after_forward=True,
+        state_dict_type="FULL_STATE_DICT",
+        mixed_precision_policy=MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32))
+
+
 def resolve_device_dtype(cfg: TrainConfig) -> tuple[str, torch.dtype]:
     device = cfg.train.device
     if device == "auto":
@@ -118,13 +138,20 @@ def validation_loss(model, ids, labels, micro_batch_size: int, accelerator, teac
     mine = torch.arange(rank, ids.shape[0], world)
     total = torch.zeros((), dtype=torch.float64, device=accelerator.device)
     count = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    # Every process runs the same number of forwards (FSDP gathers each layer's weights from all of them);
+    # a process out of chunks runs its first one again and does not count it.
+    rounds = math.ceil(math.ceil(ids.shape[0] / world) / micro_batch_size)
     with teacher_context(model) if teacher else nullcontext():
-        for start in range(0, len(mine), micro_batch_size):
+        for start in range(0, rounds * micro_batch_size, micro_batch_size):
             idx = mine[start:start + micro_batch_size]
+            counted = len(idx) > 0
+            if not counted:
+                idx = mine[:1] if len(mine) else torch.zeros(1, dtype=torch.long)
             x, y = ids[idx].to(accelerator.device), labels[idx].to(accelerator.device)
             s, n = token_losses(model(input_ids=x, use_cache=False).logits, y)
-            total += s.double()
-            count += n.double()
+            if counted:
+                total += s.double()
+                count += n.double()
     total, count = accelerator.reduce(total, "sum"), accelerator.reduce(count, "sum")
     model.train(was_training)
     loss = (total / count).item()
@@ -156,10 +183,23 @@ def checkpoints(output: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
 
 
+def _state_options(**kwargs):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **kwargs)
+
+
+def _torch_optimizer(optimizer):
+    return getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps it
+
+
 def save_checkpoint(output: Path, step: int, model, optimizer, scheduler, position: dict, accelerator,
                     keep: int) -> Path:
     """Write ``checkpoints/step-NNNNNN`` atomically: everything goes to a temporary folder first, which is
-    renamed when complete. Each process adds its own RNG state."""
+    renamed when complete. Each process adds its own RNG state. The trainable weights and the optimizer state
+    are gathered whole (unsharded under FSDP) onto the main process; every process takes part."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
     folder = output / "checkpoints"
     final = folder / f"{CHECKPOINT_PREFIX}{step:06d}"
     tmp = folder / f".tmp-{final.name}"
@@ -168,15 +208,14 @@ def save_checkpoint(output: Path, step: int, model, optimizer, scheduler, positi
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     torch.save(_rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
+    weights, optimizer_state = get_state_dict(
+        model, _torch_optimizer(optimizer), options=_state_options(cpu_offload=True, ignore_frozen_params=True))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        from peft import get_peft_model_state_dict
-
         unwrapped = accelerator.unwrap_model(model)
-        unwrapped.save_pretrained(tmp / "adapter")
-        torch.save(dict(step=step, adapter=get_peft_model_state_dict(unwrapped), optimizer=optimizer.state_dict(),
-                        scheduler=scheduler.state_dict(), position=position, num_processes=accelerator.num_processes),
-                   tmp / "state.pt")
+        unwrapped.save_pretrained(tmp / "adapter", state_dict=weights)
+        torch.save(dict(step=step, trainable=weights, optimizer=optimizer_state, scheduler=scheduler.state_dict(),
+                        position=position, num_processes=accelerator.num_processes), tmp / "state.pt")
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         for old in checkpoints(output)[:-keep]:
@@ -186,15 +225,17 @@ def save_checkpoint(output: Path, step: int, model, optimizer, scheduler, positi
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler, accelerator) -> int:
-    """Restore a checkpoint written by :func:`save_checkpoint`; return its step."""
-    from peft import set_peft_model_state_dict
+    """Restore a checkpoint written by :func:`save_checkpoint` (every process reads it); return its step."""
+    from torch.distributed.checkpoint.state_dict import set_state_dict
 
     state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+    if "trainable" not in state:
+        raise TrainingError(f"{path} was written by an older liger (no 'trainable' entry); start a new run")
     if state["num_processes"] != accelerator.num_processes:
         raise TrainingError(f"{path} was written by {state['num_processes']} processes, this run has "
                             f"{accelerator.num_processes}; resume with the same number")
-    set_peft_model_state_dict(accelerator.unwrap_model(model), state["adapter"])
-    optimizer.load_state_dict(state["optimizer"])
+    set_state_dict(model, _torch_optimizer(optimizer), model_state_dict=state["trainable"],
+                   optim_state_dict=state["optimizer"], options=_state_options(ignore_frozen_params=True))
     scheduler.load_state_dict(state["scheduler"])
     _set_rng_state(torch.load(path / f"rng-{accelerator.process_index}.pt", weights_only=False))
     return state["step"]
@@ -229,6 +270,31 @@ def _check_resume_config(output: Path, cfg: TrainConfig) -> None:
                                     f"{a.get(key)!r}); resume with the same config or use a new output")
 
     diff(now, saved)
+
+
+def merged_model(model, accelerator):
+    """The fine-tuned model with its LoRA merged, on the CPU of the main process (None elsewhere).
+
+    The full weights are gathered with ``torch.distributed.checkpoint`` (all processes take part; under FSDP
+    this is the only place the whole model exists), loaded into a copy of the architecture built on the meta
+    device, and merged there by peft — so the same code serves one process, DDP and FSDP."""
+    from peft import get_peft_model
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+    from transformers import AutoModelForCausalLM
+
+    full = get_model_state_dict(model, options=_state_options(cpu_offload=True))
+    if not accelerator.is_main_process:
+        return None
+    peft_model = accelerator.unwrap_model(model)
+    base = peft_model.get_base_model()
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(base.config)
+    skeleton = get_peft_model(skeleton, peft_model.peft_config[peft_model.active_adapter])
+    skeleton.load_state_dict(full, assign=True)
+    skeleton.get_base_model().tie_weights()
+    merged = skeleton.merge_and_unload()
+    merged.generation_config = base.generation_config
+    return merged
 
 
 def peak_rss_bytes() -> int:
@@ -267,7 +333,8 @@ def finetune(cfg: TrainConfig, resume: bool = False, model=None, tokenizer=None,
     from ..bench.throughput import provenance
 
     device, dtype = resolve_device_dtype(cfg)
-    accelerator = Accelerator(cpu=device == "cpu")
+    accelerator = Accelerator(cpu=device == "cpu", fsdp_plugin=fsdp_plugin(cfg, device, dtype))
+    fsdp = accelerator.is_fsdp2
     main = accelerator.is_main_process
     world, rank = accelerator.num_processes, accelerator.process_index
     t = cfg.train
@@ -319,8 +386,13 @@ def finetune(cfg: TrainConfig, resume: bool = False, model=None, tokenizer=None,
                                   weight_decay=cfg.optim.weight_decay)
     scheduler = get_scheduler(cfg.optim.schedule, optimizer, num_warmup_steps=cfg.optim.warmup_steps,
                               num_training_steps=total_steps)
+    if fsdp:
+        layers = set(getattr(model, "_no_split_modules", None) or [])
+        accelerator.state.fsdp_plugin.transformer_cls_names_to_wrap = sorted(
+            {type(m).__name__ for m in model.modules() if type(m).__name__ in layers})
     model, optimizer = accelerator.prepare(model, optimizer)
     core = accelerator.unwrap_model(model)
+    trainable = [p for p in model.parameters() if p.requires_grad]  # FSDP replaces them by sharded ones
 
     metrics_path = output / "metrics.jsonl"
     start_step = 0
@@ -340,6 +412,7 @@ def finetune(cfg: TrainConfig, resume: bool = False, model=None, tokenizer=None,
         (output / "config.yaml").write_text(cfg.to_yaml())
         (output / "environment.json").write_text(json.dumps(
             dict(provenance(accelerator.device), num_processes=world, dtype=str(dtype).replace("torch.", ""),
+                 distributed=str(accelerator.distributed_type).split(".")[-1] + ("2" if fsdp else ""),
                  trainable_parameters=n_trainable, parameters=n_total), indent=2))
         logger.info(data.describe())
         logger.info("LoRA r=%d alpha=%g on %s: %s trainable of %s parameters (%.3f%%); %d steps of %d sequences "
@@ -442,10 +515,10 @@ def finetune(cfg: TrainConfig, resume: bool = False, model=None, tokenizer=None,
         metrics_file.close()
 
     final = output / "final"
+    merged = merged_model(model, accelerator)
     if main:
         tmp = output / ".tmp-final"
         shutil.rmtree(tmp, ignore_errors=True)
-        merged = core.merge_and_unload()
         merged.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)

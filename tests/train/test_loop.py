@@ -212,6 +212,7 @@ def test_two_processes_on_gloo_give_the_loss_of_one_process(tiny_base, alpaca_fi
     (["lora.target_modules=[nothing_here]"], "lora.target_modules ['nothing_here']"),
     (["--config", "nope.yaml"], "no config file 'nope.yaml'"),
     (["--max-length", "100000"], "not enough for one chunk"),
+    (["train.fsdp=true"], "train.fsdp needs CUDA GPUs"),
 ])
 def test_cli_errors_are_one_line(tiny_base, alpaca_file, tmp_path, capsys, extra, message):
     capsys.readouterr()
@@ -229,3 +230,29 @@ def test_finetune_an_already_converted_liger_checkpoint(tiny_base, alpaca_file, 
     assert main(["finetune", *tiny_args(tmp_path / "liger", alpaca_file, out), "--max-steps", "1"]) == 0
     final = AutoModelForCausalLM.from_pretrained(out / "final")
     assert final.config.window_size == 4
+
+
+def test_final_model_with_tied_embeddings_equals_the_adapter_merged_by_peft(tmp_path, alpaca_file):
+    """final/ is rebuilt from gathered full state dicts (the FSDP-safe path): it must equal the conversion with
+    the checkpoint's adapter merged by peft, tied embeddings and generation config included."""
+    from peft import PeftModel
+
+    from tests.conftest import tiny_teacher
+    from tests.train.conftest import byte_tokenizer
+
+    base = tmp_path / "tied"
+    teacher = tiny_teacher("llama", vocab_size=260, tie_word_embeddings=True)
+    teacher.generation_config.eos_token_id = 259
+    teacher.save_pretrained(base)
+    byte_tokenizer().save_pretrained(base)
+    out = tmp_path / "run"
+    assert main(["finetune", *tiny_args(base, alpaca_file, out), "--max-steps", "2"]) == 0
+    final = AutoModelForCausalLM.from_pretrained(out / "final")
+    assert final.config.tie_word_embeddings
+    assert final.lm_head.weight.data_ptr() == final.model.embed_tokens.weight.data_ptr()
+    assert final.generation_config.eos_token_id == 259
+    model, _ = load_model(str(base), {"window_size": 8}, torch.float32)
+    expected = PeftModel.from_pretrained(model, out / "checkpoints" / "step-000002" / "adapter").merge_and_unload()
+    x = torch.randint(0, 260, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(final(input_ids=x).logits, expected(input_ids=x).logits, rtol=1e-5, atol=1e-5)
