@@ -76,10 +76,11 @@ def run(args: argparse.Namespace) -> int:
     summary = finetune(cfg, resume=args.resume)
     if not summary["main_process"]:
         return 0
+    where = f"final model: {summary['final']}" if summary["final"] else f"adapter in {summary['output']}/checkpoints"
     if summary["val"]:
         first, last = summary["val"][0], summary["val"][-1]
         print(f"validation loss {first['loss']:.4f} (step {first['step']}) -> {last['loss']:.4f} "
-              f"(step {last['step']}); final model: {summary['final']}")
+              f"(step {last['step']}); {where}")
     else:
-        print(f"final model: {summary['final']}")
+        print(where)
     return 0

@@ -153,6 +153,8 @@ def run(args: argparse.Namespace) -> int:
     started = time.time()
     quiet_library_warnings()
     cfg = resolve_config(args)
+    if not cfg.train.save_final:
+        raise ValueError("liger linearize evaluates OUTPUT/final: train.save_final must stay true")
     _, dtype = resolve_device_dtype(cfg)
     if cfg.eval.tasks:  # unknown task names fail now, not after the fine-tuning
         from ..eval.harness import resolve_tasks

@@ -107,6 +107,9 @@ class TrainSettings:
     """Checkpoint every N optimizer steps (and at the end); 0 = only at the end."""
     keep_checkpoints: int = 2
     """Newest checkpoints kept in OUTPUT/checkpoints."""
+    save_final: bool = True
+    """Write OUTPUT/final, the model with its LoRA merged (off for throughput runs: the adapter is still in the
+    last checkpoint)."""
     seed: int = 0
     """Seeds the LoRA initialisation and the order of the training chunks (official code: 0)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"

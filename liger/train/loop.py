@@ -515,26 +515,27 @@ def finetune(cfg: TrainConfig, resume: bool = False, model=None, tokenizer=None,
         metrics_file.close()
 
     final = output / "final"
-    merged = merged_model(model, accelerator)
+    merged = merged_model(model, accelerator) if t.save_final else None
     if main:
-        tmp = output / ".tmp-final"
-        shutil.rmtree(tmp, ignore_errors=True)
-        merged.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        if t.save_final:
+            tmp = output / ".tmp-final"
+            shutil.rmtree(tmp, ignore_errors=True)
+            merged.save_pretrained(tmp)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
         try:
             plot_metrics(metrics_path, output / "loss_curve.png")
         except ImportError:
             logger.info("note: matplotlib is not installed; no loss curve written")
     accelerator.wait_for_everyone()
-    summary.update(final=str(final), trained_steps=trained_steps, train_seconds=train_seconds,
+    summary.update(final=str(final) if t.save_final else None, trained_steps=trained_steps, train_seconds=train_seconds,
                    tokens_per_s=tokens_per_step * trained_steps / train_seconds if train_seconds else None,
                    peak_rss_bytes=peak_rss_bytes())
     if torch.cuda.is_available() and accelerator.device.type == "cuda":
         summary["peak_cuda_bytes"] = torch.cuda.max_memory_allocated(accelerator.device)
-    if main:
+    if main and t.save_final:
         logger.info("final model (LoRA merged): %s", final)
     return summary
 

@@ -49,6 +49,12 @@ def test_linearize_rejects_an_unknown_task_before_training(tiny_base, text_dir, 
     assert not (out / "metrics.jsonl").exists()
 
 
+def test_linearize_refuses_to_skip_the_final_model(tiny_base, text_dir, tmp_path, capsys):
+    assert main(["linearize", *tiny_args(tiny_base, text_dir, tmp_path / "job", "train.save_final=false")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.save_final must stay true" in err[0]
+
+
 def test_linearize_defaults_to_the_cpu_recipe():
     from liger.cli import build_parser
 

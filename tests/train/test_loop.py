@@ -256,3 +256,12 @@ def test_final_model_with_tied_embeddings_equals_the_adapter_merged_by_peft(tmp_
     x = torch.randint(0, 260, (2, 24), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(final(input_ids=x).logits, expected(input_ids=x).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_save_final_false_keeps_the_adapter_and_writes_no_merged_model(tiny_base, alpaca_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["finetune", *tiny_args(tiny_base, alpaca_file, out), "--max-steps", "2",
+                 "train.save_final=false"]) == 0
+    assert "adapter in" in capsys.readouterr().out
+    assert not (out / "final").exists()
+    assert (out / "checkpoints" / "step-000002" / "adapter" / "adapter_model.safetensors").exists()
