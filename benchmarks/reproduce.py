@@ -94,7 +94,7 @@ STUDENTS: dict[str, dict] = {
 BASELINES = ("swa:64:4", "swa:64:0", "convert:gla")
 SEQUENCES_PER_STEP = 8
 SEQUENCE_LENGTH = 1024
-TINY = dict(max_length=128, batch_size=2, max_records=400)
+TINY = dict(max_length=128, batch_size=2, val_records=40, max_records=400)
 
 
 def hybrid_layers(num_layers: int) -> list[int]:
@@ -289,7 +289,9 @@ def pod_to_text(pod: str) -> str:
     for block in re.split(r"\n\s*\n", pod):
         if block.startswith("="):
             command, _, rest = block[1:].partition(" ")
-            if command.startswith(("head", "item")) and rest.strip() and rest.strip() != "*":
+            rest = rest.strip()
+            rest = rest[1:].strip() if rest.startswith("*") else rest
+            if command.startswith(("head", "item")) and rest:
                 block = rest
             else:
                 continue
@@ -372,15 +374,15 @@ def split_documents(docs: list[tuple[str, str]], heldout: float = HELDOUT_FRACTI
     if len(docs) < 3:
         raise ValueError(f"need at least 3 documents to split, got {len(docs)}")
 
-    def take_tail(items, fraction):
+    def take_tail(items, fraction, leave):
         n, size = 0, 0
-        while n < len(items) - 1 and (n == 0 or size < fraction * total):
+        while n < len(items) - leave and (n == 0 or size < fraction * total):
             n += 1
             size += len(items[-n][1])
         return items[:-n], items[-n:]
 
-    rest, held = take_tail(list(docs), heldout)
-    train, val = take_tail(rest, validation)
+    rest, held = take_tail(list(docs), heldout, leave=2)
+    train, val = take_tail(rest, validation, leave=1)
     return train, val, held
 
 
@@ -534,8 +536,9 @@ def student_config(name: str, corpus: Path, tokens: int, output: Path, model: st
         "train.eval_every": max(1, steps // 10), "train.save_every": 0, "train.keep_checkpoints": 1,
         "train.seed": 0, "train.device": device, "eval.tasks": [], "output": str(output),
     }
-    if tiny:
-        settings["data.max_records"] = manifest["val_records"] + TINY["max_records"]
+    if tiny:  # a test of the code path: few records, a small validation split (no longer the held-out one)
+        settings["data.val_records"] = min(manifest["val_records"], TINY["val_records"])
+        settings["data.max_records"] = settings["data.val_records"] + TINY["max_records"]
     settings.update(spec.get("train", {}))
     return load_config("liger-paper", settings=settings)
 
@@ -561,18 +564,19 @@ KEEP_FILES = ("metrics.jsonl", "config.yaml", "environment.json", "loss_curve.pn
 
 def run_student(args) -> int:
     """One student, in its own process (``_student`` subcommand): fine-tune, then keep only small files."""
-    import torch
-
     name, out = args.student, Path(args.out) / args.student
     scratch = Path(args.scratch) / "runs" / name
     out.mkdir(parents=True, exist_ok=True)
     for stale in (out / "summary.json", out / "metrics.jsonl"):
         stale.unlink(missing_ok=True)
     shutil.rmtree(scratch, ignore_errors=True)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    summary = dict(student=name, device=device, gpu=os.environ.get("CUDA_VISIBLE_DEVICES"), tokens_budget=args.tokens)
+    summary = dict(student=name, device=None, gpu=os.environ.get("CUDA_VISIBLE_DEVICES"), tokens_budget=args.tokens)
     started = time.time()
     try:
+        STUDENTS[name]  # an unknown name fails before the heavy imports
+        import torch
+
+        device = summary["device"] = "cuda" if torch.cuda.is_available() else "cpu"
         if device == "cuda":
             from liger.bench.autotune import restrict_triton_autotuning
 
@@ -610,7 +614,7 @@ def run_student(args) -> int:
             if (scratch / file).is_file():
                 shutil.copy2(scratch / file, out / file)
         summary["wall_seconds"] = round(time.time() - started, 1)
-        summary["gpu_seconds"] = summary["wall_seconds"] if device == "cuda" else 0.0
+        summary["gpu_seconds"] = summary["wall_seconds"] if summary["device"] == "cuda" else 0.0
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if not args.keep_scratch:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -785,10 +789,19 @@ def cmd_eval(args) -> int:
           f"({sum(timings.values()):.0f} s)", flush=True)
     cmd = eval_command(args, corpus, trained, output_dir)
     started = time.time()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        os.environ.setdefault(key, "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from liger.cli import main as liger_main
+
+    print("reproduce eval: " + " ".join(shlex.quote(c) for c in ["liger", *cmd[3:]]), flush=True)
     # run from the merged folder so that the students are named by their plain names in the report
-    code = subprocess.run(cmd, cwd=merged_root, env=env).returncode
+    here = os.getcwd()
+    os.chdir(merged_root)
+    try:
+        code = liger_main(cmd[3:])
+    finally:
+        os.chdir(here)
     eval_seconds = round(time.time() - started, 1)
     report_path = output_dir / "report.json"
     if not report_path.is_file():
