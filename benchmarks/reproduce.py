@@ -1042,7 +1042,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--passkey-trials", type=int, default=5)
     p.add_argument("--ppl-context", type=int, default=512)
     p.add_argument("--ppl-stride", type=int, default=256)
-    p.add_argument("--ppl-max-tokens", type=int, default=8192, help="tokens scored per held-out file")
+    p.add_argument("--ppl-max-tokens", type=int, default=4096, help="tokens scored per held-out file")
     p.add_argument("--device", help="cpu or cuda (default: liger eval's: cuda if available)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.set_defaults(run=cmd_eval)
