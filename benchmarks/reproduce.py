@@ -946,7 +946,7 @@ def results_markdown(report: dict, runs: Path, students: list[str], corpus: Path
         ppl = (m.get("ppl") or {}).get("ppl")
         ratio = None if name == teacher else recovery[name]["ppl_ratio"]
         cells.append(_num(ppl, "{:.2f}") + (f" (×{ratio:.2f})" if ratio is not None else ""))
-        for n, p in ((m.get("passkey") or {}).get("lengths") or {}).items():
+        for p in ((m.get("passkey") or {}).get("lengths") or {}).values():
             cells.append(_num(p["accuracy"], "{:.2f}"))
         label = f"`{name}`" + (" (teacher)" if name == teacher else "")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
