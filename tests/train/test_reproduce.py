@@ -1,0 +1,123 @@
+"""benchmarks/reproduce.py (issue 6): corpus splitting and text extraction, then `train --tiny` and `eval`
+end to end on a tiny random Llama with a byte tokenizer (CPU, well under a minute)."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "reproduce.py"
+
+
+@pytest.fixture(scope="module")
+def reproduce():
+    spec = importlib.util.spec_from_file_location("reproduce", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_split_documents_keeps_whole_documents_and_the_fractions(reproduce):
+    docs = [(f"d{i}", "x" * 100) for i in range(100)]
+    train, val, held = reproduce.split_documents(docs, heldout=0.02, validation=0.005)
+    assert [d[0] for d in held] == ["d98", "d99"]
+    assert [d[0] for d in val] == ["d97"]
+    assert train == docs[:97]
+    train, val, held = reproduce.split_documents([("a", "x" * 1000), ("b", "y"), ("c", "z")])
+    assert (len(train), len(val), len(held)) == (1, 1, 1)
+    with pytest.raises(ValueError):
+        reproduce.split_documents([("a", "x"), ("b", "y")])
+
+
+def test_html_to_text_keeps_the_main_body_and_drops_navigation(reproduce):
+    page = """<html><head><title>T</title><script>var x = 1;</script></head><body>
+      <div class="related">Navigation: index | modules</div>
+      <div class="body" role="main"><h1>Heading<a class="headerlink" href="#h">¶</a></h1>
+      <p>First   paragraph,
+      on two lines &amp; an entity.</p><ul><li>item one</li><li>item two</li></ul>
+      <pre>code  line 1
+    indented</pre></div><div class="footer">Copyright</div></body></html>"""
+    text = reproduce.html_to_text(page, main_only=True)
+    assert text.split("\n\n") == ["Heading", "First paragraph, on two lines & an entity.", "item one", "item two",
+                                  "code  line 1\n    indented"]
+    assert reproduce.html_to_text(page) == text  # navigation and footer dropped by their class, head by its tag
+
+
+def test_pod_to_text(reproduce):
+    pod = "=head1 NAME\n\nperlfoo - a C<thing> with L<perlop|perlop/x> and E<lt>E<gt>\n\n=over 4\n\n=item * one\n\n" \
+          "Use C<< $a->b >> here.\n\n=back\n\n=cut\n"
+    assert reproduce.pod_to_text(pod).split("\n\n") == ["NAME", "perlfoo - a thing with perlop and <>", "one",
+                                                          "Use $a->b here."]
+
+
+def test_hybrid_layers(reproduce):
+    assert reproduce.hybrid_layers(30) == [3, 11, 19, 27]
+    assert reproduce.hybrid_layers(32) == [3, 11, 19, 27]
+    assert reproduce.hybrid_layers(2) == [1]
+
+
+def _tiny_corpus(path: Path) -> Path:
+    """A corpus folder as `corpus` writes it (validation file first, one file per source, held-out files)."""
+    (path / "train").mkdir(parents=True)
+    (path / "heldout").mkdir()
+    words = "the quick brown fox jumps over the lazy dog while the cat sleeps in the warm sun".split()
+
+    def paragraphs(seed, n):
+        return "\n\n".join(" ".join(words[(seed + i + j) % len(words)] for j in range(12)) for i in range(n)) + "\n"
+
+    (path / "train" / "000-validation.txt").write_text(paragraphs(0, 12))
+    (path / "train" / "a.txt").write_text(paragraphs(1, 120))
+    (path / "heldout" / "a.txt").write_text(paragraphs(2, 40))
+    manifest = dict(heldout_fraction=0.02, validation_fraction=0.005, val_records=12, train_tokens=0,
+                    validation_tokens=0, heldout_tokens=0,
+                    sources={"a": dict(package="test", version="0", documents=3, train=dict(tokens=1),
+                                       validation=dict(tokens=1), heldout=dict(tokens=1))})
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    return path
+
+
+def test_train_tiny_then_eval(tiny_base, tmp_path, reproduce, monkeypatch):
+    corpus = _tiny_corpus(tmp_path / "corpus")
+    runs, scratch, report = tmp_path / "runs", tmp_path / "scratch", tmp_path / "report"
+    # two students on the same code path as the GPU run; one that fails (in its own process, which does not
+    # know the name added here) must not stop the other
+    monkeypatch.setitem(reproduce.STUDENTS, "broken", dict(liger={"variant": "gla"}))
+    monkeypatch.setattr(sys, "argv", ["reproduce.py"])
+    students = "gla-h,broken"
+    code = reproduce.main(["train", "--corpus", str(corpus), "--students", students, "--tokens", "512", "--out",
+                           str(runs), "--scratch", str(scratch), "--model", str(tiny_base), "--tiny"])
+    assert code == 1  # one student failed
+    ok = json.loads((runs / "gla-h" / "summary.json").read_text())
+    assert ok["status"] == "ok", ok
+    assert ok["steps"] == 2 and ok["tokens"] == 512 and ok["liger"]["full_attention_layers"] == [1]
+    assert ok["final_val_loss"] is not None and ok["teacher_val_loss"] is not None
+    files = {p.relative_to(runs / "gla-h").as_posix() for p in (runs / "gla-h").rglob("*") if p.is_file()}
+    assert files == {"metrics.jsonl", "config.yaml", "environment.json", "loss_curve.png", "summary.json",
+                     "adapter/adapter_model.safetensors", "adapter/adapter_config.json", "adapter/README.md"} - (
+        set() if (runs / "gla-h" / "adapter" / "README.md").exists() else {"adapter/README.md"})
+    broken = json.loads((runs / "broken" / "summary.json").read_text())
+    assert broken["status"] == "failed" and "KeyError: 'broken'" in broken["error"]
+    assert not (scratch / "runs" / "gla-h").exists()  # checkpoints and merged weights are removed
+
+    # lm-eval's task index takes seconds to build and `liger eval` builds it once per model: build it once here
+    from liger.eval import harness
+
+    monkeypatch.setattr(harness, "task_manager", functools.lru_cache(harness.task_manager))
+    code = reproduce.main(["eval", "--corpus", str(corpus), "--runs", str(runs), "--output-dir", str(report),
+                           "--scratch", str(scratch), "--model", str(tiny_base), "--limit", "2", "--passkey", "",
+                           "--ppl-context", "64", "--ppl-stride", "32", "--ppl-max-tokens", "256", "--tasks",
+                           "bb_hyperbaton", "--device", "cpu", "--results-md", str(tmp_path / "results.md")])
+    result = json.loads((report / "report.json").read_text())
+    assert result["students"] == ["gla-h", *reproduce.BASELINES]
+    assert code == 0
+    text = (tmp_path / "results.md").read_text()
+    assert reproduce.READING_PLACEHOLDER in text
+    assert "| `gla-h` |" in text and "| gla-h | ok | 2 | 512 |" in text and "broken" in text
+    assert (report / "loss_curves.png").stat().st_size > 1000
+    assert (scratch / "merged" / "gla-h" / "config.json").is_file()
