@@ -22,11 +22,12 @@ Three subcommands, meant to run in this order:
    constant, 1024-token packing, 8 sequences per optimizer step, bf16 on GPU), for ``N // (8 * 1024)``
    optimizer steps, through the library (``liger.train.load_config`` + ``liger.train.finetune``). The corpus
    is tokenized and packed once (``liger.train.data.build_data``) and every student trains on those chunks.
-   Students run in parallel, one process per student, at most one per GPU (``CUDA_VISIBLE_DEVICES``); a GPU
-   takes the next student from the list when its current one ends. ``OUT/STUDENT/`` keeps only small files:
-   ``metrics.jsonl``, ``config.yaml``, ``environment.json``, ``loss_curve.png``, ``summary.json`` and the
-   LoRA adapter (``adapter/``: peft's ``adapter_model.safetensors`` + ``adapter_config.json``). The merged
-   weights and checkpoints stay in ``--scratch``. A student that fails records its error in its
+   Students run in parallel, one process per student, ``--per-gpu`` at a time on each GPU
+   (``CUDA_VISIBLE_DEVICES``; default 1); a GPU slot takes the next student from the list when its current one
+   ends. ``OUT/STUDENT/`` keeps only small files: ``metrics.jsonl``, ``config.yaml``, ``environment.json``,
+   ``loss_curve.png``, ``summary.json`` and the LoRA adapter (``adapter/``: peft's
+   ``adapter_model.safetensors`` + ``adapter_config.json``). The last checkpoint stays in ``--scratch``; no
+   merged model is written (``train.save_final=false``). A student that fails records its error in its
    ``summary.json``; the others go on. ``--tiny`` swaps in a CPU-sized recipe (128-token chunks, 2 per step)
    on the same code path.
 
@@ -534,6 +535,7 @@ def student_config(name: str, corpus: Path, tokens: int, output: Path, model: st
         "data.val_records": manifest["val_records"],
         "train.batch_size": batch, "train.micro_batch_size": micro, "train.max_steps": steps,
         "train.eval_every": max(1, steps // 10), "train.save_every": 0, "train.keep_checkpoints": 1,
+        "train.save_final": False,  # the adapter (in the last checkpoint) is all `eval` needs
         "train.seed": 0, "train.device": device, "eval.tasks": [], "output": str(output),
     }
     if tiny:  # a test of the code path: few records, a small validation split (no longer the held-out one)
@@ -570,7 +572,8 @@ def run_student(args) -> int:
     for stale in (out / "summary.json", out / "metrics.jsonl"):
         stale.unlink(missing_ok=True)
     shutil.rmtree(scratch, ignore_errors=True)
-    summary = dict(student=name, device=None, gpu=os.environ.get("CUDA_VISIBLE_DEVICES"), tokens_budget=args.tokens)
+    summary = dict(student=name, device=None, gpu=os.environ.get("CUDA_VISIBLE_DEVICES"), tokens_budget=args.tokens,
+                   processes_per_gpu=args.per_gpu)
     started = time.time()
     try:
         STUDENTS[name]  # an unknown name fails before the heavy imports
@@ -591,7 +594,6 @@ def run_student(args) -> int:
         result = finetune(cfg, data=data)
         steps = result["trained_steps"]
         tokens = steps * cfg.train.batch_size * cfg.data.max_length
-        final_dir = Path(result["final"])
         ckpt = sorted((scratch / "checkpoints").glob("step-*"))[-1]
         shutil.copytree(ckpt / "adapter", out / "adapter", dirs_exist_ok=True)
         summary.update(
@@ -605,7 +607,6 @@ def run_student(args) -> int:
             final_val_loss=result["val"][-1]["loss"] if result["val"] else None,
             final_val_ppl=result["val"][-1]["ppl"] if result["val"] else None,
             trainable_parameters=result["trainable_parameters"])
-        shutil.rmtree(final_dir, ignore_errors=True)  # merged weights: hundreds of MB, rebuilt by `eval`
     except BaseException as err:  # noqa: BLE001 - recorded, the other students go on
         summary.update(status="failed", error=f"{type(err).__name__}: {err}",
                        traceback=traceback.format_exc()[-4000:])
@@ -614,7 +615,9 @@ def run_student(args) -> int:
             if (scratch / file).is_file():
                 shutil.copy2(scratch / file, out / file)
         summary["wall_seconds"] = round(time.time() - started, 1)
-        summary["gpu_seconds"] = summary["wall_seconds"] if summary["device"] == "cuda" else 0.0
+        # a GPU shared by --per-gpu students at once: each is charged its share of the wall time
+        summary["gpu_seconds"] = (round(summary["wall_seconds"] / args.per_gpu, 1) if summary["device"] == "cuda"
+                                  else 0.0)
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if not args.keep_scratch:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -674,6 +677,7 @@ def cmd_train(args) -> int:
                    "--data-cache", str(data_cache), "--model", args.model]
             cmd += ["--tiny"] if args.tiny else []
             cmd += ["--keep-scratch"] if args.keep_scratch else []
+            cmd += ["--per-gpu", str(args.per_gpu)]
             print(f"reproduce: {name} starts" + (f" on GPU {gpu}" if cuda else ""), flush=True)
             with open(logs / f"{name}.log", "w") as log:
                 try:
@@ -689,7 +693,7 @@ def cmd_train(args) -> int:
                                         + "\n")
             print(f"reproduce: {name} ended ({code})", flush=True)
 
-    threads = [threading.Thread(target=worker, args=(g,)) for g in range(gpus)]
+    threads = [threading.Thread(target=worker, args=(i % gpus,)) for i in range(gpus * args.per_gpu)]
     for t in threads:
         t.start()
     for t in threads:
@@ -1012,7 +1016,10 @@ def main(argv: list[str] | None = None) -> int:
     common(p)
     p.add_argument("--students", default=",".join(STUDENTS), help=f"comma-separated, from {', '.join(STUDENTS)}")
     p.add_argument("--tokens", type=int, required=True, help="training tokens per student (steps = N // (8*1024))")
-    p.add_argument("--gpus", type=int, default=1, help="GPUs to use (one student per GPU at a time)")
+    p.add_argument("--gpus", type=int, default=1, help="GPUs to use")
+    p.add_argument("--per-gpu", type=int, default=1,
+                   help="students training at the same time on one GPU (default 1; small models are bound by "
+                   "kernel launches, so 2 keep a GPU busier; their wall/GPU seconds are then shared)")
     p.add_argument("--out", required=True, help="runs folder: OUT/STUDENT/ with small files only")
     p.add_argument("--tiny", action="store_true", help="CPU test recipe: 128-token chunks, 2 per step")
     p.add_argument("--timeout", type=float, default=None, help="seconds per student process")
@@ -1025,6 +1032,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokens", type=int, required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--data-cache", required=True)
+    p.add_argument("--per-gpu", type=int, default=1)
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--keep-scratch", action="store_true")
     p.set_defaults(run=run_student)
