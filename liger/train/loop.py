@@ -438,6 +438,12 @@ def finetune(cfg: TrainConfig, resume: bool = False, model=None, tokenizer=None,
         if main:
             tqdm.write(f"step {step}: validation loss {result['loss']:.4f}, perplexity {result['ppl']:.2f}")
 
+    if fsdp:
+        # FSDP2 fixes a shard group's gradient dtype at its first forward, from the parameters that require a
+        # gradient then; the teacher validation below runs with the adapters disabled (peft freezes them), so
+        # run one forward with them trainable first (pytorch/pytorch#186998).
+        with torch.no_grad():
+            model(input_ids=data.train_ids[:1].to(accelerator.device), use_cache=False)
     if start_step == 0 and not is_liger:
         validate(0)
     elif start_step == 0:
