@@ -98,6 +98,35 @@ SEQUENCE_LENGTH = 1024
 TINY = dict(max_length=128, batch_size=2, val_records=40, max_records=400)
 
 
+def student_spec(name: str) -> dict:
+    """The recipe of a student name: a named student, optionally followed by ``+KEY=VALUE`` config overrides
+    for investigations, e.g. ``gla+optim.lr=2e-3`` or ``gla+model.liger.gate_normalizer=4`` (values are
+    YAML; unknown keys fail when the config is loaded)."""
+    import copy
+
+    import yaml
+
+    base, *overrides = name.split("+")
+    if base not in STUDENTS:
+        raise ValueError(f"unknown student '{base}'; choose from {', '.join(STUDENTS)} (then +KEY=VALUE ...)")
+    spec = copy.deepcopy(STUDENTS[base])
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"'{item}' in student '{name}' is not KEY=VALUE")
+        value = yaml.safe_load(value)
+        if isinstance(value, str):  # YAML 1.1 reads 2e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if key.startswith("model.liger."):
+            spec["liger"][key[len("model.liger."):]] = value
+        else:
+            spec.setdefault("train", {})[key] = value
+    return spec
+
+
 def hybrid_layers(num_layers: int) -> list[int]:
     """Layers that keep full attention in ``gla-h``: every 8th from layer 3 ([3, 11, 19, 27] for 30 layers),
     or the middle layer of a model with fewer than 4 layers."""
@@ -519,7 +548,7 @@ def student_config(name: str, corpus: Path, tokens: int, output: Path, model: st
     from liger.assets import resolve_model
     from liger.train import load_config
 
-    spec = STUDENTS[name]
+    spec = student_spec(name)
     liger_options = dict(spec["liger"])
     if spec.get("hybrid"):
         layers = AutoConfig.from_pretrained(resolve_model(model)).num_hidden_layers
@@ -576,7 +605,7 @@ def run_student(args) -> int:
                    processes_per_gpu=args.per_gpu)
     started = time.time()
     try:
-        STUDENTS[name]  # an unknown name fails before the heavy imports
+        student_spec(name)  # an unknown name fails before the heavy imports
         import torch
 
         device = summary["device"] = "cuda" if torch.cuda.is_available() else "cpu"
@@ -626,9 +655,13 @@ def run_student(args) -> int:
 
 def parse_students(text: str) -> list[str]:
     names = [s.strip() for s in text.split(",") if s.strip()]
-    unknown = [s for s in names if s not in STUDENTS]
-    if unknown or not names:
-        raise SystemExit(f"unknown student(s) {unknown}; choose from {', '.join(STUDENTS)}")
+    if not names:
+        raise SystemExit(f"no students given; choose from {', '.join(STUDENTS)}")
+    for name in names:
+        try:
+            student_spec(name)
+        except ValueError as err:
+            raise SystemExit(str(err)) from None
     return names
 
 

@@ -102,7 +102,7 @@ def test_train_tiny_then_eval(tiny_base, tmp_path, reproduce, monkeypatch):
                      "adapter/adapter_model.safetensors", "adapter/adapter_config.json", "adapter/README.md"} - (
         set() if (runs / "gla-h" / "adapter" / "README.md").exists() else {"adapter/README.md"})
     broken = json.loads((runs / "broken" / "summary.json").read_text())
-    assert broken["status"] == "failed" and "KeyError: 'broken'" in broken["error"]
+    assert broken["status"] == "failed" and "unknown student 'broken'" in broken["error"]
     assert not (scratch / "runs" / "gla-h").exists()  # checkpoints and merged weights are removed
 
     # lm-eval's task index takes seconds to build and `liger eval` builds it once per model: build it once here
@@ -121,3 +121,15 @@ def test_train_tiny_then_eval(tiny_base, tmp_path, reproduce, monkeypatch):
     assert "| `gla-h` |" in text and "| gla-h | ok | 2 | 512 |" in text and "broken" in text
     assert (report / "loss_curves.png").stat().st_size > 1000
     assert (scratch / "merged" / "gla-h" / "config.json").is_file()
+
+
+def test_student_names_take_config_overrides(reproduce):
+    spec = reproduce.student_spec("gla+optim.lr=2e-3+model.liger.gate_normalizer=4")
+    assert spec["liger"] == {"variant": "gla", "gate_normalizer": 4} and spec["train"] == {"optim.lr": 2e-3}
+    assert reproduce.student_spec("gla-cekl+optim.lr=5e-4")["train"] == {"train.loss": "ce+kl", "optim.lr": 5e-4}
+    assert reproduce.STUDENTS["gla"] == {"liger": {"variant": "gla"}}  # the table is not modified
+    for bad in ("nope", "gla+optim.lr", "gla+=3"):
+        with pytest.raises(ValueError):
+            reproduce.student_spec(bad)
+    with pytest.raises(SystemExit, match="unknown student 'nope'"):
+        reproduce.parse_students("gla,nope+optim.lr=1")
