@@ -944,13 +944,16 @@ def results_markdown(report: dict, runs: Path, students: list[str], corpus: Path
               f"{manifest['heldout_tokens']:,} |", ""]
     # runs
     first = next((read_summary(runs, n) for n in students if read_summary(runs, n).get("status") == "ok"), {})
+    gpus = len({read_summary(runs, n).get("gpu") for n in students} - {None}) or 1
     lines += ["## Students and their runs", "",
               f"Recipe (all students): LoRA r=8 α=8 on q/k/v, AdamW lr 1e-3 constant, no warm-up, no clipping, "
               f"{first.get('sequence_length', '?')}-token packed chunks, {first.get('sequences_per_step', '?')} "
               f"sequences per optimizer step, {first.get('steps', '?')} steps "
               f"({first.get('tokens', 0):,} tokens), seed 0; validation loss on the validation split "
               "(token-weighted). GPU seconds are each student's process wall time on its GPU (loading, "
-              "autotuning, validation and saving included); train seconds are the optimizer steps only.", "",
+              "autotuning, validation and saving included) divided by the number of students sharing that GPU "
+              f"at once ({first.get('processes_per_gpu', 1)}, `--per-gpu`); train seconds are the optimizer steps "
+              f"only. GPU: {first.get('gpu_name', '?')}.", "",
               "| student | Liger options | loss |", "|---|---|---|"]
     for name in students:
         s = read_summary(runs, name)
@@ -1012,7 +1015,8 @@ def results_markdown(report: dict, runs: Path, students: list[str], corpus: Path
     lines += ["## Commands", "", "```bash",
               "python benchmarks/reproduce.py corpus --out CORPUS",
               "python benchmarks/reproduce.py train --corpus CORPUS --students " + ",".join(students) +
-              f" --tokens {first.get('tokens_budget', 'N')} --gpus G --out RUNS",
+              f" --tokens {first.get('tokens_budget', 'N')} --gpus {gpus} --per-gpu {first.get('processes_per_gpu', 1)}"
+              " --out RUNS",
               "python benchmarks/reproduce.py " + " ".join(shlex.quote(a) for a in argv),
               "```", "", "which ran (from the folder of the merged students):", "", "```bash",
               " ".join(shlex.quote(c) for c in ["liger", *eval_cmd[3:]]), "```", "",
