@@ -42,6 +42,7 @@ def _evaluate_suites(cfg, teacher_path: str, liger_path: str, tokenizer) -> dict
         return {}
     import gc
     import logging
+    from contextlib import nullcontext
 
     logging.getLogger("lm_eval").setLevel(logging.WARNING)  # its per-task INFO lines drown the summary
 
@@ -63,9 +64,12 @@ def _evaluate_suites(cfg, teacher_path: str, liger_path: str, tokenizer) -> dict
         model = load().to(device).eval()
         print(f"      lm-eval on the {name} model: {', '.join(cfg.eval.tasks)}"
               + (f" (first {cfg.eval.limit} documents per task)" if cfg.eval.limit else ""), flush=True)
+        # a Liger checkpoint given as the model: its teacher is the same weights with the original attention
+        teacher_mode = name == "teacher" and hasattr(model, "teacher_mode")
         try:
-            result = evaluate(model, tasks=cfg.eval.tasks, limit=cfg.eval.limit, batch_size=cfg.eval.batch_size,
-                              tokenizer=tokenizer, seed=cfg.train.seed)
+            with model.teacher_mode() if teacher_mode else nullcontext():
+                result = evaluate(model, tasks=cfg.eval.tasks, limit=cfg.eval.limit,
+                                  batch_size=cfg.eval.batch_size, tokenizer=tokenizer, seed=cfg.train.seed)
         except RuntimeError as err:  # no task could be loaded (e.g. Hub tasks offline): keep the summary
             print(f"      lm-eval skipped: {str(err).splitlines()[0]}", flush=True)
             return dict(tasks=tasks, average={}, skipped={", ".join(cfg.eval.tasks): str(err).splitlines()[0]},

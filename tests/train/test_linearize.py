@@ -76,3 +76,22 @@ def test_finetune_throughput_benchmark_measures_both_models(tmp_path):
     assert report["results"][0]["trainable_parameters"] == report["results"][1]["trainable_parameters"]
     assert report["provenance"]["git_commit"] and report["provenance"]["device_name"]
     assert "Liger / teacher:" in result.stdout
+
+
+def test_linearize_a_liger_checkpoint_scores_its_teacher_in_teacher_mode(tiny_base, text_dir, tmp_path, monkeypatch):
+    """Given an already converted checkpoint, the "teacher" row is the same weights with the original attention."""
+    import liger.eval
+    from liger.models.attention import LigerAttention
+
+    assert main(["convert", str(tiny_base), str(tmp_path / "liger")]) == 0
+    seen = []
+
+    def fake_evaluate(model, **kwargs):
+        modes = {m.teacher_mode for m in model.modules() if isinstance(m, LigerAttention)}
+        seen.append(modes)
+        return dict(tasks={"bb_hyperbaton": dict(metric="acc", value=0.5)})
+
+    monkeypatch.setattr(liger.eval, "evaluate", fake_evaluate)
+    args = tiny_args(tmp_path / "liger", text_dir, tmp_path / "job", "eval.tasks=[bb_hyperbaton]")
+    assert main(["linearize", *args, "--max-steps", "1"]) == 0
+    assert seen == [{True}, {False}, {False}]  # teacher, converted, fine-tuned
