@@ -162,6 +162,8 @@ class LigerAttention(nn.Module):
         decode_step: str | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, None]:
+        if past_key_values is None:  # transformers >= 5.24's decoder layers pass it as `cache`
+            past_key_values = kwargs.get("cache")
         B, T, _ = hidden_states.shape
         D = self.head_dim
         q = self.q_proj(hidden_states).view(B, T, self.num_heads, D)

@@ -13,6 +13,7 @@ reference), static (fixed shapes, cache written in place) or the static step rep
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 
 import torch
@@ -26,6 +27,11 @@ from .cache import LigerCache
 from .configuration_liger import LigerConfig
 from .decoding import DECODING_MODES, CUDAGraphDecoder
 from .families import FAMILIES, get_family
+
+# transformers 5.24 renamed the cache argument and output field ``past_key_values`` to ``cache`` (the old name
+# still works there, with a deprecation warning): pass and read whichever this installation has.
+CACHE = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+MASK_CACHE = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
 
 logger = logging.getLogger("liger")
 
@@ -82,6 +88,7 @@ class LigerModel(LigerPreTrainedModel):
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         decode_step: str | None = None,
+        cache: LigerCache | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
         """``decode_step`` ("eager" or "compiled"): run the static single-token decode step (one token per
@@ -93,6 +100,7 @@ class LigerModel(LigerPreTrainedModel):
             raise ValueError("LigerModel takes a 2D [batch, tokens] padding mask (1 = token, 0 = padding)")
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
+        past_key_values = cache if cache is not None else past_key_values  # transformers >= 5.24 passes `cache`
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if use_cache and past_key_values is None:
             past_key_values = LigerCache(self.config)
@@ -120,7 +128,7 @@ class LigerModel(LigerPreTrainedModel):
                 )
                 mask = mask_fn(
                     config=self.base_config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                    past_key_values=past_key_values, position_ids=position_ids, layer_idx=i,
+                    position_ids=position_ids, layer_idx=i, **{MASK_CACHE: past_key_values},
                 )
                 layer_kwargs = {"attention_mask": mask}
             else:
@@ -129,8 +137,8 @@ class LigerModel(LigerPreTrainedModel):
                 hidden_states,
                 position_embeddings=position_embeddings,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
                 use_cache=use_cache,
+                **{CACHE: past_key_values},
                 **layer_kwargs,
             )
         hidden_states = self.norm(hidden_states)
@@ -138,8 +146,8 @@ class LigerModel(LigerPreTrainedModel):
             all_hidden_states += (hidden_states,)
         return BaseModelOutputWithPast(
             last_hidden_state=hidden_states,
-            past_key_values=past_key_values if use_cache else None,
             hidden_states=all_hidden_states,
+            **{CACHE: past_key_values if use_cache else None},
         )
 
 
@@ -264,8 +272,10 @@ class LigerForCausalLM(LigerPreTrainedModel, GenerationMixin):
         output_hidden_states: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         return_dict: bool | None = None,
+        cache: LigerCache | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
+        past_key_values = cache if cache is not None else past_key_values  # transformers >= 5.24 passes `cache`
         mode = self._decode_mode(input_ids, inputs_embeds, past_key_values, labels, output_hidden_states)
         if mode is not None:
             decoder = self._graph_decoder(past_key_values) if mode == "cuda_graph" else None
@@ -275,7 +285,7 @@ class LigerForCausalLM(LigerPreTrainedModel, GenerationMixin):
                 compile = mode == "cuda_graph" and self.compile_decode_step
                 logits = self.static_step(input_ids, position_ids, attention_mask, past_key_values, compile=compile)
                 past_key_values.advance(1)
-            output = CausalLMOutputWithPast(logits=logits, past_key_values=past_key_values)
+            output = CausalLMOutputWithPast(logits=logits, **{CACHE: past_key_values})
             return output if return_dict is not False else output.to_tuple()
         outputs = self.model(
             input_ids=input_ids,
@@ -293,6 +303,6 @@ class LigerForCausalLM(LigerPreTrainedModel, GenerationMixin):
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         output = CausalLMOutputWithPast(
-            loss=loss, logits=logits, past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, **{CACHE: getattr(outputs, CACHE)}
         )
         return output if return_dict is not False else output.to_tuple()
