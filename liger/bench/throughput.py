@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..models.modeling_liger import CACHE  # the cache's argument/output name in this transformers
+
 logger = logging.getLogger("liger")
 
 RANDOM_CONFIGS = {
@@ -222,10 +224,10 @@ def _decode_steps(model, kind, mode, cache, token, steps, warmup, device):
     if kind == "liger":
         model.set_decoding(mode)
     for _ in range(warmup):
-        model(input_ids=token, past_key_values=cache, use_cache=True)
+        model(input_ids=token, **{CACHE: cache}, use_cache=True)
     times = []
     for _ in range(steps):
-        _, t = _timed(lambda: model(input_ids=token, past_key_values=cache, use_cache=True), device)
+        _, t = _timed(lambda: model(input_ids=token, **{CACHE: cache}, use_cache=True), device)
         times.append(t)
     if kind == "liger":
         model.set_decoding("auto")
@@ -242,7 +244,7 @@ def _context_rows(model, kind, context, cfg, device, generator, report):
         cache = None
         _reset_peak(device)
         out, t = _timed(lambda: model(input_ids=ids, use_cache=True, logits_to_keep=1), device)
-        cache = out.past_key_values
+        cache = getattr(out, CACHE)
         del out
         times.append(t)
         peak = max(peak, _peak(device) or 0)
@@ -254,13 +256,13 @@ def _context_rows(model, kind, context, cfg, device, generator, report):
         _profile(report, f"prefill {kind} {B} x {context}",
                  lambda: model(input_ids=ids, use_cache=True, logits_to_keep=1), device)
     if cache is None:
-        cache = model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
+        cache = getattr(model(input_ids=ids, use_cache=True, logits_to_keep=1), CACHE)
     for mode in _decode_modes(kind, device):
         _reset_peak(device)
         steps = _decode_steps(model, kind, mode, cache, token, cfg.decode_steps, cfg.warmup_steps, device)
         if cfg.profile and context == max(cfg.contexts) and mode == "eager":
             _profile(report, f"decode {kind} eager step at {context} (batch {B})",
-                     lambda c=cache: model(input_ids=token, past_key_values=c, use_cache=True), device)
+                     lambda c=cache: model(input_ids=token, **{CACHE: c}, use_cache=True), device)
         median = statistics.median(steps)
         report["decode"].append(dict(model=kind, mode=mode, context=context, batch_size=B, latency_s=median,
                                      latency_s_runs=steps, tokens_per_s=B / median,
@@ -295,10 +297,10 @@ def _check_fast_path(model, cfg, device, generator, report) -> None:
         model.set_decoding(mode)
         try:
             out = model(ids[:, :T], attention_mask=mask[:, :T], position_ids=pos[:, :T], use_cache=True)
-            cache, steps_out = out.past_key_values, []
+            cache, steps_out = getattr(out, CACHE), []
             for t in range(T, T + steps):
                 step = model(ids[:, t : t + 1], attention_mask=mask[:, : t + 1], position_ids=pos[:, t : t + 1],
-                             past_key_values=cache)
+                             **{CACHE: cache})
                 steps_out.append(step.logits)
             logits[name] = (out.logits, torch.cat(steps_out, 1), type(cache.decoder).__name__)
         finally:
@@ -319,7 +321,7 @@ def _warm_up(model, kind, cfg, device, generator):
     vocab = model.config.vocab_size
     for length in sorted({min(256, cfg.contexts[0]), min(512, cfg.contexts[0] + 64)}):
         ids = torch.randint(0, vocab, (cfg.batch_size, length), device=device, generator=generator)
-        cache = model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
+        cache = getattr(model(input_ids=ids, use_cache=True, logits_to_keep=1), CACHE)
     token = ids[:, :1]
     for mode in _decode_modes(kind, device):
         _decode_steps(model, kind, mode, cache, token, 2, 2, device)
@@ -335,11 +337,11 @@ def _graph_rows(model, cfg, device, generator, report):
     if device.type == "cuda":
         variants += [("cuda_graph", False), ("cuda_graph", True)]
     for mode, compiled in variants:
-        cache = model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
+        cache = getattr(model(input_ids=ids, use_cache=True, logits_to_keep=1), CACHE)
         model.set_decoding(mode, compile=compiled)
         for _ in range(cfg.warmup_steps):
-            model(input_ids=token, past_key_values=cache, use_cache=True)
-        steps = [_timed(lambda c=cache: model(input_ids=token, past_key_values=c, use_cache=True), device)[1]
+            model(input_ids=token, **{CACHE: cache}, use_cache=True)
+        steps = [_timed(lambda c=cache: model(input_ids=token, **{CACHE: c}, use_cache=True), device)[1]
                  for _ in range(cfg.graph_steps)]
         graph_ok = mode != "cuda_graph" or not isinstance(cache.decoder, str)
         report["graph"].append(dict(mode=mode, compiled=compiled, batch_size=B, context=P,
