@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
+
+from liger.train.config import parse_yaml
 
 
 def parse_setting(text: str) -> tuple[str, dict]:
@@ -32,7 +33,7 @@ def parse_setting(text: str) -> tuple[str, dict]:
         key, eq, value = item.partition("=")
         if not eq or not key:
             raise argparse.ArgumentTypeError(f"'{item}' in '{text}' is not key=value")
-        options[key] = yaml.safe_load(value)
+        options[key] = parse_yaml(value)
     return name, options
 
 

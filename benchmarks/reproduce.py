@@ -104,7 +104,7 @@ def student_spec(name: str) -> dict:
     YAML; unknown keys fail when the config is loaded)."""
     import copy
 
-    import yaml
+    from liger.train.config import parse_yaml
 
     base, *overrides = name.split("+")
     if base not in STUDENTS:
@@ -114,12 +114,7 @@ def student_spec(name: str) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"'{item}' in student '{name}' is not KEY=VALUE")
-        value = yaml.safe_load(value)
-        if isinstance(value, str):  # YAML 1.1 reads 2e-3 (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
+        value = parse_yaml(value)
         if key.startswith("model.liger."):
             spec["liger"][key[len("model.liger."):]] = value
         else:

@@ -7,6 +7,7 @@ paper's recipe (spec §10.1, §17). Unknown keys and values of the wrong type ar
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -261,6 +262,20 @@ def _coerce(value, hint, key: str):
     return value
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML follows YAML 1.1, which reads ``1e-3`` (an exponent without a dot) as a string; this loader reads
+    such numbers as floats, as YAML 1.2 does — also inside untyped sections such as ``model.liger``."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                              re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def parse_yaml(text: str):
+    """YAML text (a config file, an override's value) as Python values; ``1e-3`` is a float."""
+    return yaml.load(text, Loader=_Loader)
+
+
 def apply_override(data: dict, override: str) -> None:
     """Apply one ``key.sub=value`` override (the value is parsed as YAML: ``3``, ``1e-4``, ``[q_proj]``,
     ``null``) to the nested mapping ``data``."""
@@ -269,7 +284,7 @@ def apply_override(data: dict, override: str) -> None:
     if not sep or not key:
         raise ConfigError(f"override '{override}' is not of the form key.sub=value")
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
+        value = parse_yaml(text) if text.strip() else ""
     except yaml.YAMLError as err:
         raise ConfigError(f"override '{override}': cannot parse the value ({str(err).splitlines()[0]})") from err
     set_key(data, key, value)
@@ -314,7 +329,7 @@ def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] 
     if path is not None:
         file = recipe_path(path)
         try:
-            data = yaml.safe_load(file.read_text()) or {}
+            data = parse_yaml(file.read_text()) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"{file}: invalid YAML ({str(err).splitlines()[0]})") from err
         if not isinstance(data, dict):

@@ -35,6 +35,16 @@ def test_nested_liger_options_and_null():
     assert cfg.train.max_steps is None and cfg.optim.max_grad_norm == 1.0
 
 
+def test_exponent_numbers_are_floats_in_untyped_sections_too(tmp_path):
+    # YAML 1.1 (PyYAML) would read 1e-1 as the string '1e-1'; model.liger has no types to coerce it
+    cfg = load_config(None, ["model.liger.gate_normalizer=1e-1", "optim.lr=2e-3"])
+    assert cfg.model.liger == {"gate_normalizer": 0.1} and cfg.optim.lr == 2e-3
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model:\n  liger: {linear_weight: 1e-1, variant: gla}\noptim: {lr: 5E-4}\n")
+    cfg = load_config(str(recipe))
+    assert cfg.model.liger == {"linear_weight": 0.1, "variant": "gla"} and cfg.optim.lr == 5e-4
+
+
 @pytest.mark.parametrize("overrides,message", [
     (["train.bacth_size=4"], "unknown config key 'train.bacth_size'"),
     (["nope=1"], "unknown config key 'nope'"),
