@@ -762,21 +762,18 @@ def merge_student(run: Path, teacher: str, dest: Path) -> Path:
     """A merged Liger checkpoint of a trained student: the teacher converted with the run's ``model.liger``
     options, its LoRA adapter loaded with peft and merged, saved with the teacher's tokenizer."""
     import torch
-    import yaml
     from peft import PeftModel
-    from transformers import AutoTokenizer
 
-    import liger
-    from liger.assets import resolve_model
+    from liger.train.config import parse_yaml
+    from liger.train.loop import load_model
 
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
-    local = resolve_model(teacher)
-    model = liger.convert(local, **(cfg["model"]["liger"] or {})).to(torch.float32)
+    cfg = parse_yaml((run / "config.yaml").read_text())
+    model, tokenizer = load_model(teacher, cfg["model"]["liger"] or {}, torch.float32)
     model = PeftModel.from_pretrained(model, run / "adapter").merge_and_unload()
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
-    AutoTokenizer.from_pretrained(local).save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)
     return dest
