@@ -26,7 +26,8 @@ Three subcommands, meant to run in this order:
    (``CUDA_VISIBLE_DEVICES``; default 1); a GPU slot takes the next student from the list when its current one
    ends. ``OUT/STUDENT/`` keeps only small files: ``metrics.jsonl``, ``config.yaml``, ``environment.json``,
    ``loss_curve.png``, ``summary.json`` and the LoRA adapter (``adapter/``: peft's
-   ``adapter_model.safetensors`` + ``adapter_config.json``). The last checkpoint stays in ``--scratch``; no
+   ``adapter_model.safetensors`` + ``adapter_config.json``). The last checkpoint stays in
+   ``--scratch/runs/<hash of OUT>/STUDENT`` (per runs folder: two ``train`` commands at once never share it); no
    merged model is written (``train.save_final=false``). A student that fails records its error in its
    ``summary.json``; the others go on. ``--tiny`` swaps in a CPU-sized recipe (128-token chunks, 2 per step)
    on the same code path.
@@ -101,11 +102,13 @@ TINY = dict(max_length=128, batch_size=2, val_records=40, max_records=400)
 def student_spec(name: str) -> dict:
     """The recipe of a student name: a named student, optionally followed by ``+KEY=VALUE`` config overrides
     for investigations, e.g. ``gla+optim.lr=2e-3`` or ``gla+model.liger.gate_normalizer=4`` (values are
-    YAML; unknown keys fail when the config is loaded)."""
+    YAML; unknown keys fail when the config is loaded), and by ``@TOKENS``, its own token budget instead of
+    ``--tokens`` (``gla@20M``)."""
     import copy
 
     from liger.train.config import parse_yaml
 
+    name, at, budget = name.partition("@")
     base, *overrides = name.split("+")
     if base not in STUDENTS:
         raise ValueError(f"unknown student '{base}'; choose from {', '.join(STUDENTS)} (then +KEY=VALUE ...)")
@@ -119,7 +122,30 @@ def student_spec(name: str) -> dict:
             spec["liger"][key[len("model.liger."):]] = value
         else:
             spec.setdefault("train", {})[key] = value
+    if at:
+        spec["tokens"] = parse_tokens(budget)
     return spec
+
+
+def parse_tokens(text: str) -> int:
+    """A token budget: ``20000000``, ``20M``, ``2.5M``, ``500K``, ``1G``."""
+    scale = {"k": 10**3, "m": 10**6, "g": 10**9}.get(text[-1:].lower(), 1)
+    number = text[:-1] if scale > 1 else text
+    try:
+        tokens = int(round(float(number) * scale))
+    except ValueError:
+        tokens = 0
+    if tokens <= 0:
+        raise ValueError(f"'{text}' is not a token budget (e.g. 20M, 2.5M, 500000)")
+    return tokens
+
+
+def student_tokens(name: str, default: int | None) -> int:
+    """The token budget of student ``name``: its ``@TOKENS`` suffix, else ``default`` (``--tokens``)."""
+    tokens = student_spec(name).get("tokens", default)
+    if tokens is None:
+        raise SystemExit(f"student '{name}' has no token budget: give --tokens or name it '{name}@TOKENS'")
+    return tokens
 
 
 def hybrid_layers(num_layers: int) -> list[int]:
@@ -588,11 +614,31 @@ def packed_data(cfg, cache: Path):
 KEEP_FILES = ("metrics.jsonl", "config.yaml", "environment.json", "loss_curve.png")
 
 
+def scratch_run(scratch: Path, out: Path, name: str) -> Path:
+    """The checkpoint folder of one run: per runs folder (``--out``) and student, so that two ``train``
+    commands at once (say, two token budgets) never share one."""
+    import hashlib
+
+    tag = hashlib.sha256(str(out.expanduser().resolve()).encode()).hexdigest()[:8]
+    return scratch / "runs" / tag / name
+
+
 def run_student(args) -> int:
     """One student, in its own process (``_student`` subcommand): fine-tune, then keep only small files."""
+    import fcntl
+
     name, out = args.student, Path(args.out) / args.student
-    scratch = Path(args.scratch) / "runs" / name
+    scratch = scratch_run(Path(args.scratch), Path(args.out), name)
     out.mkdir(parents=True, exist_ok=True)
+    # one process per run folder: a second `train` into the same --out with the same student would otherwise
+    # delete this one's checkpoints under it (the lock goes with the process, also when it is killed)
+    scratch.parent.mkdir(parents=True, exist_ok=True)
+    lock = open(scratch.with_name(name + ".lock"), "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"reproduce: {out} is being trained by another process", file=sys.stderr)
+        return 1
     for stale in (out / "summary.json", out / "metrics.jsonl"):
         stale.unlink(missing_ok=True)
     shutil.rmtree(scratch, ignore_errors=True)
@@ -657,6 +703,9 @@ def parse_students(text: str) -> list[str]:
             student_spec(name)
         except ValueError as err:
             raise SystemExit(str(err)) from None
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise SystemExit(f"student(s) named twice: {', '.join(repeated)}")
     return names
 
 
@@ -666,6 +715,7 @@ def cmd_train(args) -> int:
     import torch
 
     students = parse_students(args.students)
+    budgets = {name: student_tokens(name, args.tokens) for name in students}
     corpus, out = Path(args.corpus).expanduser().resolve(), Path(args.out).expanduser().resolve()
     scratch = Path(args.scratch).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -675,7 +725,7 @@ def cmd_train(args) -> int:
     gpus = min(args.gpus, torch.cuda.device_count()) if cuda else 1
     started = time.time()
     # tokenize and pack once, before the students start (each loads the cached tensors)
-    cfg = student_config(students[0], corpus, args.tokens, scratch / "runs" / "_", args.model, args.tiny,
+    cfg = student_config(students[0], corpus, budgets[students[0]], scratch / "runs" / "_", args.model, args.tiny,
                          "cuda" if cuda else "cpu")
     import hashlib
 
@@ -701,7 +751,7 @@ def cmd_train(args) -> int:
             if cuda:
                 env["CUDA_VISIBLE_DEVICES"] = str(gpu)
             cmd = [sys.executable, str(Path(__file__).resolve()), "_student", "--student", name, "--corpus",
-                   str(corpus), "--tokens", str(args.tokens), "--out", str(out), "--scratch", str(scratch),
+                   str(corpus), "--tokens", str(budgets[name]), "--out", str(out), "--scratch", str(scratch),
                    "--data-cache", str(data_cache), "--model", args.model]
             cmd += ["--tiny"] if args.tiny else []
             cmd += ["--keep-scratch"] if args.keep_scratch else []
@@ -804,6 +854,15 @@ def cmd_eval(args) -> int:
     names = parse_students(args.students) if args.students else [
         p.name for p in sorted(runs.iterdir()) if (p / "summary.json").is_file()]
     names.sort(key=lambda n: list(STUDENTS).index(n) if n in STUDENTS else len(STUDENTS))
+    sidecar = output_dir / "reproduce_eval.json"
+    if args.report_only:  # re-render the page from the last evaluation (no merging, no `liger eval`)
+        if not (output_dir / "report.json").is_file() or not sidecar.is_file():
+            raise SystemExit(f"--report-only: no earlier evaluation in {output_dir} (report.json, {sidecar.name})")
+        done = json.loads(sidecar.read_text())
+        report = json.loads((output_dir / "report.json").read_text())
+        trained = [n for n in report["students"] if n not in BASELINES]
+        return write_results(args, report, runs, names, trained, corpus, output_dir, done["eval_command"],
+                             done["argv"], done["eval_seconds"])
     trained, timings = [], {}
     for name in names:
         s = read_summary(runs, name)
@@ -837,8 +896,14 @@ def cmd_eval(args) -> int:
         print(f"reproduce eval: liger eval wrote no report (exit {code})", file=sys.stderr)
         return 1
     report = json.loads(report_path.read_text())
-    plot_loss_curves(runs, trained, output_dir / "loss_curves.png")
     shown = [a for a in sys.argv[1:]]
+    sidecar.write_text(json.dumps(dict(eval_command=cmd, argv=shown, eval_seconds=eval_seconds), indent=2) + "\n")
+    return write_results(args, report, runs, names, trained, corpus, output_dir, cmd, shown, eval_seconds) or code
+
+
+def write_results(args, report, runs, names, trained, corpus, output_dir, cmd, shown, eval_seconds) -> int:
+    """``REPORT/loss_curves.png`` and ``REPORT/results.md`` (and ``--results-md``) from a finished evaluation."""
+    plot_loss_curves(runs, trained, output_dir / "loss_curves.png")
     text = results_markdown(report, runs, names, corpus, output_dir, cmd, shown, eval_seconds, args.results_md)
     (output_dir / "results.md").write_text(text)
     targets = [output_dir / "results.md"]
@@ -847,7 +912,7 @@ def cmd_eval(args) -> int:
         Path(args.results_md).write_text(text)
         targets.append(Path(args.results_md))
     print("reproduce eval: wrote " + ", ".join(str(t) for t in targets) + f" (liger eval: {eval_seconds:.0f} s)")
-    return code
+    return 0
 
 
 def plot_loss_curves(runs: Path, students: list[str], png: Path) -> None:
@@ -861,12 +926,14 @@ def plot_loss_curves(runs: Path, students: list[str], png: Path) -> None:
 
     fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(13, 4.6))
     teacher = None
-    for i, name in enumerate(students):
-        entries = read_metrics(runs / name / "metrics.jsonl")
+    metrics = {name: read_metrics(runs / name / "metrics.jsonl") for name in students}
+    finals = [max((e["tokens"] for e in m if e["type"] == "train"), default=0) for m in metrics.values()]
+    log_x = bool(finals) and min(finals) > 0 and max(finals) > 4 * min(finals)  # budgets differ: log axis
+    for i, (name, entries) in enumerate(metrics.items()):
         train = [e for e in entries if e["type"] == "train"]
-        val = [e for e in entries if e["type"] == "val" and "model" not in e]
+        val = [e for e in entries if e["type"] == "val" and "model" not in e and not (log_x and e["step"] == 0)]
         teacher = teacher or next((e["val_loss"] for e in entries if e.get("model") == "teacher"), None)
-        color = f"C{i % 10}"
+        color = plt.get_cmap("tab20")(i % 20) if len(students) > 10 else f"C{i}"
         if train:
             window = max(1, len(train) // 25)
             losses = [e["loss"] for e in train]
@@ -879,7 +946,9 @@ def plot_loss_curves(runs: Path, students: list[str], png: Path) -> None:
     for ax, title in ((ax_train, "training loss (moving average)"), (ax_val, "validation loss")):
         if teacher is not None:
             ax.axhline(teacher, ls="--", color="gray", label="teacher (validation)")
-        ax.set_xlabel("training tokens (millions)")
+        ax.set_xlabel("training tokens (millions" + (", log scale)" if log_x else ")"))
+        if log_x:
+            ax.set_xscale("log")
         ax.set_ylabel("loss (nats / token)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
@@ -917,8 +986,8 @@ def results_markdown(report: dict, runs: Path, students: list[str], corpus: Path
     tasks = list(models[teacher]["tasks"])
     prov = report.get("provenance", {})
     lines = ["# Reproducing Liger's recovery at small scale", "",
-             "SmolLM2-135M-Instruct (the teacher) linearized into eight students with the same recipe and token "
-             "budget, compared with the teacher and three students without training. Generated by "
+             f"SmolLM2-135M-Instruct (the teacher) linearized into {len(students)} students with the same recipe, "
+             "compared with the teacher and three students without training. Generated by "
              "`benchmarks/reproduce.py eval`; only the reading below is written by hand.", "",
              "## Reading", "", READING_PLACEHOLDER, ""]
     # corpus
@@ -935,13 +1004,20 @@ def results_markdown(report: dict, runs: Path, students: list[str], corpus: Path
     lines += [f"| **total** | | | {manifest['train_tokens']:,} | {manifest['validation_tokens']:,} | "
               f"{manifest['heldout_tokens']:,} |", ""]
     # runs
-    first = next((read_summary(runs, n) for n in students if read_summary(runs, n).get("status") == "ok"), {})
-    gpus = len({read_summary(runs, n).get("gpu") for n in students} - {None}) or 1
+    summaries = [read_summary(runs, n) for n in students]
+    budgets = [s_["tokens_budget"] for n, s_ in zip(students, summaries) if "tokens_budget" in s_ and "@" not in n]
+    default_budget = max(set(budgets), key=budgets.count) if budgets else None
+    first = next((s_ for s_ in summaries if s_.get("status") == "ok" and s_.get("tokens_budget") == default_budget),
+                 next((s_ for s_ in summaries if s_.get("status") == "ok"), {}))
+    gpus = len({s_.get("gpu") for s_ in summaries} - {None}) or 1
+    mixed = len({s_.get("steps") for s_ in summaries if s_.get("status") == "ok"}) > 1
+    own_budget = " unless the student's name ends in @TOKENS, its own budget (steps and tokens of every run in " \
+        "the table below)" if mixed else ""
     lines += ["## Students and their runs", "",
               f"Recipe (all students): LoRA r=8 α=8 on q/k/v, AdamW lr 1e-3 constant, no warm-up, no clipping, "
               f"{first.get('sequence_length', '?')}-token packed chunks, {first.get('sequences_per_step', '?')} "
               f"sequences per optimizer step, {first.get('steps', '?')} steps "
-              f"({first.get('tokens', 0):,} tokens), seed 0; validation loss on the validation split "
+              f"({first.get('tokens', 0):,} tokens){own_budget}, seed 0; validation loss on the validation split "
               "(token-weighted). GPU seconds are each student's process wall time on its GPU (loading, "
               "autotuning, validation and saving included) divided by the number of students sharing that GPU "
               f"at once ({first.get('processes_per_gpu', 1)}, `--per-gpu`); train seconds are the optimizer steps "
@@ -1007,7 +1083,7 @@ def results_markdown(report: dict, runs: Path, students: list[str], corpus: Path
     lines += ["## Commands", "", "```bash",
               "python benchmarks/reproduce.py corpus --out CORPUS",
               "python benchmarks/reproduce.py train --corpus CORPUS --students " + ",".join(students) +
-              f" --tokens {first.get('tokens_budget', 'N')} --gpus {gpus} --per-gpu {first.get('processes_per_gpu', 1)}"
+              f" --tokens {default_budget or 'N'} --gpus {gpus} --per-gpu {first.get('processes_per_gpu', 1)}"
               " --out RUNS",
               "python benchmarks/reproduce.py " + " ".join(shlex.quote(a) for a in argv),
               "```", "", "which ran (from the folder of the merged students):", "", "```bash",
@@ -1044,7 +1120,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("train", help="fine-tune the students (in parallel over GPUs)")
     common(p)
     p.add_argument("--students", default=",".join(STUDENTS), help=f"comma-separated, from {', '.join(STUDENTS)}")
-    p.add_argument("--tokens", type=int, required=True, help="training tokens per student (steps = N // (8*1024))")
+    p.add_argument("--tokens", type=int,
+                   help="training tokens per student (steps = N // (8*1024)); a student named NAME@TOKENS "
+                   "(e.g. gla@20M) has its own budget")
     p.add_argument("--gpus", type=int, default=1, help="GPUs to use")
     p.add_argument("--per-gpu", type=int, default=1,
                    help="students training at the same time on one GPU (default 1; small models are bound by "
@@ -1082,6 +1160,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ppl-max-tokens", type=int, default=4096, help="tokens scored per held-out file")
     p.add_argument("--device", help="cpu or cuda (default: liger eval's: cuda if available)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--report-only", action="store_true",
+                   help="re-render results.md and the loss curves from the last evaluation in --output-dir")
     p.set_defaults(run=cmd_eval)
 
     args = parser.parse_args(argv)

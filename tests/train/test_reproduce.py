@@ -103,7 +103,8 @@ def test_train_tiny_then_eval(tiny_base, tmp_path, reproduce, monkeypatch):
         set() if (runs / "gla-h" / "adapter" / "README.md").exists() else {"adapter/README.md"})
     broken = json.loads((runs / "broken" / "summary.json").read_text())
     assert broken["status"] == "failed" and "unknown student 'broken'" in broken["error"]
-    assert not (scratch / "runs" / "gla-h").exists()  # checkpoints and merged weights are removed
+    # checkpoints are removed (only the lock files stay)
+    assert not [p for p in (scratch / "runs").rglob("*") if p.is_file() and p.suffix != ".lock"]
 
     # lm-eval's task index takes seconds to build and `liger eval` builds it once per model: build it once here
     from liger.eval import harness
@@ -122,6 +123,17 @@ def test_train_tiny_then_eval(tiny_base, tmp_path, reproduce, monkeypatch):
     assert (report / "loss_curves.png").stat().st_size > 1000
     assert (scratch / "merged" / "gla-h" / "config.json").is_file()
 
+    # --report-only re-renders the page from the evaluation just made, without evaluating again
+    (tmp_path / "results.md").unlink()
+    monkeypatch.setattr(reproduce, "merge_student", lambda *a: pytest.fail("--report-only merged a student"))
+    code = reproduce.main(["eval", "--corpus", str(corpus), "--runs", str(runs), "--output-dir", str(report),
+                           "--scratch", str(scratch), "--model", str(tiny_base), "--report-only",
+                           "--results-md", str(tmp_path / "results.md")])
+    assert code == 0 and (tmp_path / "results.md").read_text() == text
+    with pytest.raises(SystemExit, match="no earlier evaluation"):
+        reproduce.main(["eval", "--corpus", str(corpus), "--runs", str(runs), "--output-dir", str(tmp_path / "x"),
+                        "--report-only"])
+
 
 def test_student_names_take_config_overrides(reproduce):
     spec = reproduce.student_spec("gla+optim.lr=2e-3+model.liger.gate_normalizer=4")
@@ -133,3 +145,44 @@ def test_student_names_take_config_overrides(reproduce):
             reproduce.student_spec(bad)
     with pytest.raises(SystemExit, match="unknown student 'nope'"):
         reproduce.parse_students("gla,nope+optim.lr=1")
+
+
+def test_student_token_budgets(reproduce):
+    assert reproduce.student_spec("gla@20M")["tokens"] == 20_000_000
+    assert reproduce.student_spec("gla+optim.lr=3e-3@2.5M") == {"liger": {"variant": "gla"},
+                                                               "train": {"optim.lr": 3e-3}, "tokens": 2_500_000}
+    assert reproduce.student_tokens("window-only@500k", None) == 500_000
+    assert reproduce.student_tokens("gla", 1024) == 1024
+    with pytest.raises(SystemExit, match="no token budget"):
+        reproduce.student_tokens("gla", None)
+    for bad in ("gla@", "gla@-1M", "gla@lots"):
+        with pytest.raises(ValueError, match="not a token budget"):
+            reproduce.student_spec(bad)
+    with pytest.raises(SystemExit, match="named twice: gla"):
+        reproduce.parse_students("gla,gsa,gla")
+
+
+def test_two_train_commands_never_share_a_checkpoint_folder(reproduce, tmp_path):
+    """Two `train` runs at once with the same student (two budgets, two --out folders) once shared
+    SCRATCH/runs/NAME: the second deleted the first's checkpoints and the first lost its adapter."""
+    a = reproduce.scratch_run(tmp_path, tmp_path / "runs-a", "gla")
+    b = reproduce.scratch_run(tmp_path, tmp_path / "runs-b", "gla")
+    assert a != b and a.name == b.name == "gla"
+    assert reproduce.scratch_run(tmp_path, tmp_path / "runs-a" / ".." / "runs-a", "gla") == a
+
+
+def test_a_student_already_training_into_the_same_folder_is_refused(reproduce, tmp_path, capsys):
+    import argparse
+    import fcntl
+
+    held = reproduce.scratch_run(tmp_path / "scratch", tmp_path / "runs", "gla")
+    held.parent.mkdir(parents=True)
+    lock = open(held.with_name("gla.lock"), "w")
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the other process
+    (held / "checkpoints").mkdir(parents=True)
+    args = argparse.Namespace(student="gla", out=str(tmp_path / "runs"), scratch=str(tmp_path / "scratch"),
+                              tokens=1024, per_gpu=1)
+    assert reproduce.run_student(args) == 1
+    assert "being trained by another process" in capsys.readouterr().err
+    assert (held / "checkpoints").is_dir()  # not deleted
+    lock.close()
