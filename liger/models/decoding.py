@@ -18,6 +18,20 @@ import torch
 
 DECODING_MODES = ("auto", "eager", "static", "cuda_graph")
 
+_warmup_streams: dict[torch.device, torch.cuda.Stream] = {}
+
+
+def warmup_stream(device: torch.device) -> torch.cuda.Stream:
+    """The side stream every decoder on ``device`` warms up on — one per device, not one per decoder: cuBLAS
+    keeps a workspace per stream that is never freed (32 MiB on Hopper), so a new stream per capture grew the
+    memory of a long-running process by 32 MiB for every cache that was ever decoded."""
+    device = torch.device(device)
+    if device.index is None:
+        device = torch.device(device.type, torch.cuda.current_device())
+    if device not in _warmup_streams:
+        _warmup_streams[device] = torch.cuda.Stream(device)
+    return _warmup_streams[device]
+
 
 class CUDAGraphDecoder:
     """The static decode step of ``model`` for ``cache``, captured in a CUDA graph.
@@ -42,7 +56,7 @@ class CUDAGraphDecoder:
 
         # warm up outside the graph (compilation, cuBLAS workspaces, Triton autotuning), then undo its writes
         saved = [t.clone() for t in cache.buffers()]
-        stream = torch.cuda.Stream(device)
+        stream = warmup_stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(stream), torch.no_grad():
             for _ in range(2):

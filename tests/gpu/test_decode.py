@@ -93,6 +93,29 @@ def test_graph_decoding_memory_is_constant():
     assert after == before, f"memory grew by {after - before} bytes over 200 tokens"
 
 
+def test_decoding_many_caches_in_turn_does_not_grow_memory():
+    """A new CUDA stream per captured decoder left a cuBLAS workspace behind each time (32 MiB on Hopper):
+    a process that decoded N caches one after another held N workspaces (the bench's 'decode memory drift')."""
+    model = reference_model(window_size=8)
+
+    def decode_one(seed):
+        x = torch.randint(3, 256, (4, 16), generator=torch.Generator().manual_seed(seed)).cuda()
+        with torch.no_grad():
+            cache = model(x, use_cache=True).past_key_values
+            for _ in range(3):
+                model(x[:, :1], past_key_values=cache)
+        assert isinstance(cache.decoder, CUDAGraphDecoder)
+        cache.drop_decoder()
+
+    decode_one(0)  # the first capture creates the warm-up and capture streams (and their workspaces)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    for seed in range(1, 5):
+        decode_one(seed)
+    torch.cuda.synchronize()
+    assert torch.cuda.memory_allocated() == before
+
+
 def test_each_cache_gets_its_own_graph_and_a_new_batch_size_recaptures():
     model = reference_model(window_size=8)
     with torch.no_grad():
