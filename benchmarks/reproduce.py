@@ -455,8 +455,7 @@ def count_tokens(text: str, tokenizer) -> int:
     paragraphs = _paragraphs(text)
     n = 0
     for i in range(0, len(paragraphs), 2048):
-        n += sum(len(ids) for ids in tokenizer([p + "\n\n" for p in paragraphs[i:i + 2048]],
-                                               add_special_tokens=False)["input_ids"])
+        n += sum(len(ids) for ids in tokenizer(paragraphs[i:i + 2048], add_special_tokens=False)["input_ids"])
     return n
 
 

@@ -4,7 +4,8 @@
   dataset are formatted with the Alpaca prompt template, as in the official code: ``encode(prompt)`` with the
   tokenizer's special tokens, then ``encode(output + eos)``; the prompt tokens are labelled -100 (no loss).
 * **Plain text** (a file, or every .txt/.md/.rst file under a folder, in sorted order) is split into records
-  at blank lines (paragraphs); every token is labelled. Each file ends with the EOS token.
+  at blank lines (paragraphs, each with the blank lines before it, so that the records' tokens are the
+  file's own tokenization); every token is labelled. Each file ends with the EOS token.
 * The first ``val_records`` records are held out for validation. Each split is concatenated and cut into
   ``max_length`` chunks; the leftover tail is dropped, and chunks without a labelled token are removed.
 """
@@ -129,8 +130,26 @@ def _check_alpaca(records: list, source: str) -> None:
                             "'output' and optionally 'input')")
 
 
+_BLANK_LINES = re.compile(r"(\s*\n\s*\n)")
+
+
 def _paragraphs(text: str) -> list[str]:
-    return [p.strip("\n") for p in re.split(r"\n\s*\n", text) if p.strip()]
+    """The paragraphs of ``text`` (split at blank lines), each but the first *with the whitespace before it*:
+    joined, they give the text back (less its leading and trailing whitespace), and tokenized one by one they
+    give the tokens of the whole text — a tokenizer's pre-tokenizer never joins a non-space character to the
+    whitespace after it, and every record but the first starts with that whitespace. (Tokenizing bare
+    paragraphs and joining them with ``"\n\n"`` instead put a token between paragraphs that the whole text
+    never has — SmolLM2's single ``"\n\n"`` token where running text has two ``"\n"`` — which a pretrained
+    model scores 0.3 nats worse per token and a fine-tuned one learns.)"""
+    pieces = _BLANK_LINES.split(text.strip())
+    records, pending = [], ""
+    for i, piece in enumerate(pieces):
+        if i % 2 or not piece.strip():  # a separator, or a whitespace-only piece: goes before the next paragraph
+            pending += piece
+            continue
+        records.append(pending + piece if records else piece)
+        pending = ""
+    return records
 
 
 def _read_text(path: Path, fmt: str) -> list:
@@ -184,7 +203,7 @@ def tokenize(records: list, fmt: str, tokenizer) -> list[tuple[list[int], list[i
         prompt_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
         answer_ids = tokenizer([r["output"] + eos for r in records], add_special_tokens=False)["input_ids"]
         return [(p + a, [IGNORE_INDEX] * len(p) + a) for p, a in zip(prompt_ids, answer_ids)]
-    texts = [text + (eos if ends_document else "\n\n") for text, ends_document in records]
+    texts = [text + eos if ends_document else text for text, ends_document in records]
     return [(ids, list(ids)) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 

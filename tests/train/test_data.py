@@ -39,6 +39,33 @@ def test_text_labels_every_token_and_ends_each_file_with_eos(tok, text_dir):
     assert "Paragraph 39 of a.txt: the quick brown fox jumps over the lazy dog.<eos>Paragraph 0 of b.md" in stream
 
 
+def test_text_records_tokenize_as_the_whole_text(tmp_path):
+    """Paragraph records must give the file's own tokens. With a byte-level BPE that has a "\\n\\n" token (as
+    SmolLM2's has) running text splits a blank line into two "\\n" pre-tokens, but a bare paragraph + "\\n\\n"
+    ends in the merged token: records that appended "\\n\\n" trained on a token the text never has."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from liger.train.data import _paragraphs, _read_text
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {c: i for i, c in enumerate(alphabet)}
+    vocab.update({"ĊĊ": len(vocab), "<eos>": len(vocab) + 1})
+    bpe = Tokenizer(models.BPE(vocab=vocab, merges=[("Ċ", "Ċ")]))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<eos>")
+    text = ("\n\nTitle  \n\n\n\n  An indented paragraph,\non two lines.\n \n\nNext one.\n\n\t\nLast words.\n\n")
+    path = tmp_path / "doc.txt"
+    path.write_text(text)
+    paragraphs = _paragraphs(text)
+    assert len(paragraphs) == 4 and "".join(paragraphs) == text.strip()
+    assert [p.strip() for p in paragraphs] == ["Title", "An indented paragraph,\non two lines.", "Next one.",
+                                               "Last words."]
+    records = tokenize(_read_text(path, "text"), "text", tok)
+    assert [t for ids, _ in records for t in ids] == tok(text.strip() + "<eos>")["input_ids"]
+    assert tok("a\n\n")["input_ids"][-1] == vocab["ĊĊ"]  # the token the old records ended in
+
+
 def test_packing_drops_the_tail_and_chunks_without_labels():
     examples = [([1, 2, 3], [IGNORE_INDEX] * 3), ([4, 5, 6, 7, 8], [IGNORE_INDEX, IGNORE_INDEX, 6, 7, 8]),
                 ([9, 10, 11], [IGNORE_INDEX] * 3)]
