@@ -130,6 +130,11 @@ def test_train_tiny_then_eval(tiny_base, tmp_path, reproduce, monkeypatch):
                            "--scratch", str(scratch), "--model", str(tiny_base), "--report-only",
                            "--results-md", str(tmp_path / "results.md")])
     assert code == 0 and (tmp_path / "results.md").read_text() == text
+    (report / "reading.md").write_text("The students are fine.\n")  # a person's reading survives re-rendering
+    reproduce.main(["eval", "--corpus", str(corpus), "--runs", str(runs), "--output-dir", str(report),
+                    "--report-only", "--results-md", str(tmp_path / "results.md")])
+    text = (tmp_path / "results.md").read_text()
+    assert "## Reading\n\nThe students are fine.\n" in text and reproduce.READING_PLACEHOLDER not in text
     with pytest.raises(SystemExit, match="no earlier evaluation"):
         reproduce.main(["eval", "--corpus", str(corpus), "--runs", str(runs), "--output-dir", str(tmp_path / "x"),
                         "--report-only"])
