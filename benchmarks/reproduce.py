@@ -728,7 +728,10 @@ def cmd_train(args) -> int:
                          "cuda" if cuda else "cpu")
     import hashlib
 
-    key = f"{(corpus / 'manifest.json').read_text()}|{cfg.model.path}|{cfg.data.max_length}|{cfg.data.max_records}"
+    from liger.train.data import PACKING_VERSION
+
+    key = (f"{(corpus / 'manifest.json').read_text()}|{cfg.model.path}|{cfg.data.max_length}|{cfg.data.max_records}"
+           f"|packing {PACKING_VERSION}")
     tag = hashlib.sha256(key.encode()).hexdigest()[:12]
     data_cache = scratch / f"packed-{tag}.pt"
     data = packed_data(cfg, data_cache)

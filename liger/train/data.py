@@ -22,6 +22,9 @@ import torch
 from .config import DataConfig
 
 IGNORE_INDEX = -100
+PACKING_VERSION = 2
+"""Bumped whenever the same records would give other tokens (2: text records keep their blank lines); caches of
+packed data key on it."""
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
 ALPACA_FIELDS = ("instruction", "output")
 
