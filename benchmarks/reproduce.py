@@ -863,8 +863,9 @@ def cmd_eval(args) -> int:
         done = json.loads(sidecar.read_text())
         report = json.loads((output_dir / "report.json").read_text())
         trained = [n for n in report["students"] if n not in BASELINES]
-        return write_results(args, report, runs, names, trained, corpus, output_dir, done["eval_command"],
-                             done["argv"], done["eval_seconds"])
+        write_results(args, report, runs, names, trained, corpus, output_dir, done["eval_command"], done["argv"],
+                      done["eval_seconds"])
+        return 0
     trained, timings = [], {}
     for name in names:
         s = read_summary(runs, name)
@@ -900,10 +901,11 @@ def cmd_eval(args) -> int:
     report = json.loads(report_path.read_text())
     shown = [a for a in sys.argv[1:]]
     sidecar.write_text(json.dumps(dict(eval_command=cmd, argv=shown, eval_seconds=eval_seconds), indent=2) + "\n")
-    return write_results(args, report, runs, names, trained, corpus, output_dir, cmd, shown, eval_seconds) or code
+    write_results(args, report, runs, names, trained, corpus, output_dir, cmd, shown, eval_seconds)
+    return code
 
 
-def write_results(args, report, runs, names, trained, corpus, output_dir, cmd, shown, eval_seconds) -> int:
+def write_results(args, report, runs, names, trained, corpus, output_dir, cmd, shown, eval_seconds) -> None:
     """``REPORT/loss_curves.png`` and ``REPORT/results.md`` (and ``--results-md``) from a finished evaluation."""
     plot_loss_curves(runs, trained, output_dir / "loss_curves.png")
     text = results_markdown(report, runs, names, corpus, output_dir, cmd, shown, eval_seconds, args.results_md)
@@ -914,7 +916,6 @@ def write_results(args, report, runs, names, trained, corpus, output_dir, cmd, s
         Path(args.results_md).write_text(text)
         targets.append(Path(args.results_md))
     print("reproduce eval: wrote " + ", ".join(str(t) for t in targets) + f" (liger eval: {eval_seconds:.0f} s)")
-    return 0
 
 
 def plot_loss_curves(runs: Path, students: list[str], png: Path) -> None:
