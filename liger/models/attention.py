@@ -28,6 +28,7 @@ from torch import nn
 
 from .cache import LigerCache, write_decoded_token
 from .compiling import CompiledOrEager
+from .triton_window import is_available as triton_window_available
 from .variants import Recurrence, get_recurrence, resolve_backend
 from .window import Sinks, first_real_tokens, sliding_window_attention, window_attention, window_decode_attention
 
@@ -143,6 +144,7 @@ class LigerAttention(nn.Module):
         self.window_weight = float(config.window_weight)
         self.use_qk_norm_in_linear = config.use_qk_norm_in_linear
         self.backend = config.linear_backend
+        self.window_backend = getattr(config, "window_backend", "auto")
         self.recurrence = get_recurrence(config)
         self.decode_spec = decode_spec(self.recurrence, self.window_size, self.num_sink_tokens, float(self.scaling),
                                        self.linear_weight, self.window_weight)
@@ -205,15 +207,27 @@ class LigerAttention(nn.Module):
             keys, values, key_valid = k_rot, v, token_mask
             sinks = first_real_tokens(k_rot, v, token_mask, self.num_sink_tokens) if self.num_sink_tokens else None
         if self.window_weight != 0:
-            # fused SDPA over query blocks on CUDA; FlexAttention measured slower there (docs/gpu.md)
-            use_fused = fast and not single_token
             o_win = sliding_window_attention(q_rot, keys, values, self.window_size, self.scaling, key_valid, sinks,
-                                             backend="sdpa" if use_fused else "torch")
+                                             backend=self._window_backend(fast, single_token, sinks))
         if cache is not None:
             cache.commit(keys, values, key_valid, sinks, state)
 
         out = mix_branches(o_rec, o_win, self.linear_weight, self.window_weight, hidden_states.dtype)
         return self.o_proj(out.reshape(B, T, self.num_heads * D)), None
+
+    def _window_backend(self, fast: bool, single_token: bool, sinks) -> str:
+        """The window op of this call. ``fast``: on CUDA with the fast paths allowed (``linear_backend`` is not
+        "torch"). Single-token eager steps always take the banded torch op."""
+        if single_token:
+            return "torch"
+        if self.window_backend != "auto":
+            return self.window_backend  # "triton" off CUDA raises in the op (it names what is missing)
+        if not fast:
+            return "torch"
+        # Liger's Triton kernels unless there are sinks (then fused SDPA blocks); FlexAttention measured slower
+        # inside the model (docs/gpu.md)
+        has_sinks = sinks is not None and sinks.k.shape[1] > 0
+        return "sdpa" if has_sinks or not triton_window_available() else "triton"
 
     def _decode_static(self, q, k, v, q_lin, k_lin, cos, sin, token_mask, cache, decode_step):
         B, T = q.shape[:2]

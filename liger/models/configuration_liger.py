@@ -18,6 +18,7 @@ from .families import get_family
 VARIANTS = ("gla", "hgrn2", "gsa", "mamba2", "mlstm", "gated_retention", "rwkv6")
 FEATURE_MAPS = ("softmax", "relu", "elu_plus_one", "identity")
 BACKENDS = ("auto", "torch", "fla")
+WINDOW_BACKENDS = ("auto", "torch", "triton", "sdpa", "flex")
 
 
 class LigerConfig(PretrainedConfig):
@@ -55,6 +56,10 @@ class LigerConfig(PretrainedConfig):
     linear_backend: Literal["auto", "torch", "fla"] = "auto"
     """Recurrence kernels: "torch" (pure PyTorch, any device), "fla" (fla Triton kernels, CUDA), or "auto"
     (fla when the tensors are on CUDA and fla is installed, torch otherwise)."""
+    window_backend: Literal["auto", "torch", "triton", "sdpa", "flex"] = "auto"
+    """Window-branch kernels for multi-token calls: "torch" (banded PyTorch op, any device), "triton" (Liger's
+    Triton kernels, CUDA, no sinks), "sdpa" (fused SDPA over query blocks), "flex" (FlexAttention, CUDA), or
+    "auto" (on CUDA unless linear_backend is "torch": triton, or sdpa when there are sinks; torch otherwise)."""
     full_attention_layers: list[int] = field(default_factory=list)
     """Decoder layers that keep the teacher's full softmax attention (the inter-layer hybrid "-H")."""
     tie_word_embeddings: bool = False
@@ -85,6 +90,11 @@ class LigerConfig(PretrainedConfig):
             fail("feature_map", f"must be one of {', '.join(FEATURE_MAPS)}", self.feature_map)
         if self.linear_backend not in BACKENDS:
             fail("linear_backend", f"must be one of {', '.join(BACKENDS)}", self.linear_backend)
+        if self.window_backend not in WINDOW_BACKENDS:
+            fail("window_backend", f"must be one of {', '.join(WINDOW_BACKENDS)}", self.window_backend)
+        if self.window_backend == "triton" and self.num_sink_tokens:
+            fail("window_backend", "'triton' has no attention sinks (use 'sdpa' or 'auto' with num_sink_tokens)",
+                 self.window_backend)
         if not is_int(self.window_size) or self.window_size < 1:
             fail("window_size", "must be an integer >= 1", self.window_size)
         if not is_int(self.num_sink_tokens) or self.num_sink_tokens < 0:

@@ -435,10 +435,17 @@ def sliding_window_attention(
     sinks: Sinks | None = None,
     backend: str = "torch",
 ) -> torch.Tensor:
-    """Dispatch: ``"torch"`` = :func:`window_attention` (any device); ``"sdpa"`` = :func:`sdpa_window_attention`
-    (fused kernels; the CUDA default); ``"flex"`` = compiled
-    :func:`flex_window_attention` (CUDA). If FlexAttention cannot be compiled here, a warning is logged once
-    and the torch op is used from then on (eager FlexAttention would materialise every score)."""
+    """Dispatch: ``"torch"`` = :func:`window_attention` (any device); ``"triton"`` =
+    :func:`liger.models.triton_window.triton_window_attention` (CUDA, no sinks; the CUDA default);
+    ``"sdpa"`` = :func:`sdpa_window_attention` (fused SDPA blocks; the CUDA default with sinks); ``"flex"`` =
+    compiled :func:`flex_window_attention` (CUDA). If FlexAttention cannot be compiled here, a warning is
+    logged once and the torch op is used from then on (eager FlexAttention would materialise every score)."""
+    if backend == "triton":
+        if sinks is not None and sinks.k.shape[1]:
+            raise ValueError("the Triton window kernels take no sinks; use backend 'sdpa'")
+        from .triton_window import triton_window_attention
+
+        return triton_window_attention(q, k, v, window_size, scale, key_valid)
     if backend == "sdpa":
         return sdpa_window_attention(q, k, v, window_size, scale, key_valid, sinks)
     if backend == "flex" and not _compiled_flex.failed:

@@ -1,4 +1,5 @@
-"""The CUDA path (fla kernels through liger's adapters, compiled FlexAttention, compiled helpers) against the
+"""The CUDA path (fla kernels through liger's adapters, the Triton window kernels, SDPA blocks, compiled
+FlexAttention, compiled helpers) against the
 pure-PyTorch reference ops, at the variant, window and model level; relative RMS error below 1e-4 in float32
 and 1e-2 in bfloat16, on real (non-padding) positions, outputs, states and gradients."""
 
@@ -127,11 +128,41 @@ def test_sdpa_window_gradients_with_sinks_and_padding_match_dense_reference(sink
         assert_close(a.grad, b.grad, 1e-4, msg=f"d{name}")
 
 
-@pytest.mark.parametrize("variant", ["gla"])
-def test_model_on_gpu_matches_cpu_reference_in_float32(variant):
+@pytest.mark.parametrize("dtype,prefix,D,W,G", [(torch.bfloat16, 0, 64, 64, 3), (torch.float32, 0, 64, 64, 3),
+                                                 (torch.float32, 63, 64, 64, 3), (torch.float32, 0, 128, 16, 1),
+                                                 (torch.bfloat16, 7, 96, 100, 4), (torch.float16, 0, 64, 64, 3)])
+def test_triton_window_matches_dense_reference(dtype, prefix, D, W, G):
+    """The CUDA default window op (Liger's Triton kernels): outputs and q/k/v gradients against the dense
+    float64 reference, left padding, grouped heads, a cached prefix (Tk > Tq), head dims that are not powers
+    of two, windows longer than a block."""
+    torch.manual_seed(3)
+    B, Tq, H = 3, 300, 2
+    Tk = Tq + prefix
+    q = torch.randn(B, Tq, H * G, D, device="cuda").to(dtype)
+    k, v = (torch.randn(B, Tk, H, D, device="cuda").to(dtype) for _ in range(2))
+    valid = torch.ones(B, Tk, dtype=torch.bool, device="cuda")
+    valid[1, : prefix + 30] = False
+    valid[2, prefix + 100] = False  # a padding token mid-sequence too
+    leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+    ref_leaves = [x.double().requires_grad_() for x in (q, k, v)]
+    out = sliding_window_attention(*leaves, W, D**-0.5, valid, None, backend="triton")
+    ref = naive_window_attention(*ref_leaves, W, D**-0.5, valid, None)
+    real = valid[:, prefix:]
+    assert out.dtype == dtype and out.shape == q.shape and torch.isfinite(out).all()
+    assert_close(out[real], ref[real], TOL.get(dtype, 1e-2), msg="output")
+    w = torch.randn_like(ref) * real[..., None, None]
+    (out.double() * w).sum().backward()
+    (ref * w).sum().backward()
+    for name, a, b in zip("qkv", leaves, ref_leaves):
+        assert_close(a.grad, b.grad, TOL.get(dtype, 1e-2), msg=f"d{name}")
+
+
+@pytest.mark.parametrize("variant,sinks", [("gla", 2), ("gla", 0)])
+def test_model_on_gpu_matches_cpu_reference_in_float32(variant, sinks):
+    # sinks 2: the window runs on the SDPA blocks; 0: on the Triton kernels
     teacher = gpu_teacher("qwen2")
-    gpu = liger.convert(teacher, variant=variant, window_size=16, num_sink_tokens=2)
-    cpu = liger.convert(teacher.cpu(), variant=variant, window_size=16, num_sink_tokens=2, linear_backend="torch")
+    gpu = liger.convert(teacher, variant=variant, window_size=16, num_sink_tokens=sinks)
+    cpu = liger.convert(teacher.cpu(), variant=variant, window_size=16, num_sink_tokens=sinks, linear_backend="torch")
     x, mask = left_padded(T=150)
     # Score only predictions made from real positions: the label of a sequence's first real token is predicted
     # from a padding position, whose output is arbitrary (and differs between the two paths).
@@ -149,11 +180,11 @@ def test_model_on_gpu_matches_cpu_reference_in_float32(variant):
     assert_no_fallback()
 
 
-@pytest.mark.parametrize("variant", ["gla", "hgrn2", "gsa", "mlstm"])
-def test_bfloat16_model_fast_path_matches_torch_path(variant):
+@pytest.mark.parametrize("variant,sinks", [("gla", 4), ("hgrn2", 4), ("gsa", 4), ("mlstm", 4), ("gla", 0)])
+def test_bfloat16_model_fast_path_matches_torch_path(variant, sinks):
     teacher = gpu_teacher("llama", dtype=torch.bfloat16)
-    fast = liger.convert(teacher, variant=variant, window_size=64, num_sink_tokens=4)
-    reference = liger.convert(teacher, variant=variant, window_size=64, num_sink_tokens=4, linear_backend="torch")
+    fast = liger.convert(teacher, variant=variant, window_size=64, num_sink_tokens=sinks)
+    reference = liger.convert(teacher, variant=variant, window_size=64, num_sink_tokens=sinks, linear_backend="torch")
     x, mask = left_padded(T=200)
     with torch.no_grad():
         a = fast(x, attention_mask=mask, position_ids=positions(mask)).logits
@@ -163,8 +194,9 @@ def test_bfloat16_model_fast_path_matches_torch_path(variant):
     assert_no_fallback()
 
 
-def test_prefill_on_kernels_then_graph_decoding_equals_full_forward():
-    model = liger.convert(gpu_teacher("llama"), window_size=8, num_sink_tokens=2)
+@pytest.mark.parametrize("sinks", [2, 0])
+def test_prefill_on_kernels_then_graph_decoding_equals_full_forward(sinks):
+    model = liger.convert(gpu_teacher("llama"), window_size=8, num_sink_tokens=sinks)
     x, mask = left_padded(T=60)
     pos = positions(mask)
     with torch.no_grad():

@@ -1,0 +1,118 @@
+"""The Triton window kernels (the CUDA default window op) on CPU, through Triton's interpreter: outputs and
+gradients against the banded PyTorch op, and a whole model with ``window_backend="triton"`` against the same
+model on the torch op (training loss and gradients, prefill with a cache, decoding). Skipped when Triton is not
+installed; the compiled kernels are checked against the dense reference by the gpu tier (tests/gpu)."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import liger
+from liger.models.window import Sinks
+from tests.conftest import tiny_teacher
+
+needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+
+SCRIPT = textwrap.dedent('''
+    import torch
+    import liger
+    from liger.models.window import window_attention
+    from liger.models.triton_window import triton_window_attention
+    from tests.conftest import tiny_teacher
+
+    def rel(a, b):
+        return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+    torch.manual_seed(0)
+    worst = {}
+    # B, Tq, Tk, HQ, H, D, W, padded: grouped heads, a cached prefix (Tk > Tq), head dims that are not powers of
+    # two, windows shorter than, equal to and longer than the 64-query block, a single query
+    cases = [(2, 100, 100, 6, 2, 32, 16, True), (2, 70, 90, 4, 4, 16, 64, False), (1, 130, 130, 3, 1, 24, 64, True),
+             (2, 5, 40, 2, 1, 32, 8, True), (2, 150, 180, 4, 2, 16, 100, True), (2, 1, 9, 4, 2, 16, 10, True)]
+    for B, Tq, Tk, HQ, H, D, W, padded in cases:
+        q = torch.randn(B, Tq, HQ, D, requires_grad=True)
+        k, v = (torch.randn(B, Tk, H, D, requires_grad=True) for _ in range(2))
+        valid = None
+        if padded:
+            valid = torch.ones(B, Tk, dtype=torch.bool)
+            valid[0, :7] = False
+            valid[-1, Tk // 2] = False
+        out = triton_window_attention(q, k, v, W, 0.3, valid)
+        ref = window_attention(q, k, v, W, 0.3, valid)
+        real = torch.ones(B, Tq, dtype=torch.bool) if valid is None else valid[:, Tk - Tq:]
+        assert out.shape == ref.shape and out.is_contiguous()
+        worst["output"] = max(worst.get("output", 0), rel(out[real], ref[real]))
+        w = torch.randn_like(out) * real[..., None, None]
+        for name, a, b in zip("qkv", torch.autograd.grad(out, (q, k, v), w), torch.autograd.grad(ref, (q, k, v), w)):
+            worst["d" + name] = max(worst.get("d" + name, 0), rel(a, b))
+
+    # a whole model: training loss and gradients, then prefill with a cache and decoding
+    teacher = tiny_teacher("llama")
+    models = {b: liger.convert(teacher, window_size=8, window_backend=b, linear_backend="torch")
+              for b in ("triton", "torch")}
+    x = torch.randint(0, 128, (2, 40))
+    mask = torch.ones_like(x)
+    mask[1, :9] = 0
+    pos = (mask.cumsum(1) - 1).clamp_min(0)
+    # only predictions made from real positions: a padding query's window output is arbitrary (the kernels
+    # return its own value, the torch op zeros) and predicts the first real token of its sequence
+    after_padding = torch.cat([torch.zeros_like(mask[:, :1]), mask[:, :-1]], 1) == 0
+    labels = x.masked_fill((mask == 0) | after_padding, -100)
+    out = {}
+    for b, m in models.items():
+        o = m(x, attention_mask=mask, position_ids=pos, labels=labels)
+        o.loss.backward()
+        out[b] = (o.logits, [p.grad for p in m.parameters() if p.grad is not None])
+    real = mask.bool()
+    worst["model logits"] = rel(out["triton"][0][real], out["torch"][0][real])
+    worst["model grads"] = max(rel(a, b) for a, b in zip(out["triton"][1], out["torch"][1]))
+    with torch.no_grad():
+        full = models["torch"](x, attention_mask=mask, position_ids=pos).logits
+        m = models["triton"]
+        o = m(x[:, :30], attention_mask=mask[:, :30], position_ids=pos[:, :30], use_cache=True)
+        cache, steps = o.past_key_values, [o.logits]
+        for t in range(30, 34):  # single tokens (eager step), then a 6-token chunk through the kernels
+            steps.append(m(x[:, t:t + 1], attention_mask=mask[:, :t + 1], position_ids=pos[:, t:t + 1],
+                           past_key_values=cache).logits)
+        steps.append(m(x[:, 34:], attention_mask=mask, position_ids=pos[:, 34:], past_key_values=cache).logits)
+    worst["cached"] = rel(torch.cat(steps, 1)[real], full[real])
+    print("WORST", worst)
+''')
+
+
+@needs_triton
+def test_triton_window_kernels_match_torch_in_the_interpreter():
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=root)
+    out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    worst = eval(out.stdout.split("WORST")[1])  # a dict of floats printed by the script
+    assert set(worst) == {"output", "dq", "dk", "dv", "model logits", "model grads", "cached"}
+    for name, err in worst.items():
+        assert err < 1e-5, (name, err)
+
+
+def test_triton_window_backend_refuses_sinks():
+    with pytest.raises(ValueError, match="window_backend 'triton' has no attention sinks"):
+        liger.convert(tiny_teacher("llama"), window_backend="triton", num_sink_tokens=4)
+    from liger.models.window import sliding_window_attention
+
+    q = torch.randn(1, 4, 2, 8)
+    sinks = Sinks(q[:, :1], q[:, :1], torch.zeros(1, 1, dtype=torch.long), torch.ones(1, 1, dtype=torch.bool))
+    with pytest.raises(ValueError, match="no sinks"):
+        sliding_window_attention(q, q, q, 2, 1.0, None, sinks, backend="triton")
+
+
+def test_window_backend_auto_picks_the_torch_op_on_cpu():
+    model = liger.convert(tiny_teacher("llama"), window_size=8)
+    attn = model.model.layers[0].self_attn
+    assert attn.window_backend == "auto"
+    assert attn._window_backend(fast=False, single_token=False, sinks=None) == "torch"
+    assert attn._window_backend(fast=True, single_token=True, sinks=None) == "torch"
+    sinks = Sinks(*(torch.zeros(1, 2, 1, 4),) * 2, torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 2).bool())
+    assert attn._window_backend(fast=True, single_token=False, sinks=sinks) == "sdpa"
