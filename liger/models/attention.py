@@ -28,8 +28,8 @@ from torch import nn
 
 from .cache import LigerCache, write_decoded_token
 from .compiling import CompiledOrEager
+from .triton_ops import rope_pair as triton_rope_pair
 from .triton_window import is_available as triton_window_available
-from .triton_window import triton_window_attention
 from .variants import Recurrence, get_recurrence, resolve_backend
 from .window import Sinks, first_real_tokens, sliding_window_attention, window_attention, window_decode_attention
 
@@ -124,13 +124,12 @@ def rope_pair(q, k, cos, sin):
 _compiled_rope = CompiledOrEager(rope_pair, "rope", dynamic=True)
 
 
-def _rotated_ring(keys, k, cos, sin, cache: LigerCache) -> torch.Tensor:
-    """The last ``ring_size`` keys of ``keys`` (the cache's window followed by the new keys ``k``, which are not
-    rotated yet) after RoPE: what :meth:`LigerCache.commit` stores."""
-    R, T = cache.ring_size, k.shape[1]
-    n = min(T, R)
-    tail = apply_rope(k[:, T - n:], cos[:, T - n:], sin[:, T - n:])
-    return tail if n == R else torch.cat([keys[:, T:R].to(tail.dtype), tail], dim=1)
+def _rope_op(fast: bool):
+    """RoPE of q and k: the Triton kernel on the fast path (the compiled function where Triton is missing), the
+    PyTorch function otherwise."""
+    if not fast:
+        return rope_pair
+    return triton_rope_pair if triton_window_available() else _compiled_rope
 
 
 class LigerAttention(nn.Module):
@@ -209,29 +208,18 @@ class LigerAttention(nn.Module):
                                            need_state=cache is not None)
 
         fast = q.is_cuda and self.backend != "torch"
-        valid = token_mask
-        if cache is not None and valid is None:
-            valid = torch.ones(B, T, dtype=torch.bool, device=q.device)
-        window_op = self._window_backend(fast, single_token) if self.window_weight != 0 else None
-        if window_op == "triton":
-            # RoPE inside the kernels: q and the new keys go in unrotated; only the keys the cache keeps are
-            # rotated here
-            keys, values, key_valid, _ = cache.window_inputs(k, v, valid) if cache is not None else (k, v, valid, None)
-            o_win = triton_window_attention(q, keys, values, self.window_size, self.scaling, key_valid, (cos, sin))
-            if cache is not None:
-                cache.commit(keys, values, key_valid, None, state, ring_keys=_rotated_ring(keys, k, cos, sin, cache))
+        q_rot, k_rot = _rope_op(fast)(q, k, cos, sin)
+        if cache is not None:
+            valid = token_mask if token_mask is not None else torch.ones(B, T, dtype=torch.bool, device=q.device)
+            keys, values, key_valid, sinks = cache.window_inputs(k_rot, v, valid)
         else:
-            q_rot, k_rot = (_compiled_rope if fast else rope_pair)(q, k, cos, sin)
-            if cache is not None:
-                keys, values, key_valid, sinks = cache.window_inputs(k_rot, v, valid)
-            else:
-                keys, values, key_valid = k_rot, v, token_mask
-                sinks = first_real_tokens(k_rot, v, token_mask, self.num_sink_tokens) if self.num_sink_tokens else None
-            if window_op is not None:
-                o_win = sliding_window_attention(q_rot, keys, values, self.window_size, self.scaling, key_valid,
-                                                 sinks, backend=window_op)
-            if cache is not None:
-                cache.commit(keys, values, key_valid, sinks, state)
+            keys, values, key_valid = k_rot, v, token_mask
+            sinks = first_real_tokens(k_rot, v, token_mask, self.num_sink_tokens) if self.num_sink_tokens else None
+        if self.window_weight != 0:
+            o_win = sliding_window_attention(q_rot, keys, values, self.window_size, self.scaling, key_valid, sinks,
+                                             backend=self._window_backend(fast, single_token))
+        if cache is not None:
+            cache.commit(keys, values, key_valid, sinks, state)
 
         out = mix_branches(o_rec, o_win, self.linear_weight, self.window_weight, hidden_states.dtype)
         return self.o_proj(out.reshape(B, T, self.num_heads * D)), None

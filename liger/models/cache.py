@@ -137,19 +137,16 @@ class LigerLayerCache:
         return Sinks(put(self.sink_k, k), put(self.sink_v, v), put(self.sink_pos - start, position),
                      put(self.sink_valid, valid))
 
-    def commit(self, keys, values, key_valid, sinks: Sinks | None, state, ring_keys=None) -> None:
+    def commit(self, keys, values, key_valid, sinks: Sinks | None, state) -> None:
         """Store what the next tokens need: the last ``window_size - 1`` keys/values, the sinks, the
-        recurrent state and the token counts. Arguments are :meth:`window_inputs`'s outputs; ``ring_keys``, if
-        given, replaces the last ``window_size - 1`` of ``keys`` (when the window kernels rotate the new keys
-        themselves, ``keys`` holds them before RoPE and only these are rotated for the cache)."""
+        recurrent state and the token counts. Arguments are :meth:`window_inputs`'s outputs."""
         L = self.ring_size
         T = keys.shape[1] - L
         seen = self.seen + T
         if L:
             # the last L keys in time order are the tokens seen - L .. seen - 1, whose slots start at seen % L
             shift = seen % L
-            ring_keys = keys[:, T:] if ring_keys is None else ring_keys
-            self.ring_k.copy_(ring_keys.detach().roll(shift, dims=1))
+            self.ring_k.copy_(keys[:, T:].detach().roll(shift, dims=1))
             self.ring_v.copy_(values[:, T:].detach().roll(shift, dims=1))
             self.ring_valid.copy_(key_valid[:, T:].roll(shift, dims=1))
         if sinks is not None:

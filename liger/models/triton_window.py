@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+from types import SimpleNamespace
 
 import torch
 
@@ -48,9 +49,10 @@ def supports(q: torch.Tensor, k: torch.Tensor) -> bool:
 
 
 def _kernels():
-    from . import _triton_window_kernels
+    # (a `from .module import` line: transformers copies the modules named so into saved checkpoints)
+    from ._triton_window_kernels import _window_bwd_dkdv, _window_bwd_dq, _window_fwd
 
-    return _triton_window_kernels
+    return SimpleNamespace(_window_bwd_dkdv=_window_bwd_dkdv, _window_bwd_dq=_window_bwd_dq, _window_fwd=_window_fwd)
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -61,18 +63,15 @@ def _next_power_of_2(n: int) -> int:
     return 1 << (n - 1).bit_length()
 
 
-def _launch_args(q, k, key_valid, rope, window_size, block):
+def _launch_args(q, k, v, key_valid, window_size, block):
     B, Tq, HQ, D = q.shape
     Tk, H = k.shape[1], k.shape[2]
     BD = max(16, _next_power_of_2(D))
     n_iters = _cdiv(block + window_size - 1, block)
-    valid = key_valid if key_valid is not None else q  # placeholder pointers, never read
+    valid = key_valid if key_valid is not None else q  # a placeholder pointer, never read
     s_valid = key_valid.stride(0) if key_valid is not None else 0
-    cos, sin = rope if rope is not None else (q, q)
-    s_cos = (cos.stride(0) if cos.shape[0] > 1 else 0, cos.stride(1)) if rope is not None else (0, 0)
-    meta = dict(W=window_size, D=D, BD=BD, BM=block, BN=block, N_ITERS=n_iters, HAS_VALID=key_valid is not None,
-                ROPE=rope is not None)
-    return B, Tq, Tk, HQ, H, (valid, cos, sin), (s_valid, *s_cos), meta
+    meta = dict(W=window_size, D=D, BD=BD, BM=block, BN=block, N_ITERS=n_iters, HAS_VALID=key_valid is not None)
+    return B, Tq, Tk, HQ, H, valid, s_valid, meta
 
 
 def _block_for(D: int) -> int:
@@ -81,34 +80,33 @@ def _block_for(D: int) -> int:
 
 class _WindowAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, key_valid, cos, sin, window_size, scale):
+    def forward(ctx, q, k, v, key_valid, window_size, scale):
         block = _block_for(q.shape[-1])
-        rope = (cos, sin) if cos is not None else None
-        B, Tq, Tk, HQ, H, aux, s_aux, meta = _launch_args(q, k, key_valid, rope, window_size, block)
+        B, Tq, Tk, HQ, H, valid, s_valid, meta = _launch_args(q, k, v, key_valid, window_size, block)
         o = torch.empty_like(q, memory_format=torch.contiguous_format)
         lse = torch.empty(B, HQ, Tq, dtype=torch.float32, device=q.device)
-        strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3], *s_aux)
-        _kernels()._window_fwd[(_cdiv(Tq, block), B * HQ)](
-            q, k, v, *aux, o, lse, *strides, Tq, Tk, HQ, HQ // H, scale, **meta)
-        ctx.save_for_backward(q, k, v, key_valid, cos, sin, o, lse)
+        grid = (_cdiv(Tq, block), B * HQ)
+        _kernels()._window_fwd[grid](q, k, v, valid, o, lse, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
+                          *o.stride()[:3], s_valid, Tq, Tk, HQ, HQ // H, scale, **meta)
+        ctx.save_for_backward(q, k, v, key_valid, o, lse)
         ctx.window_size, ctx.scale = window_size, scale
         return o
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, key_valid, cos, sin, o, lse = ctx.saved_tensors
+        q, k, v, key_valid, o, lse = ctx.saved_tensors
         block = _block_for(q.shape[-1])
-        rope = (cos, sin) if cos is not None else None
-        B, Tq, Tk, HQ, H, aux, s_aux, meta = _launch_args(q, k, key_valid, rope, ctx.window_size, block)
+        B, Tq, Tk, HQ, H, valid, s_valid, meta = _launch_args(q, k, v, key_valid, ctx.window_size, block)
         do = do.contiguous()
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)  # contiguous, as q, k, v
         delta = torch.empty_like(lse)
-        strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3], *s_aux)
+        strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3], s_valid)
         _kernels()._window_bwd_dq[(_cdiv(Tq, block), B * HQ)](
-            q, k, v, *aux, o, do, lse, delta, dq, *strides, Tq, Tk, HQ, HQ // H, ctx.scale, **meta)
+            q, k, v, valid, o, do, lse, delta, dq, *strides, Tq, Tk, HQ, HQ // H, ctx.scale, **meta)
+        meta["N_ITERS"] = _cdiv(block + ctx.window_size - 1, block)
         _kernels()._window_bwd_dkdv[(_cdiv(Tk, block), B * H)](
-            q, k, v, *aux, do, lse, delta, dk, dv, *strides, Tq, Tk, HQ, HQ // H, ctx.scale, **meta)
-        return dq, dk, dv, None, None, None, None, None
+            q, k, v, valid, do, lse, delta, dk, dv, *strides, Tq, Tk, HQ, HQ // H, ctx.scale, **meta)
+        return dq, dk, dv, None, None, None
 
 
 def triton_window_attention(
@@ -118,7 +116,6 @@ def triton_window_attention(
     window_size: int,
     scale: float,
     key_valid: torch.Tensor | None = None,
-    rope: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """:func:`liger.models.window.window_attention` without sinks, on the Triton kernels.
 
@@ -128,10 +125,6 @@ def triton_window_attention(
         window_size: ``W``, keys per query including itself.
         scale: softmax scale.
         key_valid: ``[B, Tk]`` bool, False = padding (None: all valid).
-        rope: ``(cos, sin)``, ``[B or 1, Tq, D]``: ``q`` and the last ``Tq`` keys are given *before* RoPE and
-            rotated inside the kernels (``x·cos + rotate_half(x)·sin``, as ``attention.apply_rope``); the first
-            ``Tk − Tq`` keys (a cache's window) are taken as already rotated. Gradients are w.r.t. the
-            unrotated inputs. None: q and k are used as given.
 
     Returns:
         ``[B, Tq, HQ, D]`` (contiguous) in ``q.dtype``; differentiable in ``q``, ``k``, ``v``.
@@ -143,10 +136,4 @@ def triton_window_attention(
     q, k, v = (x.contiguous() for x in (q, k, v))  # no copy for the projections' views
     if key_valid is not None:
         key_valid = key_valid.to(torch.bool).contiguous()
-    cos = sin = None
-    if rope is not None:
-        cos, sin = (x.contiguous() for x in rope)
-        if q.shape[-1] % 2 or cos.shape[-2:] != (q.shape[1], q.shape[-1]) or cos.shape != sin.shape:
-            raise ValueError(f"rope: cos/sin must be [B or 1, {q.shape[1]}, {q.shape[-1]}] (even head dim), "
-                             f"got {tuple(cos.shape)}")
-    return _WindowAttention.apply(q, k, v, key_valid, cos, sin, int(window_size), float(scale))
+    return _WindowAttention.apply(q, k, v, key_valid, int(window_size), float(scale))

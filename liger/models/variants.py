@@ -31,8 +31,11 @@ from .fla_backend import gla as fla_gla
 from .fla_backend import gla_kernels as fla_gla_kernels
 from .fla_backend import gsa as fla_gsa
 from .fla_backend import is_available as fla_is_available
+from .fla_backend import kernel_dtype as fla_kernel_dtype
 from .fla_backend import kernel_inputs as fla_kernel_inputs
 from .recurrence import chunk_gla, naive_recurrent_gla, recurrent_gla_step_
+from .triton_ops import gla_inputs as triton_gla_inputs
+from .triton_ops import is_available as triton_available
 
 logger = logging.getLogger("liger")
 
@@ -134,15 +137,24 @@ class Recurrence:
         None (no padding), ``state`` the previous state tuple or None. Returns ``(o, state tuple or None)``."""
         prev = state[0] if state else None
         if backend == "fla":
-            # feature maps, gates, padding, casts and head expansion: one compiled function feeding the kernels
-            prepare = _fla_inputs_compiled if mode == "chunk" else _fla_inputs
-            o, S = fla_gla_kernels(*prepare(self, q, k, v, valid), self.scale, prev, need_state, mode,
-                                           q.shape[2] // k.shape[2])
+            # feature maps, gates, padding, casts and head expansion: one Triton kernel (Liger-GLA with the softmax
+            # feature map) or one compiled function, feeding fla's kernels
+            if mode == "chunk" and self.triton_inputs(q, k):
+                inputs = triton_gla_inputs(q, k, v, valid, self.normalizer, fla_kernel_dtype(q))
+            else:
+                inputs = (_fla_inputs_compiled if mode == "chunk" else _fla_inputs)(self, q, k, v, valid)
+            o, S = fla_gla_kernels(*inputs, self.scale, prev, need_state, mode, q.shape[2] // k.shape[2])
         else:
             q, k, v, g = self.prepare(q, k, v, valid)
             o, S = gated_linear_attention(q, k, v, gk=g, scale=self.scale, state=prev, mode=mode, backend=backend,
                                           need_state=need_state)
         return o, ((S,) if S is not None else None)
+
+    def triton_inputs(self, q, k) -> bool:
+        """Whether :func:`liger.models.triton_ops.gla_inputs` computes this variant's inputs on the fla path
+        (Liger-GLA, softmax feature map, no gate pooling, Triton available)."""
+        return (type(self) is GLA and self.feature_map is FEATURE_MAPS["softmax"]
+                and (self.pool_size or k.shape[-1]) == k.shape[-1] and triton_available())
 
     def step(self, q, k, v, valid, state):
         """One decode token: ``q`` ``[B,1,HQ,D]``, ``k``/``v`` ``[B,1,H,D]``, ``valid`` ``[B,1]`` bool; updates

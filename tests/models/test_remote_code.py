@@ -53,6 +53,9 @@ def test_saved_code_has_no_absolute_liger_imports(tmp_path):
     liger.convert(tiny_teacher("llama")).save_pretrained(tmp_path)
     files = sorted(p.name for p in tmp_path.glob("*.py"))
     assert "modeling_liger.py" in files and "configuration_liger.py" in files and "fla_backend.py" in files
+    # the Triton kernels are imported only on CUDA, lazily: their files must be saved all the same
+    for name in ("triton_window.py", "_triton_window_kernels.py", "triton_ops.py", "_triton_ops_kernels.py"):
+        assert name in files, f"{name} is not saved with the checkpoint: {files}"
     for path in tmp_path.glob("*.py"):
         for line in path.read_text().splitlines():
             assert not line.lstrip().startswith(("import liger", "from liger")), f"{path.name}: {line}"
