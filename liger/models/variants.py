@@ -140,7 +140,7 @@ class Recurrence:
             # feature maps, gates, padding, casts and head expansion: one Triton kernel (Liger-GLA with the softmax
             # feature map) or one compiled function, feeding fla's kernels
             if mode == "chunk" and self.triton_inputs(q, k):
-                inputs = triton_gla_inputs(q, k, v, valid, self.normalizer, fla_kernel_dtype(q))
+                inputs = (*triton_gla_inputs(q, k, v, valid, self.normalizer, fla_kernel_dtype(q)), None)  # gv None
             else:
                 inputs = (_fla_inputs_compiled if mode == "chunk" else _fla_inputs)(self, q, k, v, valid)
             o, S = fla_gla_kernels(*inputs, self.scale, prev, need_state, mode, q.shape[2] // k.shape[2])
