@@ -459,6 +459,11 @@ def run_bench(cfg: BenchConfig, on_update=None) -> dict:
 
     restrict_triton_autotuning(cfg.autotune)
     _raise_recompile_limit(64)
+    # compile in this process: Inductor's pool of compile workers starts (and imports torch) in the background
+    # after the first compilation, and it slowed the timed, host-bound work that follows
+    import torch._inductor.config as inductor_config
+
+    inductor_config.compile_threads = 1
     report = {"provenance": provenance(device), "config": dataclasses.asdict(cfg), "models": {}, "prefill": [],
               "decode": [], "graph": [], "train": [], "errors": [], "skipped": [], "profiles": {},
               "checks": None}
