@@ -278,41 +278,78 @@ def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
+HALF_PRECISION_LIMIT = 1e-2
+"""Relative logit error allowed between the fast path and the reference ops in bfloat16/float16 before the
+float32 comparison decides (see :func:`_check_fast_path`)."""
+
+
+def _path_logits(model, ids, mask, pos, T, steps, backend, mode):
+    """Prefill logits, the logits of ``steps`` decode steps and the decoder class, with every Liger attention on
+    ``backend`` (None: as configured) and decoding ``mode``; the model is restored afterwards."""
+    attention = [m for m in model.modules() if hasattr(m, "decode_spec")]
+    backends = [m.backend for m in attention]
+    for m, b in zip(attention, backends):
+        m.backend = backend or b
+    model.set_decoding(mode)
+    try:
+        out = model(ids[:, :T], attention_mask=mask[:, :T], position_ids=pos[:, :T], use_cache=True)
+        cache, steps_out = getattr(out, CACHE), []
+        for t in range(T, T + steps):
+            step = model(ids[:, t : t + 1], attention_mask=mask[:, : t + 1], position_ids=pos[:, t : t + 1],
+                         **{CACHE: cache})
+            steps_out.append(step.logits)
+        return out.logits, torch.cat(steps_out, 1), type(cache.decoder).__name__
+    finally:
+        for m, b in zip(attention, backends):
+            m.backend = b
+        model.set_decoding("auto")
+
+
+def _float32_copy_fits(model, device) -> bool:
+    need = 2 * sum(p.numel() for p in model.parameters()) * 4  # the copy and its activations, generously
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return need < free / 2
+
+
 def _check_fast_path(model, cfg, device, generator, report) -> None:
-    """Before timing: Liger's default path on this device (fla kernels, FlexAttention, CUDA-graph decoding)
-    against the PyTorch reference ops (``linear_backend="torch"``, eager decoding), same weights, on a
-    left-padded batch: relative error of the prefill logits and of 8 decode steps' logits."""
+    """Before timing: Liger's default path on this device (fla and Triton kernels, CUDA-graph decoding) against
+    the PyTorch reference ops (``linear_backend="torch"``, eager decoding), same weights, on a left-padded
+    batch: relative error of the prefill logits and of 8 decode steps' logits.
+
+    In float32 the two must agree to 1e-4. In bfloat16/float16 they differ by rounding, which grows through the
+    layers (with SmolLM2's 30 random layers the PyTorch reference in bf16 is itself 1.6e-2 away from float32), so
+    both are also compared with the reference run in float32 on a float32 copy of the model: the check passes
+    when the paths agree to 1e-2, or when the fast path is no further from float32 than 1.5× the reference's
+    own rounding error."""
     B, T, steps = 2, 300, 8
     vocab = model.config.vocab_size
     ids = torch.randint(0, vocab, (B, T + steps), device=device, generator=generator)
     mask = torch.ones_like(ids)
     mask[1, :37] = 0
     pos = (mask.cumsum(1) - 1).clamp(min=0)
-    attention = [m for m in model.modules() if hasattr(m, "decode_spec")]
-    backends = [m.backend for m in attention]
-    logits = {}
-    for name, backend, mode in (("fast", None, "auto"), ("reference", "torch", "eager")):
-        for m, b in zip(attention, backends):
-            m.backend = backend or b
-        model.set_decoding(mode)
-        try:
-            out = model(ids[:, :T], attention_mask=mask[:, :T], position_ids=pos[:, :T], use_cache=True)
-            cache, steps_out = getattr(out, CACHE), []
-            for t in range(T, T + steps):
-                step = model(ids[:, t : t + 1], attention_mask=mask[:, : t + 1], position_ids=pos[:, t : t + 1],
-                             **{CACHE: cache})
-                steps_out.append(step.logits)
-            logits[name] = (out.logits, torch.cat(steps_out, 1), type(cache.decoder).__name__)
-        finally:
-            for m, b in zip(attention, backends):
-                m.backend = b
-            model.set_decoding("auto")
+    fast = _path_logits(model, ids, mask, pos, T, steps, None, "auto")
+    reference = _path_logits(model, ids, mask, pos, T, steps, "torch", "eager")
     real = mask[:, :T].bool()
-    limit = 1e-2 if model.dtype in (torch.bfloat16, torch.float16) else 1e-4
-    prefill = _relative_error(logits["fast"][0][real], logits["reference"][0][real])
-    decode = _relative_error(logits["fast"][1], logits["reference"][1])
-    report["checks"] = dict(prefill_logits_rel_err=prefill, decode_logits_rel_err=decode, limit=limit,
-                            decoder=logits["fast"][2], passed=prefill < limit and decode < limit)
+    half = model.dtype in (torch.bfloat16, torch.float16)
+    limit = HALF_PRECISION_LIMIT if half else 1e-4
+    prefill = _relative_error(fast[0][real], reference[0][real])
+    decode = _relative_error(fast[1], reference[1])
+    check = dict(prefill_logits_rel_err=prefill, decode_logits_rel_err=decode, limit=limit, decoder=fast[2],
+                 passed=prefill < limit and decode < limit)
+    if half and not check["passed"] and _float32_copy_fits(model, device):
+        import copy
+
+        exact = copy.deepcopy(model).float()
+        truth = _path_logits(exact, ids, mask, pos, T, steps, "torch", "eager")
+        del exact
+        err = {name: (_relative_error(out[0][real], truth[0][real]), _relative_error(out[1], truth[1]))
+               for name, out in (("fast", fast), ("reference", reference))}
+        check.update(float32_prefill_rel_err=dict(zip(("fast", "reference"), (err["fast"][0], err["reference"][0]))),
+                     float32_decode_rel_err=dict(zip(("fast", "reference"), (err["fast"][1], err["reference"][1]))),
+                     passed=all(f <= 1.5 * r for f, r in zip(err["fast"], err["reference"])))
+    report["checks"] = check
 
 
 def _warm_up(model, kind, cfg, device, generator):
@@ -661,8 +698,13 @@ def format_report(report) -> str:
     if check:
         lines.append(f"correctness of the fast path vs the PyTorch reference ops (same weights, left-padded batch): "
                      f"prefill logits rel. err {check['prefill_logits_rel_err']:.1e}, decode ({check['decoder']}) "
-                     f"{check['decode_logits_rel_err']:.1e}, limit {check['limit']:.0e}: "
-                     f"{'PASS' if check['passed'] else 'FAIL'}")
+                     f"{check['decode_logits_rel_err']:.1e}, limit {check['limit']:.0e}"
+                     + ("" if "float32_prefill_rel_err" in check else f": {'PASS' if check['passed'] else 'FAIL'}"))
+        if "float32_prefill_rel_err" in check:
+            p32, d32 = check["float32_prefill_rel_err"], check["float32_decode_rel_err"]
+            lines.append(f"  vs the reference ops in float32: fast path {p32['fast']:.1e} (prefill), {d32['fast']:.1e} "
+                         f"(decode); reference ops in {cfg['dtype']} {p32['reference']:.1e}, {d32['reference']:.1e} "
+                         f"(limit: 1.5x the reference's): {'PASS' if check['passed'] else 'FAIL'}")
     mode = _best_decode_mode(report)
     pre = {(r["model"], r["context"]): r for r in _rows(report, "prefill")}
     dec = {(r["model"], r["mode"], r["context"]): r for r in _rows(report, "decode")}
