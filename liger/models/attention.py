@@ -30,6 +30,7 @@ from .cache import LigerCache, write_decoded_token
 from .compiling import CompiledOrEager
 from .triton_ops import rope_pair as triton_rope_pair
 from .triton_window import is_available as triton_window_available
+from .triton_window import supports as triton_supports
 from .variants import Recurrence, get_recurrence, resolve_backend
 from .window import Sinks, first_real_tokens, sliding_window_attention, window_attention, window_decode_attention
 
@@ -124,12 +125,12 @@ def rope_pair(q, k, cos, sin):
 _compiled_rope = CompiledOrEager(rope_pair, "rope", dynamic=True)
 
 
-def _rope_op(fast: bool):
-    """RoPE of q and k: the Triton kernel on the fast path (the compiled function where Triton is missing), the
-    PyTorch function otherwise."""
+def _rope_op(fast: bool, q: torch.Tensor):
+    """RoPE of q and k: the Triton kernel on the fast path (the compiled function where Triton is missing or q
+    is too large for the kernel), the PyTorch function otherwise."""
     if not fast:
         return rope_pair
-    return triton_rope_pair if triton_window_available() else _compiled_rope
+    return triton_rope_pair if triton_window_available() and triton_supports(q) else _compiled_rope
 
 
 class LigerAttention(nn.Module):
@@ -208,7 +209,7 @@ class LigerAttention(nn.Module):
                                            need_state=cache is not None)
 
         fast = q.is_cuda and self.backend != "torch"
-        q_rot, k_rot = _rope_op(fast)(q, k, cos, sin)
+        q_rot, k_rot = _rope_op(fast, q)(q, k, cos, sin)
         if cache is not None:
             valid = token_mask if token_mask is not None else torch.ones(B, T, dtype=torch.bool, device=q.device)
             keys, values, key_valid, sinks = cache.window_inputs(k_rot, v, valid)

@@ -42,10 +42,13 @@ def is_available() -> bool:
     return _has_triton() and (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1")
 
 
-def supports(q: torch.Tensor, k: torch.Tensor) -> bool:
-    """Shapes the kernels take: head dims up to 256, query heads a multiple of the key heads."""
-    D = q.shape[-1]
-    return D <= 256 and q.shape[2] % k.shape[2] == 0 and k.shape[-1] == D
+MAX_ELEMENTS = 2**31 - 1
+"""The kernels index memory with 32-bit integers: larger tensors take the fallback ops."""
+
+
+def supports(*tensors: torch.Tensor) -> bool:
+    """Whether the Triton kernels can take these tensors: head dims up to 256, fewer than 2³¹ elements each."""
+    return all(x.shape[-1] <= 256 and x.numel() <= MAX_ELEMENTS for x in tensors)
 
 
 def _kernels():

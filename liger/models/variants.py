@@ -36,6 +36,7 @@ from .fla_backend import kernel_inputs as fla_kernel_inputs
 from .recurrence import chunk_gla, naive_recurrent_gla, recurrent_gla_step_
 from .triton_ops import gla_inputs as triton_gla_inputs
 from .triton_ops import is_available as triton_available
+from .triton_window import supports as triton_supports
 
 logger = logging.getLogger("liger")
 
@@ -154,7 +155,7 @@ class Recurrence:
         """Whether :func:`liger.models.triton_ops.gla_inputs` computes this variant's inputs on the fla path
         (Liger-GLA, softmax feature map, no gate pooling, Triton available)."""
         return (type(self) is GLA and self.feature_map is FEATURE_MAPS["softmax"]
-                and (self.pool_size or k.shape[-1]) == k.shape[-1] and triton_available())
+                and (self.pool_size or k.shape[-1]) == k.shape[-1] and triton_available() and triton_supports(q))
 
     def step(self, q, k, v, valid, state):
         """One decode token: ``q`` ``[B,1,HQ,D]``, ``k``/``v`` ``[B,1,H,D]``, ``valid`` ``[B,1]`` bool; updates

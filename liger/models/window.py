@@ -443,9 +443,11 @@ def sliding_window_attention(
     if backend == "triton":
         if sinks is not None and sinks.k.shape[1]:
             raise ValueError("the Triton window kernels take no sinks; use backend 'sdpa'")
-        from .triton_window import triton_window_attention
+        from .triton_window import supports, triton_window_attention
 
-        return triton_window_attention(q, k, v, window_size, scale, key_valid)
+        if supports(q, k, v):
+            return triton_window_attention(q, k, v, window_size, scale, key_valid)
+        backend = "sdpa"  # tensors too large for the kernels' 32-bit indexing, or head dims above 256
     if backend == "sdpa":
         return sdpa_window_attention(q, k, v, window_size, scale, key_valid, sinks)
     if backend == "flex" and not _compiled_flex.failed:

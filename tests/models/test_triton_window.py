@@ -117,3 +117,25 @@ def test_window_backend_auto_picks_the_torch_op_on_cpu():
     assert attn._window_backend(fast=True, single_token=True) == "torch"
     with_sinks = liger.convert(tiny_teacher("llama"), window_size=8, num_sink_tokens=2)
     assert with_sinks.model.layers[0].self_attn._window_backend(fast=True, single_token=False) == "sdpa"
+
+
+def test_tensors_too_large_for_32_bit_indexing_take_the_fallback_ops(monkeypatch):
+    from liger.models import attention, triton_window, variants
+    from liger.models.window import sliding_window_attention, window_attention
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 40, 4, 8), torch.randn(2, 40, 2, 8), torch.randn(2, 40, 2, 8)
+    assert triton_window.supports(q, k, v)
+    monkeypatch.setattr(triton_window, "MAX_ELEMENTS", q.numel() - 1)
+    assert not triton_window.supports(q, k, v) and triton_window.supports(k, v)
+    # the window: the SDPA blocks instead of the kernels (which cannot run here: no CUDA, no interpreter)
+    out = sliding_window_attention(q, k, v, 8, 0.3, None, None, backend="triton")
+    assert torch.allclose(out, window_attention(q, k, v, 8, 0.3), atol=1e-5)
+    # RoPE and the GLA inputs: the compiled functions
+    monkeypatch.setattr(attention, "triton_window_available", lambda: True)
+    assert attention._rope_op(True, q) is attention._compiled_rope
+    monkeypatch.setattr(variants, "triton_available", lambda: True)
+    gla = liger.convert(tiny_teacher("llama")).model.layers[0].self_attn.recurrence
+    assert not gla.triton_inputs(q, k)
+    monkeypatch.setattr(triton_window, "MAX_ELEMENTS", 2**31 - 1)
+    assert gla.triton_inputs(q, k) and attention._rope_op(True, q) is attention.triton_rope_pair
