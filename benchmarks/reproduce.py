@@ -622,6 +622,24 @@ def scratch_run(scratch: Path, out: Path, name: str) -> Path:
     return scratch / "runs" / tag / name
 
 
+BUSY = 75
+"""Exit code of a student process that found its run folder being trained by another process (EX_TEMPFAIL)."""
+
+
+def record_end(out: Path, name: str, code) -> None:
+    """After a student process ended with ``code`` (an exit code or "timeout"): a "failed" summary when it left
+    none, and nothing when it was refused because another process trains that folder (whose summary comes)."""
+    if code == BUSY:
+        print(f"reproduce: {name} not trained: another process is training {out / name}", flush=True)
+        return
+    summary_path = out / name / "summary.json"
+    if code != 0 and (code == "timeout" or not summary_path.is_file()):
+        (out / name).mkdir(parents=True, exist_ok=True)
+        summary_path.write_text(json.dumps(dict(student=name, status="failed",
+                                                error=f"process ended with {code} (see logs/{name}.log)")) + "\n")
+    print(f"reproduce: {name} ended ({code})", flush=True)
+
+
 def run_student(args) -> int:
     """One student, in its own process (``_student`` subcommand): fine-tune, then keep only small files."""
     import fcntl
@@ -637,7 +655,7 @@ def run_student(args) -> int:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         print(f"reproduce: {out} is being trained by another process", file=sys.stderr)
-        return 1
+        return BUSY
     for stale in (out / "summary.json", out / "metrics.jsonl"):
         stale.unlink(missing_ok=True)
     shutil.rmtree(scratch, ignore_errors=True)
@@ -765,13 +783,7 @@ def cmd_train(args) -> int:
                                           timeout=args.timeout).returncode
                 except subprocess.TimeoutExpired:
                     code = "timeout"
-            summary_path = out / name / "summary.json"
-            if code != 0 and (code == "timeout" or not summary_path.is_file()):
-                (out / name).mkdir(parents=True, exist_ok=True)
-                summary_path.write_text(json.dumps(dict(student=name, status="failed",
-                                                        error=f"process ended with {code} (see logs/{name}.log)"))
-                                        + "\n")
-            print(f"reproduce: {name} ended ({code})", flush=True)
+            record_end(out, name, code)
 
     threads = [threading.Thread(target=worker, args=(i % gpus,)) for i in range(gpus * args.per_gpu)]
     for t in threads:

@@ -187,7 +187,15 @@ def test_a_student_already_training_into_the_same_folder_is_refused(reproduce, t
     (held / "checkpoints").mkdir(parents=True)
     args = argparse.Namespace(student="gla", out=str(tmp_path / "runs"), scratch=str(tmp_path / "scratch"),
                               tokens=1024, per_gpu=1)
-    assert reproduce.run_student(args) == 1
+    assert reproduce.run_student(args) == reproduce.BUSY
     assert "being trained by another process" in capsys.readouterr().err
     assert (held / "checkpoints").is_dir()  # not deleted
     lock.close()
+    # the dispatcher leaves the folder to the process that trains it (it used to write a "failed" summary
+    # there, shown until that process overwrote it at its end) but records real failures
+    runs = tmp_path / "runs"
+    reproduce.record_end(runs, "gla", reproduce.BUSY)
+    assert not (runs / "gla" / "summary.json").exists()
+    assert "another process is training" in capsys.readouterr().out
+    reproduce.record_end(runs, "gla", 1)
+    assert json.loads((runs / "gla" / "summary.json").read_text())["status"] == "failed"
