@@ -147,7 +147,7 @@ def main() -> int:
         budget = max(30.0, left - 45)
         cmd = [sys.executable, "-m", "liger", "bench", "--model", "random:smollm2", "--device", "cuda",
                "--dtype", "bfloat16", "--batch-size", str(args.batch_size), "--prompt-length", "128",
-               "--context", args.contexts, "--decode-steps", "16", "--train", "--train-batch-sizes", "1,8",
+               "--context", args.contexts, "--decode-steps", "16", "--train", "--train-batch-sizes", "8,32",
                "--train-length", "1024", "--autotune", args.autotune, "--time-budget", f"{budget:.0f}",
                "--profile", "--output", bench_json]
         if args.smoke:

@@ -83,7 +83,7 @@ class BenchConfig:
     graph_steps: int = 32
     decode: bool = True
     train: bool = False
-    train_batch_sizes: list[int] = field(default_factory=lambda: [1, 8])
+    train_batch_sizes: list[int] = field(default_factory=lambda: [8, 32])
     train_length: int = 1024
     train_steps: int = 10
     seed: int = 0

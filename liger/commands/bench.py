@@ -39,7 +39,7 @@ def add_parser(subparsers) -> None:
                         help="batch of the eager / static / CUDA-graph decode comparison")
     parser.add_argument("--no-decode", action="store_true", help="skip the prefill/decode measurements")
     parser.add_argument("--train", action="store_true", help="also measure LoRA fine-tuning throughput")
-    parser.add_argument("--train-batch-sizes", type=positive_int_list, default=[1, 8])
+    parser.add_argument("--train-batch-sizes", type=positive_int_list, default=[8, 32])
     parser.add_argument("--train-length", type=int, default=1024, help="tokens per training sequence")
     parser.add_argument("--train-steps", type=int, default=10, help="timed training steps (after 3 untimed)")
     parser.add_argument("--profile", action="store_true",
