@@ -51,6 +51,21 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol
     assert err <= rtol or max_abs <= atol, f"{msg} relative error {err:.3e} > {rtol:.1e} (max abs {max_abs:.3e})"
 
 
+def run_in_triton_interpreter(script: str):
+    """Run ``script`` in a fresh interpreter with Triton's CPU interpreter on (it must be on before Triton is
+    imported) and return what it printed after "WORST" (a Python literal: its worst errors)."""
+    import ast
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=root)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return ast.literal_eval(out.stdout.split("WORST")[1].strip())
+
+
 def pytest_collection_modifyitems(config, items):
     """``gpu`` tests need CUDA: skip them (with the reason) on machines without it."""
     if torch.cuda.is_available():

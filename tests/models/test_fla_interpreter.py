@@ -4,12 +4,11 @@ against the pure-PyTorch recurrence. Skipped when fla is not installed. The CUDA
 checked by the gpu tier (tests/gpu)."""
 
 import importlib.util
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
+
+from tests.conftest import run_in_triton_interpreter
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("fla") is None, reason="fla is not installed")
 
@@ -45,9 +44,5 @@ SCRIPT = textwrap.dedent('''
 
 
 def test_fla_adapters_match_torch_in_the_triton_interpreter():
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=root)
-    out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    worst = float(out.stdout.split("WORST")[1])
+    worst = run_in_triton_interpreter(SCRIPT)
     assert worst < 1e-5, worst

@@ -4,12 +4,11 @@ with grouped heads, padding, head dims that are not powers of two and cos/sin sh
 Triton is not installed; the gpu tier checks the compiled kernels inside the model (tests/gpu)."""
 
 import importlib.util
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
+
+from tests.conftest import run_in_triton_interpreter
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 
@@ -69,11 +68,7 @@ SCRIPT = textwrap.dedent('''
 
 
 def test_triton_rope_and_gla_inputs_match_torch_in_the_interpreter():
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=root)
-    out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    worst = eval(out.stdout.split("WORST")[1])  # a dict of floats printed by the script
+    worst = run_in_triton_interpreter(SCRIPT)
     expected = {f"rope {n}" for n in ("q", "k", "dq", "dk")}
     expected |= {f"inputs {n}" for n in ("q", "k", "v", "g", "dq", "dk", "dv")}
     assert set(worst) == expected

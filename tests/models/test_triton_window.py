@@ -5,9 +5,6 @@ cache, decoding). Skipped when Triton is not installed; the compiled kernels are
 reference by the gpu tier (tests/gpu)."""
 
 import importlib.util
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -15,7 +12,7 @@ import torch
 
 import liger
 from liger.models.window import Sinks
-from tests.conftest import tiny_teacher
+from tests.conftest import run_in_triton_interpreter, tiny_teacher
 
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 
@@ -88,14 +85,11 @@ SCRIPT = textwrap.dedent('''
 
 @needs_triton
 def test_triton_window_kernels_match_torch_in_the_interpreter():
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=root)
-    out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    worst = eval(out.stdout.split("WORST")[1])  # a dict of floats printed by the script
+    worst = run_in_triton_interpreter(SCRIPT)
     assert set(worst) == {"output", "dq", "dk", "dv", "model logits", "model grads", "cached"}
     for name, err in worst.items():
         assert err < 1e-5, (name, err)
+
 
 
 def test_triton_window_backend_refuses_sinks():
