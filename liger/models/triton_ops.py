@@ -7,7 +7,7 @@
   the backward sums the repeated gradients over the group in one launch too.
 
 Why not ``torch.compile``: the compiled versions of these functions (dynamic shapes, so that one compilation
-serves every length) ran 5–12× below the GPU's memory bandwidth on an H200 (docs/gpu.md), and each compiled
+serves every length) ran about 10× below the GPU's memory bandwidth on an H200 (docs/gpu.md), and each compiled
 region costs a few hundred microseconds of host time per call, forward and backward; these kernels read each
 input once and write each output once. Both are checked against the PyTorch versions, forward and backward, in
 Triton's CPU interpreter (tests/models/test_triton_ops.py) and on the GPU (tests/gpu).
