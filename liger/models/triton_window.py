@@ -66,15 +66,18 @@ def _next_power_of_2(n: int) -> int:
     return 1 << (n - 1).bit_length()
 
 
-def _launch_args(q, k, v, key_valid, window_size, block):
+def _launch_args(q, k, v, o, key_valid, window_size, block):
+    """Sizes, the key-valid pointer, the strides every kernel takes (q, k, v, o, key_valid) and the constexprs."""
     B, Tq, HQ, D = q.shape
     Tk, H = k.shape[1], k.shape[2]
     BD = max(16, _next_power_of_2(D))
+    # query blocks a key block is seen by = key blocks a query block sees: the same count in all three kernels
     n_iters = _cdiv(block + window_size - 1, block)
     valid = key_valid if key_valid is not None else q  # a placeholder pointer, never read
     s_valid = key_valid.stride(0) if key_valid is not None else 0
+    strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3], s_valid)
     meta = dict(W=window_size, D=D, BD=BD, BM=block, BN=block, N_ITERS=n_iters, HAS_VALID=key_valid is not None)
-    return B, Tq, Tk, HQ, H, valid, s_valid, meta
+    return B, Tq, Tk, HQ, H, valid, strides, meta
 
 
 def _block_for(D: int) -> int:
@@ -85,12 +88,11 @@ class _WindowAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, key_valid, window_size, scale):
         block = _block_for(q.shape[-1])
-        B, Tq, Tk, HQ, H, valid, s_valid, meta = _launch_args(q, k, v, key_valid, window_size, block)
         o = torch.empty_like(q, memory_format=torch.contiguous_format)
+        B, Tq, Tk, HQ, H, valid, strides, meta = _launch_args(q, k, v, o, key_valid, window_size, block)
         lse = torch.empty(B, HQ, Tq, dtype=torch.float32, device=q.device)
-        grid = (_cdiv(Tq, block), B * HQ)
-        _kernels()._window_fwd[grid](q, k, v, valid, o, lse, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
-                          *o.stride()[:3], s_valid, Tq, Tk, HQ, HQ // H, scale, **meta)
+        _kernels()._window_fwd[(_cdiv(Tq, block), B * HQ)](
+            q, k, v, valid, o, lse, *strides, Tq, Tk, HQ, HQ // H, scale, **meta)
         ctx.save_for_backward(q, k, v, key_valid, o, lse)
         ctx.window_size, ctx.scale = window_size, scale
         return o
@@ -99,14 +101,12 @@ class _WindowAttention(torch.autograd.Function):
     def backward(ctx, do):
         q, k, v, key_valid, o, lse = ctx.saved_tensors
         block = _block_for(q.shape[-1])
-        B, Tq, Tk, HQ, H, valid, s_valid, meta = _launch_args(q, k, v, key_valid, ctx.window_size, block)
+        B, Tq, Tk, HQ, H, valid, strides, meta = _launch_args(q, k, v, o, key_valid, ctx.window_size, block)
         do = do.contiguous()
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)  # contiguous, as q, k, v
         delta = torch.empty_like(lse)
-        strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3], s_valid)
         _kernels()._window_bwd_dq[(_cdiv(Tq, block), B * HQ)](
             q, k, v, valid, o, do, lse, delta, dq, *strides, Tq, Tk, HQ, HQ // H, ctx.scale, **meta)
-        meta["N_ITERS"] = _cdiv(block + ctx.window_size - 1, block)
         _kernels()._window_bwd_dkdv[(_cdiv(Tk, block), B * H)](
             q, k, v, valid, do, lse, delta, dk, dv, *strides, Tq, Tk, HQ, HQ // H, ctx.scale, **meta)
         return dq, dk, dv, None, None, None

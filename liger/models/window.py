@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from .compiling import CompiledOrEager
+from .triton_window import supports as triton_supports
+from .triton_window import triton_window_attention
 
 
 @dataclass
@@ -443,9 +445,7 @@ def sliding_window_attention(
     if backend == "triton":
         if sinks is not None and sinks.k.shape[1]:
             raise ValueError("the Triton window kernels take no sinks; use backend 'sdpa'")
-        from .triton_window import supports, triton_window_attention
-
-        if supports(q, k, v):
+        if triton_supports(q, k, v):
             return triton_window_attention(q, k, v, window_size, scale, key_valid)
         backend = "sdpa"  # tensors too large for the kernels' 32-bit indexing, or head dims above 256
     if backend == "sdpa":
