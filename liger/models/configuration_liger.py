@@ -15,7 +15,7 @@ from transformers import AutoConfig, PretrainedConfig
 
 from .families import get_family
 
-VARIANTS = ("gla", "hgrn2", "gsa", "mamba2", "mlstm", "gated_retention", "rwkv6")
+VARIANTS = ("gla", "hgrn2", "gsa", "mamba2", "mlstm", "gated_retention", "rwkv6", "gated_deltanet")
 FEATURE_MAPS = ("softmax", "relu", "elu_plus_one", "identity")
 BACKENDS = ("auto", "torch", "fla")
 WINDOW_BACKENDS = ("auto", "torch", "triton", "sdpa", "flex")
@@ -26,8 +26,9 @@ class LigerConfig(PretrainedConfig):
 
     base_model_type: str = "llama"
     """``model_type`` of the converted base model (llama, mistral, qwen2, qwen3)."""
-    variant: Literal["gla", "hgrn2", "gsa", "mamba2", "mlstm", "gated_retention", "rwkv6"] = "gla"
-    """Gated recurrence of the linear branch, with its gate from the key projection (paper Table 1)."""
+    variant: Literal["gla", "hgrn2", "gsa", "mamba2", "mlstm", "gated_retention", "rwkv6", "gated_deltanet"] = "gla"
+    """Gated recurrence of the linear branch, with its gate from the key projection (paper Table 1;
+    gated_deltanet, the delta rule of arXiv 2412.06464, is beyond the paper)."""
     feature_map: Literal["softmax", "relu", "elu_plus_one", "identity"] = "softmax"
     """Parameter-free map over the head dimension, applied to the pre-RoPE q/k of the linear branch
     (paper v2 §3.2: softmax). GSA uses raw q/k and ignores it."""
@@ -43,6 +44,18 @@ class LigerConfig(PretrainedConfig):
     """M, GSA memory slots per head. None = head_dim (the released Liger-GSA-8B config)."""
     linear_scale: float = 1.0
     """Scale of the query in the recurrent readout (official code: 1, no 1/sqrt(d))."""
+    linear_normalizer: Literal["none", "sum"] = "none"
+    """Beyond the paper: normalisation of the recurrent readout, parameter-free. "none" = the paper's
+    o = s·φ(q)S; "sum" = divided by the linear-attention denominator φ(q)·z_t, z_t = Σ decayed φ(k) (a
+    weighted average of past values, on the scale of the window branch). Not for gsa, mlstm and
+    gated_deltanet, whose readouts are normalised already."""
+    delta_write_strength: float | None = None
+    """gated_deltanet's write strength β_t in (0, 1]: None = σ(mean(k_t)) per head, from the key projection
+    (no parameters); a number = that constant."""
+    global_cache_size: int = 0
+    """Beyond the paper (after LoLA, arXiv 2505.23666): per layer and KV head, up to N past key/value pairs
+    that the recurrent state recalls worst (self-recall error, decided when a token leaves the window) are
+    kept and attended by the window branch's softmax with the window and the sinks. 0 = off."""
     window_size: int = 64
     """Keys in the sliding window, the current one included: positions t−w+1..t (paper v2 Eq. 10)."""
     num_sink_tokens: int = 0
@@ -94,6 +107,23 @@ class LigerConfig(PretrainedConfig):
             fail("window_backend", f"must be one of {', '.join(WINDOW_BACKENDS)}", self.window_backend)
         if self.window_backend == "triton" and self.num_sink_tokens:
             fail("window_backend", "'triton' has no attention sinks (use 'sdpa' or 'auto' with num_sink_tokens)",
+                 self.window_backend)
+        if self.linear_normalizer not in ("none", "sum"):
+            fail("linear_normalizer", "must be one of none, sum", self.linear_normalizer)
+        if self.linear_normalizer == "sum" and self.variant in ("gsa", "mlstm", "gated_deltanet"):
+            fail("linear_normalizer", f"'sum' does not apply to {self.variant}, whose readout is normalised already",
+                 self.linear_normalizer)
+        if self.delta_write_strength is not None and (
+            not is_number(self.delta_write_strength) or not 0 < self.delta_write_strength <= 1
+        ):
+            fail("delta_write_strength", "must be in (0, 1] or null", self.delta_write_strength)
+        if not is_int(self.global_cache_size) or self.global_cache_size < 0:
+            fail("global_cache_size", "must be an integer >= 0", self.global_cache_size)
+        if self.global_cache_size and self.window_weight == 0:
+            fail("global_cache_size", "needs the window branch (window_weight != 0), whose softmax attends it",
+                 self.global_cache_size)
+        if self.global_cache_size and self.window_backend == "triton":
+            fail("window_backend", "'triton' has no global cache (use 'sdpa' or 'auto' with global_cache_size)",
                  self.window_backend)
         if not is_int(self.window_size) or self.window_size < 1:
             fail("window_size", "must be an integer >= 1", self.window_size)
