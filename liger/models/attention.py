@@ -26,13 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cache import LigerCache, write_decoded_token
+from .cache import LayerBuffers, LigerCache, write_decoded_token
 from .compiling import CompiledOrEager
+from .global_cache import ExtraKeys, block_visibility, merge_leaver_, recall_error
 from .triton_ops import rope_pair as triton_rope_pair
 from .triton_window import is_available as triton_window_available
 from .triton_window import supports as triton_supports
 from .variants import Recurrence, get_recurrence, resolve_backend
-from .window import Sinks, first_real_tokens, sliding_window_attention, window_attention, window_decode_attention
+from .window import first_real_tokens, sliding_window_attention, window_attention, window_decode_attention
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -67,46 +68,72 @@ def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class DecodeSpec:
-    """The per-layer constants of the static decode step (equal across layers, so one instance is shared)."""
+    """The per-layer constants of the static decode step (equal across layers, so one instance is shared; the
+    window geometry comes from the cache's buffers)."""
 
     recurrence: Recurrence
-    window_size: int
-    num_sinks: int
     scaling: float
     linear_weight: float
     window_weight: float
+    needs_state: bool
+    """Whether the recurrent state is stepped: for the recurrent branch's output, or for the global cache's
+    scores when the branch is off."""
 
 
 @functools.cache
-def decode_spec(recurrence, window_size, num_sinks, scaling, linear_weight, window_weight) -> DecodeSpec:
-    return DecodeSpec(recurrence, window_size, num_sinks, scaling, linear_weight, window_weight)
+def decode_spec(recurrence, scaling, linear_weight, window_weight, needs_state) -> DecodeSpec:
+    return DecodeSpec(recurrence, scaling, linear_weight, window_weight, needs_state)
 
 
-def decode_step_core(spec: DecodeSpec, q, k, v, q_lin, k_lin, cos, sin, valid, state, ring_k, ring_v, ring_valid,
-                     sink_k, sink_v, sink_pos, sink_valid, real_seen, seen_t) -> torch.Tensor:
+def decode_step_core(spec: DecodeSpec, q, k, v, q_lin, k_lin, cos, sin, valid, buffers: LayerBuffers) -> torch.Tensor:
     """The static decode step of one Liger layer, between the projections and ``o_proj``.
 
     Args:
         q, k, v: the new token's projections (after q/k norms), ``[B, 1, HQ|H, D]``; ``q_lin``/``k_lin`` what
             the linear branch reads; ``cos``/``sin`` ``[B, 1, D]``; ``valid`` ``[B]`` bool.
-        state, ring_*, sink_*, real_seen, seen_t: the layer cache's buffers, updated in place.
+        buffers: the layer cache's buffers, updated in place.
 
     Returns:
         The mixed attention output ``[B, 1, HQ, D]`` in ``q.dtype``. Shapes are fixed, nothing is allocated
         beyond temporaries and nothing is read back to the host, so the step can be captured in a CUDA graph;
         it computes what the eager path (window concatenation + recurrent step) computes.
     """
+    b = buffers
     o_rec = o_win = None
-    if spec.linear_weight != 0:
-        o_rec = spec.recurrence.step(q_lin, k_lin, v, valid[:, None], state)
+    if spec.needs_state:
+        o = spec.recurrence.step(q_lin, k_lin, v, valid[:, None], b.state)
+        o_rec = o if spec.linear_weight != 0 else None
     q_rot, k_rot = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    window = b.ring_k.shape[1] + 1
     if spec.window_weight != 0:
-        sinks = Sinks(sink_k, sink_v, sink_pos, sink_valid) if spec.num_sinks else None
-        o_win = window_decode_attention(q_rot, k_rot, v, valid, ring_k, ring_v, ring_valid, spec.scaling, sinks,
-                                        seen_t - (spec.window_size - 1))
-    write_decoded_token(ring_k, ring_v, ring_valid, sink_k, sink_v, sink_pos, sink_valid, real_seen, seen_t,
-                        k_rot, v, valid)
+        members = b.global_score is not None
+        o_win = window_decode_attention(
+            q_rot, k_rot, v, valid, b.ring_k, b.ring_v, b.ring_valid, spec.scaling, b.sinks(), b.seen_t - (window - 1),
+            b.global_k if members else None, b.global_v if members else None,
+            b.global_score > float("-inf") if members else None)
+    if b.global_score is not None:
+        _merge_leaving_token(spec.recurrence, b, k_rot, v, k_lin, valid)
+    write_decoded_token(b, k_rot, v, k_lin, valid)
     return mix_branches(o_rec, o_win, spec.linear_weight, spec.window_weight, q.dtype)
+
+
+def _merge_leaving_token(recurrence: Recurrence, b: LayerBuffers, k_rot, v, k_lin, valid) -> None:
+    """The token leaving the window after this step (the ring's oldest, whose slot the new token takes; the new
+    token itself for a window of 1) competes for the global cache, scored against the state after this step."""
+    L = b.ring_k.shape[1]
+    if L:
+        slot = torch.remainder(b.seen_t, L).view(1)
+        lk, lv, lk_lin = (x.index_select(1, slot) for x in (b.ring_k, b.ring_v, b.ring_k_lin))  # [B, 1, H, D]
+        lvalid = b.ring_valid.index_select(1, slot)[:, 0]
+    else:
+        lk, lv, lk_lin, lvalid = k_rot, v, k_lin, valid
+    index = b.seen_t - L  # the leaver's absolute position
+    if b.sink_valid is not None:
+        lvalid = lvalid & ~(b.sink_valid & (b.sink_pos == index)).any(1)
+    score = recall_error(lv, recurrence.read(b.state, lk_lin))[:, 0]  # [B, H]
+    score = torch.where(lvalid[:, None], score, float("-inf"))
+    merge_leaver_(b.global_k, b.global_v, b.global_score, b.global_index, lk[:, 0], lv[:, 0], score,
+                  index.expand(score.shape[0]))
 
 
 _compiled_core = CompiledOrEager(decode_step_core, "decode_step")
@@ -154,10 +181,12 @@ class LigerAttention(nn.Module):
         self.window_weight = float(config.window_weight)
         self.use_qk_norm_in_linear = config.use_qk_norm_in_linear
         self.backend = config.linear_backend
-        self.window_backend = getattr(config, "window_backend", "auto")
+        self.window_backend = config.window_backend
+        self.global_cache_size = config.global_cache_size
         self.recurrence = get_recurrence(config)
-        self.decode_spec = decode_spec(self.recurrence, self.window_size, self.num_sink_tokens, float(self.scaling),
-                                       self.linear_weight, self.window_weight)
+        self.needs_state = self.linear_weight != 0 or bool(self.global_cache_size)
+        self.decode_spec = decode_spec(self.recurrence, float(self.scaling), self.linear_weight, self.window_weight,
+                                       self.needs_state)
         self.teacher_window = teacher_window
         """The teacher's own attention window in this layer (None = full causal attention)."""
         self.teacher_mode = False
@@ -201,10 +230,10 @@ class LigerAttention(nn.Module):
 
         o_rec = o_win = None
         state = None
+        backend = resolve_backend(self.backend, q.device) if self.needs_state else None
+        mode = "recurrent" if single_token else "chunk"
+        prev = cache.state if decoding else None
         if self.linear_weight != 0:
-            backend = resolve_backend(self.backend, q.device)
-            mode = "recurrent" if single_token else "chunk"
-            prev = cache.state if decoding else None
             o_rec, state = self.recurrence(q_lin, k_lin, v, token_mask, prev, mode, backend,
                                            need_state=cache is not None)
 
@@ -216,11 +245,18 @@ class LigerAttention(nn.Module):
         else:
             keys, values, key_valid = k_rot, v, token_mask
             sinks = first_real_tokens(k_rot, v, token_mask, self.num_sink_tokens) if self.num_sink_tokens else None
+        extra = members = klin_keys = None
+        if self.global_cache_size:
+            klin_keys = torch.cat([cache.ring_k_lin().to(k_lin.dtype), k_lin], 1) if cache is not None else k_lin
+            extra, members, recall_state = self._global_keys(k_lin, v, token_mask, keys, values, key_valid, klin_keys,
+                                                             sinks, cache, prev, mode, backend)
+            # with the recurrent branch off (linear_weight 0) the state is still kept, for the scores
+            state = recall_state if state is None else state
         if self.window_weight != 0:
             o_win = sliding_window_attention(q_rot, keys, values, self.window_size, self.scaling, key_valid, sinks,
-                                             backend=self._window_backend(fast, single_token))
+                                             backend=self._window_backend(fast, single_token), extra=extra)
         if cache is not None:
-            cache.commit(keys, values, key_valid, sinks, state)
+            cache.commit(keys, values, key_valid, sinks, state, klin_keys, members)
 
         out = mix_branches(o_rec, o_win, self.linear_weight, self.window_weight, hidden_states.dtype)
         return self.o_proj(out.reshape(B, T, self.num_heads * D)), None
@@ -234,20 +270,98 @@ class LigerAttention(nn.Module):
             return self.window_backend  # "triton" off CUDA raises in the op (it names what is missing)
         if not fast:
             return "torch"
-        # Liger's Triton kernels unless there are sinks (then fused SDPA blocks); FlexAttention measured slower
-        # inside the model (docs/gpu.md)
-        return "sdpa" if self.num_sink_tokens or not triton_window_available() else "triton"
+        # Liger's Triton kernels unless there are sinks or a global cache (then fused SDPA blocks); FlexAttention
+        # measured slower inside the model (docs/gpu.md)
+        if self.num_sink_tokens or self.global_cache_size or not triton_window_available():
+            return "sdpa"
+        return "triton"
+
+    def _global_keys(self, k_lin, v, token_mask, keys, values, key_valid, klin_keys, sinks, cache, prev, mode,
+                     backend):
+        """The global cache's keys for every block of queries of this call, and its members afterwards.
+
+        ``keys``/``values``/``key_valid``/``klin_keys`` ``[B, Tk, H, D]`` are the window's keys (the cached ring, if
+        any, then the ``T`` new tokens); the token at key index ``q + Tk − T − W + 1`` leaves the window after query
+        ``q``. Its score is the self-recall error against the state after query ``q`` (the variant's normalised
+        readout with its key as the query, one recurrence pass without gradient). Returns ``(ExtraKeys, members,
+        state)``: ``members`` = ``(k, v, score, index)`` and ``state`` the recurrent state after the call, for the
+        cache (None without a cache).
+        """
+        B, Tk, H, D = keys.shape
+        T = k_lin.shape[1]
+        W, G = self.window_size, self.global_cache_size
+        L = Tk - T
+        bq = max(1, min(64, T))
+        nb = -(-T // bq)
+        pad = nb * bq - T
+
+        def leaving(x, fill=0):
+            # [B, Tk, ...] -> [B, nb·bq, ...]: the token leaving the window after each query (fill before the start
+            # and after the last query)
+            widths = (0, 0) * (x.dim() - 2)
+            x = F.pad(x, widths + (W - 1 - L, 0), value=fill)[:, :T]
+            return F.pad(x, widths + (0, pad), value=fill)
+
+        sink = torch.zeros(B, Tk, dtype=torch.bool, device=keys.device)
+        if sinks is not None:
+            at = torch.arange(Tk, device=keys.device)
+            sink = (sinks.valid[:, :, None] & (sinks.index[:, :, None] == at)).any(1)
+        real = key_valid if key_valid is not None else torch.ones(B, Tk, dtype=torch.bool, device=keys.device)
+        cand_valid = leaving(real & ~sink, fill=False)  # [B, nb·bq]
+        cand_k, cand_v = leaving(keys), leaving(values)  # [B, nb·bq, H, D]
+        start = (cache.seen if cache is not None else 0) - L  # absolute position of keys[:, 0]
+        index = start + torch.arange(nb * bq, device=keys.device) + L - (W - 1)
+        with torch.no_grad():
+            read, state = self.recurrence.recall(leaving(klin_keys)[:, :T], k_lin, v, token_mask, prev, mode, backend,
+                                                 need_state=cache is not None)
+            score = recall_error(cand_v[:, :T], read)
+            score = F.pad(score, (0, 0, 0, pad), value=float("-inf"))
+            score = torch.where(cand_valid[..., None], score, float("-inf")).transpose(1, 2)  # [B, H, nb·bq]
+            index = index.expand(B, H, -1)
+            if cache is not None:
+                pk, pv, pscore, pindex = cache.global_members()
+                score = torch.cat([pscore.transpose(1, 2), score], -1)
+                index = torch.cat([pindex.transpose(1, 2), index], -1)
+                P = G
+            else:
+                pk = pv = None
+                P = 0
+            sel = block_visibility(score, index, P, G, bq)
+
+        def gather(cands, previous):
+            # candidates [B, nb·bq, H, D] after the earlier members -> per head, plus an empty row for empty slots
+            x = cands if previous is None else torch.cat([previous.to(cands.dtype), cands], 1)
+            x = torch.cat([x, x.new_zeros(B, 1, H, x.shape[-1])], 1).transpose(1, 2)  # [B, H, N + 1, D]
+            return lambda idx: x.gather(2, idx.reshape(B, H, -1, 1).expand(-1, -1, -1, x.shape[-1])).view(
+                *idx.shape, x.shape[-1])
+
+        take_k, take_v = gather(cand_k, pk), gather(cand_v, pv)
+        base_k = take_k(sel.base).permute(0, 2, 3, 1, 4)  # [B, nb, G, H, D]
+        base_v = take_v(sel.base).permute(0, 2, 3, 1, 4)
+        extra = ExtraKeys(
+            k=torch.cat([base_k, cand_k.view(B, nb, bq, H, D)], 2),
+            v=torch.cat([base_v, cand_v.view(B, nb, bq, H, -1)], 2),
+            visible=torch.cat([sel.visible_base, sel.visible_entrants], -1).transpose(1, 2),  # [B, nb, H, bq, E]
+            block_size=bq)
+        members = None
+        if cache is not None:
+            with torch.no_grad():
+                ok = sel.final_valid
+                mk = torch.where(ok[..., None], take_k(sel.final), 0).transpose(1, 2)  # [B, G, H, D]
+                mv = torch.where(ok[..., None], take_v(sel.final), 0).transpose(1, 2)
+                N = score.shape[-1]
+                mscore = torch.where(ok, score.gather(-1, sel.final.clamp(max=N - 1)), float("-inf")).transpose(1, 2)
+                mindex = torch.where(ok, index.gather(-1, sel.final.clamp(max=N - 1)), -1).transpose(1, 2)
+            members = (mk, mv, mscore, mindex)
+        return extra, members, state
 
     def _decode_static(self, q, k, v, q_lin, k_lin, cos, sin, token_mask, cache, decode_step):
         B, T = q.shape[:2]
         if T != 1 or cache is None or not cache.is_initialized:
             raise ValueError("the static decode step takes one token per sequence and a prefilled LigerCache")
         valid = token_mask[:, 0] if token_mask is not None else torch.ones(B, dtype=torch.bool, device=q.device)
-        return run_decode_step_core(
-            decode_step == "compiled", self.decode_spec, q, k, v, q_lin, k_lin, cos, sin, valid, cache.state,
-            cache.ring_k, cache.ring_v, cache.ring_valid, cache.sink_k, cache.sink_v, cache.sink_pos,
-            cache.sink_valid, cache.real_seen, cache.seen_t,
-        )
+        return run_decode_step_core(decode_step == "compiled", self.decode_spec, q, k, v, q_lin, k_lin, cos, sin, valid,
+                                    cache.buffers)
 
     def _teacher_attention(self, q, k, v, token_mask):
         """Causal softmax attention exactly as the teacher computes it (GQA, padding mask, its own window)."""

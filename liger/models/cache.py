@@ -1,18 +1,22 @@
 """LigerCache: constant-size decoding state of a Liger model.
 
-Per Liger layer it holds
+Per Liger layer it holds (:class:`LayerBuffers`, one bundle that the static decode step takes whole)
 * the recurrent state of the linear branch (a tuple of float32 tensors, once per KV head);
 * the post-RoPE keys/values of the last ``L = window_size - 1`` tokens, which is all the window branch of
   the next token can see besides itself, in a **ring buffer**: token ``i`` (counted from the start, padding
   included) lives in slot ``i % L``, with a validity flag per slot;
 * when ``num_sink_tokens > 0``, the post-RoPE keys/values of the first real tokens of each sequence and
-  their positions.
+  their positions;
+* when ``global_cache_size > 0``, the global cache (``global_cache.py``): up to G tokens per KV head that have
+  left the window, with their keys/values, scores and positions, and the ring's pre-RoPE keys (what a token
+  leaving the window is scored with).
 Layers kept as full softmax attention use a standard growing ``DynamicLayer``.
 
-Every tensor is allocated once (on the first forward) and later written in place, so its address never
-changes: the single-token decode step (:meth:`LigerLayerCache.decode_update`) has fixed shapes, no host
-synchronisation and no allocation that outlives it, and can be captured in a CUDA graph. Multi-token calls
-(prefill) read the ring in time order (:meth:`window_inputs`) and write it back (:meth:`commit`).
+The cache layer owns the window geometry: the decode step reads ``W - 1``, the number of sinks and the global
+cache's size from its buffers' shapes. Every tensor is allocated once (on the first forward) and later written in
+place, so its address never changes: the single-token decode step has fixed shapes, no host synchronisation and
+no allocation that outlives it, and can be captured in a CUDA graph. Multi-token calls (prefill) read the ring in
+time order (:meth:`LigerLayerCache.window_inputs`) and write it back (:meth:`LigerLayerCache.commit`).
 
 Positions are token counts: ``seen`` counts every token fed so far (padding included, like
 ``DynamicCache.get_seq_length``); ``seen_t`` is the same count as a device tensor, read by the decode step;
@@ -21,41 +25,77 @@ each sequence's count of real tokens (``real_seen``) places its sinks.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
 from .window import Sinks
 
-_BUFFERS = ("ring_k", "ring_v", "ring_valid", "sink_k", "sink_v", "sink_pos", "sink_valid", "real_seen", "seen_t")
+
+class LayerBuffers(NamedTuple):
+    """The tensors of one Liger layer's cache (a pytree: it compiles and graphs as one argument).
+
+    Shapes: ring ``[B, L, H, D]`` / ``[B, L]``, sinks ``[B, S, H, D]`` / ``[B, S]``, global cache ``[B, G, H, D]``
+    / ``[B, G, H]``; ``real_seen`` ``[B]``, ``seen_t`` 0-d (long). Optional parts are None when off.
+    """
+
+    state: tuple[torch.Tensor, ...] | None
+    ring_k: torch.Tensor
+    ring_v: torch.Tensor
+    ring_valid: torch.Tensor
+    real_seen: torch.Tensor
+    seen_t: torch.Tensor
+    sink_k: torch.Tensor | None = None
+    sink_v: torch.Tensor | None = None
+    sink_pos: torch.Tensor | None = None
+    sink_valid: torch.Tensor | None = None
+    ring_k_lin: torch.Tensor | None = None
+    global_k: torch.Tensor | None = None
+    global_v: torch.Tensor | None = None
+    global_score: torch.Tensor | None = None
+    global_index: torch.Tensor | None = None
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor of the bundle (the state's included), in a fixed order."""
+        out = [t for name, t in self._asdict().items() if name != "state" and t is not None]
+        return out + list(self.state or ())
+
+    def sinks(self) -> Sinks | None:
+        """The sinks with absolute positions as their index (None without sinks)."""
+        return Sinks(self.sink_k, self.sink_v, self.sink_pos, self.sink_valid) if self.sink_k is not None else None
 
 
-def write_decoded_token(ring_k, ring_v, ring_valid, sink_k, sink_v, sink_pos, sink_valid, real_seen, seen_t,
-                        k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor) -> None:
+def write_decoded_token(buffers: LayerBuffers, k: torch.Tensor, v: torch.Tensor, k_lin: torch.Tensor | None,
+                        valid: torch.Tensor) -> None:
     """Write one decoded token into a layer's buffers, in place, with no host synchronisation.
 
     Args:
-        ring_k, ring_v, ring_valid, sink_*, real_seen, seen_t: a :class:`LigerLayerCache`'s buffers (sink
-            buffers None without sinks).
-        k, v: post-RoPE key and value of the new token, ``[B, 1, H, D]``.
+        buffers: a :class:`LigerLayerCache`'s buffers.
+        k, v: post-RoPE key and value of the new token, ``[B, 1, H, D]``; ``k_lin`` its pre-RoPE key (kept in
+            the ring when there is a global cache).
         valid: ``[B]`` bool, False for a padding token.
     """
-    L = ring_k.shape[1]
+    b = buffers
+    L = b.ring_k.shape[1]
     k, v = k.detach(), v.detach()
     if L:
-        slot = torch.remainder(seen_t, L).view(1)
-        ring_k.index_copy_(1, slot, k.to(ring_k.dtype))
-        ring_v.index_copy_(1, slot, v.to(ring_v.dtype))
-        ring_valid.index_copy_(1, slot, valid[:, None])
-    if sink_k is not None:
+        slot = torch.remainder(b.seen_t, L).view(1)
+        b.ring_k.index_copy_(1, slot, k.to(b.ring_k.dtype))
+        b.ring_v.index_copy_(1, slot, v.to(b.ring_v.dtype))
+        b.ring_valid.index_copy_(1, slot, valid[:, None])
+        if b.ring_k_lin is not None:
+            b.ring_k_lin.index_copy_(1, slot, k_lin.detach().to(b.ring_k_lin.dtype))
+    if b.sink_k is not None:
         # the token becomes sink number real_seen[b] while that is < S
-        S = sink_k.shape[1]
-        take = (torch.arange(S, device=k.device) == real_seen[:, None]) & valid[:, None]  # [B, S]
-        sink_k.copy_(torch.where(take[:, :, None, None], k.to(sink_k.dtype), sink_k))
-        sink_v.copy_(torch.where(take[:, :, None, None], v.to(sink_v.dtype), sink_v))
-        sink_pos.copy_(torch.where(take, seen_t, sink_pos))
-        sink_valid.logical_or_(take)
-    real_seen.add_(valid.long())
-    seen_t.add_(1)
+        S = b.sink_k.shape[1]
+        take = (torch.arange(S, device=k.device) == b.real_seen[:, None]) & valid[:, None]  # [B, S]
+        b.sink_k.copy_(torch.where(take[:, :, None, None], k.to(b.sink_k.dtype), b.sink_k))
+        b.sink_v.copy_(torch.where(take[:, :, None, None], v.to(b.sink_v.dtype), b.sink_v))
+        b.sink_pos.copy_(torch.where(take, b.seen_t, b.sink_pos))
+        b.sink_valid.logical_or_(take)
+    b.real_seen.add_(valid.long())
+    b.seen_t.add_(1)
 
 
 class LigerLayerCache:
@@ -66,22 +106,23 @@ class LigerLayerCache:
     is_sliding = False
     supports_early_init = False
 
-    def __init__(self, window_size: int, num_sink_tokens: int):
+    def __init__(self, window_size: int, num_sink_tokens: int, global_cache_size: int = 0):
         self.window_size = window_size
         self.num_sink_tokens = num_sink_tokens
+        self.global_cache_size = global_cache_size
         self.seen = 0
-        self.state: tuple[torch.Tensor, ...] | None = None
-        self.ring_k = self.ring_v = self.ring_valid = None
-        self.sink_k = self.sink_v = self.sink_pos = self.sink_valid = None
-        self.real_seen: torch.Tensor | None = None
-        self.seen_t: torch.Tensor | None = None
+        self.buffers: LayerBuffers | None = None
         self.version = 0
         """Bumped whenever a buffer is replaced by a new tensor (e.g. a batch-size change), which invalidates
         anything that captured the old addresses (a CUDA graph)."""
 
     @property
     def is_initialized(self) -> bool:
-        return self.ring_k is not None
+        return self.buffers is not None
+
+    @property
+    def state(self) -> tuple[torch.Tensor, ...] | None:
+        return self.buffers.state if self.buffers is not None else None
 
     @property
     def ring_size(self) -> int:
@@ -89,17 +130,24 @@ class LigerLayerCache:
 
     def _lazy_init(self, k: torch.Tensor, v: torch.Tensor) -> None:
         B, _, H, D = k.shape
-        L, S = self.ring_size, self.num_sink_tokens
-        self.ring_k = k.new_zeros(B, L, H, D)
-        self.ring_v = v.new_zeros(B, L, H, v.shape[-1])
-        self.ring_valid = torch.zeros(B, L, dtype=torch.bool, device=k.device)
-        self.real_seen = torch.zeros(B, dtype=torch.long, device=k.device)
-        self.seen_t = torch.full((), self.seen, dtype=torch.long, device=k.device)
+        L, S, G = self.ring_size, self.num_sink_tokens, self.global_cache_size
+        device = k.device
+        extra = {}
         if S:
-            self.sink_k = k.new_zeros(B, S, H, D)
-            self.sink_v = v.new_zeros(B, S, H, v.shape[-1])
-            self.sink_pos = torch.zeros(B, S, dtype=torch.long, device=k.device)
-            self.sink_valid = torch.zeros(B, S, dtype=torch.bool, device=k.device)
+            extra.update(sink_k=k.new_zeros(B, S, H, D), sink_v=v.new_zeros(B, S, H, v.shape[-1]),
+                         sink_pos=torch.zeros(B, S, dtype=torch.long, device=device),
+                         sink_valid=torch.zeros(B, S, dtype=torch.bool, device=device))
+        if G:
+            extra.update(ring_k_lin=k.new_zeros(B, L, H, D), global_k=k.new_zeros(B, G, H, D),
+                         global_v=v.new_zeros(B, G, H, v.shape[-1]),
+                         global_score=torch.full((B, G, H), float("-inf"), device=device,
+                                                 dtype=torch.promote_types(k.dtype, torch.float32)),
+                         global_index=torch.full((B, G, H), -1, dtype=torch.long, device=device))
+        self.buffers = LayerBuffers(
+            state=None, ring_k=k.new_zeros(B, L, H, D), ring_v=v.new_zeros(B, L, H, v.shape[-1]),
+            ring_valid=torch.zeros(B, L, dtype=torch.bool, device=device),
+            real_seen=torch.zeros(B, dtype=torch.long, device=device),
+            seen_t=torch.full((), self.seen, dtype=torch.long, device=device), **extra)
 
     def _in_time_order(self, ring: torch.Tensor) -> torch.Tensor:
         # slot (seen + j) % L holds the j-th oldest of the last L tokens
@@ -114,16 +162,26 @@ class LigerLayerCache:
         """
         if not self.is_initialized:
             self._lazy_init(k, v)
-        keys = torch.cat([self._in_time_order(self.ring_k).to(k.dtype), k], dim=1)
-        values = torch.cat([self._in_time_order(self.ring_v).to(v.dtype), v], dim=1)
-        key_valid = torch.cat([self._in_time_order(self.ring_valid), valid], dim=1)
+        b = self.buffers
+        keys = torch.cat([self._in_time_order(b.ring_k).to(k.dtype), k], dim=1)
+        values = torch.cat([self._in_time_order(b.ring_v).to(v.dtype), v], dim=1)
+        key_valid = torch.cat([self._in_time_order(b.ring_valid), valid], dim=1)
         sinks = self._sinks_with(k, v, valid) if self.num_sink_tokens else None
         return keys, values, key_valid, sinks
 
+    def ring_k_lin(self) -> torch.Tensor:
+        """The pre-RoPE keys of the ring in time order (global cache only), ``[B, L, H, D]``."""
+        return self._in_time_order(self.buffers.ring_k_lin)
+
+    def global_members(self):
+        """The global cache's members ``(k, v, score, index)``: ``[B, G, H, D]`` twice, ``[B, G, H]`` twice."""
+        b = self.buffers
+        return b.global_k, b.global_v, b.global_score, b.global_index
+
     def _sinks_with(self, k, v, valid) -> Sinks:
         B, T = valid.shape
-        S = self.num_sink_tokens
-        real_index = self.real_seen[:, None] + valid.long().cumsum(1) - 1  # [B, T]
+        b, S = self.buffers, self.num_sink_tokens
+        real_index = b.real_seen[:, None] + valid.long().cumsum(1) - 1  # [B, T]
         slot = torch.where(valid & (real_index < S), real_index, S)  # S = a discarded overflow slot
         start = self.seen - self.ring_size  # absolute position of keys[:, 0]
         position = self.seen - start + torch.arange(T, device=k.device).expand(B, T)
@@ -134,50 +192,50 @@ class LigerLayerCache:
             index = slot.view(B, T, *([1] * (src.dim() - 2))).expand_as(src)
             return buffer.scatter(1, index, src)[:, :S]
 
-        return Sinks(put(self.sink_k, k), put(self.sink_v, v), put(self.sink_pos - start, position),
-                     put(self.sink_valid, valid))
+        return Sinks(put(b.sink_k, k), put(b.sink_v, v), put(b.sink_pos - start, position),
+                     put(b.sink_valid, valid))
 
-    def commit(self, keys, values, key_valid, sinks: Sinks | None, state) -> None:
-        """Store what the next tokens need: the last ``window_size - 1`` keys/values, the sinks, the
-        recurrent state and the token counts. Arguments are :meth:`window_inputs`'s outputs."""
+    def commit(self, keys, values, key_valid, sinks: Sinks | None, state, k_lin=None, members=None) -> None:
+        """Store what the next tokens need: the last ``window_size - 1`` keys/values (and pre-RoPE keys
+        ``k_lin``, aligned with ``keys``, when there is a global cache), the sinks, the recurrent state, the
+        global cache's ``members`` (``(k, v, score, index)`` as :meth:`global_members` returns them) and the
+        token counts. ``keys``/``values``/``key_valid``/``sinks`` are :meth:`window_inputs`'s outputs."""
+        b = self.buffers
         L = self.ring_size
         T = keys.shape[1] - L
         seen = self.seen + T
         if L:
             # the last L keys in time order are the tokens seen - L .. seen - 1, whose slots start at seen % L
             shift = seen % L
-            self.ring_k.copy_(keys[:, T:].detach().roll(shift, dims=1))
-            self.ring_v.copy_(values[:, T:].detach().roll(shift, dims=1))
-            self.ring_valid.copy_(key_valid[:, T:].roll(shift, dims=1))
+            b.ring_k.copy_(keys[:, T:].detach().roll(shift, dims=1))
+            b.ring_v.copy_(values[:, T:].detach().roll(shift, dims=1))
+            b.ring_valid.copy_(key_valid[:, T:].roll(shift, dims=1))
+            if b.ring_k_lin is not None:
+                b.ring_k_lin.copy_(k_lin[:, T:].detach().roll(shift, dims=1))
         if sinks is not None:
             start = self.seen - L
-            self.sink_k.copy_(sinks.k.detach())
-            self.sink_v.copy_(sinks.v.detach())
-            self.sink_pos.copy_(sinks.index + start)
-            self.sink_valid.copy_(sinks.valid)
+            b.sink_k.copy_(sinks.k.detach())
+            b.sink_v.copy_(sinks.v.detach())
+            b.sink_pos.copy_(sinks.index + start)
+            b.sink_valid.copy_(sinks.valid)
+        if members is not None:
+            for dst, src in zip(self.global_members(), members):
+                dst.copy_(src.detach())
         if state is not None:
             self._store_state(state)
-        self.real_seen.add_(key_valid[:, L:].long().sum(1))
+        b.real_seen.add_(key_valid[:, L:].long().sum(1))
         self.seen = seen
-        self.seen_t.fill_(seen)
+        b.seen_t.fill_(seen)
 
     def _store_state(self, state) -> None:
         state = tuple(x.detach() for x in state)
-        if self.state is None or [x.shape for x in self.state] != [x.shape for x in state]:
-            self.state = tuple(x.contiguous() for x in state)
+        current = self.buffers.state
+        if current is None or [x.shape for x in current] != [x.shape for x in state]:
+            self.buffers = self.buffers._replace(state=tuple(x.contiguous() for x in state))
             self.version += 1
         else:
-            for dst, src in zip(self.state, state):
+            for dst, src in zip(current, state):
                 dst.copy_(src)
-
-    def decode_update(self, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor) -> None:
-        """Write one decoded token in place (the static decode step; see :func:`write_decoded_token`).
-
-        The host count ``seen`` is advanced separately by :meth:`LigerCache.advance`, so that a CUDA graph
-        replaying this step stays in step with it.
-        """
-        write_decoded_token(self.ring_k, self.ring_v, self.ring_valid, self.sink_k, self.sink_v, self.sink_pos,
-                            self.sink_valid, self.real_seen, self.seen_t, k, v, valid)
 
     def get_seq_length(self) -> int:
         return self.seen
@@ -185,30 +243,35 @@ class LigerLayerCache:
     def get_max_length(self) -> int:
         return -1
 
-    def buffers(self) -> list[torch.Tensor]:
+    def tensors(self) -> list[torch.Tensor]:
         """Every tensor this layer holds (the ones a decode step reads and writes)."""
-        tensors = [getattr(self, n) for n in _BUFFERS]
-        return [t for t in tensors + list(self.state or ()) if t is not None]
+        return self.buffers.tensors() if self.buffers is not None else []
 
     def _apply(self, fn, in_place: bool) -> None:
-        for name in _BUFFERS:
-            t = getattr(self, name)
+        if self.buffers is None:
+            return
+        updates = {}
+        for name, t in self.buffers._asdict().items():
+            if name == "state":
+                if t is None:
+                    continue
+                new_state = tuple(fn(x) for x in t)
+                if in_place and all(a.shape == b.shape for a, b in zip(new_state, t)):
+                    for dst, src in zip(t, new_state):
+                        dst.copy_(src)
+                else:
+                    updates["state"] = new_state
+                continue
             if t is None or t.dim() == 0:
                 continue
             new = fn(t)
             if in_place and new.shape == t.shape:
                 t.copy_(new)
             else:
-                setattr(self, name, new)
-                self.version += 1
-        if self.state is not None:
-            new_state = tuple(fn(x) for x in self.state)
-            if in_place and all(a.shape == b.shape for a, b in zip(new_state, self.state)):
-                for dst, src in zip(self.state, new_state):
-                    dst.copy_(src)
-            else:
-                self.state = new_state
-                self.version += 1
+                updates[name] = new
+        if updates:
+            self.buffers = self.buffers._replace(**updates)
+            self.version += 1
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         # in place: buffers keep their addresses (a captured decode graph stays valid)
@@ -221,7 +284,7 @@ class LigerLayerCache:
         self._apply(lambda x: x.repeat_interleave(repeats, dim=0), in_place=False)
 
     def reset(self) -> None:
-        self.__init__(self.window_size, self.num_sink_tokens)
+        self.__init__(self.window_size, self.num_sink_tokens, self.global_cache_size)
 
     def crop(self, tokens_to_remove: int) -> None:
         raise NotImplementedError(
@@ -237,7 +300,7 @@ class LigerLayerCache:
 
     def state_bytes(self) -> int:
         """Bytes held by this layer's cache."""
-        return sum(t.numel() * t.element_size() for t in self.buffers())
+        return sum(t.numel() * t.element_size() for t in self.tensors())
 
 
 class LigerCache(Cache):
@@ -247,7 +310,8 @@ class LigerCache(Cache):
     def __init__(self, config):
         full = set(config.full_attention_layers)
         layers = [
-            DynamicLayer() if i in full else LigerLayerCache(config.window_size, config.num_sink_tokens)
+            DynamicLayer() if i in full
+            else LigerLayerCache(config.window_size, config.num_sink_tokens, config.global_cache_size)
             for i in range(config.num_hidden_layers)
         ]
         super().__init__(layers=layers)
@@ -285,7 +349,8 @@ class LigerCache(Cache):
             layer.seen += tokens
 
     def buffers(self) -> list[torch.Tensor]:
-        return [t for layer in self.liger_layers for t in layer.buffers()]
+        """Every tensor of every Liger layer (what a captured decode step reads and writes)."""
+        return [t for layer in self.liger_layers for t in layer.tensors()]
 
     def signature(self) -> tuple:
         """Addresses, shapes and dtypes of every buffer: equal signatures mean a graph captured against one

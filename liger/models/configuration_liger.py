@@ -113,6 +113,9 @@ class LigerConfig(PretrainedConfig):
         if self.linear_normalizer == "sum" and self.variant in ("gsa", "mlstm", "gated_deltanet"):
             fail("linear_normalizer", f"'sum' does not apply to {self.variant}, whose readout is normalised already",
                  self.linear_normalizer)
+        if self.linear_normalizer == "sum" and self.feature_map == "identity":
+            fail("linear_normalizer", "'sum' needs a non-negative feature map (softmax, relu, elu_plus_one), not "
+                 "identity", self.linear_normalizer)
         if self.delta_write_strength is not None and (
             not is_number(self.delta_write_strength) or not 0 < self.delta_write_strength <= 1
         ):

@@ -48,7 +48,7 @@ class CUDAGraphDecoder:
         self._cache = weakref.ref(cache)
         self.compile = compile
         first = cache.liger_layers[0]
-        B, device = first.ring_valid.shape[0], first.ring_valid.device
+        B, device = first.buffers.ring_valid.shape[0], first.buffers.ring_valid.device
         self.input_ids = torch.zeros(B, 1, dtype=torch.long, device=device)
         self.position_ids = torch.zeros(B, 1, dtype=torch.long, device=device)
         self.attention_mask = torch.ones(B, 1, dtype=torch.long, device=device)

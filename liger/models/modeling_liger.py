@@ -109,7 +109,7 @@ class LigerModel(LigerPreTrainedModel):
         T = inputs_embeds.shape[1]
         past_seen = past_key_values.get_seq_length() if past_key_values is not None else 0
         if position_ids is None and decode_step is not None:
-            position_ids = past_key_values.liger_layers[0].seen_t.view(1, 1).expand(inputs_embeds.shape[0], 1)
+            position_ids = past_key_values.liger_layers[0].buffers.seen_t.view(1, 1).expand(inputs_embeds.shape[0], 1)
         if position_ids is None:
             position_ids = (torch.arange(T, device=inputs_embeds.device) + past_seen)[None]
         token_mask = attention_mask[:, -T:].bool() if attention_mask is not None else None

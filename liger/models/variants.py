@@ -102,6 +102,10 @@ class Recurrence:
 
     scalar_gate = False
 
+    readout = "none"
+    """How the readout is divided by the normaliser column z (see :meth:`_readout`): "none", "sum" (the
+    ``linear_normalizer`` option) or "mlstm" (mLSTM's own normaliser)."""
+
     def __init__(self, config):
         self.feature_map = FEATURE_MAPS[config.feature_map]
         self.normalizer = float(config.gate_normalizer)
@@ -109,6 +113,17 @@ class Recurrence:
         self.pool_size = config.gate_pool_size
         self.lower_bound = float(config.hgrn2_lower_bound)
         self.num_slots = config.gsa_num_slots
+        if config.linear_normalizer != "none":
+            self.readout = config.linear_normalizer
+        self.recall_reads = bool(config.global_cache_size)
+        """The global cache scores tokens by how well the state recalls them (:meth:`recall`), which needs the
+        normaliser column even when the readout does not use it."""
+
+    @property
+    def normaliser_column(self) -> bool:
+        """Whether the state carries the normaliser z_t = Σ decayed φ(k) as one extra value column (a column of
+        ones appended to v: the same recurrence computes φ(q)·z_t beside φ(q)S_t)."""
+        return self.readout != "none" or self.recall_reads
 
     def gate_input(self, k: torch.Tensor) -> torch.Tensor:
         """Pool(k): ``[B,T,H]`` for scalar gates, else ``[B,T,H,D]`` (pooled channels repeated back)."""
@@ -136,11 +151,31 @@ class Recurrence:
     def __call__(self, q, k, v, valid, state, mode, backend, need_state=True):
         """Whole-sequence form: ``q`` ``[B,T,HQ,D]``, ``k``/``v`` ``[B,T,H,D]``, ``valid`` ``[B,T]`` bool or
         None (no padding), ``state`` the previous state tuple or None. Returns ``(o, state tuple or None)``."""
+        o, S = self._run(q, k, _with_column(v, self.normaliser_column), valid, state, mode, backend, need_state)
+        return self._readout(o), S
+
+    def recall(self, q, k, v, valid, state, mode, backend, need_state=False):
+        """The normalised readout ``φ(q)S_t / φ(q)·z_t`` at every position (no gradient needed): with the keys
+        of earlier tokens as ``q`` (``[B,T,H,D]``, one query per KV head), what the state recalls for them — the
+        global cache's self-recall error. Returns ``([B,T,H,V]`` float32, the final state or None); the state is
+        the one :meth:`__call__` returns (this variant carries the normaliser column whenever it recalls)."""
+        o, S = self._run(q, k, _with_column(v, True), valid, state, mode, backend, need_state)
+        return _sum_normalise(o), S
+
+    def read(self, state, q):
+        """The normalised readout of ``state`` (after this step's update) for one query per KV head, ``q``
+        ``[B,1,H,D]`` raw: the decode-step form of :meth:`recall`. Returns ``[B,1,H,V]`` float32."""
+        S = state[0]
+        qf = self.feature_map(q[:, 0]).to(S.dtype) * self.scale
+        return _sum_normalise(torch.einsum("bhk,bhkv->bhv", qf, S))[:, None]
+
+    def _run(self, q, k, v, valid, state, mode, backend, need_state):
+        """The recurrence itself, on ``v`` as given (with the normaliser column when there is one)."""
         prev = state[0] if state else None
         if backend == "fla":
             # feature maps, gates, padding, casts and head expansion: one Triton kernel (Liger-GLA with the softmax
             # feature map) or one compiled function, feeding fla's kernels
-            if mode == "chunk" and self.triton_inputs(q, k):
+            if mode == "chunk" and self.triton_inputs(q, k, v):
                 inputs = (*triton_gla_inputs(q, k, v, valid, self.normalizer, fla_kernel_dtype(q)), None)  # gv None
             else:
                 inputs = (_fla_inputs_compiled if mode == "chunk" else _fla_inputs)(self, q, k, v, valid)
@@ -151,17 +186,31 @@ class Recurrence:
                                           need_state=need_state)
         return o, ((S,) if S is not None else None)
 
-    def triton_inputs(self, q, k) -> bool:
+    def _readout(self, o):
+        """The branch output from the recurrence's output (the last column is φ(q)·z_t when there is one):
+        "none" drops the column, "sum" divides by it (the linear-attention denominator), "mlstm" by
+        max(|φ(q)·z_t|, 1)."""
+        if not self.normaliser_column:
+            return o
+        if self.readout == "sum":
+            return _sum_normalise(o)
+        o = _at_least_fp32(o)
+        if self.readout == "mlstm":
+            return o[..., :-1] / o[..., -1:].abs().clamp_min(1.0)
+        return o[..., :-1]
+
+    def triton_inputs(self, q, k, v=None) -> bool:
         """Whether :func:`liger.models.triton_ops.gla_inputs` computes this variant's inputs on the fla path
-        (Liger-GLA, softmax feature map, no gate pooling, Triton available)."""
+        (Liger-GLA, softmax feature map, no gate pooling, no normaliser column, Triton available)."""
         return (type(self) is GLA and self.feature_map is FEATURE_MAPS["softmax"]
-                and (self.pool_size or k.shape[-1]) == k.shape[-1] and triton_available() and triton_supports(q))
+                and (self.pool_size or k.shape[-1]) == k.shape[-1] and (v is None or v.shape[-1] == k.shape[-1])
+                and triton_available() and triton_supports(q))
 
     def step(self, q, k, v, valid, state):
         """One decode token: ``q`` ``[B,1,HQ,D]``, ``k``/``v`` ``[B,1,H,D]``, ``valid`` ``[B,1]`` bool; updates
         the ``state`` tuple in place and returns ``o`` ``[B,1,HQ,V]`` (float32)."""
-        q, k, v, g = self.prepare(q, k, v, valid)
-        return recurrent_gla_step_(state[0], q, k, v, gk=g, scale=self.scale)
+        q, k, v, g = self.prepare(q, k, _with_column(v, self.normaliser_column), valid)
+        return self._readout(recurrent_gla_step_(state[0], q, k, v, gk=g, scale=self.scale))
 
 
 def _fla_inputs(recurrence, q, k, v, valid):
@@ -170,6 +219,25 @@ def _fla_inputs(recurrence, q, k, v, valid):
 
 
 _fla_inputs_compiled = CompiledOrEager(_fla_inputs, "fla_inputs", dynamic=True)
+
+
+# the linear-attention denominator φ(q)·z_t of a real query is positive (non-negative feature maps, at least the
+# current key's φ(q)·φ(k)); the floor only keeps padded and empty positions (0/0) finite
+_DENOMINATOR_FLOOR = 1e-12
+
+
+def _with_column(v, column: bool):
+    """``v`` with a column of ones appended (the normaliser z rides along as one more value column)."""
+    return torch.cat([v, torch.ones_like(v[..., :1])], dim=-1) if column else v
+
+
+def _at_least_fp32(o):
+    return o if o.dtype in (torch.float32, torch.float64) else o.float()
+
+
+def _sum_normalise(o):
+    o = _at_least_fp32(o)
+    return o[..., :-1] / o[..., -1:].clamp_min(_DENOMINATOR_FLOOR)
 
 
 def _mask_padding(valid, *tensors):
@@ -239,21 +307,7 @@ class MLSTM(GatedRetention):
     (input gate 1: no parameters). The normaliser rides along as one extra value column of the state.
     """
 
-    def __call__(self, q, k, v, valid, state, mode, backend, need_state=True):
-        o, S = super().__call__(q, k, _with_normaliser_column(v), valid, state, mode, backend, need_state)
-        return _normalise(o), S
-
-    def step(self, q, k, v, valid, state):
-        return _normalise(super().step(q, k, _with_normaliser_column(v), valid, state))
-
-
-def _with_normaliser_column(v):
-    return torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
-
-
-def _normalise(o):
-    o = o.float() if o.dtype not in (torch.float32, torch.float64) else o
-    return o[..., :-1] / o[..., -1:].abs().clamp_min(1.0)
+    readout = "mlstm"
 
 
 class GSA(Recurrence):
@@ -289,6 +343,16 @@ class GSA(Recurrence):
         ok = recurrent_gla_step_(Sk, q, k, s, gv=g, scale=self.scale)
         return recurrent_gla_step_(Sv, ok.softmax(-1), s, v, gk=g, scale=1.0)
 
+    def recall(self, q, k, v, valid, state, mode, backend, need_state=False):
+        """GSA's readout is a softmax over slots, normalised already: the plain readout with ``q`` = earlier keys."""
+        o, S = self(q, k, v, valid, state, mode, backend, need_state)
+        return _at_least_fp32(o), S
+
+    def read(self, state, q):
+        Sk, Sv = state
+        ok = torch.einsum("bhk,bhkm->bhm", q[:, 0].to(Sk.dtype) * self.scale, Sk)
+        return torch.einsum("bhm,bhmv->bhv", ok.softmax(-1), Sv)[:, None]
+
 
 VARIANT_CLASSES: dict[str, type[Recurrence]] = {
     "gla": GLA,
@@ -302,12 +366,14 @@ VARIANT_CLASSES: dict[str, type[Recurrence]] = {
 
 
 @functools.cache
-def _shared(variant, feature_map, gate_normalizer, linear_scale, gate_pool_size, hgrn2_lower_bound, gsa_num_slots):
+def _shared(variant, feature_map, gate_normalizer, linear_scale, gate_pool_size, hgrn2_lower_bound, gsa_num_slots,
+            linear_normalizer, global_cache_size):
     from types import SimpleNamespace
 
     options = SimpleNamespace(feature_map=feature_map, gate_normalizer=gate_normalizer, linear_scale=linear_scale,
                               gate_pool_size=gate_pool_size, hgrn2_lower_bound=hgrn2_lower_bound,
-                              gsa_num_slots=gsa_num_slots)
+                              gsa_num_slots=gsa_num_slots, linear_normalizer=linear_normalizer,
+                              global_cache_size=global_cache_size)
     return VARIANT_CLASSES[variant](options)
 
 
@@ -315,4 +381,5 @@ def get_recurrence(config) -> Recurrence:
     """The recurrence of ``config.variant`` with the config's options; one shared instance per set of options
     (instances are stateless), so that compiled code traced for one layer serves every layer."""
     return _shared(config.variant, config.feature_map, float(config.gate_normalizer), float(config.linear_scale),
-                   config.gate_pool_size, float(config.hgrn2_lower_bound), config.gsa_num_slots)
+                   config.gate_pool_size, float(config.hgrn2_lower_bound), config.gsa_num_slots,
+                   config.linear_normalizer, int(bool(config.global_cache_size)))

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .compiling import CompiledOrEager
+from .global_cache import ExtraKeys
 from .triton_window import supports as triton_supports
 from .triton_window import triton_window_attention
 
@@ -70,6 +71,7 @@ def naive_window_attention(
     scale: float,
     key_valid: torch.Tensor | None = None,
     sinks: Sinks | None = None,
+    extra: ExtraKeys | None = None,
 ) -> torch.Tensor:
     """Dense reference: the full ``[Tq, Tk]`` score matrix under the window/sink mask.
 
@@ -80,6 +82,7 @@ def naive_window_attention(
         scale: softmax scale (the teacher's, ``1/sqrt(D)`` for Llama).
         key_valid: ``[B, Tk]`` bool; False marks padding. Default: all valid.
         sinks: optional :class:`Sinks`.
+        extra: optional keys per block of queries (the global cache), with per-head visibility.
 
     Returns:
         ``[B, Tq, HQ, D]`` in ``q.dtype``.
@@ -101,6 +104,15 @@ def naive_window_attention(
         masks.append(visible[:, None, None])
         values.append(sinks.v)
         eqs.append("bhgqs,bshd->bqhgd")
+    if extra is not None:
+        block = torch.arange(Tq, device=q.device) // extra.block_size  # each query's block
+        ek, ev = extra.k[:, block], extra.v[:, block]  # [B, Tq, E, H, D]
+        local = torch.arange(Tq, device=q.device) % extra.block_size
+        visible = extra.visible[:, block, :, local]  # [B, Tq, H, E]
+        scores.append(torch.einsum("bqhgd,bqehd->bhgqe", qg, ek) * scale)
+        masks.append(visible.permute(0, 2, 1, 3)[:, :, None])  # [B,H,1,Tq,E]
+        values.append(ev)
+        eqs.append("bhgqe,bqehd->bqhgd")
     out = _masked_softmax_av(scores, masks, values, eqs)
     return out.reshape(B, Tq, HQ, D).to(q.dtype)
 
@@ -114,8 +126,10 @@ def window_attention(
     key_valid: torch.Tensor | None = None,
     sinks: Sinks | None = None,
     block_size: int = 64,
+    extra: ExtraKeys | None = None,
 ) -> torch.Tensor:
-    """Banded form of :func:`naive_window_attention` (same arguments and results).
+    """Banded form of :func:`naive_window_attention` (same arguments and results; ``extra`` must be built for
+    this op's query blocks, ``min(block_size, Tq)``).
 
     Queries are processed in blocks of ``block_size``; each block scores only the ``block_size + W - 1``
     keys that can fall in its windows, so time and memory are linear in the sequence length.
@@ -155,8 +169,20 @@ def window_attention(
         masks.append(visible[:, None, None])  # [B,1,1,nb,bq,S]
         values.append(sinks.v)
         eqs.append("bhgnqs,bshd->bnqhgd")
+    if extra is not None:
+        _check_extra(extra, bq, nb)
+        scores.append(torch.einsum("bnqhgd,bnehd->bhgnqe", qpad, extra.k) * scale)
+        masks.append(extra.visible.permute(0, 2, 1, 3, 4)[:, :, None])  # [B,H,1,nb,bq,E]
+        values.append(extra.v)
+        eqs.append("bhgnqe,bnehd->bnqhgd")
     out = _masked_softmax_av(scores, masks, values, eqs)
     return out.reshape(B, nb * bq, HQ, D)[:, :Tq].to(q.dtype)
+
+
+def _check_extra(extra: ExtraKeys, bq: int, nb: int) -> None:
+    if extra.block_size != bq or extra.k.shape[1] != nb:
+        raise ValueError(f"extra keys built for blocks of {extra.block_size} queries ({extra.k.shape[1]} blocks), "
+                         f"the op uses {nb} blocks of {bq}")
 
 
 def sdpa_window_attention(
@@ -168,6 +194,7 @@ def sdpa_window_attention(
     key_valid: torch.Tensor | None = None,
     sinks: Sinks | None = None,
     block_size: int = 64,
+    extra: ExtraKeys | None = None,
 ) -> torch.Tensor:
     """:func:`window_attention`'s blocking with each block computed by ``F.scaled_dot_product_attention``.
 
@@ -205,15 +232,25 @@ def sdpa_window_attention(
         mask = torch.cat([visible, mask], dim=-1)
         kb = torch.cat([sinks.k.to(kb.dtype)[:, None].expand(B, nb, S, H, D), kb], dim=2)
         vb = torch.cat([sinks.v.to(vb.dtype)[:, None].expand(B, nb, S, H, D), vb], dim=2)
-    extra = -kb.shape[2] % 16  # sinks unalign the key count again: fused kernels want multiples of 16
-    if extra:
-        kb, vb = F.pad(kb, (0, 0, 0, 0, 0, extra)), F.pad(vb, (0, 0, 0, 0, 0, extra))
-        mask = F.pad(mask, (0, extra), value=False)
+    heads = 1  # the mask is shared by the heads, unless the extra keys' visibility differs per KV head
+    if extra is not None:
+        _check_extra(extra, bq, nb)
+        heads = H
+        mask = torch.cat([extra.visible, mask[:, :, None].expand(B, nb, H, bq, mask.shape[-1])], dim=-1)
+        kb = torch.cat([extra.k.to(kb.dtype), kb], dim=2)
+        vb = torch.cat([extra.v.to(vb.dtype), vb], dim=2)
+    pad = -kb.shape[2] % 16  # sinks and extra keys unalign the key count again: fused kernels want multiples of 16
+    if pad:
+        kb, vb = F.pad(kb, (0, 0, 0, 0, 0, pad)), F.pad(vb, (0, 0, 0, 0, 0, pad))
+        mask = F.pad(mask, (0, pad), value=False)
     n_keys = kb.shape[2]
     qb = F.pad(q, (0, 0, 0, 0, 0, nb * bq - Tq)).reshape(B * nb, bq, HQ, D).transpose(1, 2)
     kb = kb.reshape(B * nb, n_keys, H, D).transpose(1, 2).repeat_interleave(G, dim=1)
     vb = vb.reshape(B * nb, n_keys, H, D).transpose(1, 2).repeat_interleave(G, dim=1)
-    out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask.reshape(B * nb, 1, bq, n_keys), scale=scale)
+    mask = mask.reshape(B * nb, heads, bq, n_keys)
+    if heads > 1:
+        mask = mask.repeat_interleave(G, dim=1)
+    out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, scale=scale)
     return out.transpose(1, 2).reshape(B, nb * bq, HQ, D)[:, :Tq]
 
 
@@ -256,6 +293,9 @@ def window_decode_attention(
     scale: float,
     sinks: Sinks | None = None,
     visible_before: torch.Tensor | None = None,
+    extra_k: torch.Tensor | None = None,
+    extra_v: torch.Tensor | None = None,
+    extra_visible: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One decode step of the window branch, over a ring buffer (shapes fixed, no concatenation).
 
@@ -271,6 +311,7 @@ def window_decode_attention(
         visible_before: a sink is visible when ``index < visible_before`` (``t - W + 1`` for the token at
             absolute position ``t``: sinks inside the window are counted once, as window keys). A 0-d long
             tensor, so that the step needs no host value.
+        extra_k, extra_v: ``[B, E, H, D]`` further keys (the global cache), ``extra_visible`` ``[B, E, H]`` bool.
 
     Returns:
         ``[B, 1, HQ, D]`` in ``q.dtype``.
@@ -293,6 +334,11 @@ def window_decode_attention(
         masks.append(visible[:, None, None, :])
         values.append(sinks.v.to(v.dtype))
         eqs.append("bhgs,bshd->bhgd")
+    if extra_k is not None:
+        scores.append(torch.einsum("bhgd,behd->bhge", qg, extra_k.to(q.dtype)) * scale)
+        masks.append(extra_visible.permute(0, 2, 1)[:, :, None, :])  # [B,H,1,E]
+        values.append(extra_v.to(v.dtype))
+        eqs.append("bhge,behd->bhgd")
     out = _masked_softmax_av(scores, masks, values, eqs)
     return out.reshape(B, 1, HQ, D).to(q.dtype)
 
@@ -436,12 +482,20 @@ def sliding_window_attention(
     key_valid: torch.Tensor | None = None,
     sinks: Sinks | None = None,
     backend: str = "torch",
+    extra: ExtraKeys | None = None,
 ) -> torch.Tensor:
     """Dispatch: ``"torch"`` = :func:`window_attention` (any device); ``"triton"`` =
     :func:`liger.models.triton_window.triton_window_attention` (CUDA, no sinks; the CUDA default);
     ``"sdpa"`` = :func:`sdpa_window_attention` (fused SDPA blocks; the CUDA default with sinks); ``"flex"`` =
     compiled :func:`flex_window_attention` (CUDA). If FlexAttention cannot be compiled here, a warning is
-    logged once and the torch op is used from then on (eager FlexAttention would materialise every score)."""
+    logged once and the torch op is used from then on (eager FlexAttention would materialise every score).
+    ``extra`` keys (the global cache) run on ``"sdpa"`` where a CUDA backend is asked for, ``"torch"`` otherwise."""
+    if extra is not None:
+        if backend in ("triton", "flex"):
+            backend = "sdpa"
+        if backend == "sdpa":
+            return sdpa_window_attention(q, k, v, window_size, scale, key_valid, sinks, extra.block_size, extra)
+        return window_attention(q, k, v, window_size, scale, key_valid, sinks, extra.block_size, extra)
     if backend == "triton":
         if sinks is not None and sinks.k.shape[1]:
             raise ValueError("the Triton window kernels take no sinks; use backend 'sdpa'")

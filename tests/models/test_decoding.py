@@ -49,7 +49,7 @@ def test_static_step_equals_eager_step(variant, sinks):
     assert cache_s.get_seq_length() == cache_e.get_seq_length() == 24
     for a, b in zip(cache_s.layers, cache_e.layers):
         for name in ("ring_k", "ring_v", "ring_valid", "sink_k", "sink_pos", "sink_valid", "real_seen", "seen_t"):
-            ta, tb = getattr(a, name), getattr(b, name)
+            ta, tb = getattr(a.buffers, name), getattr(b.buffers, name)
             assert (ta is None) == (tb is None), name
             if ta is not None:
                 assert_close(ta.double(), tb.double(), 1e-6, atol=1e-6, msg=name)
@@ -66,6 +66,17 @@ def test_static_step_equals_full_forward_with_qwen3_and_grouped_heads():
     for b in range(3):
         real = mask[b].bool()
         assert_close(static[b, real], full[b, real], 1e-5)
+
+
+def test_static_step_with_the_sum_normaliser_equals_full_forward():
+    model = liger.convert(tiny_teacher("mistral"), linear_normalizer="sum", window_size=4, num_sink_tokens=1)
+    x, mask = left_padded(T=20, pads=(0, 2, 9))
+    with torch.no_grad():
+        full = model(x, attention_mask=mask, position_ids=positions(mask)).logits
+    for mode in ("eager", "static"):
+        got, _ = decode(model, x, mask, 6, mode)
+        real = mask.bool()
+        assert_close(got[real], full[real], 1e-5, msg=mode)
 
 
 @pytest.mark.parametrize("window", [1, 2, 64])

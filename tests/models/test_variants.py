@@ -127,3 +127,34 @@ def test_gsa_formula():
         for h in range(2):  # both query heads read KV head 0
             scores = torch.einsum("bk,bkm->bm", q[:, t, h], Kt[:, 0]).softmax(-1)
             assert_close(o[:, t, h], torch.einsum("bm,bmv->bv", scores, Vt[:, 0]), 1e-10)
+
+
+@pytest.mark.parametrize("variant", ["gla", "hgrn2", "mamba2", "rwkv6"])
+def test_sum_normaliser_formula_and_forms(variant):
+    # linear_normalizer="sum": o_t = φ(q_t)S_t / φ(q_t)·z_t with z_t = Σ decayed φ(k) (the same gates as S)
+    rec, _ = make(variant, linear_normalizer="sum")
+    plain, _ = make(variant)
+    q, k, v = qkv(B=1, T=14, HQ=2, H=1, D=4)
+    o, _ = rec(q, k, v, None, None, "chunk", "torch")
+    qf, kf, _, g = plain.inputs(q, k, v)
+    decay = g.exp() if g.dim() == 4 else g.exp()[..., None].expand_as(kf)
+    S = torch.zeros(1, 1, 4, 4, dtype=torch.float64)
+    z = torch.zeros(1, 1, 4, dtype=torch.float64)
+    for t in range(14):
+        S = decay[:, t, :, :, None] * S + kf[:, t, :, :, None] * v[:, t, :, None, :]
+        z = decay[:, t] * z + kf[:, t]
+        for j in range(2):
+            num = torch.einsum("bk,bkv->bv", qf[:, t, j], S[:, 0])
+            den = torch.einsum("bk,bk->b", qf[:, t, j], z[:, 0])
+            assert_close(o[:, t, j], num / den[:, None], 1e-10, msg=f"t={t}")
+    o_rec, s_rec = rec(q, k, v, None, None, "recurrent", "torch")
+    assert_close(o_rec, o, 1e-11)
+    assert s_rec[0].shape[-1] == 5  # the normaliser rides along as one value column
+
+
+def test_sum_normaliser_is_refused_where_it_does_not_apply():
+    for variant in ("gsa", "mlstm"):
+        with pytest.raises(ValueError, match="linear_normalizer"):
+            make(variant, linear_normalizer="sum")
+    with pytest.raises(ValueError, match="linear_normalizer"):
+        make("gla", linear_normalizer="sum", feature_map="identity")
