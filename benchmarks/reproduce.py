@@ -73,6 +73,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -92,6 +93,15 @@ STUDENTS: dict[str, dict] = {
     "recurrent-only": dict(liger={"variant": "gla", "linear_weight": 1.0, "window_weight": 0.0}),
     "gla-sink4": dict(liger={"variant": "gla", "num_sink_tokens": 4}),
     "gla-cekl": dict(liger={"variant": "gla"}, train={"train.loss": "ce+kl"}),
+    # the long-range memory mechanisms (docs/results.md, "Memory beyond the window"), each alone, then combined
+    # and trained on longer sequences (4096 tokens, 2 per step: the same 8,192 tokens per step)
+    "gla-norm": dict(liger={"variant": "gla", "linear_normalizer": "sum"}),
+    "gla-global": dict(liger={"variant": "gla", "global_cache_size": 64}),
+    "deltanet": dict(liger={"variant": "gated_deltanet"}),
+    "window-global": dict(liger={"variant": "gla", "linear_weight": 0.0, "window_weight": 1.0,
+                                 "global_cache_size": 64}),
+    "memory": dict(liger={"variant": "gla", "linear_normalizer": "sum", "global_cache_size": 64},
+                   train={"data.max_length": 4096}),
 }
 BASELINES = ("swa:64:4", "swa:64:0", "convert:gla")
 SEQUENCES_PER_STEP = 8
@@ -576,6 +586,12 @@ def student_config(name: str, corpus: Path, tokens: int, output: Path, model: st
     manifest = load_manifest(corpus)
     length = TINY["max_length"] if tiny else SEQUENCE_LENGTH
     batch = TINY["batch_size"] if tiny else SEQUENCES_PER_STEP
+    train = dict(spec.get("train", {}))
+    if "data.max_length" in train:
+        # longer sequences, the same tokens per optimizer step (fewer sequences)
+        longer = int(train.pop("data.max_length")) // (8 if tiny else 1)
+        batch = max(1, batch * length // longer)
+        length = longer
     micro = batch if (tiny or device == "cuda") else 1
     steps = max(1, tokens // (batch * length))
     settings = {
@@ -583,14 +599,16 @@ def student_config(name: str, corpus: Path, tokens: int, output: Path, model: st
         "data.path": str(corpus / "train"), "data.format": "text", "data.max_length": length,
         "data.val_records": manifest["val_records"],
         "train.batch_size": batch, "train.micro_batch_size": micro, "train.max_steps": steps,
-        "train.eval_every": max(1, steps // 10), "train.save_every": 0, "train.keep_checkpoints": 1,
+        # a checkpoint every tenth of the run: a student stopped at its time limit keeps its last adapter
+        "train.eval_every": max(1, steps // 10), "train.save_every": 0 if tiny else max(1, steps // 10),
+        "train.keep_checkpoints": 1,
         "train.save_final": False,  # the adapter (in the last checkpoint) is all `eval` needs
         "train.seed": 0, "train.device": device, "eval.tasks": [], "output": str(output),
     }
     if tiny:  # a test of the code path: few records, a small validation split (no longer the held-out one)
         settings["data.val_records"] = min(manifest["val_records"], TINY["val_records"])
         settings["data.max_records"] = settings["data.val_records"] + TINY["max_records"]
-    settings.update(spec.get("train", {}))
+    settings.update(train)
     return load_config("liger-paper", settings=settings)
 
 
@@ -633,7 +651,7 @@ def record_end(out: Path, name: str, code) -> None:
         print(f"reproduce: {name} not trained: another process is training {out / name}", flush=True)
         return
     summary_path = out / name / "summary.json"
-    if code != 0 and (code == "timeout" or not summary_path.is_file()):
+    if code != 0 and not summary_path.is_file():  # (a student stopped at the time limit writes its own)
         (out / name).mkdir(parents=True, exist_ok=True)
         summary_path.write_text(json.dumps(dict(student=name, status="failed",
                                                 error=f"process ended with {code} (see logs/{name}.log)")) + "\n")
@@ -662,6 +680,12 @@ def run_student(args) -> int:
     summary = dict(student=name, device=None, gpu=os.environ.get("CUDA_VISIBLE_DEVICES"), tokens_budget=args.tokens,
                    processes_per_gpu=args.per_gpu)
     started = time.time()
+    cfg = None
+
+    def stop(signum, frame):  # the dispatcher's time limit: end like an error, keeping the last checkpoint
+        raise SystemExit(f"stopped by signal {signum} at the time limit")
+
+    signal.signal(signal.SIGTERM, stop)
     try:
         student_spec(name)  # an unknown name fails before the heavy imports
         import torch
@@ -697,6 +721,13 @@ def run_student(args) -> int:
     except BaseException as err:  # noqa: BLE001 - recorded, the other students go on
         summary.update(status="failed", error=f"{type(err).__name__}: {err}",
                        traceback=traceback.format_exc()[-4000:])
+        checkpoints = sorted((scratch / "checkpoints").glob("step-*")) if cfg is not None else []
+        if checkpoints and (checkpoints[-1] / "adapter").is_dir():
+            # stopped early: the adapter of the last checkpoint, with the budget it reached
+            steps = int(checkpoints[-1].name.split("-")[-1])
+            shutil.copytree(checkpoints[-1] / "adapter", out / "adapter", dirs_exist_ok=True)
+            summary.update(status="stopped", steps=steps, tokens=steps * cfg.train.batch_size * cfg.data.max_length,
+                           sequence_length=cfg.data.max_length, sequences_per_step=cfg.train.batch_size)
     finally:
         for file in KEEP_FILES:
             if (scratch / file).is_file():
@@ -741,21 +772,23 @@ def cmd_train(args) -> int:
     cuda = torch.cuda.is_available()
     gpus = min(args.gpus, torch.cuda.device_count()) if cuda else 1
     started = time.time()
-    # tokenize and pack once, before the students start (each loads the cached tensors)
-    cfg = student_config(students[0], corpus, budgets[students[0]], scratch / "runs" / "_", args.model, args.tiny,
-                         "cuda" if cuda else "cpu")
+    # tokenize and pack once per sequence length, before the students start (each loads the cached tensors)
     import hashlib
 
     from liger.train.data import PACKING_VERSION
 
-    key = (f"{(corpus / 'manifest.json').read_text()}|{cfg.model.path}|{cfg.data.max_length}|{cfg.data.max_records}"
-           f"|packing {PACKING_VERSION}")
-    tag = hashlib.sha256(key.encode()).hexdigest()[:12]
-    data_cache = scratch / f"packed-{tag}.pt"
-    data = packed_data(cfg, data_cache)
-    print(f"reproduce: {data.describe()} (packed in {time.time() - started:.0f} s); "
-          f"{len(students)} students on {gpus if cuda else 'no'} GPU(s)", flush=True)
-    del data
+    data_caches = {}
+    for name in students:
+        cfg = student_config(name, corpus, budgets[name], scratch / "runs" / "_", args.model, args.tiny,
+                             "cuda" if cuda else "cpu")
+        key = (f"{(corpus / 'manifest.json').read_text()}|{cfg.model.path}|{cfg.data.max_length}|"
+               f"{cfg.data.max_records}|packing {PACKING_VERSION}")
+        data_caches[name] = scratch / f"packed-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
+        if not data_caches[name].is_file():
+            data = packed_data(cfg, data_caches[name])
+            print(f"reproduce: {data.describe()} (packed in {time.time() - started:.0f} s)", flush=True)
+            del data
+    print(f"reproduce: {len(students)} students on {gpus if cuda else 'no'} GPU(s)", flush=True)
     queue = list(students)
     lock = threading.Lock()
     logs = out / "logs"
@@ -772,16 +805,23 @@ def cmd_train(args) -> int:
                 env["CUDA_VISIBLE_DEVICES"] = str(gpu)
             cmd = [sys.executable, str(Path(__file__).resolve()), "_student", "--student", name, "--corpus",
                    str(corpus), "--tokens", str(budgets[name]), "--out", str(out), "--scratch", str(scratch),
-                   "--data-cache", str(data_cache), "--model", args.model]
+                   "--data-cache", str(data_caches[name]), "--model", args.model]
             cmd += ["--tiny"] if args.tiny else []
             cmd += ["--keep-scratch"] if args.keep_scratch else []
             cmd += ["--per-gpu", str(args.per_gpu)]
             print(f"reproduce: {name} starts" + (f" on GPU {gpu}" if cuda else ""), flush=True)
             with open(logs / f"{name}.log", "w") as log:
+                process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
                 try:
-                    code = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                          timeout=args.timeout).returncode
+                    code = process.wait(timeout=args.timeout)
                 except subprocess.TimeoutExpired:
+                    # SIGTERM first: the student saves what it has (its last checkpoint's adapter) and its summary
+                    process.terminate()
+                    try:
+                        process.wait(timeout=120)
+                    except subprocess.TimeoutExpired:
+                        process.kill()
+                        process.wait()
                     code = "timeout"
             record_end(out, name, code)
 
@@ -881,7 +921,9 @@ def cmd_eval(args) -> int:
     trained, timings = [], {}
     for name in names:
         s = read_summary(runs, name)
-        if s.get("status") != "ok" or not (runs / name / "adapter" / "adapter_model.safetensors").is_file():
+        # "stopped": ended at its time limit, evaluated with the adapter of its last checkpoint (its budget shown)
+        adapter = runs / name / "adapter" / "adapter_model.safetensors"
+        if s.get("status") not in ("ok", "stopped") or not adapter.is_file():
             print(f"reproduce eval: {name} skipped ({s.get('status')}: {s.get('error', 'no adapter')})", flush=True)
             continue
         started = time.time()

@@ -18,10 +18,12 @@ from tests.gpu.conftest import gpu_teacher, left_padded, positions
 TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2}
 
 
-def options(variant):
-    return SimpleNamespace(variant=variant, feature_map="softmax", linear_scale=1.0, gate_pool_size=None,
-                           gate_normalizer=1.0 if variant == "hgrn2" else 16.0, hgrn2_lower_bound=0.0,
-                           gsa_num_slots=None)
+def options(variant, **overrides):
+    values = dict(variant=variant, feature_map="softmax", linear_scale=1.0, gate_pool_size=None,
+                  gate_normalizer=1.0 if variant == "hgrn2" else 16.0, hgrn2_lower_bound=0.0, gsa_num_slots=None,
+                  linear_normalizer="none", global_cache_size=0, delta_write_strength=None)
+    values.update(overrides)
+    return SimpleNamespace(**values)
 
 
 def assert_no_fallback():

@@ -89,7 +89,7 @@ def test_train_tiny_then_eval(tiny_base, tmp_path, reproduce, monkeypatch):
     # know the name added here) must not stop the other
     monkeypatch.setitem(reproduce.STUDENTS, "broken", dict(liger={"variant": "gla"}))
     monkeypatch.setattr(sys, "argv", ["reproduce.py"])
-    students = "gla-h,broken"
+    students = "gla-h,memory,broken"
     code = reproduce.main(["train", "--corpus", str(corpus), "--students", students, "--tokens", "512", "--out",
                            str(runs), "--scratch", str(scratch), "--model", str(tiny_base), "--tiny"])
     assert code == 1  # one student failed
@@ -101,6 +101,8 @@ def test_train_tiny_then_eval(tiny_base, tmp_path, reproduce, monkeypatch):
     assert files == {"metrics.jsonl", "config.yaml", "environment.json", "loss_curve.png", "summary.json",
                      "adapter/adapter_model.safetensors", "adapter/adapter_config.json", "adapter/README.md"} - (
         set() if (runs / "gla-h" / "adapter" / "README.md").exists() else {"adapter/README.md"})
+    memory = json.loads((runs / "memory" / "summary.json").read_text())  # global cache, 512-token sequences
+    assert memory["status"] == "ok" and memory["sequence_length"] == 512 and memory["liger"]["global_cache_size"] == 64
     broken = json.loads((runs / "broken" / "summary.json").read_text())
     assert broken["status"] == "failed" and "unknown student 'broken'" in broken["error"]
     # checkpoints are removed (only the lock files stay)
@@ -115,7 +117,7 @@ def test_train_tiny_then_eval(tiny_base, tmp_path, reproduce, monkeypatch):
                            "--ppl-context", "64", "--ppl-stride", "32", "--ppl-max-tokens", "256", "--tasks",
                            "bb_hyperbaton", "--device", "cpu", "--results-md", str(tmp_path / "results.md")])
     result = json.loads((report / "report.json").read_text())
-    assert result["students"] == ["gla-h", *reproduce.BASELINES]
+    assert result["students"] == ["gla-h", "memory", *reproduce.BASELINES]
     assert code == 0
     text = (tmp_path / "results.md").read_text()
     assert reproduce.READING_PLACEHOLDER in text
@@ -199,3 +201,40 @@ def test_a_student_already_training_into_the_same_folder_is_refused(reproduce, t
     assert "another process is training" in capsys.readouterr().out
     reproduce.record_end(runs, "gla", 1)
     assert json.loads((runs / "gla" / "summary.json").read_text())["status"] == "failed"
+
+
+def test_longer_sequences_keep_the_tokens_per_step(reproduce, tmp_path):
+    corpus = _tiny_corpus(tmp_path / "corpus")
+    cfg = reproduce.student_config("memory", corpus, 20_000_000, tmp_path / "out", "smollm2", False, "cuda")
+    assert cfg.data.max_length == 4096 and cfg.train.batch_size == cfg.train.micro_batch_size == 2
+    assert cfg.train.max_steps == 20_000_000 // 8192 and cfg.train.save_every == cfg.train.max_steps // 10
+    assert cfg.model.liger == {"variant": "gla", "linear_normalizer": "sum", "global_cache_size": 64}
+    plain = reproduce.student_config("gla", corpus, 20_000_000, tmp_path / "out", "smollm2", False, "cuda")
+    assert (plain.data.max_length, plain.train.batch_size, plain.train.max_steps) == (1024, 8, cfg.train.max_steps)
+
+
+def test_a_student_stopped_at_its_time_limit_keeps_its_last_adapter(reproduce, tmp_path, monkeypatch):
+    import argparse
+
+    import liger.train
+
+    corpus = _tiny_corpus(tmp_path / "corpus")
+    scratch_root, runs = tmp_path / "scratch", tmp_path / "runs"
+
+    def stopped_finetune(cfg, data=None):
+        adapter = Path(cfg.output) / "checkpoints" / "step-000003" / "adapter"
+        adapter.mkdir(parents=True)
+        (adapter / "adapter_model.safetensors").write_text("weights")
+        raise SystemExit("stopped by signal 15 at the time limit")
+
+    monkeypatch.setattr(liger.train, "finetune", stopped_finetune)
+    monkeypatch.setattr(reproduce, "packed_data", lambda cfg, cache: None)
+    args = argparse.Namespace(student="gla", out=str(runs), scratch=str(scratch_root), tokens=4096, per_gpu=1,
+                              corpus=str(corpus), model="smollm2", tiny=True, data_cache=str(tmp_path / "d.pt"),
+                              keep_scratch=False)
+    assert reproduce.run_student(args) == 1
+    summary = json.loads((runs / "gla" / "summary.json").read_text())
+    assert summary["status"] == "stopped" and summary["steps"] == 3 and summary["tokens"] == 3 * 2 * 128
+    assert (runs / "gla" / "adapter" / "adapter_model.safetensors").read_text() == "weights"
+    reproduce.record_end(runs, "gla", "timeout")  # the dispatcher keeps the student's own summary
+    assert json.loads((runs / "gla" / "summary.json").read_text())["status"] == "stopped"
