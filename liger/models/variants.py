@@ -310,7 +310,7 @@ class GatedDeltaNet(Recurrence):
     m_t = mean(k_t) over the head's channels (raw key)
     log α_t = logsigmoid(m_t) / n              the scalar gate of gated retention
     β_t = σ(m_t), or the constant ``delta_write_strength``  (a key the gate keeps long is also written strongly)
-    S_t = α_t (I − β_t k̂_t k̂_tᵀ) S_{t-1} + β_t k̂_t v_tᵀ,   o_t = s · q̂_t S_t
+    S_t = α_t (I − β_t k̂_tᵀ k̂_t) S_{t-1} + β_t k̂_tᵀ v_t,   o_t = s · q̂_t S_t   (row vectors, as above)
     (decay first, then the delta update, as fla's ``naive_recurrent_gated_delta_rule``; see ``delta_rule.py``).
     Padding positions neither write nor decay the state: β = 0 and log α = 0 there.
     """
