@@ -11,13 +11,16 @@ float32, and states are float32. Outputs come back in the kernels' input dtype.
 
 fla's GLA kernels want as many key heads as query heads: keys, values and gates are expanded for the kernel
 and the final state is read back once per KV head (all query heads of a group carry the same state).
-``chunk_gsa`` and ``fused_recurrent_gsa`` take grouped queries themselves.
+``chunk_gsa`` and ``fused_recurrent_gsa`` take grouped queries themselves. fla's gated-delta-rule kernels
+group the other way round (several value heads per query/key head, "GVA"), so for Liger's grouped queries keys,
+values, gates and write strengths are expanded like GLA's.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 
 import torch
 
@@ -161,3 +164,79 @@ def gsa(
     o, final = fused_recurrent_gsa(q, k, v, s, g=g, scale=scale, initial_state=h0,
                                    output_final_state=output_final_state)
     return o, [x[:, ::G].contiguous() if x is not None else None for x in final]
+
+
+def delta_kernel_inputs(q, k, v, g, beta):
+    """Tensors as fla's gated-delta-rule kernels take them: q/k/v in :func:`kernel_dtype`, log-decays ``g`` and
+    write strengths ``beta`` (``[B, T, H]``) in float32, keys, values, ``g`` and ``beta`` repeated to the query
+    heads. Pure tensor code (compiled together with the normalisation and gates that produce its inputs)."""
+    G = q.shape[2] // k.shape[2]
+    dtype = kernel_dtype(q)
+    q, k, v = q.to(dtype), _expand(k.to(dtype), G), _expand(v.to(dtype), G)
+    return q, k, v, _expand(g.float(), G), _expand(beta.float(), G)
+
+
+@functools.cache
+def gated_delta_rule_backward_refused() -> bool:
+    """fla 0.6's ``chunk_gated_delta_rule`` backward runs the gated ``chunk_bwd_dqkwg``, which raises on Hopper GPUs
+    with Triton >= 3.4 and < 3.7.1 (fla issue #640: those compute it wrongly) unless fla's TileLang backend takes
+    that kernel (``tilelang`` installed, not disabled). There, the gated_deltanet variant trains with the
+    pure-PyTorch chunked form instead (see ``variants.GatedDeltaNet``)."""
+    try:
+        from fla.utils import IS_NVIDIA_HOPPER, TRITON_ABOVE_3_4_0, TRITON_ABOVE_3_7_1
+    except ImportError:
+        return False
+    if not (IS_NVIDIA_HOPPER and TRITON_ABOVE_3_4_0 and not TRITON_ABOVE_3_7_1):
+        return False
+    try:
+        from fla.ops.common.backends.tilelang import CommonTileLangBackend
+    except ImportError:
+        return True
+    dispatch_on = os.environ.get("FLA_DISABLE_BACKEND_DISPATCH") != "1"
+    return not (dispatch_on and CommonTileLangBackend.is_available() and CommonTileLangBackend().is_enabled())
+
+
+def gated_delta_rule_kernels(q, k, v, g, beta, scale, initial_state, output_final_state, mode, groups):
+    """fla's gated-delta-rule kernels on :func:`delta_kernel_inputs`' tensors (q/k already L2-normalised: the
+    kernels' ``use_qk_l2norm_in_kernel`` stays off); ``initial_state`` and the returned final state are
+    ``[B, H, K, V]`` float32, once per KV head (``groups`` query heads per KV head).
+
+    fla 0.6: ``chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False,
+    use_qk_l2norm_in_kernel=False, ...)`` and ``fused_recurrent_gated_delta_rule(q, k, v, g=None, gk=None,
+    gv=None, beta=None, scale=None, ...)`` (note the different positional order: everything goes by keyword
+    here); both default ``scale`` to 1/sqrt(K), so it is always passed. ``fused_recurrent_gated_delta_rule`` has
+    no backward: "recurrent" calls that need gradients take the chunk kernel (the same recurrence)."""
+    try:
+        from fla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
+    except ImportError as err:
+        raise _missing_fla(err) from err
+
+    G = groups
+    h0 = initial_state.float().repeat_interleave(G, dim=1) if initial_state is not None else None
+    common = dict(g=g, beta=beta, scale=scale, initial_state=h0, output_final_state=output_final_state,
+                  use_qk_l2norm_in_kernel=False)
+    if mode == "recurrent" and not _needs_grad(q, k, v, g, beta, h0):
+        o, ht = fused_recurrent_gated_delta_rule(q, k, v, **common)
+    else:
+        o, ht = chunk_gated_delta_rule(q, k, v, **common)
+    if ht is not None:
+        ht = ht[:, ::G].contiguous()
+    return o, ht
+
+
+def gated_delta_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    scale: float = 1.0,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    mode: str = "chunk",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Same contract as ``delta_rule.naive_recurrent_gated_delta_rule`` (``o`` in :func:`kernel_dtype`, the final
+    state ``[B, H, K, V]`` float32 once per KV head), computed by fla's kernels."""
+    groups = q.shape[2] // k.shape[2]
+    return gated_delta_rule_kernels(*delta_kernel_inputs(q, k, v, g, beta), scale, initial_state, output_final_state,
+                                    mode, groups)

@@ -27,6 +27,10 @@ import torch
 import torch.nn.functional as F
 
 from .compiling import CompiledOrEager
+from .delta_rule import chunk_gated_delta_rule, gated_delta_rule_step_, naive_recurrent_gated_delta_rule
+from .fla_backend import delta_kernel_inputs as fla_delta_kernel_inputs
+from .fla_backend import gated_delta_rule_backward_refused as fla_delta_backward_refused
+from .fla_backend import gated_delta_rule_kernels as fla_delta_kernels
 from .fla_backend import gla as fla_gla
 from .fla_backend import gla_kernels as fla_gla_kernels
 from .fla_backend import gsa as fla_gsa
@@ -354,6 +358,92 @@ class GSA(Recurrence):
         return torch.einsum("bhm,bhmv->bhv", ok.softmax(-1), Sv)[:, None]
 
 
+# L2 normalisation as fla's l2norm (the Gated DeltaNet convention): x / sqrt(|x|² + eps)
+_L2NORM_EPS = 1e-6
+
+
+def l2_normalize(x: torch.Tensor) -> torch.Tensor:
+    """``x / sqrt(Σ x² + 1e-6)`` over the last (head) dimension."""
+    return x * torch.rsqrt(x.square().sum(-1, keepdim=True) + _L2NORM_EPS)
+
+
+class GatedDeltaNet(Recurrence):
+    """Liger-Gated-DeltaNet (beyond the paper; Gated DeltaNet, arXiv 2412.06464), parameter-free, per KV head:
+
+    q̂_t = L2norm(q_t), k̂_t = L2norm(k_t)      over the head dim, pre-RoPE (the feature map is not used)
+    m_t = mean(k_t) over the head's channels (raw key)
+    log α_t = logsigmoid(m_t) / n              the scalar gate of gated retention
+    β_t = σ(m_t), or the constant ``delta_write_strength``  (a key the gate keeps long is also written strongly)
+    S_t = α_t (I − β_t k̂_tᵀ k̂_t) S_{t-1} + β_t k̂_tᵀ v_t,   o_t = s · q̂_t S_t   (row vectors, as above)
+    (decay first, then the delta update, as fla's ``naive_recurrent_gated_delta_rule``; see ``delta_rule.py``).
+    Padding positions neither write nor decay the state: β = 0 and log α = 0 there.
+    """
+
+    scalar_gate = True
+
+    def __init__(self, config):
+        super().__init__(config)
+        strength = getattr(config, "delta_write_strength", None)
+        self.write_strength = None if strength is None else float(strength)
+
+    def log_gate(self, x):
+        return F.logsigmoid(x) / self.normalizer
+
+    def inputs(self, q, k, v):
+        """(q̂, k̂, v, log α, β) of the delta rule; q̂/k̂ and the gates in at least float32."""
+        m = at_least_fp32(k).mean(-1)  # [B,T,H]
+        beta = torch.sigmoid(m) if self.write_strength is None else torch.full_like(m, self.write_strength)
+        return l2_normalize(at_least_fp32(q)), l2_normalize(at_least_fp32(k)), v, self.log_gate(m), beta
+
+    def prepare(self, q, k, v, valid):
+        """:meth:`inputs` with padding zeroed (no write: β = 0; no decay: log α = 0)."""
+        q, k, v, g, beta = self.inputs(q, k, v)
+        k, v, g, beta = _mask_padding(valid, k, v, g, beta)
+        return q, k, v, g, beta
+
+    def __call__(self, q, k, v, valid, state, mode, backend, need_state=True):
+        prev = state[0] if state else None
+        if backend == "fla" and fla_delta_backward_refused() and torch.is_grad_enabled() and any(
+            x is not None and x.requires_grad for x in (q, k, v, prev)
+        ):
+            _log_delta_fallback_once()
+            backend, mode = "torch", "chunk"
+        if backend == "fla":
+            inputs = (_delta_fla_inputs_compiled if mode == "chunk" else _delta_fla_inputs)(self, q, k, v, valid)
+            o, S = fla_delta_kernels(*inputs, self.scale, prev, need_state, mode, q.shape[2] // k.shape[2])
+        else:
+            fn = naive_recurrent_gated_delta_rule if mode == "recurrent" else chunk_gated_delta_rule
+            o, S = fn(*self.prepare(q, k, v, valid), self.scale, prev, need_state)
+        return o, ((S,) if S is not None else None)
+
+    def step(self, q, k, v, valid, state):
+        return gated_delta_rule_step_(state[0], *self.prepare(q, k, v, valid), self.scale)
+
+    def recall(self, q, k, v, valid, state, mode, backend, need_state=False):
+        """The delta rule's readout is a read of the stored association already (unit keys): the plain readout
+        with ``q`` = earlier keys."""
+        o, S = self(q, k, v, valid, state, mode, backend, need_state)
+        return at_least_fp32(o), S
+
+    def read(self, state, q):
+        S = state[0]
+        return torch.einsum("bhk,bhkv->bhv", l2_normalize(q[:, 0].to(S.dtype)) * self.scale, S)[:, None]
+
+
+def _delta_fla_inputs(recurrence, q, k, v, valid):
+    return fla_delta_kernel_inputs(*recurrence.prepare(q, k, v, valid))
+
+
+_delta_fla_inputs_compiled = CompiledOrEager(_delta_fla_inputs, "delta_fla_inputs", dynamic=True)
+
+
+def _log_delta_fallback_once() -> None:
+    if "delta_fallback" not in _logged:
+        _logged.add("delta_fallback")
+        logger.warning("liger: fla refuses the gated delta rule's backward on this GPU and Triton (fla #640); "
+                       "gated_deltanet trains with the PyTorch chunked form")
+
+
 VARIANT_CLASSES: dict[str, type[Recurrence]] = {
     "gla": GLA,
     "hgrn2": HGRN2,
@@ -362,24 +452,27 @@ VARIANT_CLASSES: dict[str, type[Recurrence]] = {
     "mlstm": MLSTM,
     "gated_retention": GatedRetention,
     "rwkv6": RWKV6,
+    "gated_deltanet": GatedDeltaNet,
 }
 
 
 @functools.cache
 def _shared(variant, feature_map, gate_normalizer, linear_scale, gate_pool_size, hgrn2_lower_bound, gsa_num_slots,
-            linear_normalizer, global_cache_size):
+            linear_normalizer, global_cache_size, delta_write_strength):
     from types import SimpleNamespace
 
     options = SimpleNamespace(feature_map=feature_map, gate_normalizer=gate_normalizer, linear_scale=linear_scale,
                               gate_pool_size=gate_pool_size, hgrn2_lower_bound=hgrn2_lower_bound,
                               gsa_num_slots=gsa_num_slots, linear_normalizer=linear_normalizer,
-                              global_cache_size=global_cache_size)
+                              global_cache_size=global_cache_size, delta_write_strength=delta_write_strength)
     return VARIANT_CLASSES[variant](options)
 
 
 def get_recurrence(config) -> Recurrence:
     """The recurrence of ``config.variant`` with the config's options; one shared instance per set of options
     (instances are stateless), so that compiled code traced for one layer serves every layer."""
+    strength = config.delta_write_strength
     return _shared(config.variant, config.feature_map, float(config.gate_normalizer), float(config.linear_scale),
                    config.gate_pool_size, float(config.hgrn2_lower_bound), config.gsa_num_slots,
-                   config.linear_normalizer, int(bool(config.global_cache_size)))
+                   config.linear_normalizer, int(bool(config.global_cache_size)),
+                   None if strength is None else float(strength))

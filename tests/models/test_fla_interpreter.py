@@ -26,10 +26,13 @@ SCRIPT = textwrap.dedent('''
     valid = torch.ones(B, T, dtype=torch.bool)
     valid[1, :2] = False
     worst = 0.0
-    for variant in ("gla", "hgrn2", "gsa", "mamba2", "mlstm", "gated_retention", "rwkv6"):
+    cases = [(variant, None) for variant in ("gla", "hgrn2", "gsa", "mamba2", "mlstm", "gated_retention", "rwkv6",
+                                             "gated_deltanet")] + [("gated_deltanet", 0.4)]
+    for variant, strength in cases:
         rec = get_recurrence(SimpleNamespace(variant=variant, feature_map="softmax", linear_scale=1.0,
                                              gate_normalizer=1.0 if variant == "hgrn2" else 16.0,
-                                             gate_pool_size=None, hgrn2_lower_bound=0.0, gsa_num_slots=None))
+                                             gate_pool_size=None, hgrn2_lower_bound=0.0, gsa_num_slots=None,
+                                             delta_write_strength=strength))
         o_t, s_t = rec(q, k, v, valid, None, "recurrent", "torch")
         o_f, s_f = rec(q, k, v, valid, None, "recurrent", "fla")
         # then one decode token from the carried state (the single-token kernels)

@@ -130,7 +130,7 @@ def test_layer_equals_token_by_token_transcription():
     assert_close(got, ref, 1e-10)
 
 
-@pytest.mark.parametrize("variant", ["gla", "gsa", "mlstm", "hgrn2", "mamba2"])
+@pytest.mark.parametrize("variant", ["gla", "gsa", "mlstm", "hgrn2", "mamba2", "gated_deltanet"])
 @pytest.mark.parametrize("sinks", [0, 2])
 def test_cached_decoding_equals_full_forward(variant, sinks):
     model = liger.convert(tiny_teacher("llama", dtype=torch.float64), variant=variant, window_size=4,

@@ -121,16 +121,19 @@ def test_missing_path_is_a_clear_error(tmp_path):
         liger.convert(tmp_path / "nope")
 
 
-@pytest.mark.parametrize("variant", ["gla", "gsa"])
-def test_save_and_load_round_trip_is_exact(tmp_path, variant):
+@pytest.mark.parametrize("variant,options",
+                         [("gla", {}), ("gsa", {}), ("gated_deltanet", {"delta_write_strength": 0.5})])
+def test_save_and_load_round_trip_is_exact(tmp_path, variant, options):
     model = liger.convert(tiny_teacher("qwen3"), variant=variant, window_size=8, num_sink_tokens=2,
-                          full_attention_layers=[1])
+                          full_attention_layers=[1], **options)
     model.save_pretrained(tmp_path)
     files = sorted(p.name for p in tmp_path.iterdir())
     assert "model.safetensors" in files and not any(f.endswith(".bin") for f in files), files
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
     assert type(loaded) is liger.LigerForCausalLM
     assert loaded.config.variant == variant and loaded.config.full_attention_layers == [1]
+    for name, value in options.items():
+        assert getattr(loaded.config, name) == value, name
     for (n1, p1), (n2, p2) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert n1 == n2 and torch.equal(p1, p2), n1
     x = ids()
