@@ -95,7 +95,8 @@ def main(argv=None) -> int:
 
     W, scale = args.window, args.head_dim**-0.5
     gla = get_recurrence(SimpleNamespace(variant="gla", feature_map="softmax", linear_scale=1.0, gate_normalizer=16.0,
-                                         gate_pool_size=None, hgrn2_lower_bound=0.0, gsa_num_slots=None))
+                                         gate_pool_size=None, hgrn2_lower_bound=0.0, gsa_num_slots=None,
+                                         linear_normalizer="none", global_cache_size=0, delta_write_strength=None))
     G = args.heads // args.kv_heads
     ops = {
         ("rope", "compiled"): lambda q, k, v, valid, cos, sin: _compiled_rope(q, k, cos, sin),

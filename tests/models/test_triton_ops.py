@@ -43,7 +43,8 @@ SCRIPT = textwrap.dedent('''
             note("rope " + name, rel(a, b))
 
     rec = get_recurrence(SimpleNamespace(variant="gla", feature_map="softmax", linear_scale=1.0, gate_normalizer=16.0,
-                                         gate_pool_size=None, hgrn2_lower_bound=0.0, gsa_num_slots=None))
+                                         gate_pool_size=None, hgrn2_lower_bound=0.0, gsa_num_slots=None,
+                                         linear_normalizer="none", global_cache_size=0, delta_write_strength=None))
     for B, T, HQ, H, D, padded in [(2, 37, 6, 2, 16, True), (1, 50, 3, 3, 24, False), (3, 9, 4, 1, 64, True)]:
         q = torch.randn(B, T, HQ, D, requires_grad=True)
         k = (torch.randn(B, T, H, D) * 4).requires_grad_()  # gates near 0 and 1
