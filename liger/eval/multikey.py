@@ -27,13 +27,13 @@ NEEDLE = "The special magic number for {word} is {number}."
 QUESTION = "What is the special magic number for {word}? The special magic number for {word} is"
 
 WORDS = (
-    "anchor", "apple", "badger", "balloon", "bicycle", "blanket", "bottle", "bridge", "butter", "cabinet",
+    "anchor", "apple", "badger", "balloon", "beacon", "bicycle", "blanket", "bottle", "bridge", "butter", "cabinet",
     "camera", "candle", "canyon", "carpet", "castle", "cherry", "chimney", "circus", "cobalt", "compass",
     "copper", "cotton", "crystal", "dolphin", "dragon", "eagle", "engine", "falcon", "feather", "fiddle",
     "forest", "fountain", "garden", "ginger", "glacier", "guitar", "hammer", "harbor", "helmet", "honey",
     "island", "jacket", "jungle", "kettle", "kitten", "ladder", "lantern", "lemon", "lizard", "magnet",
     "marble", "meadow", "mirror", "monkey", "mustard", "nectar", "noodle", "orchard", "oyster", "paddle",
-    "parrot", "pebble", "pepper", "pillow", "planet", "pocket", "pumpkin", "puzzle", "rabbit", "radish",
+    "parrot", "pebble", "pepper", "pillow", "planet", "pocket", "pumpkin", "puzzle", "quartz", "rabbit", "radish",
     "ribbon", "rocket", "saddle", "salmon", "satchel", "scarf", "shovel", "silver", "spider", "squirrel",
     "statue", "tablet", "teapot", "thimble", "tiger", "tomato", "trumpet", "tunnel", "turtle", "umbrella",
     "velvet", "violin", "walnut", "wagon", "whistle", "window", "wizard", "yogurt",
@@ -67,22 +67,24 @@ def assemble(filler: str, needles: list[str], depths: list[float], question: str
     for d in depths:
         x = d * len(filler)
         i = bisect.bisect_left(points, x)
-        near = [p for p in points[max(0, i - 1):i + 1]]
+        near = points[max(0, i - 1):i + 1]
         targets.append(min(near, key=lambda p: (abs(p - x), p)))
     head = INTRO + "\n\n"
     body, starts, cursor = "", {}, 0
     for j in sorted(range(len(needles)), key=lambda j: (targets[j], depths[j])):
-        body += filler[cursor:targets[j]]
+        body = _join(body, filler[cursor:targets[j]])
         cursor = targets[j]
-        if body and not body[-1].isspace():
-            body += " "
-        starts[j] = len(head) + len(body)
-        body += needles[j]
-    rest = filler[cursor:]
-    if rest and body and not rest[0].isspace():
-        body += " "
-    body += rest
+        body = _join(body, needles[j])
+        starts[j] = len(head) + len(body) - len(needles[j])
+    body = _join(body, filler[cursor:])
     return head + body + "\n\n" + question, [starts[j] for j in range(len(needles))]
+
+
+def _join(left: str, right: str) -> str:
+    """``left + right`` with one space between them where neither has white space at the seam."""
+    if left and right and not left[-1].isspace() and not right[0].isspace():
+        return left + " " + right
+    return left + right
 
 
 def _cut(source: str, chars: int) -> str:

@@ -312,6 +312,23 @@ def _pyplot():
     return plt
 
 
+_MARKERS = "os^Dv<>pPX*h"
+
+
+def _style(report: dict, i: int, name: str) -> dict:
+    """The teacher as a thick black line, each student with its own marker (so overlapping lines stay visible)."""
+    if name == report["teacher"]:
+        return dict(color="black", linewidth=2.5, marker="o", label=f"{name} (teacher)")
+    return dict(marker=_MARKERS[(i - 1) % len(_MARKERS)], markersize=5, alpha=0.85, label=name)
+
+
+def _length_axis(ax, values: list[int], label: str) -> None:
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(values), [str(v) for v in sorted(values)])
+    ax.minorticks_off()
+    ax.set_xlabel(label)
+
+
 def plot_retrieval(report: dict, path: str | os.PathLike) -> None:
     """Passkey and multi-key retrieval accuracy by prompt length, one line per model (Wilson 95 % bars)."""
     plt = _pyplot()
@@ -319,7 +336,7 @@ def plot_retrieval(report: dict, path: str | os.PathLike) -> None:
     keys = [k for k in ("passkey", "multikey") if models[report["teacher"]].get(k)]
     fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False)
     for ax, key in zip(axes[0], keys):
-        for name in names:
+        for i, name in enumerate(names):
             lengths = (models[name].get(key) or {}).get("lengths", {})
             xs = sorted(lengths, key=int)
             ys = [lengths[x]["accuracy"] for x in xs]
@@ -328,11 +345,10 @@ def plot_retrieval(report: dict, path: str | os.PathLike) -> None:
                        [lengths[x]["wilson95"][1] - y for x, y in zip(xs, ys)]]
             else:
                 err = None
-            ax.errorbar([int(x) for x in xs], ys, yerr=err, marker="o", capsize=3, label=name)
-        ax.set_xscale("log", base=2)
+            ax.errorbar([int(x) for x in xs], ys, yerr=err, capsize=3, **_style(report, i, name))
+        _length_axis(ax, [int(x) for x in models[report["teacher"]][key]["lengths"]], "prompt length (tokens)")
         ax.set_ylim(-0.05, 1.05)
-        ax.set_xlabel("prompt length (tokens)")
-        ax.set_ylabel("accuracy")
+        ax.set_ylabel("accuracy (bars: Wilson 95 %)")
         ref = models[report["teacher"]][key]
         ax.set_title("passkey" if key == "passkey" else f"multi-key ({ref['pairs']} pairs)")
         ax.legend(fontsize="small")
@@ -348,15 +364,15 @@ def plot_position_loss(report: dict, path: str | os.PathLike) -> None:
     ref = models[report["teacher"]]["position_loss"]
     labels = list(ref["buckets"])
     fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(labels) + 3), 4))
-    for name in names:
+    for i, name in enumerate(names):
         buckets = (models[name].get("position_loss") or {}).get("buckets", {})
-        xs = [i for i, label in enumerate(labels) if label in buckets]
-        ys = [buckets[labels[i]]["nll"] for i in xs]
-        err = [buckets[labels[i]]["stderr"] or 0.0 for i in xs]
-        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=name)
+        xs = [j for j, label in enumerate(labels) if label in buckets]
+        ys = [buckets[labels[j]]["nll"] for j in xs]
+        err = [buckets[labels[j]]["stderr"] or 0.0 for j in xs]
+        ax.errorbar(xs, ys, yerr=err, capsize=3, **_style(report, i, name))
     ax.set_xticks(range(len(labels)), [label.replace("-", "–") for label in labels])
     ax.set_xlabel("position (tokens before the predicted one)")
-    ax.set_ylabel("mean loss (nats per token)")
+    ax.set_ylabel("mean loss (nats per token, ± stderr)")
     ax.set_title(f"Loss by position ({ref['sequences']} sequences of {ref['length']} tokens)")
     ax.legend(fontsize="small")
     fig.tight_layout()
@@ -369,15 +385,15 @@ def plot_repeat_recall(report: dict, path: str | os.PathLike) -> None:
     plt = _pyplot()
     names, models = [report["teacher"]] + report["students"], report["models"]
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for name in names:
+    for i, name in enumerate(names):
         gaps = (models[name].get("repeat_recall") or {}).get("gaps", {})
         xs = sorted(gaps, key=int)
         ax.errorbar([int(x) for x in xs], [gaps[x]["drop"] for x in xs],
-                    yerr=[gaps[x]["drop_stderr"] or 0.0 for x in xs], marker="o", capsize=3, label=name)
+                    yerr=[gaps[x]["drop_stderr"] or 0.0 for x in xs], capsize=3, **_style(report, i, name))
     ax.axhline(0.0, color="black", linewidth=0.8, linestyle="dotted")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("distance D between the occurrences (tokens)")
-    ax.set_ylabel("loss drop at the repeat (nats per token)")
+    _length_axis(ax, [int(x) for x in models[report["teacher"]]["repeat_recall"]["gaps"]],
+                 "distance D between the occurrences (tokens)")
+    ax.set_ylabel("loss drop at the repeat (nats per token, ± stderr)")
     ax.set_title("Repeated-span recall")
     ax.legend(fontsize="small")
     fig.tight_layout()
