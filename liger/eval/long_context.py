@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 
-from .longtext import LongText, same_tokenizer
+from .longtext import LongText, as_long_text
 from .multikey import WORDS, min_length, multikey
 from .passkey import passkey, passkey_prompt
 from .position import position_buckets, position_loss
@@ -58,8 +58,7 @@ def check_long_context(tokenizer, texts=None, passkey_lengths=(), passkey_trials
     if not texts:
         raise ValueError("multi-key retrieval, loss by position and repeated-span recall need text files "
                          "(--long-text FILE...)")
-    corpus = texts if isinstance(texts, LongText) and same_tokenizer(texts.tokenizer, tokenizer) else \
-        LongText(texts.files if isinstance(texts, LongText) else texts, tokenizer)
+    corpus = as_long_text(texts, tokenizer)
     if multikey_lengths:
         shortest = min_length(tokenizer, multikey_pairs)
         if min(multikey_lengths) <= shortest:

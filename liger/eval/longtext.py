@@ -220,6 +220,14 @@ def _paragraphs(doc: int, text: str, starts: list[int]) -> list[Paragraph]:
     return out
 
 
+def as_long_text(texts, tokenizer) -> LongText:
+    """``texts`` (file paths, or a :class:`LongText`) tokenized for ``tokenizer``: a LongText built for a
+    tokenizer that tokenizes identically is reused, any other is rebuilt from its files."""
+    if isinstance(texts, LongText):
+        return texts if same_tokenizer(texts.tokenizer, tokenizer) else LongText(texts.files, tokenizer)
+    return LongText(texts, tokenizer)
+
+
 @torch.no_grad()
 def token_nlls(model, ids, chunk: int = 1024) -> torch.Tensor:
     """Negative log-likelihood (nats, float32, on the CPU) of every token of a sequence but the first, from

@@ -17,7 +17,7 @@ import bisect
 import random
 import re
 
-from .longtext import LongText
+from .longtext import LongText, as_long_text
 from .passkey import first_number, greedy_answer, n_tokens
 from .stats import binomial
 
@@ -177,7 +177,7 @@ def multikey(model, tokenizer, texts, lengths: list[int] = (1024, 2048, 4096, 81
         raise ValueError(f"pairs must be in [1, {len(WORDS)}], got {pairs}")
     if not lengths or any(n < 1 for n in lengths):
         raise ValueError(f"multikey lengths must be positive token counts, got {list(lengths)}")
-    corpus = texts if isinstance(texts, LongText) else LongText(texts, tokenizer)
+    corpus = as_long_text(texts, tokenizer)
     out = {}
     was_training = model.training
     model.eval()

@@ -10,7 +10,7 @@ tokens before it; the default buckets are positions 1-63 (inside a 64-key window
 
 from __future__ import annotations
 
-from .longtext import LongText, token_nlls
+from .longtext import as_long_text, token_nlls
 from .stats import mean_stderr
 
 
@@ -60,7 +60,7 @@ def position_loss(model, tokenizer, texts, length: int = 4096, sequences: int = 
     if sequences < 1:
         raise ValueError(f"sequences must be >= 1, got {sequences}")
     buckets = position_buckets(length, edges)
-    corpus = texts if isinstance(texts, LongText) else LongText(texts, tokenizer)
+    corpus = as_long_text(texts, tokenizer)
     chosen = corpus.sequences(length, sequences)
     per_bucket: list[list[float]] = [[] for _ in buckets]
     total = 0.0

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 
-from .longtext import LongText, Paragraph, token_nlls
+from .longtext import LongText, Paragraph, as_long_text, token_nlls
 from .stats import mean_stderr
 
 
@@ -98,7 +98,7 @@ def repeat_recall(model, tokenizer, texts, gaps: list[int] = (256, 512, 1024, 20
         raise ValueError(f"repeat-recall distances must be positive token counts, got {list(gaps)}")
     if lead < 0 or not 1 <= paragraph_tokens[0] <= paragraph_tokens[1]:
         raise ValueError(f"need lead >= 0 and 1 <= min <= max paragraph tokens, got {lead}, {paragraph_tokens}")
-    corpus = texts if isinstance(texts, LongText) else LongText(texts, tokenizer)
+    corpus = as_long_text(texts, tokenizer)
     max_gap = max(gaps)
     candidates = usable_paragraphs(corpus, gaps, trials, lead, paragraph_tokens)
     rng = random.Random(f"repeat-{seed}")

@@ -189,7 +189,9 @@ def test_retrieval_scores_the_generated_number(text_file, wrong):
 
 
 def test_multikey_pairs_are_distinct_and_trials_reproducible(text_file, monkeypatch):
-    import liger.eval.multikey as mk
+    import importlib
+
+    mk = importlib.import_module("liger.eval.multikey")  # the module (liger.eval.multikey is also the function)
 
     tok = char_tokenizer()
     model = build_student("convert:gla", tiny_teacher("llama"))
@@ -377,3 +379,13 @@ print("MEASURED", sorted(k for k in ("passkey", "multikey", "position_loss", "re
                          env=dict(os.environ, PYTHONPATH=root))
     assert out.returncode == 0, out.stderr[-3000:]
     assert "MEASURED ['multikey', 'passkey', 'position_loss', 'repeat_recall']" in out.stdout
+
+
+def test_tokenized_text_is_reused_only_for_an_identical_tokenizer(text_file):
+    from liger.eval.longtext import as_long_text
+
+    corpus = LongText([text_file], char_tokenizer())
+    assert as_long_text(corpus, corpus.tokenizer) is corpus
+    assert as_long_text(corpus, char_tokenizer()) is corpus  # another object, the same tokenization
+    other = as_long_text(corpus, char_tokenizer(bos=True))
+    assert other is not corpus and other.prefix == [98] and other.files == corpus.files
