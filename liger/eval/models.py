@@ -77,12 +77,21 @@ def load_checkpoint(path: str | os.PathLike, dtype: str = "float32", device: str
         FileNotFoundError: no such checkpoint, or no tokenizer next to it (and none given).
         ValueError: the checkpoint is not a causal language model, or an unknown dtype.
     """
-    import liger  # noqa: F401  (registers the liger model type)
-    from liger.assets import resolve_model
-
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype '{dtype}' (choose from {', '.join(DTYPES)})")
     name = os.fspath(path)
+    resolved = _causal_lm_dir(name)
+    tok = _tokenizer(resolved, name, tokenizer)
+    model = AutoModelForCausalLM.from_pretrained(resolved, dtype=DTYPES[dtype]).to(device).eval()
+    return Loaded(model, tok, name)
+
+
+def _causal_lm_dir(name: str) -> str:
+    """The directory of a causal-LM checkpoint (or of the alias ``smollm2``); FileNotFoundError / ValueError
+    otherwise."""
+    import liger  # noqa: F401  (registers the liger model type)
+    from liger.assets import resolve_model
+
     resolved = resolve_model(name)
     if not os.path.isdir(resolved):
         raise FileNotFoundError(f"no model directory at '{name}'")
@@ -90,12 +99,25 @@ def load_checkpoint(path: str | os.PathLike, dtype: str = "float32", device: str
     model_type = getattr(config, "model_type", None)
     if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type != "liger":
         raise ValueError(f"'{name}' is not a causal language model (model_type '{model_type}')")
+    return resolved
+
+
+def load_tokenizer(path: str | os.PathLike, tokenizer: str | os.PathLike | None = None):
+    """The tokenizer of a causal-LM checkpoint directory (or the alias ``smollm2``), or ``tokenizer`` when
+    given, without loading the model.
+
+    Raises:
+        FileNotFoundError: no such checkpoint, or no tokenizer there. ValueError: not a causal LM.
+    """
+    name = os.fspath(path)
+    return _tokenizer(_causal_lm_dir(name), name, tokenizer)
+
+
+def _tokenizer(resolved: str, name: str, tokenizer: str | os.PathLike | None):
     try:
-        tok = AutoTokenizer.from_pretrained(tokenizer or resolved)
+        return AutoTokenizer.from_pretrained(tokenizer or resolved)
     except (OSError, ValueError) as err:
         raise FileNotFoundError(f"no tokenizer found for '{name}' (pass --tokenizer): {err}") from None
-    model = AutoModelForCausalLM.from_pretrained(resolved, dtype=DTYPES[dtype]).to(device).eval()
-    return Loaded(model, tok, name)
 
 
 def check_causal_lm(model) -> None:

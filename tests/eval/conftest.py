@@ -16,17 +16,48 @@ TINY_DOCS = [
 ]
 
 
-def char_tokenizer() -> PreTrainedTokenizerFast:
-    """One token per printable ASCII character or newline (98 ids: fits the tiny models' 128-token vocabulary)."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+def char_tokenizer(bos: bool = False) -> PreTrainedTokenizerFast:
+    """One token per printable ASCII character or newline (98 ids: fits the tiny models' 128-token vocabulary).
+    With ``bos``, a 99th id ``<bos>`` that the tokenizer puts before every text (as Llama's does)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
     vocab = {"<unk>": 0, "<eos>": 1}
     for c in [chr(i) for i in range(32, 127)] + ["\n"]:
         vocab[c] = len(vocab)
+    if bos:
+        vocab["<bos>"] = len(vocab)
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     tok.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>", pad_token="<eos>")
+    extra = {}
+    if bos:
+        tok.add_special_tokens(["<bos>"])
+        tok.post_processor = processors.TemplateProcessing(single="<bos> $A",
+                                                           special_tokens=[("<bos>", vocab["<bos>"])])
+        extra["bos_token"] = "<bos>"
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>", pad_token="<eos>",
+                                   **extra)
+
+
+WORDS = ("the river ran past a quiet town where old men sat on green benches and talked about rain while children "
+         "carried bread home from the market before dark every evening in late summer when birds flew south over "
+         "hills covered with pine trees and a small road led to the harbor full of boats painted blue and red").split()
+
+
+def prose(paragraphs: int, seed: int = 0) -> str:
+    """Deterministic English-like text: ``paragraphs`` paragraphs of 1-3 sentences of 4-9 words, separated by
+    blank lines (with the character tokenizer most paragraphs have 40-200 tokens)."""
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(paragraphs):
+        sentences = []
+        for _ in range(rng.randint(1, 3)):
+            words = [rng.choice(WORDS) for _ in range(rng.randint(4, 9))]
+            sentences.append(" ".join(words).capitalize() + rng.choice(".!?."))
+        out.append(" ".join(sentences))
+    return "\n\n".join(out) + "\n"
 
 
 @pytest.fixture
