@@ -73,7 +73,9 @@ def _tiny_corpus(path: Path) -> Path:
 
     (path / "train" / "000-validation.txt").write_text(paragraphs(0, 12))
     (path / "train" / "a.txt").write_text(paragraphs(1, 120))
-    (path / "heldout" / "a.txt").write_text(paragraphs(2, 40))
+    # held-out paragraphs of ~100 tokens (bytes): long enough for the repeated-span measure
+    (path / "heldout" / "a.txt").write_text(paragraphs(2, 40).replace("\n\n", " the end\n\n").replace(
+        "\n\n", " and so on, and so forth, and on again\n\n"))
     manifest = dict(heldout_fraction=0.02, validation_fraction=0.005, val_records=12, train_tokens=0,
                     validation_tokens=0, heldout_tokens=0,
                     sources={"a": dict(package="test", version="0", documents=3, train=dict(tokens=1),
@@ -140,6 +142,21 @@ def test_train_tiny_then_eval(tiny_base, tmp_path, reproduce, monkeypatch):
     with pytest.raises(SystemExit, match="no earlier evaluation"):
         reproduce.main(["eval", "--corpus", str(corpus), "--runs", str(runs), "--output-dir", str(tmp_path / "x"),
                         "--report-only"])
+
+    # the long-context measures, one process per model (on the GPU in a lease), joined to the page afterwards
+    longctx = tmp_path / "longctx.json"
+    code = reproduce.main(["longctx", "--corpus", str(corpus), "--runs", str(runs), "--scratch", str(scratch),
+                           "--model", str(tiny_base), "--device", "cpu", "--models", "teacher,swa:64:4,memory",
+                           "--passkey", "512", "--multikey", "512", "--repeat", "64", "--position-length", "256",
+                           "--trials", "2", "--output", str(longctx), "--parallel", "3"])
+    measured = json.loads(longctx.read_text())
+    assert code == 0 and set(measured["models"]) == {str(tiny_base), "swa:64:4", "memory"}
+    assert measured["models"]["memory"]["passkey"]["lengths"]["512"]["trials"] == 2
+    code = reproduce.main(["eval", "--corpus", str(corpus), "--runs", str(runs), "--output-dir", str(report),
+                           "--report-only", "--long-context", str(longctx), "--results-md", str(tmp_path / "r2.md")])
+    page = (tmp_path / "r2.md").read_text()
+    assert code == 0 and "multikey" in page.lower() and (report / "retrieval.png").is_file()
+    assert json.loads((report / "report.json").read_text())["models"]["memory"]["repeat_recall"] is not None
 
 
 def test_student_names_take_config_overrides(reproduce):

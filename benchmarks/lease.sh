@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# One GPU lease for benchmarks/reproduce.py (docs/reproduce.md, "On a lent GPU"): students trained at once on
+# one GPU and their long-context evaluation, on a machine that has no internet. What it needs travels in the
+# repository's ignored folder .lease/ (see `prepare` below), at most 64 MiB per call of the device tool, so the
+# 98 MB GGUF of SmolLM2 goes in two calls:
+#
+#   here:      bash benchmarks/lease.sh prepare            # .lease/part-a (GGUF half 1 + wheels), .lease/part-b
+#   call 1:    bash benchmarks/lease.sh stash  part-a      # (carry .lease/part-a) kept in /root/lease
+#   call 2:    bash benchmarks/lease.sh start part-b STUDENTS TIME_LIMIT_S   # (carry .lease/part-b) background run
+#   call 3..:  bash benchmarks/lease.sh wait SECONDS       # progress; when done, the results land in $OUT
+#
+# The background run (`pipeline`): GPU tests of the memory mechanisms, `reproduce.py train` of every student at
+# once (one process each, TIME_LIMIT_S each: a student stopped there keeps its last checkpoint's adapter), then
+# `reproduce.py longctx` on the GPU, then a tarball of the small files (summaries, metrics, adapters, reports).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LEASE=${LEASE:-/root/lease}
+CORPUS_ARCHIVE=${CORPUS_ARCHIVE:-$HOME/.cache/liger/repro-corpus.tar.xz}
+GGUF=${GGUF:-$HOME/.cache/liger/gguf/SmolLM2-135M-Instruct.Q4_1.gguf}
+
+case "${1:-}" in
+prepare)  # on the development machine: split what the lease needs into two carry folders
+  rm -rf .lease && mkdir -p .lease/part-a .lease/part-b
+  half=$(( ($(stat -c %s "$GGUF") + 1) / 2 ))
+  head -c "$half" "$GGUF" > .lease/part-a/gguf.0
+  tail -c +$((half + 1)) "$GGUF" > .lease/part-b/gguf.1
+  cp .whl/*.whl .lease/part-a/
+  cp "$CORPUS_ARCHIVE" .lease/part-b/corpus.tar.xz
+  sha256sum "$GGUF" | cut -d' ' -f1 > .lease/part-b/gguf.sha256
+  du -sh .lease/part-a .lease/part-b
+  ;;
+stash)  # call 1: keep the first part on the device
+  mkdir -p "$LEASE" && cp -r ".lease/$2/." "$LEASE/"
+  ls -la "$LEASE"
+  ;;
+start)  # call 2: assemble, install, then the pipeline in the background (it outlives this call)
+  cp -r ".lease/$2/." "$LEASE/"
+  mkdir -p "$LEASE/cache/gguf" "$LEASE/out"
+  cat "$LEASE/gguf.0" "$LEASE/gguf.1" > "$LEASE/cache/gguf/SmolLM2-135M-Instruct.Q4_1.gguf"
+  echo "$(cat "$LEASE/gguf.sha256")  $LEASE/cache/gguf/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$LEASE/site" \
+    "$LEASE"/*.whl
+  tar -xJf "$LEASE/corpus.tar.xz" -C "$LEASE"
+  echo "$3" > "$LEASE/students" && echo "$4" > "$LEASE/time_limit"
+  setsid nohup bash benchmarks/lease.sh pipeline > "$LEASE/out/pipeline.log" 2>&1 < /dev/null &
+  sleep 60; tail -n 20 "$LEASE/out/pipeline.log"
+  ;;
+pipeline)  # the background run (started by `start`)
+  export PYTHONPATH="$LEASE/site:$PWD" LIGER_CACHE="$LEASE/cache" TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+  export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+  corpus=$(dirname "$(find "$LEASE" -maxdepth 3 -name manifest.json | head -1)")
+  python3 -c "from liger.assets import smollm2_dir; print(smollm2_dir())"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$LEASE/out/gpu.txt"
+  python3 -c "import torch, transformers, triton, fla; print(torch.__version__, transformers.__version__, triton.__version__, fla.__version__)" \
+    >> "$LEASE/out/gpu.txt"
+  (python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_memory_gpu.py tests/gpu/test_kernels.py \
+     > "$LEASE/out/gpu_tests.log" 2>&1; echo "exit $?" >> "$LEASE/out/gpu_tests.log") &
+  tests=$!
+  students=$(cat "$LEASE/students")
+  n=$(echo "$students" | tr ',' '\n' | grep -c .)
+  # the teacher's and the zero-training baseline's long-context measures need no student: alongside the training
+  python3 benchmarks/reproduce.py longctx --corpus "$corpus" --runs "$LEASE/runs" --models teacher,swa:64:4 \
+    --scratch "$LEASE/scratch" --output "$LEASE/runs/longctx-baselines.json" --device cuda > "$LEASE/out/longctx-baselines.log" 2>&1 &
+  baselines=$!
+  python3 benchmarks/reproduce.py train --corpus "$corpus" --students "$students" --gpus 1 --per-gpu "$n" \
+    --out "$LEASE/runs" --scratch "$LEASE/scratch" --timeout "$(cat "$LEASE/time_limit")" || true
+  python3 benchmarks/reproduce.py longctx --corpus "$corpus" --runs "$LEASE/runs" --models "$students" \
+    --scratch "$LEASE/scratch" --output "$LEASE/runs/longctx-students.json" --device cuda || true
+  wait "$baselines" || true
+  wait "$tests" || true
+  touch "$LEASE/out/done"
+  ;;
+wait)  # call 3..: progress; what the runs folder holds now (summaries, adapters, measures) lands in $OUT
+  end=$((SECONDS + ${2:-500}))
+  while [ ! -f "$LEASE/out/done" ] && [ $SECONDS -lt $end ]; do sleep 15; done
+  tail -n 25 "$LEASE/out/pipeline.log" || true
+  for f in "$LEASE"/runs/*/summary.json; do [ -f "$f" ] && python3 -c "import json; s=json.load(open('$f')); \
+print(s['student'], s.get('status'), s.get('steps'), s.get('final_val_loss'), s.get('tokens_per_s'))"; done || true
+  tail -n 3 "$LEASE/out/gpu_tests.log" 2>/dev/null || true
+  if [ -n "${OUT:-}" ]; then
+    cp "$LEASE/out/"*.txt "$LEASE/out/"*.log "$LEASE/runs/" 2>/dev/null || true
+    tar -czf "$LEASE/out/now.tar.gz" -C "$LEASE" --exclude "*.lock" runs
+    split -b 15m "$LEASE/out/now.tar.gz" "$OUT/runs.tar.gz.part-"
+    ls -la "$OUT"
+  fi
+  ;;
+*)
+  echo "usage: bash benchmarks/lease.sh prepare | stash PART | start PART STUDENTS TIME_LIMIT_S | wait SECONDS" >&2
+  exit 2
+  ;;
+esac
