@@ -50,9 +50,9 @@ pipeline)  # the background run (started by `start`)
   export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
   corpus=$(dirname "$(find "$LEASE" -maxdepth 3 -name manifest.json | head -1)")
   python3 -c "from liger.assets import smollm2_dir; print(smollm2_dir())"
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$LEASE/out/gpu.txt"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$LEASE/out/gpu.txt" || true
   python3 -c "import torch, transformers, triton, fla; print(torch.__version__, transformers.__version__, triton.__version__, fla.__version__)" \
-    >> "$LEASE/out/gpu.txt"
+    >> "$LEASE/out/gpu.txt" || true
   (python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_memory_gpu.py tests/gpu/test_kernels.py \
      > "$LEASE/out/gpu_tests.log" 2>&1; echo "exit $?" >> "$LEASE/out/gpu_tests.log") &
   tests=$!
@@ -62,7 +62,7 @@ pipeline)  # the background run (started by `start`)
   python3 benchmarks/reproduce.py longctx --corpus "$corpus" --runs "$LEASE/runs" --models teacher,swa:64:4 \
     --scratch "$LEASE/scratch" --output "$LEASE/runs/longctx-baselines.json" --device cuda > "$LEASE/out/longctx-baselines.log" 2>&1 &
   baselines=$!
-  python3 benchmarks/reproduce.py train --corpus "$corpus" --students "$students" --gpus 1 --per-gpu "$n" \
+  TOKENIZERS_PARALLELISM=true python3 benchmarks/reproduce.py train --corpus "$corpus" --students "$students" --gpus 1 --per-gpu "$n" \
     --out "$LEASE/runs" --scratch "$LEASE/scratch" --timeout "$(cat "$LEASE/time_limit")" || true
   python3 benchmarks/reproduce.py longctx --corpus "$corpus" --runs "$LEASE/runs" --models "$students" \
     --scratch "$LEASE/scratch" --output "$LEASE/runs/longctx-students.json" --device cuda || true

@@ -100,8 +100,8 @@ STUDENTS: dict[str, dict] = {
     "deltanet": dict(liger={"variant": "gated_deltanet"}),
     "window-global": dict(liger={"variant": "gla", "linear_weight": 0.0, "window_weight": 1.0,
                                  "global_cache_size": 64}),
-    "memory": dict(liger={"variant": "gla", "linear_normalizer": "sum", "global_cache_size": 64},
-                   train={"data.max_length": 4096}),
+    "memory": dict(liger={"variant": "gla", "linear_normalizer": "sum", "global_cache_size": 64,
+                          "num_sink_tokens": 4}, train={"data.max_length": 4096}),
 }
 BASELINES = ("swa:64:4", "swa:64:0", "convert:gla")
 SEQUENCES_PER_STEP = 8

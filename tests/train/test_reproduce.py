@@ -225,7 +225,8 @@ def test_longer_sequences_keep_the_tokens_per_step(reproduce, tmp_path):
     cfg = reproduce.student_config("memory", corpus, 20_000_000, tmp_path / "out", "smollm2", False, "cuda")
     assert cfg.data.max_length == 4096 and cfg.train.batch_size == cfg.train.micro_batch_size == 2
     assert cfg.train.max_steps == 20_000_000 // 8192 and cfg.train.save_every == cfg.train.max_steps // 10
-    assert cfg.model.liger == {"variant": "gla", "linear_normalizer": "sum", "global_cache_size": 64}
+    assert cfg.model.liger == {"variant": "gla", "linear_normalizer": "sum", "global_cache_size": 64,
+                               "num_sink_tokens": 4}
     plain = reproduce.student_config("gla", corpus, 20_000_000, tmp_path / "out", "smollm2", False, "cuda")
     assert (plain.data.max_length, plain.train.batch_size, plain.train.max_steps) == (1024, 8, cfg.train.max_steps)
 
