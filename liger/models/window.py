@@ -108,7 +108,7 @@ def naive_window_attention(
         block = torch.arange(Tq, device=q.device) // extra.block_size  # each query's block
         ek, ev = extra.k[:, block], extra.v[:, block]  # [B, Tq, E, H, D]
         local = torch.arange(Tq, device=q.device) % extra.block_size
-        visible = extra.visible[:, block, :, local]  # [B, Tq, H, E]
+        visible = extra.visible[:, block].transpose(2, 3)[:, torch.arange(Tq, device=q.device), local]  # [B,Tq,H,E]
         scores.append(torch.einsum("bqhgd,bqehd->bhgqe", qg, ek) * scale)
         masks.append(visible.permute(0, 2, 1, 3)[:, :, None])  # [B,H,1,Tq,E]
         values.append(ev)

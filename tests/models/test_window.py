@@ -214,3 +214,36 @@ def test_sdpa_blocks_gradients_match_dense():
         grads.append([x.grad for x in leaves])
     for a, b in zip(*grads):
         assert_close(b, a, 1e-12)
+
+
+@pytest.mark.parametrize("Tq,prefix,bq", [(70, 0, 16), (33, 5, 33), (64, 7, 64)])
+def test_extra_keys_in_every_window_op_match_the_dense_reference(Tq, prefix, bq):
+    # the global cache's keys: per block of queries, with a per-KV-head visibility
+    from liger.models.global_cache import ExtraKeys
+    from liger.models.window import naive_window_attention, sdpa_window_attention, window_attention
+
+    g = torch.Generator().manual_seed(3)
+    B, H, G, D, W, E = 2, 2, 3, 8, 6, 5
+    Tk = Tq + prefix
+    nb = -(-Tq // bq)
+    q = torch.randn(B, Tq, H * G, D, generator=g, dtype=torch.float64)
+    k, v = (torch.randn(B, Tk, H, D, generator=g, dtype=torch.float64) for _ in range(2))
+    ek, ev = (torch.randn(B, nb, E, H, D, generator=g, dtype=torch.float64) for _ in range(2))
+    visible = torch.rand(B, nb, H, bq, E, generator=g) < 0.5
+    valid = torch.ones(B, Tk, dtype=torch.bool)
+    valid[1, :9] = False
+    extra = ExtraKeys(ek, ev, visible, bq)
+    ref = naive_window_attention(q, k, v, W, 0.3, valid, extra=extra)
+    # the same by hand for one query: its window keys and the visible extra keys of its block
+    b, t, h = 1, Tq - 2, 1
+    p = t + prefix
+    keys = [(k[b, j, h], v[b, j, h]) for j in range(max(0, p - W + 1), p + 1) if valid[b, j]]
+    keys += [(ek[b, t // bq, e, h], ev[b, t // bq, e, h]) for e in range(E) if visible[b, t // bq, h, t % bq, e]]
+    for j in range(h * G, (h + 1) * G):
+        scores = torch.stack([q[b, t, j] @ kk for kk, _ in keys]) * 0.3
+        expected = scores.softmax(0) @ torch.stack([vv for _, vv in keys])
+        assert_close(ref[b, t, j], expected, 1e-12)
+    real = valid[:, prefix:]
+    for op in (window_attention, sdpa_window_attention):
+        out = op(q, k, v, W, 0.3, valid, None, bq, extra)
+        assert_close(out[real], ref[real], 1e-10, msg=op.__name__)
