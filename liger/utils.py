@@ -29,6 +29,10 @@ def fields_from_source(source: str, class_name: str) -> list[FieldDoc]:
     Reading the source (rather than importing the class) keeps e.g. ``liger --help`` free of torch imports.
     """
     tree = ast.parse(textwrap.dedent(source))
+    # module-level type aliases (``Variant = Literal[...]``) stand for their definition in the annotations
+    aliases = {node.targets[0].id: ast.unparse(node.value) for node in tree.body
+               if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+               and isinstance(node.value, ast.Subscript) and ast.unparse(node.value.value) == "Literal"}
     cls = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == class_name)
     out = []
     for node, nxt in zip(cls.body, cls.body[1:] + [None]):
@@ -39,7 +43,8 @@ def fields_from_source(source: str, class_name: str) -> list[FieldDoc]:
             default = ast.unparse(node.value) if node.value is not None else ""
             if default.startswith("field(default_factory=list"):
                 default = "[]"
-            out.append(FieldDoc(node.target.id, ast.unparse(node.annotation), default, doc))
+            annotation = ast.unparse(node.annotation)
+            out.append(FieldDoc(node.target.id, aliases.get(annotation, annotation), default, doc))
     return out
 
 

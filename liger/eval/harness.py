@@ -2,7 +2,7 @@
 
 Suites:
 
-* ``paper``: the Liger paper's conventions (spec §11): piqa acc, arc_easy acc, arc_challenge acc_norm,
+* ``paper``: the Liger paper's conventions (docs/evaluation.md): piqa acc, arc_easy acc, arc_challenge acc_norm,
   hellaswag acc_norm, winogrande acc, all 0-shot, and mmlu 5-shot acc. Needs the Hugging Face Hub.
 * ``offline``: samples of three BIG-bench tasks shipped in ``liger/eval/tasks`` (see its README), chosen so
   that SmolLM2-135M scores clearly above chance. Needs nothing but the package.

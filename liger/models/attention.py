@@ -29,10 +29,10 @@ from torch import nn
 from .cache import LayerBuffers, LigerCache, write_decoded_token
 from .compiling import CompiledOrEager
 from .global_cache import ExtraKeys, block_visibility, merge_leaver_, recall_error
+from .triton_common import is_available as triton_window_available
+from .triton_common import supports as triton_supports
 from .triton_ops import rope_pair as triton_rope_pair
-from .triton_window import is_available as triton_window_available
-from .triton_window import supports as triton_supports
-from .variants import Recurrence, get_recurrence, resolve_backend
+from .variants import Recurrence, at_least_fp32, get_recurrence, resolve_backend
 from .window import first_real_tokens, sliding_window_attention, window_attention, window_decode_attention
 
 
@@ -54,16 +54,12 @@ def mix_branches(o_rec: torch.Tensor | None, o_win: torch.Tensor | None, linear_
     which also computes in float32 and rounds once.
     """
     if o_rec is None:
-        return (window_weight * _at_least_fp32(o_win)).to(dtype)
+        return (window_weight * at_least_fp32(o_win)).to(dtype)
     if o_win is None:
-        return (linear_weight * _at_least_fp32(o_rec)).to(dtype)
+        return (linear_weight * at_least_fp32(o_rec)).to(dtype)
     if dtype in (torch.bfloat16, torch.float16) and linear_weight + window_weight == 1.0:
         return torch.lerp(o_win.to(dtype), o_rec.to(dtype), linear_weight)
-    return (linear_weight * _at_least_fp32(o_rec) + window_weight * _at_least_fp32(o_win)).to(dtype)
-
-
-def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
-    return x.to(torch.promote_types(x.dtype, torch.float32))
+    return (linear_weight * at_least_fp32(o_rec) + window_weight * at_least_fp32(o_win)).to(dtype)
 
 
 @dataclass(frozen=True)

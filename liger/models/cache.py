@@ -317,10 +317,12 @@ class LigerCache(Cache):
         super().__init__(layers=layers)
         self.decoder = None
         """The CUDA-graph decoder bound to this cache's buffers, once one was built (see ``decoding.py``)."""
+        self.capture_failed = False
+        """A capture was tried for this cache and failed: it decodes with the uncaptured static step."""
 
     def drop_decoder(self) -> None:
         """Forget the CUDA-graph decoder, freeing its graph and memory pool now (not at garbage collection)."""
-        if hasattr(self.decoder, "release"):
+        if self.decoder is not None:
             self.decoder.release()
         self.decoder = None
 

@@ -2,23 +2,32 @@
 
 The base model's fields (``hidden_size``, ``num_attention_heads``, ``rope_parameters``…) are stored flat, as
 in the base config, so that generation, lm-eval and peft read them as usual; ``base_model_type`` names the
-family they belong to. The Liger fields below default to the paper's values (see docs/method.md; "spec §N"
-refers to the method specification the defaults were fixed from).
+family they belong to. The Liger fields below default to the paper's values; docs/method.md gives the method,
+where the paper and the official code disagree and which one each default follows.
 """
 
 from __future__ import annotations
 
 from dataclasses import field, fields
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from transformers import AutoConfig, PretrainedConfig
 
 from .families import get_family
 
-VARIANTS = ("gla", "hgrn2", "gsa", "mamba2", "mlstm", "gated_retention", "rwkv6", "gated_deltanet")
-FEATURE_MAPS = ("softmax", "relu", "elu_plus_one", "identity")
-BACKENDS = ("auto", "torch", "fla")
-WINDOW_BACKENDS = ("auto", "torch", "triton", "sdpa", "flex")
+# The choices of each option, written once: the fields' types, the validation and the CLI's flags read them (the
+# implementations are tables keyed by these names: variants.VARIANT_CLASSES, variants.FEATURE_MAPS)
+Variant = Literal["gla", "hgrn2", "gsa", "mamba2", "mlstm", "gated_retention", "rwkv6", "gated_deltanet"]
+FeatureMap = Literal["softmax", "relu", "elu_plus_one", "identity"]
+LinearBackend = Literal["auto", "torch", "fla"]
+WindowBackend = Literal["auto", "torch", "triton", "sdpa", "flex"]
+LinearNormalizer = Literal["none", "sum"]
+
+VARIANTS = get_args(Variant)
+FEATURE_MAPS = get_args(FeatureMap)
+BACKENDS = get_args(LinearBackend)
+WINDOW_BACKENDS = get_args(WindowBackend)
+LINEAR_NORMALIZERS = get_args(LinearNormalizer)
 
 
 class LigerConfig(PretrainedConfig):
@@ -26,25 +35,25 @@ class LigerConfig(PretrainedConfig):
 
     base_model_type: str = "llama"
     """``model_type`` of the converted base model (llama, mistral, qwen2, qwen3)."""
-    variant: Literal["gla", "hgrn2", "gsa", "mamba2", "mlstm", "gated_retention", "rwkv6", "gated_deltanet"] = "gla"
+    variant: Variant = "gla"
     """Gated recurrence of the linear branch, with its gate from the key projection (paper Table 1;
     gated_deltanet, the delta rule of arXiv 2412.06464, is beyond the paper)."""
-    feature_map: Literal["softmax", "relu", "elu_plus_one", "identity"] = "softmax"
+    feature_map: FeatureMap = "softmax"
     """Parameter-free map over the head dimension, applied to the pre-RoPE q/k of the linear branch
     (paper v2 §3.2: softmax). GSA uses raw q/k and ignores it."""
     gate_pool_size: int | None = None
     """Gate channels per KV head: the key is mean-pooled over adjacent channels within each head.
-    None = head_dim, the identity pooling of the official code (spec §3)."""
+    None = head_dim, the identity pooling of the official code (docs/method.md)."""
     gate_normalizer: float | None = None
     """log α = log(gate) / gate_normalizer. None resolves per variant: 1.0 for hgrn2 (official HGRN2 file),
-    16.0 for the others (fla's GLA default, used by the official GLA/GSA code, spec §3)."""
+    16.0 for the others (fla's GLA default, used by the official GLA/GSA code; docs/method.md)."""
     hgrn2_lower_bound: float = 0.0
     """γ of HGRN2's gate γ + (1 − γ)·σ(·) (paper Table 1; the official code uses 0)."""
     gsa_num_slots: int | None = None
     """M, GSA memory slots per head. None = head_dim (the released Liger-GSA-8B config)."""
     linear_scale: float = 1.0
     """Scale of the query in the recurrent readout (official code: 1, no 1/sqrt(d))."""
-    linear_normalizer: Literal["none", "sum"] = "none"
+    linear_normalizer: LinearNormalizer = "none"
     """Beyond the paper: normalisation of the recurrent readout, parameter-free. "none" = the paper's
     o = s·φ(q)S; "sum" = divided by the linear-attention denominator φ(q)·z_t, z_t = Σ decayed φ(k) (a
     weighted average of past values, on the scale of the window branch). Not for gsa, mlstm and
@@ -59,17 +68,17 @@ class LigerConfig(PretrainedConfig):
     window_size: int = 64
     """Keys in the sliding window, the current one included: positions t−w+1..t (paper v2 Eq. 10)."""
     num_sink_tokens: int = 0
-    """Beyond the paper: the window branch also attends to the first N real tokens (spec §16)."""
+    """Beyond the paper: the window branch also attends to the first N real tokens (docs/method.md)."""
     linear_weight: float = 0.5
     """Weight of the recurrent branch (paper v2 Eq. 9, α = 0.5)."""
     window_weight: float = 0.5
     """Weight of the sliding-window branch (paper v2 Eq. 9, β = 0.5)."""
     use_qk_norm_in_linear: bool = True
-    """Families with q_norm/k_norm (Qwen3): the linear branch and the gate use the normed q/k (spec §6)."""
-    linear_backend: Literal["auto", "torch", "fla"] = "auto"
+    """Families with q_norm/k_norm (Qwen3): the linear branch and the gate use the normed q/k (docs/method.md)."""
+    linear_backend: LinearBackend = "auto"
     """Recurrence kernels: "torch" (pure PyTorch, any device), "fla" (fla Triton kernels, CUDA), or "auto"
     (fla when the tensors are on CUDA and fla is installed, torch otherwise)."""
-    window_backend: Literal["auto", "torch", "triton", "sdpa", "flex"] = "auto"
+    window_backend: WindowBackend = "auto"
     """Window-branch kernels for multi-token calls: "torch" (banded PyTorch op, any device), "triton" (Liger's
     Triton kernels, CUDA, no sinks), "sdpa" (fused SDPA over query blocks), "flex" (FlexAttention, CUDA), or
     "auto" (on CUDA unless linear_backend is "torch": triton, or sdpa when there are sinks; torch otherwise)."""
@@ -108,8 +117,8 @@ class LigerConfig(PretrainedConfig):
         if self.window_backend == "triton" and self.num_sink_tokens:
             fail("window_backend", "'triton' has no attention sinks (use 'sdpa' or 'auto' with num_sink_tokens)",
                  self.window_backend)
-        if self.linear_normalizer not in ("none", "sum"):
-            fail("linear_normalizer", "must be one of none, sum", self.linear_normalizer)
+        if self.linear_normalizer not in LINEAR_NORMALIZERS:
+            fail("linear_normalizer", f"must be one of {', '.join(LINEAR_NORMALIZERS)}", self.linear_normalizer)
         if self.linear_normalizer == "sum" and self.variant in ("gsa", "mlstm", "gated_deltanet"):
             fail("linear_normalizer", f"'sum' does not apply to {self.variant}, whose readout is normalised already",
                  self.linear_normalizer)

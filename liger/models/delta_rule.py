@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from .recurrence import _check_shapes, _compute_dtype
+from .gla_ops import _check_shapes, _compute_dtype
 
 
 def _check_delta_shapes(q, k, v, g, beta):

@@ -120,7 +120,7 @@ def gla(
     output_final_state: bool = False,
     mode: str = "chunk",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Same contract as ``recurrence.naive_recurrent_gla`` (``o`` in :func:`kernel_dtype`, the final state
+    """Same contract as ``gla_ops.naive_recurrent_gla`` (``o`` in :func:`kernel_dtype`, the final state
     ``[B, H, K, V]`` float32 once per KV head), computed by fla's kernels."""
     groups = q.shape[2] // k.shape[2]
     return gla_kernels(*kernel_inputs(q, k, v, gk, gv), scale, initial_state, output_final_state, mode, groups)

@@ -236,13 +236,13 @@ class LigerForCausalLM(LigerPreTrainedModel, GenerationMixin):
         if (isinstance(decoder, CUDAGraphDecoder) and decoder.matches(cache) and decoder.model is self
                 and decoder.compile == self.compile_decode_step):
             return decoder
-        if decoder == "failed":
+        if cache.capture_failed:
             return None
         cache.drop_decoder()  # a stale one (batch size, compile setting): free its graph first
         try:
             cache.decoder = CUDAGraphDecoder(self, cache, compile=self.compile_decode_step)
         except Exception as err:  # capture is best effort: decode with the same static step, uncaptured
-            cache.decoder = "failed"
+            cache.capture_failed = True
             logger.warning("liger: CUDA graph capture failed (%s: %s); decoding with the uncaptured static step",
                            type(err).__name__, str(err).splitlines()[0] if str(err) else "")
             return None

@@ -19,8 +19,8 @@ from types import SimpleNamespace
 
 import torch
 
-from .triton_window import _cdiv, _next_power_of_2
-from .triton_window import is_available as is_available  # re-exported: same requirement
+from .triton_common import cdiv, next_power_of_2
+from .triton_common import is_available as is_available  # re-exported: same requirement
 
 
 def _kernels():
@@ -34,11 +34,11 @@ def _rope_launch(q, k, cos, sin, backward: bool):
     B, T, HQ, D = q.shape
     H = k.shape[2]
     qo, ko = torch.empty_like(q), torch.empty_like(k)
-    BH = _next_power_of_2(max(D // 2, 1))
+    BH = next_power_of_2(max(D // 2, 1))
     BR = max(1, 2048 // BH)
     n_q, n_k = B * T * HQ, B * T * H
     scb = cos.stride(0) if cos.shape[0] > 1 else 0
-    grid = (_cdiv(n_q, BR) + _cdiv(n_k, BR),)
+    grid = (cdiv(n_q, BR) + cdiv(n_k, BR),)
     _kernels().rope_pair[grid](q, k, qo, ko, cos, sin, n_q, n_k, HQ, H, T, scb, cos.stride(1),
                                D=D, BH=BH, BR=BR, BACKWARD=backward)
     return qo, ko
@@ -74,10 +74,10 @@ class _GLAInputs(torch.autograd.Function):
         qf = torch.empty(B, T, HQ, D, dtype=dtype, device=q.device)
         kf, ve = torch.empty_like(qf), torch.empty_like(qf)
         ge = torch.empty(B, T, HQ, D, dtype=torch.float32, device=q.device)
-        BD = max(16, _next_power_of_2(D))
+        BD = max(16, next_power_of_2(D))
         BT = max(1, 2048 // BD)
         meta = dict(D=D, BD=BD, BT=BT, HAS_VALID=valid is not None)
-        grid = (_cdiv(B * T, BT), H)
+        grid = (cdiv(B * T, BT), H)
         _kernels().gla_inputs_fwd[grid](q, k, v, valid if valid is not None else q, qf, kf, ve, ge, B * T, HQ,
                                         HQ // H, inv_norm, **meta)
         ctx.save_for_backward(q, k, valid)
@@ -92,7 +92,7 @@ class _GLAInputs(torch.autograd.Function):
         grads = [g.contiguous() for g in (dqf, dkf, dve, dge)]  # (zeros for outputs that took no part)
         dq, dk = torch.empty_like(q), torch.empty_like(k)
         dv = torch.empty(k.shape, dtype=ctx.v_dtype, device=k.device)
-        grid = (_cdiv(B * T, ctx.meta["BT"]), H)
+        grid = (cdiv(B * T, ctx.meta["BT"]), H)
         _kernels().gla_inputs_bwd[grid](q, k, valid if valid is not None else q, *grads, dq, dk, dv, B * T, HQ,
                                         HQ // H, ctx.inv_norm, **ctx.meta)
         return dq, dk, dv, None, None, None

@@ -24,31 +24,13 @@ Triton's interpreter (``TRITON_INTERPRET=1``, CPU tensors), which is how the CPU
 
 from __future__ import annotations
 
-import functools
-import importlib.util
-import os
 from types import SimpleNamespace
 
 import torch
 
+from .triton_common import cdiv, is_available, next_power_of_2, supports
 
-@functools.cache
-def _has_triton() -> bool:
-    return importlib.util.find_spec("triton") is not None
-
-
-def is_available() -> bool:
-    """Triton is importable and a CUDA device exists (or Triton's CPU interpreter is switched on)."""
-    return _has_triton() and (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1")
-
-
-MAX_ELEMENTS = 2**31 - 1
-"""The kernels index memory with 32-bit integers: larger tensors take the fallback ops."""
-
-
-def supports(*tensors: torch.Tensor) -> bool:
-    """Whether the Triton kernels can take these tensors: head dims up to 256, fewer than 2³¹ elements each."""
-    return all(x.shape[-1] <= 256 and x.numel() <= MAX_ELEMENTS for x in tensors)
+__all__ = ["is_available", "supports", "triton_window_attention"]
 
 
 def _kernels():
@@ -58,21 +40,13 @@ def _kernels():
     return SimpleNamespace(_window_bwd_dkdv=_window_bwd_dkdv, _window_bwd_dq=_window_bwd_dq, _window_fwd=_window_fwd)
 
 
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _next_power_of_2(n: int) -> int:
-    return 1 << (n - 1).bit_length()
-
-
 def _launch_args(q, k, v, o, key_valid, window_size, block):
     """Sizes, the key-valid pointer, the strides every kernel takes (q, k, v, o, key_valid) and the constexprs."""
     B, Tq, HQ, D = q.shape
     Tk, H = k.shape[1], k.shape[2]
-    BD = max(16, _next_power_of_2(D))
+    BD = max(16, next_power_of_2(D))
     # query blocks a key block is seen by = key blocks a query block sees: the same count in all three kernels
-    n_iters = _cdiv(block + window_size - 1, block)
+    n_iters = cdiv(block + window_size - 1, block)
     valid = key_valid if key_valid is not None else q  # a placeholder pointer, never read
     s_valid = key_valid.stride(0) if key_valid is not None else 0
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3], s_valid)
@@ -91,7 +65,7 @@ class _WindowAttention(torch.autograd.Function):
         o = torch.empty_like(q, memory_format=torch.contiguous_format)
         B, Tq, Tk, HQ, H, valid, strides, meta = _launch_args(q, k, v, o, key_valid, window_size, block)
         lse = torch.empty(B, HQ, Tq, dtype=torch.float32, device=q.device)
-        _kernels()._window_fwd[(_cdiv(Tq, block), B * HQ)](
+        _kernels()._window_fwd[(cdiv(Tq, block), B * HQ)](
             q, k, v, valid, o, lse, *strides, Tq, Tk, HQ, HQ // H, scale, **meta)
         ctx.save_for_backward(q, k, v, key_valid, o, lse)
         ctx.window_size, ctx.scale = window_size, scale
@@ -105,9 +79,9 @@ class _WindowAttention(torch.autograd.Function):
         do = do.contiguous()
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)  # contiguous, as q, k, v
         delta = torch.empty_like(lse)
-        _kernels()._window_bwd_dq[(_cdiv(Tq, block), B * HQ)](
+        _kernels()._window_bwd_dq[(cdiv(Tq, block), B * HQ)](
             q, k, v, valid, o, do, lse, delta, dq, *strides, Tq, Tk, HQ, HQ // H, ctx.scale, **meta)
-        _kernels()._window_bwd_dkdv[(_cdiv(Tk, block), B * H)](
+        _kernels()._window_bwd_dkdv[(cdiv(Tk, block), B * H)](
             q, k, v, valid, do, lse, delta, dk, dv, *strides, Tq, Tk, HQ, HQ // H, ctx.scale, **meta)
         return dq, dk, dv, None, None, None
 

@@ -37,10 +37,10 @@ from .fla_backend import gsa as fla_gsa
 from .fla_backend import is_available as fla_is_available
 from .fla_backend import kernel_dtype as fla_kernel_dtype
 from .fla_backend import kernel_inputs as fla_kernel_inputs
-from .recurrence import chunk_gla, naive_recurrent_gla, recurrent_gla_step_
+from .gla_ops import chunk_gla, naive_recurrent_gla, recurrent_gla_step_
+from .triton_common import supports as triton_supports
 from .triton_ops import gla_inputs as triton_gla_inputs
 from .triton_ops import is_available as triton_available
-from .triton_window import supports as triton_supports
 
 logger = logging.getLogger("liger")
 
@@ -198,7 +198,7 @@ class Recurrence:
             return o
         if self.readout == "sum":
             return _sum_normalise(o)
-        o = _at_least_fp32(o)
+        o = at_least_fp32(o)
         if self.readout == "mlstm":
             return o[..., :-1] / o[..., -1:].abs().clamp_min(1.0)
         return o[..., :-1]
@@ -235,12 +235,8 @@ def _with_column(v, column: bool):
     return torch.cat([v, torch.ones_like(v[..., :1])], dim=-1) if column else v
 
 
-def _at_least_fp32(o):
-    return o if o.dtype in (torch.float32, torch.float64) else o.float()
-
-
 def _sum_normalise(o):
-    o = _at_least_fp32(o)
+    o = at_least_fp32(o)
     return o[..., :-1] / o[..., -1:].clamp_min(_DENOMINATOR_FLOOR)
 
 
@@ -350,7 +346,7 @@ class GSA(Recurrence):
     def recall(self, q, k, v, valid, state, mode, backend, need_state=False):
         """GSA's readout is a softmax over slots, normalised already: the plain readout with ``q`` = earlier keys."""
         o, S = self(q, k, v, valid, state, mode, backend, need_state)
-        return _at_least_fp32(o), S
+        return at_least_fp32(o), S
 
     def read(self, state, q):
         Sk, Sv = state
@@ -383,7 +379,7 @@ class GatedDeltaNet(Recurrence):
 
     def __init__(self, config):
         super().__init__(config)
-        strength = getattr(config, "delta_write_strength", None)
+        strength = config.delta_write_strength
         self.write_strength = None if strength is None else float(strength)
 
     def log_gate(self, x):

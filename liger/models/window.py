@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from .compiling import CompiledOrEager
 from .global_cache import ExtraKeys
-from .triton_window import supports as triton_supports
+from .triton_common import supports as triton_supports
 from .triton_window import triton_window_attention
 
 

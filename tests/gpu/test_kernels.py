@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from liger.models import fla_backend
 from liger.models.delta_rule import naive_recurrent_gated_delta_rule
-from liger.models.recurrence import naive_recurrent_gla
+from liger.models.gla_ops import naive_recurrent_gla
 from liger.models.variants import l2_normalize
 from tests.conftest import assert_close
 

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 
 import liger
 from liger.models.attention import apply_rope
+from liger.models.gla_ops import naive_recurrent_gla
 from liger.models.global_cache import block_visibility, merge_leaver_, naive_visibility, recall_error
-from liger.models.recurrence import naive_recurrent_gla
 from tests.conftest import assert_close, tiny_teacher
 from tests.models.test_decoding import decode, left_padded, positions
 

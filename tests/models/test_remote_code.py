@@ -55,7 +55,8 @@ def test_saved_code_has_no_absolute_liger_imports(tmp_path):
     assert "modeling_liger.py" in files and "configuration_liger.py" in files and "fla_backend.py" in files
     assert "delta_rule.py" in files, files
     # the Triton kernels are imported only on CUDA, lazily: their files must be saved all the same
-    for name in ("triton_window.py", "_triton_window_kernels.py", "triton_ops.py", "_triton_ops_kernels.py"):
+    for name in ("triton_window.py", "_triton_window_kernels.py", "triton_ops.py", "_triton_ops_kernels.py",
+                 "triton_common.py", "global_cache.py"):
         assert name in files, f"{name} is not saved with the checkpoint: {files}"
     for path in tmp_path.glob("*.py"):
         for line in path.read_text().splitlines():

@@ -114,14 +114,14 @@ def test_window_backend_auto_picks_the_torch_op_on_cpu():
 
 
 def test_tensors_too_large_for_32_bit_indexing_take_the_fallback_ops(monkeypatch):
-    from liger.models import attention, triton_window, variants
+    from liger.models import attention, triton_common, variants
     from liger.models.window import sliding_window_attention, window_attention
 
     torch.manual_seed(0)
     q, k, v = torch.randn(2, 40, 4, 8), torch.randn(2, 40, 2, 8), torch.randn(2, 40, 2, 8)
-    assert triton_window.supports(q, k, v)
-    monkeypatch.setattr(triton_window, "MAX_ELEMENTS", q.numel() - 1)
-    assert not triton_window.supports(q, k, v) and triton_window.supports(k, v)
+    assert triton_common.supports(q, k, v)
+    monkeypatch.setattr(triton_common, "MAX_ELEMENTS", q.numel() - 1)
+    assert not triton_common.supports(q, k, v) and triton_common.supports(k, v)
     # the window: the SDPA blocks instead of the kernels (which cannot run here: no CUDA, no interpreter)
     out = sliding_window_attention(q, k, v, 8, 0.3, None, None, backend="triton")
     assert torch.allclose(out, window_attention(q, k, v, 8, 0.3), atol=1e-5)
@@ -131,5 +131,5 @@ def test_tensors_too_large_for_32_bit_indexing_take_the_fallback_ops(monkeypatch
     monkeypatch.setattr(variants, "triton_available", lambda: True)
     gla = liger.convert(tiny_teacher("llama")).model.layers[0].self_attn.recurrence
     assert not gla.triton_inputs(q, k)
-    monkeypatch.setattr(triton_window, "MAX_ELEMENTS", 2**31 - 1)
+    monkeypatch.setattr(triton_common, "MAX_ELEMENTS", 2**31 - 1)
     assert gla.triton_inputs(q, k) and attention._rope_op(True, q) is attention.triton_rope_pair

@@ -158,3 +158,12 @@ def test_sum_normaliser_is_refused_where_it_does_not_apply():
             make(variant, linear_normalizer="sum")
     with pytest.raises(ValueError, match="linear_normalizer"):
         make("gla", linear_normalizer="sum", feature_map="identity")
+
+
+def test_option_tables_agree():
+    # each option's names are written once (the config's Literal types); the implementations are keyed by them
+    from liger.models.configuration_liger import FEATURE_MAPS, VARIANTS
+    from liger.models.variants import FEATURE_MAPS as FEATURE_MAP_FUNCTIONS
+
+    assert set(VARIANT_CLASSES) == set(VARIANTS)
+    assert set(FEATURE_MAP_FUNCTIONS) == set(FEATURE_MAPS)

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from liger.models.recurrence import chunk_gla, naive_recurrent_gla
+from liger.models.gla_ops import chunk_gla, naive_recurrent_gla
 from tests.conftest import assert_close
 
 GATES = ("key", "scalar", "value", "none")

@@ -1,0 +1,39 @@
+"""What Liger's Triton kernels share: whether they can run here, which tensors they take, launch arithmetic.
+
+Triton is imported lazily by the kernel modules; this one only looks for it.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+import torch
+
+
+@functools.cache
+def has_triton() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def is_available() -> bool:
+    """Triton is importable and a CUDA device exists (or Triton's CPU interpreter is switched on)."""
+    return has_triton() and (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1")
+
+
+MAX_ELEMENTS = 2**31 - 1
+"""The kernels index memory with 32-bit integers: larger tensors take the fallback ops."""
+
+
+def supports(*tensors: torch.Tensor) -> bool:
+    """Whether the Triton kernels can take these tensors: head dims up to 256, fewer than 2³¹ elements each."""
+    return all(x.shape[-1] <= 256 and x.numel() <= MAX_ELEMENTS for x in tensors)
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    return 1 << (n - 1).bit_length()
