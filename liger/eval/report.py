@@ -80,7 +80,9 @@ def compare(teacher: str, students: list[str], device: str = "cpu", dtype: str =
             **measure_options) -> dict:
     """Measure a teacher and its students the same way; students are checkpoint paths or the zero-training
     specs ``swa:W:S`` and ``convert:VARIANT`` (see :mod:`liger.eval.models`). Models are loaded one at a
-    time. ``measure_options`` are :func:`measure`'s.
+    time. ``measure_options`` are :func:`measure`'s; the long-context settings and ``long_text`` are checked
+    with the teacher's tokenizer before any model is loaded, and the text is tokenized once for all models
+    that share that tokenization.
 
     Returns:
         ``{"teacher": name, "students": [names], "models": {name: measure(...)}, "recovery": {student:
