@@ -149,8 +149,7 @@ def multikey_prompt(tokenizer, corpus: LongText, length: int, pairs: list[tuple[
             break
     prompt, starts, filler = build(lo)
     positions = [n_tokens(tokenizer, prompt[:s].rstrip()) for s in starts]
-    return {"prompt": prompt, "tokens": lo_n, "positions": positions,
-            "filler": filler}
+    return {"prompt": prompt, "tokens": lo_n, "positions": positions, "filler": filler}
 
 
 def multikey(model, tokenizer, texts, lengths: list[int] = (1024, 2048, 4096, 8192), trials: int = 20,

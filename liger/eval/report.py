@@ -52,7 +52,8 @@ def measure(model, tokenizer, tasks: str | list[str] | None = "offline", limit: 
     (:func:`~liger.eval.long_context.long_context`: passkey if ``passkey_lengths``, multi-key retrieval if
     ``multikey_lengths``, loss by position if ``position_length``, repeated-span recall if ``repeat_gaps``;
     the last three read ``long_text``) of one loaded model. Returns ``{"tasks", "skipped", "average", "ppl",
-    "passkey", "multikey", "position_loss", "repeat_recall", "seconds"}`` (see
+    "passkey", "multikey", "position_loss", "repeat_recall", "seconds"}`` (and ``"long_context_seconds"``, wall
+    seconds per long-context measure, when one ran; see
     :func:`~liger.eval.harness.evaluate`, :func:`~liger.eval.ppl.perplexity` and the long-context functions;
     a measure not asked for is None)."""
     check_causal_lm(model)
@@ -72,6 +73,7 @@ def measure(model, tokenizer, tasks: str | list[str] | None = "offline", limit: 
                                 position_edges=position_edges, repeat_gaps=repeat_gaps, repeat_trials=repeat_trials,
                                 seed=seed)
         result.update({name: measured[name] for name in MEASURES})
+        result["long_context_seconds"] = measured["seconds"]
     result["seconds"] = round(time.time() - start, 1)
     return result
 
@@ -80,7 +82,9 @@ def compare(teacher: str, students: list[str], device: str = "cpu", dtype: str =
             **measure_options) -> dict:
     """Measure a teacher and its students the same way; students are checkpoint paths or the zero-training
     specs ``swa:W:S`` and ``convert:VARIANT`` (see :mod:`liger.eval.models`). Models are loaded one at a
-    time. ``measure_options`` are :func:`measure`'s.
+    time. ``measure_options`` are :func:`measure`'s; the long-context settings and ``long_text`` are checked
+    with the teacher's tokenizer before any model is loaded, and the text is tokenized once for all models
+    that share that tokenization.
 
     Returns:
         ``{"teacher": name, "students": [names], "models": {name: measure(...)}, "recovery": {student:
