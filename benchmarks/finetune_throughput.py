@@ -103,7 +103,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("transformers").setLevel(logging.ERROR)
 
-    from liger.bench.throughput import provenance
+    from liger.provenance import provenance
 
     dtype_name = args.dtype if args.dtype != "auto" else ("bfloat16" if args.device == "cuda" else "float32")
     models = dict(zip(("teacher", "liger"), load(args.model, getattr(torch, dtype_name))))

@@ -25,22 +25,17 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import datetime
 import gc
-import importlib.metadata
 import logging
 import math
-import os
-import platform
 import statistics
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 
 import torch
 
 from ..models.modeling_liger import CACHE  # the cache's argument/output name in this transformers
+from ..provenance import provenance
 
 logger = logging.getLogger("liger")
 
@@ -759,39 +754,6 @@ def format_report(report) -> str:
     for s in report["skipped"]:
         lines.append(f"  skipped: {s}")
     return "\n".join(lines)
-
-
-def provenance(device: torch.device) -> dict:
-    """Versions, device and git commit, recorded with every result."""
-    info = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "python": sys.version.split()[0], "platform": platform.platform(), "torch": torch.__version__,
-            "command": " ".join(sys.argv)}
-    for dist in ("transformers", "triton", "flash-linear-attention", "fla-core", "peft", "liger-linearize"):
-        try:
-            info[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            info[dist] = None
-    from .. import __version__
-
-    info["liger"] = __version__
-    if device.type == "cuda":
-        info["device_name"] = torch.cuda.get_device_name(device)
-        info["cuda"] = torch.version.cuda
-        info["sdp_backends"] = {name: getattr(torch.backends.cuda, f"{name}_sdp_enabled")()
-                                for name in ("flash", "mem_efficient", "math", "cudnn")
-                                if hasattr(torch.backends.cuda, f"{name}_sdp_enabled")}
-    else:
-        info["device_name"] = platform.processor() or "cpu"
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10)
-        info["git_commit"] = commit.stdout.strip() or "unknown"
-        info["git_dirty"] = bool(dirty.stdout.strip()) if commit.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        info["git_commit"], info["git_dirty"] = "unknown", None
-    return info
 
 
 def plot_report(report, path) -> None:

@@ -330,7 +330,7 @@ def finetune(cfg: TrainConfig, resume: bool = False, model=None, tokenizer=None,
     from tqdm.auto import tqdm
     from transformers import get_scheduler, set_seed
 
-    from ..bench.throughput import provenance
+    from ..provenance import provenance
 
     device, dtype = resolve_device_dtype(cfg)
     accelerator = Accelerator(cpu=device == "cpu", fsdp_plugin=fsdp_plugin(cfg, device, dtype))
