@@ -28,21 +28,9 @@ import torch
 def load(spec: str, dtype: torch.dtype):
     """``(teacher, liger)`` sharing nothing: the base model and its conversion (random weights for random:NAME)."""
     import liger
-    from liger.bench.throughput import RANDOM_CONFIGS
+    from liger.loading import load_pretrained
 
-    if spec.startswith("random:"):
-        from transformers import AutoConfig, AutoModelForCausalLM
-
-        values = dict(RANDOM_CONFIGS[spec.split(":", 1)[1]])
-        config = AutoConfig.for_model(values.pop("model_type"), **values)
-        torch.manual_seed(0)
-        teacher = AutoModelForCausalLM.from_config(config).to(dtype)
-    else:
-        from transformers import AutoModelForCausalLM
-
-        from liger.assets import resolve_model
-
-        teacher = AutoModelForCausalLM.from_pretrained(resolve_model(spec), dtype=dtype)
+    teacher = load_pretrained(spec, dtype)
     return teacher, liger.convert(teacher)
 
 

@@ -14,8 +14,9 @@ Method (each number is measured, none is derived from another run):
   device (the other one waits on the CPU), so it counts that model's weights, cache and temporaries.
 * **graph** (Liger only): batch ``graph_batch_size`` at context ``prompt_length``, the same decode step in
   each mode (eager, static, CUDA graph, CUDA graph with a compiled attention core).
-* **train**: tokens/s of a LoRA step (peft, r=8, alpha=8 on q/k/v; AdamW) at ``train_length`` tokens per
-  sequence, for each of ``train_batch_sizes``: forward with labels, backward, optimizer step.
+* **train**: tokens/s of a LoRA step (peft with the run config's ``lora`` section, by default the paper's r=8,
+  alpha=8 on q/k/v; AdamW with the run config's defaults) at ``train_length`` tokens per sequence, for each of
+  ``train_batch_sizes``: forward with labels, backward, optimizer step.
 * **est. decode time** (the paper's table: total time to decode from ``prompt_length`` to ``c`` at this
   batch): the integral of the measured per-token latency over positions, linear between the measured
   contexts and constant below the first one. It is an estimate and is labelled as such.
@@ -34,28 +35,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..loading import is_liger_checkpoint, load_pretrained, to_dtype
 from ..models.modeling_liger import CACHE  # the cache's argument/output name in this transformers
 from ..provenance import provenance
+from ..train.config import LoraSettings, OptimConfig
 
 logger = logging.getLogger("liger")
-
-RANDOM_CONFIGS = {
-    # SmolLM2-135M(-Instruct)'s architecture (a Llama): what the GPU benchmark runs, with random weights
-    "smollm2": dict(
-        model_type="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-        num_attention_heads=9, num_key_value_heads=3, head_dim=64, hidden_act="silu", rms_norm_eps=1e-5,
-        rope_parameters={"rope_type": "default", "rope_theta": 100000.0}, tie_word_embeddings=True,
-        max_position_embeddings=8192, bos_token_id=1, eos_token_id=2, pad_token_id=2,
-    ),
-    # a toy Llama for testing the benchmark itself on a CPU
-    "tiny": dict(
-        model_type="llama", vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16, hidden_act="silu", rms_norm_eps=1e-5,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, tie_word_embeddings=True,
-        max_position_embeddings=4096,
-    ),
-}
-
 
 @dataclass
 class BenchConfig:
@@ -88,6 +73,9 @@ class BenchConfig:
     autotune: str = "full"
     """fla's Triton autotuning: "full" (every config) or "fast" (a subset; see ``autotune.py``)."""
     liger_options: dict = field(default_factory=dict)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    """The LoRA of the training measurement: the run config's ``lora`` section (default: the paper's r=8, alpha=8
+    on q/k/v)."""
     time_budget: float | None = None
     """Seconds; sections that would start after it are skipped (and reported as skipped)."""
 
@@ -95,50 +83,21 @@ class BenchConfig:
 # ---------------------------------------------------------------------------------------------- models
 
 
-def _random_model(name: str, dtype: torch.dtype):
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    if name not in RANDOM_CONFIGS:
-        raise ValueError(f"unknown random model '{name}' (known: {', '.join(RANDOM_CONFIGS)})")
-    values = dict(RANDOM_CONFIGS[name])
-    config = AutoConfig.for_model(values.pop("model_type"), **values)
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa").eval()
-
-
-def _load_base(spec: str, dtype: torch.dtype):
-    from transformers import AutoModelForCausalLM
-
-    if spec.startswith("random:"):
-        return _random_model(spec.split(":", 1)[1], dtype)
-    from ..assets import resolve_model
-
-    return AutoModelForCausalLM.from_pretrained(resolve_model(spec), dtype=dtype, attn_implementation="sdpa").eval()
-
-
 def load_models(cfg: BenchConfig, dtype: torch.dtype):
-    """(teacher or None, liger) on the CPU."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
+    """(teacher or None, liger) on the CPU: a Liger checkpoint as saved, or the base model (its teacher) and its
+    conversion with ``cfg.liger_options``."""
     import liger
 
-    base = None
-    if cfg.model.startswith("random:"):
-        base = _load_base(cfg.model, dtype)
-        model = liger.convert(base, **cfg.liger_options)
+    if is_liger_checkpoint(cfg.model):
+        if cfg.liger_options:
+            raise ValueError("Liger options apply when converting a base model, not to a Liger checkpoint")
+        base, model = None, load_pretrained(cfg.model, dtype)
     else:
-        from ..assets import resolve_model
-
-        path = resolve_model(cfg.model)
-        if getattr(AutoConfig.from_pretrained(path), "model_type", None) == "liger":
-            if cfg.liger_options:
-                raise ValueError("Liger options apply when converting a base model, not to a Liger checkpoint")
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
-        else:
-            base = _load_base(path, dtype)
-            model = liger.convert(base, **cfg.liger_options)
-    teacher = base if cfg.teacher is None or cfg.teacher == cfg.model else _load_base(cfg.teacher, dtype)
-    return teacher, model.eval()
+        base = load_pretrained(cfg.model, dtype, attn_implementation="sdpa")
+        model = liger.convert(base, **cfg.liger_options)
+    if cfg.teacher is not None and cfg.teacher != cfg.model:
+        base = load_pretrained(cfg.teacher, dtype, attn_implementation="sdpa")
+    return base, model.eval()
 
 
 def _describe(model) -> dict:
@@ -383,13 +342,12 @@ def _graph_rows(model, cfg, device, generator, report):
 
 
 def _train_rows(base, kind, cfg, device, generator, report, budget):
-    from peft import LoraConfig, get_peft_model
+    from ..train.lora import adamw, add_adapters
 
-    model = get_peft_model(copy.deepcopy(base), LoraConfig(r=8, lora_alpha=8, lora_dropout=0.0,
-                                                           target_modules=["q_proj", "k_proj", "v_proj"]))
+    model = add_adapters(copy.deepcopy(base), cfg.lora)
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    optimizer = adamw(params, OptimConfig())
     vocab = base.config.vocab_size
 
     def step(ids):
@@ -485,7 +443,7 @@ def run_bench(cfg: BenchConfig, on_update=None) -> dict:
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda but no CUDA device is available")
-    dtype = getattr(torch, cfg.dtype)
+    dtype = to_dtype(cfg.dtype)
     budget = _Budget(cfg.time_budget)
     from .autotune import restrict_triton_autotuning
 

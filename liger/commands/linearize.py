@@ -49,12 +49,12 @@ def _evaluate_suites(cfg, teacher_path: str, liger_path: str, tokenizer) -> dict
     import torch
 
     from ..eval import evaluate
-    from ..eval.models import load_checkpoint
-    from ..train.loop import load_model, resolve_device_dtype
+    from ..loading import load_model, load_pretrained
+    from ..train.loop import resolve_device_dtype
 
     device, dtype = resolve_device_dtype(cfg)
     loaders = {
-        "teacher": lambda: load_checkpoint(teacher_path, str(dtype).removeprefix("torch.")).model,
+        "teacher": lambda: load_pretrained(teacher_path, dtype),
         "converted": lambda: load_model(teacher_path, cfg.model.liger, dtype)[0],
         "finetuned": lambda: load_model(liger_path, {}, dtype)[0],
     }
@@ -151,8 +151,9 @@ def format_summary(summary: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..loading import load_model
     from ..train import finetune
-    from ..train.loop import load_model, resolve_device_dtype
+    from ..train.loop import resolve_device_dtype
 
     started = time.time()
     quiet_library_warnings()

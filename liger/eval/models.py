@@ -16,11 +16,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from ..loading import load_pretrained, load_tokenizer, to_dtype
 
 
 @dataclass
@@ -77,11 +76,9 @@ def load_checkpoint(path: str | os.PathLike, dtype: str = "float32", device: str
         FileNotFoundError: no such checkpoint, or no tokenizer next to it (and none given).
         ValueError: the checkpoint is not a causal language model, or an unknown dtype.
     """
-    import liger  # noqa: F401  (registers the liger model type)
     from liger.assets import resolve_model
 
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype '{dtype}' (choose from {', '.join(DTYPES)})")
+    to_dtype(dtype)  # an unknown name fails before anything loads
     name = os.fspath(path)
     resolved = resolve_model(name)
     if not os.path.isdir(resolved):
@@ -91,10 +88,10 @@ def load_checkpoint(path: str | os.PathLike, dtype: str = "float32", device: str
     if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type != "liger":
         raise ValueError(f"'{name}' is not a causal language model (model_type '{model_type}')")
     try:
-        tok = AutoTokenizer.from_pretrained(tokenizer or resolved)
+        tok = load_tokenizer(resolved, tokenizer)
     except (OSError, ValueError) as err:
         raise FileNotFoundError(f"no tokenizer found for '{name}' (pass --tokenizer): {err}") from None
-    model = AutoModelForCausalLM.from_pretrained(resolved, dtype=DTYPES[dtype]).to(device).eval()
+    model = load_pretrained(resolved, dtype).to(device)
     return Loaded(model, tok, name)
 
 

@@ -32,42 +32,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..loading import load_model, load_tokenizer, to_dtype
 from .config import TrainConfig
 from .data import IGNORE_INDEX, PackedData, build_data
+from .errors import TrainingError
+from .lora import adamw, add_adapters
 
 logger = logging.getLogger("liger")
 
 CHECKPOINT_PREFIX = "step-"
-
-
-class TrainingError(RuntimeError):
-    """The run cannot go on (non-finite loss, a run already in OUTPUT, a config that changed on resume)."""
-
-
-def load_tokenizer(path: str):
-    from transformers import AutoTokenizer
-
-    from liger.assets import resolve_model
-
-    return AutoTokenizer.from_pretrained(resolve_model(path))
-
-
-def load_model(path: str, liger_options: dict, dtype: torch.dtype):
-    """``(model, tokenizer)``: a Liger checkpoint as is, or a base checkpoint converted with ``liger_options``."""
-    from transformers import AutoConfig, AutoTokenizer
-
-    import liger
-    from liger.assets import resolve_model
-
-    local = resolve_model(path)
-    config = AutoConfig.from_pretrained(local)
-    if config.model_type == "liger":
-        if liger_options:
-            logger.info("note: %s is already a Liger checkpoint; model.liger options are ignored", path)
-        model = liger.LigerForCausalLM.from_pretrained(local, dtype=dtype)
-    else:
-        model = liger.convert(local, **liger_options).to(dtype)
-    return model, AutoTokenizer.from_pretrained(local)
 
 
 def fsdp_plugin(cfg: TrainConfig, device: str, dtype: torch.dtype):
@@ -98,7 +71,7 @@ def resolve_device_dtype(cfg: TrainConfig) -> tuple[str, torch.dtype]:
     dtype = cfg.train.dtype
     if dtype == "auto":
         dtype = "bfloat16" if device == "cuda" else "float32"
-    return device, getattr(torch, dtype)
+    return device, to_dtype(dtype)
 
 
 def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -326,7 +299,6 @@ def finetune(cfg: TrainConfig, resume: bool = False, model=None, tokenizer=None,
         DataError, ConfigError: bad data or config.
     """
     from accelerate import Accelerator
-    from peft import LoraConfig, get_peft_model
     from tqdm.auto import tqdm
     from transformers import get_scheduler, set_seed
 
@@ -370,20 +342,14 @@ def finetune(cfg: TrainConfig, resume: bool = False, model=None, tokenizer=None,
                             f"train.batch_size={t.batch_size}")
     total_steps = t.max_steps or max(1, int(t.epochs * steps_per_epoch))
 
-    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                      target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")
-    try:
-        model = get_peft_model(model, lora)
-    except ValueError as err:
-        raise TrainingError(f"lora.target_modules {cfg.lora.target_modules}: {str(err).splitlines()[0]}") from err
+    model = add_adapters(model, cfg.lora)
     if t.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
     model.to(accelerator.device).train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_trainable, n_total = sum(p.numel() for p in trainable), sum(p.numel() for p in model.parameters())
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
-                                  weight_decay=cfg.optim.weight_decay)
+    optimizer = adamw(trainable, cfg.optim)
     scheduler = get_scheduler(cfg.optim.schedule, optimizer, num_warmup_steps=cfg.optim.warmup_steps,
                               num_training_steps=total_steps)
     if fsdp:
