@@ -87,7 +87,7 @@ def _evaluate_suites(cfg, teacher_path: str, liger_path: str, tokenizer) -> dict
 
 
 def _val_rows(metrics_path: Path) -> dict:
-    from ..train.loop import read_metrics
+    from ..train.metrics import read_metrics
 
     val = [e for e in read_metrics(metrics_path) if e["type"] == "val"]
     teacher = [e for e in val if e.get("model") == "teacher"]

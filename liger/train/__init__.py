@@ -8,6 +8,7 @@ Needs the ``train`` extra (peft, accelerate, datasets, matplotlib). ``import lig
 
 from .config import ConfigError, TrainConfig, load_config
 from .data import DataError, build_data
-from .loop import TrainingError, finetune
+from .errors import TrainingError
+from .loop import finetune
 
 __all__ = ["ConfigError", "DataError", "TrainConfig", "TrainingError", "build_data", "finetune", "load_config"]
