@@ -23,6 +23,12 @@ class ConfigError(ValueError):
 
 
 
+def need(ok: bool, key: str, message: str, value) -> None:
+    """A value check beyond the types: ``ConfigError("KEY MESSAGE, got VALUE")`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(f"{key} {message}, got {value!r}")
+
+
 def from_dict(cls, data: dict, prefix: str = ""):
     """Build dataclass ``cls`` from a (YAML) mapping, checking every key and value type."""
     if not isinstance(data, dict):

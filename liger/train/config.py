@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..typed_config import ConfigError, build, parse_yaml, read_yaml, reference_table, to_yaml
+from ..typed_config import ConfigError, build, need, parse_yaml, read_yaml, reference_table, to_yaml
 
 __all__ = ["ConfigError", "TrainConfig", "config_reference", "load_config", "parse_yaml", "recipe_path"]
 # (parse_yaml is imported from here by benchmarks/reproduce.py)
@@ -157,19 +157,12 @@ class TrainConfig:
 
 def check(cfg: TrainConfig) -> None:
     """Value checks beyond the types (the message names the key)."""
-
-    def need(ok: bool, key: str, message: str, value):
-        if not ok:
-            raise ConfigError(f"{key} {message}, got {value!r}")
-
-    d, t, o, lo = cfg.data, cfg.train, cfg.optim, cfg.lora
+    d, t, o = cfg.data, cfg.train, cfg.optim
     need(d.max_length >= 2, "data.max_length", "must be >= 2", d.max_length)
     need(d.val_records >= 1, "data.val_records", "must be >= 1", d.val_records)
     need(d.max_records is None or d.max_records > d.val_records, "data.max_records",
          f"must exceed data.val_records ({d.val_records})", d.max_records)
-    need(lo.r >= 1, "lora.r", "must be >= 1", lo.r)
-    need(bool(lo.target_modules), "lora.target_modules", "must name at least one module", lo.target_modules)
-    need(0 <= lo.dropout < 1, "lora.dropout", "must be in [0, 1)", lo.dropout)
+    check_lora(cfg.lora)
     need(o.lr > 0, "optim.lr", "must be > 0", o.lr)
     need(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", "must be two numbers in [0, 1)",
          o.betas)
@@ -190,6 +183,12 @@ def check(cfg: TrainConfig) -> None:
     need(cfg.eval.limit is None or cfg.eval.limit >= 1, "eval.limit", "must be >= 1 or null", cfg.eval.limit)
     need(cfg.eval.batch_size >= 1, "eval.batch_size", "must be >= 1", cfg.eval.batch_size)
     need(bool(cfg.output), "output", "must be a directory path", cfg.output)
+
+
+def check_lora(lora: LoraSettings, prefix: str = "lora.") -> None:
+    need(lora.r >= 1, f"{prefix}r", "must be >= 1", lora.r)
+    need(bool(lora.target_modules), f"{prefix}target_modules", "must name at least one module", lora.target_modules)
+    need(0 <= lora.dropout < 1, f"{prefix}dropout", "must be in [0, 1)", lora.dropout)
 
 
 def recipe_path(name_or_path: str) -> Path:
