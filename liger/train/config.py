@@ -2,7 +2,7 @@
 onto 1:1 (the machinery is :mod:`liger.typed_config`).
 
 Precedence: command line (flags and ``key.sub=value`` overrides) > YAML file > the defaults below, which are the
-paper's recipe (spec §10.1, §17). Unknown keys and values of the wrong type are errors naming the key.
+paper's recipe (docs/method.md, "Training recipe"). Unknown keys and values of the wrong type are errors naming the key.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class DataConfig:
     """``alpaca``: records with instruction/input/output, loss on the response only. ``text``: loss on every
     token. ``auto``: alpaca for .json/.jsonl files and datasets with an ``output`` column, text otherwise."""
     max_length: int = 1024
-    """Tokens per packed training sequence (spec §10.1: records are concatenated and cut into chunks of this
+    """Tokens per packed training sequence (docs/method.md, "Training recipe": records are concatenated and cut into chunks of this
     length; the leftover tail is dropped)."""
     val_records: int = 200
     """Records held out for validation, taken from the start of the data (official code: the first 200
@@ -93,7 +93,7 @@ class TrainSettings:
     loss: Literal["ce", "kl", "ce+kl"] = "ce"
     """``ce``: next-token cross-entropy (paper Eq. 8). ``kl``/``ce+kl``: KL(teacher ‖ student) on the labelled
     positions, the teacher being the same weights with the original softmax attention and no LoRA (beyond the
-    paper, spec §16)."""
+    paper, docs/method.md)."""
     kl_weight: float = 1.0
     """Weight of the KL term in ``ce+kl``."""
     kl_temperature: float = 1.0

@@ -1,4 +1,5 @@
-"""Training data: records -> token ids with loss masks -> packed fixed-length chunks (spec §10.1).
+"""Training data: records -> token ids with loss masks -> packed fixed-length chunks (docs/method.md,
+"Training recipe").
 
 * **Alpaca** records (``instruction``, optional ``input``, ``output``) from a JSON/JSONL file or a Hugging Face
   dataset are formatted with the Alpaca prompt template, as in the official code: ``encode(prompt)`` with the
