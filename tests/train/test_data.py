@@ -7,7 +7,7 @@ import torch
 
 from liger.train.config import DataConfig
 from liger.train.data import IGNORE_INDEX, PROMPT_NO_INPUT, PROMPT_WITH_INPUT, DataError, build_data, pack, tokenize
-from tests.train.conftest import alpaca_records, byte_tokenizer
+from tests.conftest import alpaca_records, byte_tokenizer
 
 
 @pytest.fixture(scope="module")
