@@ -6,11 +6,17 @@ lengths, CUDA-graph decoding, and LoRA fine-tuning throughput (``liger bench``).
 
 ``config.py``: the typed config; ``measure.py``: the measurements (:func:`run_bench`); ``report.py``: the table,
 the plot and the estimated decode times; ``autotune.py``: bounds on Triton's autotuning for benchmark runs.
-Not imported by ``import liger``.
+Not imported by ``import liger``; importing it imports none of its modules until a name below is used.
 """
 
-from .config import BenchConfig, load_bench_config
-from .measure import run_bench
-from .report import format_report, plot_report
+import importlib
 
-__all__ = ["BenchConfig", "format_report", "load_bench_config", "plot_report", "run_bench"]
+_EXPORTS = {"BenchConfig": ".config", "load_bench_config": ".config", "run_bench": ".measure",
+            "format_report": ".report", "plot_report": ".report"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'liger.bench' has no attribute '{name}'")
+    return getattr(importlib.import_module(_EXPORTS[name], __name__), name)

@@ -39,8 +39,8 @@ class DataConfig:
     """``alpaca``: records with instruction/input/output, loss on the response only. ``text``: loss on every
     token. ``auto``: alpaca for .json/.jsonl files and datasets with an ``output`` column, text otherwise."""
     max_length: int = 1024
-    """Tokens per packed training sequence (docs/method.md, "Training recipe": records are concatenated and cut into chunks of this
-    length; the leftover tail is dropped)."""
+    """Tokens per packed training sequence (docs/method.md, "Training recipe": records are concatenated and cut
+    into chunks of this length; the leftover tail is dropped)."""
     val_records: int = 200
     """Records held out for validation, taken from the start of the data (official code: the first 200
     Alpaca rows). For plain text a record is a paragraph (a block between blank lines)."""
