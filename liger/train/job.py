@@ -16,7 +16,7 @@ from pathlib import Path
 from .config import TrainConfig
 
 
-def linearize(cfg: TrainConfig, resume: bool = False, progress=print) -> dict | None:
+def linearize(cfg: TrainConfig, resume: bool | str = False, progress=print) -> dict | None:
     """Convert ``cfg.model``, fine-tune it as ``cfg`` says, evaluate the teacher, the converted and the
     fine-tuned model, and write the summary.
 

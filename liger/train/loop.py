@@ -26,6 +26,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -117,12 +118,13 @@ class _Run:
         return self.accelerator.is_main_process
 
 
-def finetune(cfg: TrainConfig, resume: bool = False, model=None, tokenizer=None, data: PackedData | None = None,
-             on_step=None) -> dict:
+def finetune(cfg: TrainConfig, resume: bool | Literal["auto"] = False, model=None, tokenizer=None,
+             data: PackedData | None = None, on_step=None) -> dict:
     """Fine-tune a Liger model with LoRA as ``cfg`` says; see the module docstring for the outputs.
 
     Args:
-        resume: continue from the newest complete checkpoint in ``cfg.output`` (start afresh if there is none).
+        resume: continue from the newest complete checkpoint in ``cfg.output`` (an error if there is none);
+            ``"auto"``: continue from it if there is one, else start a new run there.
         model, tokenizer: an already loaded model (in place of ``cfg.model``); it is trained in place. A plain
             transformers model (e.g. the teacher, as a baseline) trains the same way, without the teacher
             validation and the distillation losses, which need a Liger model.
@@ -136,7 +138,7 @@ def finetune(cfg: TrainConfig, resume: bool = False, model=None, tokenizer=None,
 
     Raises:
         TrainingError: a non-finite loss (the last good checkpoint is kept), a non-empty OUTPUT without
-            ``resume``, or a different config on resume.
+            ``resume``, ``resume=True`` without a checkpoint, or a different config on resume.
         DataError, ConfigError: bad data or config.
     """
     from transformers import set_seed
@@ -170,12 +172,15 @@ def _start(cfg: TrainConfig) -> _Run:
                 output=Path(cfg.output))
 
 
-def _check_output(run: _Run, resume: bool) -> None:
-    """A new run needs an OUTPUT without one; a resumed run, the same config as the checkpoint's."""
+def _check_output(run: _Run, resume: bool | str) -> None:
+    """A new run needs an OUTPUT without one; a resumed run, a checkpoint and the same config as its run's."""
     ckpts = checkpoints(run.output)
     if not resume and (ckpts or (run.output / "metrics.jsonl").exists() or (run.output / "final").exists()):
         raise TrainingError(f"'{run.output}' already holds a run; pass --resume to continue it or choose another "
                             "output")
+    if resume is True and not ckpts:
+        raise TrainingError(f"--resume: no checkpoint in '{run.output}/checkpoints' to continue from (is it the "
+                            "right folder?); pass --resume-if-possible to start a new run when there is none")
     if resume and ckpts:
         check_resume_config(run.output, run.cfg)
         run.resume_from = ckpts[-1]
@@ -238,7 +243,7 @@ def _wrap_for_training(run: _Run) -> None:
     run.trainable = [p for p in run.model.parameters() if p.requires_grad]  # FSDP replaces them by sharded ones
 
 
-def _restore(run: _Run, resume: bool) -> None:
+def _restore(run: _Run, resume: bool | str) -> None:
     """Continue from the newest checkpoint (resumed runs), or start at step 0."""
     metrics_path = run.output / "metrics.jsonl"
     if run.resume_from is not None:

@@ -1,5 +1,7 @@
 """``liger finetune``'s command line: one clear line for each bad input."""
 
+import logging
+
 import pytest
 
 from liger.cli import main
@@ -23,3 +25,20 @@ def test_cli_errors_are_one_line(tiny_base, alpaca_file, tmp_path, capsys, extra
     # (transformers may draw a progress bar while loading the model first)
     assert [line for line in err if "error" in line] == err[-1:], err
     assert err[-1].startswith("liger finetune: error: ") and message in err[-1], err
+
+
+def test_resume_needs_a_checkpoint_unless_if_possible(tiny_base, alpaca_file, tmp_path, capsys, caplog):
+    out = tmp_path / "mistyped"
+    capsys.readouterr()
+    assert main(["finetune", *tiny_args(tiny_base, alpaca_file, out), "--max-steps", "2", "--resume"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--resume: no checkpoint in" in err[0] and "--resume-if-possible" in err[0], err
+    assert not (out / "metrics.jsonl").exists()
+    args = [*tiny_args(tiny_base, alpaca_file, out), "--max-steps", "2", "--save-every", "1"]
+    assert main(["finetune", *args, "--resume-if-possible"]) == 0  # nothing to resume: a new run
+    assert (out / "final").is_dir()
+    with caplog.at_level(logging.INFO, logger="liger"):
+        assert main(["finetune", *args, "--max-steps", "3", "--resume-if-possible"]) == 0  # resumes step 2
+    assert "resumed from" in caplog.text and "step-000002" in caplog.text
+    with pytest.raises(SystemExit):
+        main(["finetune", *args, "--resume", "--resume-if-possible"])
