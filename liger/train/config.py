@@ -41,9 +41,10 @@ class DataConfig:
     max_length: int = 1024
     """Tokens per packed training sequence (docs/method.md, "Training recipe": records are concatenated and cut
     into chunks of this length; the leftover tail is dropped)."""
-    val_records: int = 200
-    """Records held out for validation, taken from the start of the data (official code: the first 200
-    Alpaca rows). For plain text a record is a paragraph (a block between blank lines)."""
+    val_records: int | None = None
+    """Records held out for validation, taken from the start of the data (official code: the first 200 Alpaca
+    rows). Unset: 5% of the records, at least 10 and at most 200 (200 for Alpaca), and at most half of them. For
+    plain text a record is a paragraph (a block between blank lines)."""
     max_records: int | None = None
     """Use only the first N records (validation included); None = all."""
     split: str = "train"
@@ -159,9 +160,9 @@ def check(cfg: TrainConfig) -> None:
     """Value checks beyond the types (the message names the key)."""
     d, t, o = cfg.data, cfg.train, cfg.optim
     need(d.max_length >= 2, "data.max_length", "must be >= 2", d.max_length)
-    need(d.val_records >= 1, "data.val_records", "must be >= 1", d.val_records)
-    need(d.max_records is None or d.max_records > d.val_records, "data.max_records",
-         f"must exceed data.val_records ({d.val_records})", d.max_records)
+    need(d.val_records is None or d.val_records >= 1, "data.val_records", "must be >= 1 or null", d.val_records)
+    need(d.max_records is None or d.max_records > (d.val_records or 1), "data.max_records",
+         f"must exceed data.val_records ({d.val_records or 1})", d.max_records)
     check_lora(cfg.lora)
     need(o.lr > 0, "optim.lr", "must be > 0", o.lr)
     need(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", "must be two numbers in [0, 1)",
