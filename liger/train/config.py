@@ -8,6 +8,7 @@ paper's recipe (docs/method.md, "Training recipe"). Unknown keys and values of t
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -126,9 +127,13 @@ class TrainSettings:
 @dataclass
 class EvalSettings:
     tasks: list[str] = field(default_factory=lambda: ["paper", "offline"])
-    """lm-eval tasks or suites that ``liger linearize`` runs on the teacher, the converted and the fine-tuned
-    model (``offline``: BIG-bench samples shipped with liger; ``paper``: the paper's six tasks, needs the
-    Hub; see docs/evaluation.md). Empty = no benchmark, validation loss only. ``liger finetune`` ignores it."""
+    """lm-eval tasks or suites that ``liger linearize`` runs on the teacher, the baseline, the converted and the
+    fine-tuned model (``offline``: BIG-bench samples shipped with liger; ``paper``: the paper's six tasks, needs
+    the Hub; see docs/evaluation.md). Empty = no benchmark, validation loss only. ``liger finetune`` ignores it."""
+    baseline: str | None = "swa:64:4"
+    """The zero-training baseline ``liger linearize`` measures beside the teacher and the Liger models (validation
+    loss and lm-eval): ``swa:W:S`` = the teacher's weights attending to a W-key sliding window plus S sink
+    tokens, no training (docs/evaluation.md). null = none."""
     limit: int | None = None
     """Documents per task (None = all)."""
     batch_size: int = 16
@@ -183,6 +188,8 @@ def check(cfg: TrainConfig) -> None:
     need(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1", t.keep_checkpoints)
     need(cfg.eval.limit is None or cfg.eval.limit >= 1, "eval.limit", "must be >= 1 or null", cfg.eval.limit)
     need(cfg.eval.batch_size >= 1, "eval.batch_size", "must be >= 1", cfg.eval.batch_size)
+    need(cfg.eval.baseline is None or re.fullmatch(r"swa:[1-9][0-9]*:[0-9]+", cfg.eval.baseline) is not None,
+         "eval.baseline", "must be swa:W:S (W >= 1 window keys, S >= 0 sinks) or null", cfg.eval.baseline)
     need(bool(cfg.output), "output", "must be a directory path", cfg.output)
 
 

@@ -69,3 +69,19 @@ def validation_loss(model, ids, labels, micro_batch_size: int, accelerator, teac
     return dict(loss=loss, ppl=math.exp(min(loss, 50.0)), tokens=int(count.item()))
 
 
+
+
+@torch.no_grad()
+def heldout_loss(model, ids: torch.Tensor, labels: torch.Tensor, batch_size: int) -> dict:
+    """Token-weighted mean CE (and perplexity) of a plain model (no accelerate, one process) over packed chunks,
+    as :func:`validation_loss` computes it."""
+    device = next(model.parameters()).device
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = torch.zeros((), dtype=torch.float64, device=device)
+    for start in range(0, ids.shape[0], batch_size):
+        x, y = ids[start:start + batch_size].to(device), labels[start:start + batch_size].to(device)
+        s, n = token_losses(model(input_ids=x, use_cache=False).logits, y)
+        total += s.double()
+        count += n.double()
+    loss = (total / count).item()
+    return dict(loss=loss, ppl=math.exp(min(loss, 50.0)), tokens=int(count.item()))
