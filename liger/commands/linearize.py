@@ -19,8 +19,9 @@ def add_parser(subparsers) -> None:
         "linearize",
         help="the main job: convert, fine-tune and evaluate, then print a teacher-vs-Liger summary",
         description="Convert a base model into Liger, fine-tune it (liger finetune), evaluate the teacher, the "
-        "freshly converted and the fine-tuned Liger model on held-out data, and print a summary (also written "
-        "to OUTPUT/summary.json and OUTPUT/summary.md). With no arguments: SmolLM2-135M-Instruct on Shakespeare "
+        "zero-training baseline eval.baseline (swa:64:4), the freshly converted and the fine-tuned Liger model on "
+        "held-out data and lm-eval, and print a summary that says which is better (also written to "
+        "OUTPUT/summary.json and OUTPUT/summary.md). With no arguments: SmolLM2-135M-Instruct on Shakespeare "
         f"with the CPU recipe '{DEFAULT_CONFIG}' (under 20 minutes on 2 cores). Takes every option of "
         "liger finetune. Example: liger linearize --output runs/linearize-smollm2",
     )
