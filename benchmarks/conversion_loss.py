@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from liger.train.config import parse_yaml
+from liger.typed_config import parse_yaml
 
 
 def parse_setting(text: str) -> tuple[str, dict]:

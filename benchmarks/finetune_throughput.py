@@ -28,21 +28,9 @@ import torch
 def load(spec: str, dtype: torch.dtype):
     """``(teacher, liger)`` sharing nothing: the base model and its conversion (random weights for random:NAME)."""
     import liger
-    from liger.bench.throughput import RANDOM_CONFIGS
+    from liger.loading import load_pretrained
 
-    if spec.startswith("random:"):
-        from transformers import AutoConfig, AutoModelForCausalLM
-
-        values = dict(RANDOM_CONFIGS[spec.split(":", 1)[1]])
-        config = AutoConfig.for_model(values.pop("model_type"), **values)
-        torch.manual_seed(0)
-        teacher = AutoModelForCausalLM.from_config(config).to(dtype)
-    else:
-        from transformers import AutoModelForCausalLM
-
-        from liger.assets import resolve_model
-
-        teacher = AutoModelForCausalLM.from_pretrained(resolve_model(spec), dtype=dtype)
+    teacher = load_pretrained(spec, dtype)
     return teacher, liger.convert(teacher)
 
 
@@ -103,7 +91,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("transformers").setLevel(logging.ERROR)
 
-    from liger.bench.throughput import provenance
+    from liger.provenance import provenance
 
     dtype_name = args.dtype if args.dtype != "auto" else ("bfloat16" if args.device == "cuda" else "float32")
     models = dict(zip(("teacher", "liger"), load(args.model, getattr(torch, dtype_name))))

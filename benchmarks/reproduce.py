@@ -616,8 +616,8 @@ def packed_data(cfg, cache: Path):
     """The corpus tokenized and packed once (``build_data``), cached as a torch file next to the runs."""
     import torch
 
+    from liger.loading import load_tokenizer
     from liger.train.data import build_data
-    from liger.train.loop import load_tokenizer
 
     if cache.is_file():
         return torch.load(cache, weights_only=False)
@@ -868,8 +868,8 @@ def merged_student(run: Path, teacher: str):
     import torch
     from peft import PeftModel
 
+    from liger.loading import load_model
     from liger.train.config import parse_yaml
-    from liger.train.loop import load_model
 
     cfg = parse_yaml((run / "config.yaml").read_text())
     model, tokenizer = load_model(teacher, cfg["model"]["liger"] or {}, torch.float32)
@@ -1126,7 +1126,7 @@ def plot_loss_curves(runs: Path, students: list[str], png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from liger.train.loop import read_metrics
+    from liger.train.metrics import read_metrics
 
     fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(13, 4.6))
     teacher = None

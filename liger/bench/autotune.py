@@ -13,7 +13,6 @@ benchmark and test processes only; the library never calls it. Inductor's kernel
 from __future__ import annotations
 
 MODES = ("full", "fast", "single")
-_installed: str | None = None
 
 
 def _preferred(configs, num_warps: int = 4, num_stages: tuple[int, ...] = (2, 3)):
@@ -26,7 +25,6 @@ def _preferred(configs, num_warps: int = 4, num_stages: tuple[int, ...] = (2, 3)
 def restrict_triton_autotuning(mode: str) -> str | None:
     """Install the config filter for ``mode`` ("full" leaves Triton alone). Returns the mode installed, or
     None when Triton is not importable. Calling it again with another mode replaces the filter."""
-    global _installed
     if mode not in MODES:
         raise ValueError(f"autotune mode must be one of {', '.join(MODES)}, got {mode!r}")
     try:
@@ -45,9 +43,4 @@ def restrict_triton_autotuning(mode: str) -> str | None:
             return configs[:1] if mode == "single" else configs
 
         Autotuner.prune_configs = prune_configs
-    _installed = mode
     return mode
-
-
-def installed_mode() -> str:
-    return _installed or "full"

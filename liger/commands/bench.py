@@ -8,87 +8,99 @@ import os
 
 from . import add_liger_options, liger_options, positive_int_list
 
+# command-line flag -> (config key, argparse options); the help text is the key's docstring in BenchConfig
+FLAGS = {
+    "--model": ("model", dict(metavar="MODEL")),
+    "--teacher": ("teacher", dict(metavar="MODEL")),
+    "--device": ("device", dict(choices=["cuda", "cpu"])),
+    "--dtype": ("dtype", dict(choices=["bfloat16", "float16", "float32"])),
+    "--batch-size": ("batch_size", dict(type=int, metavar="B")),
+    "--prompt-length": ("prompt_length", dict(type=int, metavar="P")),
+    "--context": ("contexts", dict(type=positive_int_list, metavar="C1,C2,...")),
+    "--decode-steps": ("decode_steps", dict(type=int, metavar="N")),
+    "--warmup-steps": ("warmup_steps", dict(type=int, metavar="N")),
+    "--prefill-repeats": ("prefill_repeats", dict(type=int, metavar="N")),
+    "--graph-batch-size": ("graph_batch_size", dict(type=int, metavar="B")),
+    "--no-decode": ("decode", dict(action="store_const", const=False)),
+    "--train": ("train", dict(action="store_const", const=True)),
+    "--train-batch-sizes": ("train_batch_sizes", dict(type=positive_int_list, metavar="B1,B2,...")),
+    "--train-length": ("train_length", dict(type=int, metavar="T")),
+    "--train-steps": ("train_steps", dict(type=int, metavar="N")),
+    "--profile": ("profile", dict(action="store_const", const=True)),
+    "--autotune": ("autotune", dict(choices=["full", "fast"])),
+    "--time-budget": ("time_budget", dict(type=float, metavar="SECONDS")),
+    "--seed": ("seed", dict(type=int, metavar="S")),
+    "--output": ("output", dict(metavar="FILE.json")),
+}
+
+
+def _help(doc: str, key: str, default, options: dict) -> str:
+    shown = "unset" if default is None else ",".join(map(str, default)) if isinstance(default, list) else default
+    doc = doc.replace("``", "")
+    text = f"{doc} (default: {shown}; config key {key})"
+    if options.get("action") == "store_const":
+        text = f"{doc} This flag sets {key} to {str(options['const']).lower()} (default: {str(shown).lower()})."
+    return text.replace("%", "%%")
+
 
 def add_parser(subparsers) -> None:
+    from ..bench.config import BenchConfig, defaults
+    from ..utils import attribute_docstrings
+
     parser = subparsers.add_parser(
         "bench",
         help="measure prefill, decoding and training speed and memory against the teacher",
         description="Time prefill and per-token decoding at several context lengths, peak memory, CUDA-graph "
         "decoding and (with --train) LoRA fine-tuning throughput, for a Liger model and its teacher, side by "
         "side. Writes a JSON report (with versions, device and git commit) and a PNG plot, and prints a table. "
-        "Example (GPU, random SmolLM2-135M weights, no download): liger bench --model random:smollm2 "
-        "--device cuda --batch-size 16 --context 1024,2048,4096,8192,16384,32768 --train --output bench.json",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "Settings: defaults < --config YAML < flags < key=value overrides (every key of the config, e.g. "
+        "lora.r=16 liger_options.window_size=32). Example (GPU, random SmolLM2-135M weights, no download): "
+        "liger bench --model random:smollm2 --device cuda --batch-size 16 "
+        "--context 1024,2048,4096,8192,16384,32768 --train --output bench.json",
     )
-    parser.add_argument("--model", default="random:smollm2",
-                        help="a Liger checkpoint, a base checkpoint (converted with the Liger options below), the "
-                        "alias 'smollm2', or random:smollm2 / random:tiny (random weights, known architecture)")
-    parser.add_argument("--teacher", default=None,
-                        help="base model to compare against (default: the base --model was given as)")
-    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--prompt-length", type=int, default=128,
-                        help="start of the estimated total decode time; context of the decode-mode comparison")
-    parser.add_argument("--context", type=positive_int_list, default=[1024, 2048, 4096, 8192, 16384, 32768],
-                        help="context lengths at which prefill and per-token decode latency are measured")
-    parser.add_argument("--decode-steps", type=int, default=16, help="timed decode steps per context")
-    parser.add_argument("--warmup-steps", type=int, default=3, help="untimed decode steps before them")
-    parser.add_argument("--prefill-repeats", type=int, default=2, help="prefill runs per context (fastest kept)")
-    parser.add_argument("--graph-batch-size", type=int, default=1,
-                        help="batch of the eager / static / CUDA-graph decode comparison")
-    parser.add_argument("--no-decode", action="store_true", help="skip the prefill/decode measurements")
-    parser.add_argument("--train", action="store_true", help="also measure LoRA fine-tuning throughput")
-    parser.add_argument("--train-batch-sizes", type=positive_int_list, default=[8, 32])
-    parser.add_argument("--train-length", type=int, default=1024, help="tokens per training sequence")
-    parser.add_argument("--train-steps", type=int, default=10, help="timed training steps (after 3 untimed)")
-    parser.add_argument("--profile", action="store_true",
-                        help="record torch.profiler tables (top kernels) for a prefill, a decode step and a "
-                        "training step of each model in the report")
-    parser.add_argument("--autotune", default="full", choices=["full", "fast"],
-                        help="fla's Triton autotuning on first use: every config, or a subset (4 warps, 2-3 "
-                        "stages) that makes the first call ~5x quicker")
-    parser.add_argument("--time-budget", type=float, default=None,
-                        help="seconds; sections that would start later are skipped and reported")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", default="bench.json", help="JSON report; the plot goes next to it (.png)")
+    docs, values = attribute_docstrings(BenchConfig), defaults()
+    parser.add_argument("--config", metavar="FILE.yaml", help="benchmark config (YAML); keys as in BenchConfig "
+                        "(liger/bench/config.py)")
+    for flag, (key, options) in FLAGS.items():
+        parser.add_argument(flag, dest=f"bench_{key}", default=None, help=_help(docs[key], key, values[key], options),
+                            **options)
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
+                        help="config overrides, e.g. batch_size=8 lora.r=16 liger_options.window_size=32")
     add_liger_options(parser)
     parser.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..bench import BenchConfig, format_report, run_bench
-    from ..bench.throughput import plot_report
+def resolve_config(args: argparse.Namespace):
+    """Defaults < YAML < flags (the Liger option flags into ``liger_options``) < ``key.sub=value`` overrides."""
+    from ..bench.config import load_bench_config
 
-    for name in ("batch_size", "prompt_length", "decode_steps", "graph_batch_size", "train_length", "train_steps"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    cfg = BenchConfig(
-        model=args.model, teacher=args.teacher, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
-        prompt_length=args.prompt_length, contexts=sorted(set(args.context)), decode_steps=args.decode_steps,
-        warmup_steps=args.warmup_steps, prefill_repeats=max(1, args.prefill_repeats),
-        graph_batch_size=args.graph_batch_size, decode=not args.no_decode, train=args.train,
-        train_batch_sizes=args.train_batch_sizes, train_length=args.train_length, train_steps=args.train_steps,
-        seed=args.seed, profile=args.profile, autotune=args.autotune, liger_options=liger_options(args),
-        time_budget=args.time_budget,
-    )
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    settings = {key: getattr(args, f"bench_{key}") for key, _ in FLAGS.values()
+                if getattr(args, f"bench_{key}") is not None}
+    settings.update({f"liger_options.{name}": value for name, value in liger_options(args).items()})
+    return load_bench_config(args.config, args.overrides, settings)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = resolve_config(args)
+    from ..bench import format_report, plot_report, run_bench
+
+    os.makedirs(os.path.dirname(os.path.abspath(cfg.output)), exist_ok=True)
 
     def save(report):
         # written after every measurement, so that a run cut short keeps what it measured
-        tmp = args.output + ".tmp"
+        tmp = cfg.output + ".tmp"
         with open(tmp, "w") as f:
             json.dump(report, f, indent=2)
-        os.replace(tmp, args.output)
+        os.replace(tmp, cfg.output)
 
     report = run_bench(cfg, on_update=save)
     save(report)
-    plot = os.path.splitext(args.output)[0] + ".png"
+    plot = os.path.splitext(cfg.output)[0] + ".png"
     try:
         plot_report(report, plot)
     except ImportError:
         plot = None
         print("note: matplotlib is not installed; no plot written")
     print(format_report(report))
-    print(f"\nreport: {args.output}" + (f", plot: {plot}" if plot else ""))
+    print(f"\nreport: {cfg.output}" + (f", plot: {plot}" if plot else ""))
     return 0

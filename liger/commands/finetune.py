@@ -33,8 +33,13 @@ def add_run_options(parser: argparse.ArgumentParser, default_config: str | None)
     parser.add_argument("--batch-size", type=int, metavar="B", help="sequences per optimizer step (train.batch_size)")
     parser.add_argument("--save-every", type=int, metavar="N", help="checkpoint interval in steps (train.save_every)")
     parser.add_argument("--seed", type=int, metavar="S", help="random seed (train.seed)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from the newest complete checkpoint in the output directory")
+    resume = parser.add_mutually_exclusive_group()
+    resume.add_argument("--resume", action="store_const", const=True, default=False,
+                        help="continue from the newest complete checkpoint in the output directory (an error if it "
+                        "holds none)")
+    resume.add_argument("--resume-if-possible", dest="resume", action="store_const", const="auto",
+                        help="continue from the newest complete checkpoint if there is one, else start a new run "
+                        "there (for jobs that are restarted automatically)")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
                         help="config overrides, e.g. optim.lr=5e-4 lora.target_modules=[q_proj,k_proj,v_proj,o_proj] "
                         "model.liger.window_size=32")

@@ -16,11 +16,11 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("model", help="a Liger or base checkpoint directory, or the alias 'smollm2'")
     parser.add_argument("prompt", help="the prompt text")
-    parser.add_argument("--max-new-tokens", type=int, default=40)
+    parser.add_argument("--max-new-tokens", type=int, default=40, metavar="N", help="tokens to generate at most")
     parser.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy decoding")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the sampling (with --temperature above 0)")
     parser.set_defaults(run=run)
 
 
@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import liger  # noqa: F401  (registers the liger model type)
+    import liger.models  # noqa: F401  (registers the liger model type)
     from liger.assets import resolve_model
 
     if args.max_new_tokens < 1:

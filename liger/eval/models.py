@@ -16,11 +16,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from ..loading import load_pretrained, to_dtype
+from ..loading import load_tokenizer as _load_tokenizer
 
 
 @dataclass
@@ -77,12 +77,11 @@ def load_checkpoint(path: str | os.PathLike, dtype: str = "float32", device: str
         FileNotFoundError: no such checkpoint, or no tokenizer next to it (and none given).
         ValueError: the checkpoint is not a causal language model, or an unknown dtype.
     """
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype '{dtype}' (choose from {', '.join(DTYPES)})")
+    to_dtype(dtype)  # an unknown name fails before anything loads
     name = os.fspath(path)
     resolved = _causal_lm_dir(name)
     tok = _tokenizer(resolved, name, tokenizer)
-    model = AutoModelForCausalLM.from_pretrained(resolved, dtype=DTYPES[dtype]).to(device).eval()
+    model = load_pretrained(resolved, dtype).to(device).eval()
     return Loaded(model, tok, name)
 
 
@@ -115,7 +114,7 @@ def load_tokenizer(path: str | os.PathLike, tokenizer: str | os.PathLike | None 
 
 def _tokenizer(resolved: str, name: str, tokenizer: str | os.PathLike | None):
     try:
-        return AutoTokenizer.from_pretrained(tokenizer or resolved)
+        return _load_tokenizer(resolved, tokenizer)
     except (OSError, ValueError) as err:
         raise FileNotFoundError(f"no tokenizer found for '{name}' (pass --tokenizer): {err}") from None
 

@@ -11,35 +11,19 @@ commit, device, seed and limits that reproduce it.
 from __future__ import annotations
 
 import gc
-import importlib.metadata
 import json
 import logging
 import os
 import time
 from pathlib import Path
 
-import torch
-
+from ..provenance import provenance  # noqa: F401  (liger eval records it with every result)
 from .harness import CHANCE, average, evaluate
 from .long_context import MEASURES, check_long_context, long_context
 from .models import build_student, check_causal_lm, is_student_spec, load_checkpoint, load_tokenizer
 from .ppl import perplexity
 
 logger = logging.getLogger("liger")
-
-
-def provenance(device: str | torch.device, **settings) -> dict:
-    """Versions (liger, torch, transformers, lm-eval…), git commit, device, plus the run's settings."""
-    from ..bench.throughput import provenance as bench_provenance
-
-    info = bench_provenance(torch.device(device))
-    try:
-        info["lm-eval"] = importlib.metadata.version("lm-eval")
-    except importlib.metadata.PackageNotFoundError:
-        info["lm-eval"] = None
-    info["torch_threads"] = torch.get_num_threads()
-    info.update(settings)
-    return info
 
 
 def measure(model, tokenizer, tasks: str | list[str] | None = "offline", limit: int | None = None,

@@ -1,26 +1,24 @@
-"""The run configuration of ``liger finetune``: typed dataclasses that a YAML file maps onto 1:1.
+"""The run configuration of ``liger finetune`` and ``liger linearize``: typed dataclasses that a YAML file maps
+onto 1:1 (the machinery is :mod:`liger.typed_config`).
 
 Precedence: command line (flags and ``key.sub=value`` overrides) > YAML file > the defaults below, which are the
-paper's recipe (spec §10.1, §17). Unknown keys and values of the wrong type are errors naming the key.
+paper's recipe (docs/method.md, "Training recipe"). Unknown keys and values of the wrong type are errors naming the key.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
+from ..typed_config import ConfigError, build, need, parse_yaml, read_yaml, reference_table, to_yaml
+
+__all__ = ["ConfigError", "TrainConfig", "config_reference", "load_config", "parse_yaml", "recipe_path"]
+# (parse_yaml is imported from here by benchmarks/reproduce.py)
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "configs"
-
-
-class ConfigError(ValueError):
-    """A bad run configuration (unknown key, wrong type, invalid value); the message names the key."""
 
 
 @dataclass
@@ -42,11 +40,12 @@ class DataConfig:
     """``alpaca``: records with instruction/input/output, loss on the response only. ``text``: loss on every
     token. ``auto``: alpaca for .json/.jsonl files and datasets with an ``output`` column, text otherwise."""
     max_length: int = 1024
-    """Tokens per packed training sequence (spec §10.1: records are concatenated and cut into chunks of this
-    length; the leftover tail is dropped)."""
-    val_records: int = 200
-    """Records held out for validation, taken from the start of the data (official code: the first 200
-    Alpaca rows). For plain text a record is a paragraph (a block between blank lines)."""
+    """Tokens per packed training sequence (docs/method.md, "Training recipe": records are concatenated and cut
+    into chunks of this length; the leftover tail is dropped)."""
+    val_records: int | None = None
+    """Records held out for validation, taken from the start of the data (official code: the first 200 Alpaca
+    rows). Unset: 5% of the records, at least 10 and at most 200 (200 for Alpaca), and at most half of them. For
+    plain text a record is a paragraph (a block between blank lines)."""
     max_records: int | None = None
     """Use only the first N records (validation included); None = all."""
     split: str = "train"
@@ -96,7 +95,7 @@ class TrainSettings:
     loss: Literal["ce", "kl", "ce+kl"] = "ce"
     """``ce``: next-token cross-entropy (paper Eq. 8). ``kl``/``ce+kl``: KL(teacher ‖ student) on the labelled
     positions, the teacher being the same weights with the original softmax attention and no LoRA (beyond the
-    paper, spec §16)."""
+    paper, docs/method.md)."""
     kl_weight: float = 1.0
     """Weight of the KL term in ``ce+kl``."""
     kl_temperature: float = 1.0
@@ -128,9 +127,13 @@ class TrainSettings:
 @dataclass
 class EvalSettings:
     tasks: list[str] = field(default_factory=lambda: ["paper", "offline"])
-    """lm-eval tasks or suites that ``liger linearize`` runs on the teacher, the converted and the fine-tuned
-    model (``offline``: BIG-bench samples shipped with liger; ``paper``: the paper's six tasks, needs the
-    Hub; see docs/evaluation.md). Empty = no benchmark, validation loss only. ``liger finetune`` ignores it."""
+    """lm-eval tasks or suites that ``liger linearize`` runs on the teacher, the baseline, the converted and the
+    fine-tuned model (``offline``: BIG-bench samples shipped with liger; ``paper``: the paper's six tasks, needs
+    the Hub; see docs/evaluation.md). Empty = no benchmark, validation loss only. ``liger finetune`` ignores it."""
+    baseline: str | None = "swa:64:4"
+    """The zero-training baseline ``liger linearize`` measures beside the teacher and the Liger models (validation
+    loss and lm-eval): ``swa:W:S`` = the teacher's weights attending to a W-key sliding window plus S sink
+    tokens, no training (docs/evaluation.md). null = none."""
     limit: int | None = None
     """Documents per task (None = all)."""
     batch_size: int = 16
@@ -155,24 +158,17 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return to_yaml(self)
 
 
 def check(cfg: TrainConfig) -> None:
     """Value checks beyond the types (the message names the key)."""
-
-    def need(ok: bool, key: str, message: str, value):
-        if not ok:
-            raise ConfigError(f"{key} {message}, got {value!r}")
-
-    d, t, o, lo = cfg.data, cfg.train, cfg.optim, cfg.lora
+    d, t, o = cfg.data, cfg.train, cfg.optim
     need(d.max_length >= 2, "data.max_length", "must be >= 2", d.max_length)
-    need(d.val_records >= 1, "data.val_records", "must be >= 1", d.val_records)
-    need(d.max_records is None or d.max_records > d.val_records, "data.max_records",
-         f"must exceed data.val_records ({d.val_records})", d.max_records)
-    need(lo.r >= 1, "lora.r", "must be >= 1", lo.r)
-    need(bool(lo.target_modules), "lora.target_modules", "must name at least one module", lo.target_modules)
-    need(0 <= lo.dropout < 1, "lora.dropout", "must be in [0, 1)", lo.dropout)
+    need(d.val_records is None or d.val_records >= 1, "data.val_records", "must be >= 1 or null", d.val_records)
+    need(d.max_records is None or d.max_records > (d.val_records or 1), "data.max_records",
+         f"must exceed data.val_records ({d.val_records or 1})", d.max_records)
+    check_lora(cfg.lora)
     need(o.lr > 0, "optim.lr", "must be > 0", o.lr)
     need(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", "must be two numbers in [0, 1)",
          o.betas)
@@ -192,114 +188,15 @@ def check(cfg: TrainConfig) -> None:
     need(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1", t.keep_checkpoints)
     need(cfg.eval.limit is None or cfg.eval.limit >= 1, "eval.limit", "must be >= 1 or null", cfg.eval.limit)
     need(cfg.eval.batch_size >= 1, "eval.batch_size", "must be >= 1", cfg.eval.batch_size)
+    need(cfg.eval.baseline is None or re.fullmatch(r"swa:[1-9][0-9]*:[0-9]+", cfg.eval.baseline) is not None,
+         "eval.baseline", "must be swa:W:S (W >= 1 window keys, S >= 0 sinks) or null", cfg.eval.baseline)
     need(bool(cfg.output), "output", "must be a directory path", cfg.output)
 
 
-def from_dict(cls, data: dict, prefix: str = ""):
-    """Build dataclass ``cls`` from a (YAML) mapping, checking every key and value type."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}' (valid keys under "
-                          f"'{prefix.rstrip('.') or 'the top level'}': {', '.join(sorted(names))})")
-    kwargs = {}
-    for name, value in data.items():
-        key, hint = prefix + name, hints[name]
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = from_dict(hint, value if value is not None else {}, key + ".")
-        else:
-            kwargs[name] = _coerce(value, hint, key)
-    if prefix:
-        return cls(**kwargs)
-    try:
-        return cls(**kwargs)
-    except TypeError as err:
-        raise ConfigError(str(err)) from err
-
-
-def _coerce(value, hint, key: str):
-    """``value`` checked against the annotation ``hint`` (ints are accepted where floats are expected)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError as err:
-                errors.append(err)
-        raise errors[0]
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{key} must be one of {', '.join(map(str, args))}, got {value!r}")
-        return value
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
-        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key} must be a mapping, got {value!r}")
-        return dict(value)
-    if hint is Any:
-        return value
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):
-        # YAML 1.1 reads 1e-3 as a string (no dot); accept plain numbers written that way
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise ConfigError(f"{key} must be of type {hint.__name__}, got {value!r}")
-    return value
-
-
-class _Loader(yaml.SafeLoader):
-    """PyYAML follows YAML 1.1, which reads ``1e-3`` (an exponent without a dot) as a string; this loader reads
-    such numbers as floats, as YAML 1.2 does — also inside untyped sections such as ``model.liger``."""
-
-
-_Loader.add_implicit_resolver("tag:yaml.org,2002:float",
-                              re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
-
-
-def parse_yaml(text: str):
-    """YAML text (a config file, an override's value) as Python values; ``1e-3`` is a float."""
-    return yaml.load(text, Loader=_Loader)
-
-
-def apply_override(data: dict, override: str) -> None:
-    """Apply one ``key.sub=value`` override (the value is parsed as YAML: ``3``, ``1e-4``, ``[q_proj]``,
-    ``null``) to the nested mapping ``data``."""
-    key, sep, text = override.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ConfigError(f"override '{override}' is not of the form key.sub=value")
-    try:
-        value = parse_yaml(text) if text.strip() else ""
-    except yaml.YAMLError as err:
-        raise ConfigError(f"override '{override}': cannot parse the value ({str(err).splitlines()[0]})") from err
-    set_key(data, key, value)
-
-
-def set_key(data: dict, key: str, value) -> None:
-    """``data["a"]["b"] = value`` for ``key = "a.b"``, creating sections as needed."""
-    *parents, leaf = key.split(".")
-    node = data
-    for i, part in enumerate(parents):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"'{'.'.join(parents[:i + 1])}' is not a config section (setting {key})")
-        node = child
-    node[leaf] = value
+def check_lora(lora: LoraSettings, prefix: str = "lora.") -> None:
+    need(lora.r >= 1, f"{prefix}r", "must be >= 1", lora.r)
+    need(bool(lora.target_modules), f"{prefix}target_modules", "must name at least one module", lora.target_modules)
+    need(0 <= lora.dropout < 1, f"{prefix}dropout", "must be in [0, 1)", lora.dropout)
 
 
 def recipe_path(name_or_path: str) -> Path:
@@ -325,42 +222,10 @@ def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] 
         ConfigError: unknown key, wrong type or invalid value (the message names the key).
         FileNotFoundError: no such config file.
     """
-    data: dict = {}
-    if path is not None:
-        file = recipe_path(path)
-        try:
-            data = parse_yaml(file.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{file}: invalid YAML ({str(err).splitlines()[0]})") from err
-        if not isinstance(data, dict):
-            raise ConfigError(f"{file}: the top level must be a mapping of sections")
-    for key, value in (settings or {}).items():
-        set_key(data, key, value)
-    for override in overrides:
-        apply_override(data, override)
-    return from_dict(TrainConfig, data)
+    data = read_yaml(recipe_path(path)) if path is not None else {}
+    return build(TrainConfig, data, settings, overrides)
 
 
 def config_reference() -> str:
     """A Markdown table of every config key, its type, default and docstring (for docs/training.md)."""
-    from ..utils import attribute_docstrings
-
-    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
-    defaults = TrainConfig()
-
-    def walk(cls, obj, prefix):
-        docs = attribute_docstrings(cls)
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            value = getattr(obj, f.name)
-            if dataclasses.is_dataclass(hints[f.name]):
-                walk(hints[f.name], value, f"{prefix}{f.name}.")
-                continue
-            type_name = str(hints[f.name]).replace("typing.", "")
-            for short in ("str", "int", "float", "bool"):
-                type_name = type_name.replace(f"<class '{short}'>", short)
-            doc = docs.get(f.name, "").replace("|", "\\|")
-            rows.append(f"| `{prefix}{f.name}` | `{type_name}` | `{value!r}` | {doc} |")
-
-    walk(TrainConfig, defaults, "")
-    return "\n".join(rows)
+    return reference_table(TrainConfig)

@@ -1,4 +1,5 @@
-"""Training data: records -> token ids with loss masks -> packed fixed-length chunks (spec §10.1).
+"""Training data: records -> token ids with loss masks -> packed fixed-length chunks (docs/method.md,
+"Training recipe").
 
 * **Alpaca** records (``instruction``, optional ``input``, ``output``) from a JSON/JSONL file or a Hugging Face
   dataset are formatted with the Alpaca prompt template, as in the official code: ``encode(prompt)`` with the
@@ -6,13 +7,15 @@
 * **Plain text** (a file, or every .txt/.md/.rst file under a folder, in sorted order) is split into records
   at blank lines (paragraphs, each with the blank lines before it, so that the records' tokens are the
   file's own tokenization); every token is labelled. Each file ends with the EOS token.
-* The first ``val_records`` records are held out for validation. Each split is concatenated and cut into
+* The first ``val_records`` records are held out for validation (unset: :func:`held_out_records` sizes the split
+  to the data). Each split is concatenated and cut into
   ``max_length`` chunks; the leftover tail is dropped, and chunks without a labelled token are removed.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +25,9 @@ import torch
 from .config import DataConfig
 
 IGNORE_INDEX = -100
+VAL_FRACTION, VAL_MIN, VAL_MAX = 0.05, 10, 200
+"""The validation split when ``data.val_records`` is unset: this fraction of the records, at least VAL_MIN and at
+most VAL_MAX (the official code holds out 200 Alpaca rows), and never more than half of the records."""
 PACKING_VERSION = 2
 """Bumped whenever the same records would give other tokens (2: text records keep their blank lines); caches of
 packed data key on it."""
@@ -59,11 +65,16 @@ class PackedData:
     """Records used (validation included)."""
     train_tokens: int
     """Tokens in the training records before packing."""
+    val_records: int | None = None
+    """Records held out for validation (the first ones); None for data built another way."""
+    val_rule: str = ""
+    """How ``val_records`` was chosen (``data.val_records=N``, or the fraction when it is unset)."""
 
     def describe(self) -> str:
         n, t = self.train_ids.shape
-        return (f"data: {self.source} ({self.format}), {self.records:,} records; {n:,} training chunks of {t} tokens, "
-                f"{self.val_ids.shape[0]:,} validation chunks")
+        held = f", the first {self.val_records:,} held out for validation ({self.val_rule})" if self.val_records else ""
+        return (f"data: {self.source} ({self.format}), {self.records:,} records{held}; {n:,} training chunks of {t} "
+                f"tokens, {self.val_ids.shape[0]:,} validation chunks")
 
 
 def resolve_data_path(path: str) -> str:
@@ -222,6 +233,14 @@ def pack(examples: list[tuple[list[int], list[int]]], max_length: int) -> tuple[
     return ids_t[keep], labels_t[keep]
 
 
+def held_out_records(records: int, val_records: int | None) -> int:
+    """Records held out for validation out of ``records``: ``val_records`` when set, else sized to the data (see
+    :data:`VAL_FRACTION`)."""
+    if val_records is not None:
+        return val_records
+    return max(1, min(VAL_MAX, max(VAL_MIN, math.ceil(VAL_FRACTION * records)), records // 2))
+
+
 def build_data(cfg: DataConfig, tokenizer) -> PackedData:
     """Load, tokenize, split and pack the data of ``cfg``.
 
@@ -229,17 +248,23 @@ def build_data(cfg: DataConfig, tokenizer) -> PackedData:
         DataError: see :func:`load_records`; also a split too small to fill one chunk.
     """
     records, fmt, source = load_records(cfg)
-    if len(records) <= cfg.val_records:
+    val = held_out_records(len(records), cfg.val_records)
+    if len(records) <= val:
+        if cfg.val_records is None:
+            raise DataError(f"data.path '{cfg.path}' has {len(records)} record(s): too few to hold some out for "
+                            "validation and train on the rest")
         raise DataError(f"data.path '{cfg.path}' has {len(records)} records, not more than data.val_records="
                         f"{cfg.val_records} held out for validation; lower data.val_records")
     examples = tokenize(records, fmt, tokenizer)
-    val_ids, val_labels = pack(examples[: cfg.val_records], cfg.max_length)
-    train_ids, train_labels = pack(examples[cfg.val_records:], cfg.max_length)
-    for name, chunks, part, key in (("training", train_ids, examples[cfg.val_records:], "data.max_length"),
-                                    ("validation", val_ids, examples[: cfg.val_records], "data.val_records")):
+    val_ids, val_labels = pack(examples[:val], cfg.max_length)
+    train_ids, train_labels = pack(examples[val:], cfg.max_length)
+    for name, chunks, part, key in (("training", train_ids, examples[val:], "data.max_length"),
+                                    ("validation", val_ids, examples[:val], "data.val_records")):
         if chunks.shape[0] == 0:
             tokens = sum(len(e[0]) for e in part)
             raise DataError(f"the {name} split has {tokens:,} tokens, not enough for one chunk of data.max_length="
                             f"{cfg.max_length} with a labelled token; lower data.max_length or raise {key}")
+    rule = (f"data.val_records={cfg.val_records}" if cfg.val_records is not None else
+            f"data.val_records unset: {VAL_FRACTION:.0%} of the records, at least {VAL_MIN}, at most {VAL_MAX}")
     return PackedData(train_ids, train_labels, val_ids, val_labels, fmt, source, len(records),
-                      sum(len(e[0]) for e in examples[cfg.val_records:]))
+                      sum(len(e[0]) for e in examples[val:]), val, rule)

@@ -13,8 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from liger.train.loop import read_metrics
-from tests.conftest import tiny_teacher
-from tests.train.conftest import alpaca_records, byte_tokenizer, tiny_args
+from tests.conftest import alpaca_records, byte_tokenizer, tiny_args, tiny_teacher
 
 REPO = Path(__file__).resolve().parents[2]
 NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}

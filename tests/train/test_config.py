@@ -3,6 +3,7 @@
 import pytest
 
 from liger.train.config import RECIPES_DIR, ConfigError, TrainConfig, config_reference, load_config
+from liger.train.data import held_out_records
 
 
 def test_defaults_are_the_papers_recipe():
@@ -12,7 +13,8 @@ def test_defaults_are_the_papers_recipe():
     assert (cfg.optim.lr, cfg.optim.schedule, cfg.optim.max_grad_norm, cfg.optim.weight_decay) == (
         1e-3, "constant", None, 0.01)
     assert (cfg.train.batch_size, cfg.train.micro_batch_size, cfg.train.epochs) == (8, 1, 2.0)
-    assert (cfg.data.path, cfg.data.max_length, cfg.data.val_records) == ("yahma/alpaca-cleaned", 1024, 200)
+    assert (cfg.data.path, cfg.data.max_length, cfg.data.val_records) == ("yahma/alpaca-cleaned", 1024, None)
+    assert held_out_records(51760, cfg.data.val_records) == 200  # unset = sized to the data: 200 for Alpaca
 
 
 def test_precedence_cli_over_yaml_over_defaults(tmp_path):

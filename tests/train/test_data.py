@@ -6,8 +6,17 @@ import pytest
 import torch
 
 from liger.train.config import DataConfig
-from liger.train.data import IGNORE_INDEX, PROMPT_NO_INPUT, PROMPT_WITH_INPUT, DataError, build_data, pack, tokenize
-from tests.train.conftest import alpaca_records, byte_tokenizer
+from liger.train.data import (
+    IGNORE_INDEX,
+    PROMPT_NO_INPUT,
+    PROMPT_WITH_INPUT,
+    DataError,
+    build_data,
+    held_out_records,
+    pack,
+    tokenize,
+)
+from tests.conftest import alpaca_records, byte_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -158,3 +167,19 @@ def test_hub_dataset_names_go_through_datasets(tok, monkeypatch):
     assert data.format == "text" and calls[-1] == ("someone/text-corpus", "test")
     with pytest.raises(DataError, match=r"has columns \['answer', 'question'\]; expected instruction/input/output"):
         build_data(DataConfig(path="someone/other", val_records=1), tok)
+
+
+def test_validation_split_sized_to_the_data(tok, tmp_path):
+    """Unset data.val_records: 5% of the records, at least 10, at most 200, at most half; an explicit value wins."""
+    assert [held_out_records(n, None) for n in (2, 3, 21, 100, 1000, 4000, 51760)] == [1, 1, 10, 10, 50, 200, 200]
+    assert held_out_records(100, 7) == 7
+    file = tmp_path / "small.json"
+    file.write_text(json.dumps(alpaca_records(120)))  # 200 records or fewer were refused by default
+    data = build_data(DataConfig(path=str(file), max_length=32), tok)
+    assert data.val_records == 10 and data.records == 120
+    assert "the first 10 held out for validation (data.val_records unset: 5% of the records" in data.describe()
+    explicit = build_data(DataConfig(path=str(file), max_length=32, val_records=30), tok)
+    assert explicit.val_records == 30 and "(data.val_records=30)" in explicit.describe()
+    file.write_text(json.dumps(alpaca_records(1)))
+    with pytest.raises(DataError, match="has 1 record\\(s\\): too few to hold some out"):
+        build_data(DataConfig(path=str(file), max_length=32), tok)

@@ -14,8 +14,9 @@ Method (each number is measured, none is derived from another run):
   device (the other one waits on the CPU), so it counts that model's weights, cache and temporaries.
 * **graph** (Liger only): batch ``graph_batch_size`` at context ``prompt_length``, the same decode step in
   each mode (eager, static, CUDA graph, CUDA graph with a compiled attention core).
-* **train**: tokens/s of a LoRA step (peft, r=8, alpha=8 on q/k/v; AdamW) at ``train_length`` tokens per
-  sequence, for each of ``train_batch_sizes``: forward with labels, backward, optimizer step.
+* **train**: tokens/s of a LoRA step (peft with the run config's ``lora`` section, by default the paper's r=8,
+  alpha=8 on q/k/v; AdamW with the run config's defaults) at ``train_length`` tokens per sequence, for each of
+  ``train_batch_sizes``: forward with labels, backward, optimizer step.
 * **est. decode time** (the paper's table: total time to decode from ``prompt_length`` to ``c`` at this
   batch): the integral of the measured per-token latency over positions, linear between the measured
   contexts and constant below the first one. It is an estimate and is labelled as such.
@@ -25,125 +26,43 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import datetime
 import gc
-import importlib.metadata
 import logging
 import math
-import os
-import platform
 import statistics
-import subprocess
-import sys
 import time
-from dataclasses import dataclass, field
 
 import torch
 
+from ..loading import is_liger_checkpoint, load_pretrained, to_dtype
+from ..models.attention import LigerAttention
 from ..models.modeling_liger import CACHE  # the cache's argument/output name in this transformers
+from ..provenance import provenance
+from ..train.config import OptimConfig
+from .config import BenchConfig
+from .report import estimated_decode_time
 
 logger = logging.getLogger("liger")
-
-RANDOM_CONFIGS = {
-    # SmolLM2-135M(-Instruct)'s architecture (a Llama): what the GPU benchmark runs, with random weights
-    "smollm2": dict(
-        model_type="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-        num_attention_heads=9, num_key_value_heads=3, head_dim=64, hidden_act="silu", rms_norm_eps=1e-5,
-        rope_parameters={"rope_type": "default", "rope_theta": 100000.0}, tie_word_embeddings=True,
-        max_position_embeddings=8192, bos_token_id=1, eos_token_id=2, pad_token_id=2,
-    ),
-    # a toy Llama for testing the benchmark itself on a CPU
-    "tiny": dict(
-        model_type="llama", vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16, hidden_act="silu", rms_norm_eps=1e-5,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, tie_word_embeddings=True,
-        max_position_embeddings=4096,
-    ),
-}
-
-
-@dataclass
-class BenchConfig:
-    model: str = "random:smollm2"
-    """Liger checkpoint, base checkpoint (converted with ``liger_options``), or ``random:<name>``
-    (random weights with a known architecture: smollm2, tiny)."""
-    teacher: str | None = None
-    """Base model to compare against. Default: the base ``model`` was given as (base checkpoint or random:);
-    none when ``model`` is a Liger checkpoint."""
-    device: str = "cuda"
-    dtype: str = "bfloat16"
-    batch_size: int = 16
-    prompt_length: int = 128
-    """Start of the estimated total decode time, and the context of the CUDA-graph comparison."""
-    contexts: list[int] = field(default_factory=lambda: [1024, 2048, 4096, 8192, 16384, 32768])
-    decode_steps: int = 16
-    warmup_steps: int = 3
-    prefill_repeats: int = 2
-    graph_batch_size: int = 1
-    graph_steps: int = 32
-    decode: bool = True
-    train: bool = False
-    train_batch_sizes: list[int] = field(default_factory=lambda: [8, 32])
-    train_length: int = 1024
-    train_steps: int = 10
-    seed: int = 0
-    profile: bool = False
-    """Also record a torch.profiler table (top kernels by device time) for one prefill at 2K (or the first
-    context), one decode step at the longest context, and one training step, per model."""
-    autotune: str = "full"
-    """fla's Triton autotuning: "full" (every config) or "fast" (a subset; see ``autotune.py``)."""
-    liger_options: dict = field(default_factory=dict)
-    time_budget: float | None = None
-    """Seconds; sections that would start after it are skipped (and reported as skipped)."""
 
 
 # ---------------------------------------------------------------------------------------------- models
 
 
-def _random_model(name: str, dtype: torch.dtype):
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    if name not in RANDOM_CONFIGS:
-        raise ValueError(f"unknown random model '{name}' (known: {', '.join(RANDOM_CONFIGS)})")
-    values = dict(RANDOM_CONFIGS[name])
-    config = AutoConfig.for_model(values.pop("model_type"), **values)
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa").eval()
-
-
-def _load_base(spec: str, dtype: torch.dtype):
-    from transformers import AutoModelForCausalLM
-
-    if spec.startswith("random:"):
-        return _random_model(spec.split(":", 1)[1], dtype)
-    from ..assets import resolve_model
-
-    return AutoModelForCausalLM.from_pretrained(resolve_model(spec), dtype=dtype, attn_implementation="sdpa").eval()
-
-
 def load_models(cfg: BenchConfig, dtype: torch.dtype):
-    """(teacher or None, liger) on the CPU."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
+    """(teacher or None, liger) on the CPU: a Liger checkpoint as saved, or the base model (its teacher) and its
+    conversion with ``cfg.liger_options``."""
     import liger
 
-    base = None
-    if cfg.model.startswith("random:"):
-        base = _load_base(cfg.model, dtype)
-        model = liger.convert(base, **cfg.liger_options)
+    if is_liger_checkpoint(cfg.model):
+        if cfg.liger_options:
+            raise ValueError("Liger options apply when converting a base model, not to a Liger checkpoint")
+        base, model = None, load_pretrained(cfg.model, dtype)
     else:
-        from ..assets import resolve_model
-
-        path = resolve_model(cfg.model)
-        if getattr(AutoConfig.from_pretrained(path), "model_type", None) == "liger":
-            if cfg.liger_options:
-                raise ValueError("Liger options apply when converting a base model, not to a Liger checkpoint")
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
-        else:
-            base = _load_base(path, dtype)
-            model = liger.convert(base, **cfg.liger_options)
-    teacher = base if cfg.teacher is None or cfg.teacher == cfg.model else _load_base(cfg.teacher, dtype)
-    return teacher, model.eval()
+        base = load_pretrained(cfg.model, dtype, attn_implementation="sdpa")
+        model = liger.convert(base, **cfg.liger_options)
+    if cfg.teacher is not None and cfg.teacher != cfg.model:
+        base = load_pretrained(cfg.teacher, dtype, attn_implementation="sdpa")
+    return base, model.eval()
 
 
 def _describe(model) -> dict:
@@ -286,7 +205,7 @@ float32 comparison decides (see :func:`_check_fast_path`)."""
 def _path_logits(model, ids, mask, pos, T, steps, backend, mode):
     """Prefill logits, the logits of ``steps`` decode steps and the decoder class, with every Liger attention on
     ``backend`` (None: as configured) and decoding ``mode``; the model is restored afterwards."""
-    attention = [m for m in model.modules() if hasattr(m, "decode_spec")]
+    attention = [m for m in model.modules() if isinstance(m, LigerAttention)]
     backends = [m.backend for m in attention]
     for m, b in zip(attention, backends):
         m.backend = backend or b
@@ -388,13 +307,12 @@ def _graph_rows(model, cfg, device, generator, report):
 
 
 def _train_rows(base, kind, cfg, device, generator, report, budget):
-    from peft import LoraConfig, get_peft_model
+    from ..train.lora import adamw, add_adapters
 
-    model = get_peft_model(copy.deepcopy(base), LoraConfig(r=8, lora_alpha=8, lora_dropout=0.0,
-                                                           target_modules=["q_proj", "k_proj", "v_proj"]))
+    model = add_adapters(copy.deepcopy(base), cfg.lora)
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    optimizer = adamw(params, OptimConfig())
     vocab = base.config.vocab_size
 
     def step(ids):
@@ -482,7 +400,6 @@ def run_bench(cfg: BenchConfig, on_update=None) -> dict:
     def update():
         report["fallbacks"] = fallbacks()
         report["estimated_decode_time"] = estimated_decode_time(report, cfg.prompt_length)
-        report["targets"] = evaluate_targets(report)
         report["wall_s"] = time.time() - budget.start
         if on_update is not None:
             on_update(report)
@@ -490,7 +407,7 @@ def run_bench(cfg: BenchConfig, on_update=None) -> dict:
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda but no CUDA device is available")
-    dtype = getattr(torch, cfg.dtype)
+    dtype = to_dtype(cfg.dtype)
     budget = _Budget(cfg.time_budget)
     from .autotune import restrict_triton_autotuning
 
@@ -577,255 +494,3 @@ def fallbacks() -> dict:
     return compiled_fallbacks()
 
 
-# ---------------------------------------------------------------------------------------------- analysis
-
-
-def _rows(report, section, **match):
-    return [r for r in report[section] if "error" not in r and all(r.get(k) == v for k, v in match.items())]
-
-
-def _best_decode_mode(report) -> str | None:
-    modes = {r["mode"] for r in _rows(report, "decode", model="liger")}
-    for mode in ("cuda_graph", "static", "eager"):
-        if mode in modes:
-            return mode
-    return None
-
-
-def estimated_decode_time(report, prompt_length: int) -> list[dict]:
-    """Estimated seconds to decode from ``prompt_length`` to each measured context, per model and mode
-    (integral of the measured per-token latency; see the module docstring)."""
-    out = []
-    pairs = {(r["model"], r["mode"]) for r in _rows(report, "decode")}
-    for model, mode in sorted(pairs):
-        points = sorted((r["context"], r["latency_s"]) for r in _rows(report, "decode", model=model, mode=mode))
-        total = points[0][1] * max(0, points[0][0] - prompt_length)
-        for i, (c, lat) in enumerate(points):
-            if i:
-                prev_c, prev_lat = points[i - 1]
-                total += (prev_lat + lat) / 2 * (c - prev_c)
-            out.append(dict(model=model, mode=mode, context=c, seconds=total))
-    return out
-
-
-def _value(rows, key, context):
-    for r in rows:
-        if r["context"] == context:
-            return r.get(key)
-    return None
-
-
-def evaluate_targets(report) -> list[dict]:
-    """The issue's targets as ratios measured in this report; ``passed`` is None where data is missing."""
-    targets = []
-
-    def add(name, value, limit, op, detail):
-        passed = None if value is None else (value <= limit if op == "<=" else value >= limit)
-        targets.append(dict(name=name, value=value, limit=limit, op=op, passed=passed, detail=detail))
-
-    mode = _best_decode_mode(report)
-    liger_dec = _rows(report, "decode", model="liger", mode=mode) if mode else []
-    teacher_dec = _rows(report, "decode", model="teacher")
-    contexts = sorted(r["context"] for r in liger_dec)
-    common = sorted(set(contexts) & {r["context"] for r in teacher_dec})
-    lo = contexts[0] if contexts else None
-    hi = contexts[-1] if contexts else None
-    top = common[-1] if common else None
-
-    def ratio(a, b):
-        return None if a is None or b is None or b == 0 else a / b
-
-    growth = ratio(_value(liger_dec, "latency_s", hi), _value(liger_dec, "latency_s", lo))
-    add("decode latency growth", None if growth is None else growth - 1, 0.10, "<=",
-        f"Liger ({mode}) per-token latency at {hi} vs {lo} tokens of context, minus 1")
-    add("decode latency vs teacher", ratio(_value(liger_dec, "latency_s", top), _value(teacher_dec, "latency_s", top)),
-        0.3, "<=", f"Liger ({mode}) / teacher per-token latency at {top}")
-    mem_growth = ratio(_value(liger_dec, "peak_memory_bytes", hi), _value(liger_dec, "peak_memory_bytes", lo))
-    add("decode memory growth", None if mem_growth is None else mem_growth - 1, 0.05, "<=",
-        f"Liger ({mode}) decode peak memory at {hi} vs {lo}, minus 1 (flat)")
-    add("decode memory vs teacher",
-        ratio(_value(liger_dec, "peak_memory_bytes", top), _value(teacher_dec, "peak_memory_bytes", top)),
-        0.05, "<=", f"Liger / teacher decode peak memory at {top}")
-    liger_pre, teacher_pre = _rows(report, "prefill", model="liger"), _rows(report, "prefill", model="teacher")
-    pre_common = sorted({r["context"] for r in liger_pre} & {r["context"] for r in teacher_pre})
-    if pre_common:
-        big = pre_common[-1]
-        add("prefill speedup at longest context",
-            ratio(_value(teacher_pre, "seconds", big), _value(liger_pre, "seconds", big)), 2.0, ">=",
-            f"teacher / Liger prefill time at {big}")
-        short = 2048 if 2048 in pre_common else pre_common[0]
-        slowdown = ratio(_value(liger_pre, "seconds", short), _value(teacher_pre, "seconds", short))
-        add(f"prefill slowdown at {short}", slowdown, 1.5, "<=", f"Liger / teacher prefill time at {short}")
-    for B in sorted({r["batch_size"] for r in _rows(report, "train")}):
-        t = [r for r in _rows(report, "train", batch_size=B)]
-        lig = next((r["tokens_per_s"] for r in t if r["model"] == "liger"), None)
-        tea = next((r["tokens_per_s"] for r in t if r["model"] == "teacher"), None)
-        add(f"LoRA training throughput (batch {B})", ratio(lig, tea), 0.8, ">=",
-            "Liger / teacher tokens/s of a LoRA r8 q/k/v step")
-    graph = {(r["mode"], r["compiled"]): r["latency_s"] for r in report["graph"]}
-    eager = graph.get(("eager", False))
-    fast = graph.get(("cuda_graph", True)) or graph.get(("cuda_graph", False))
-    if report["graph"]:
-        B = report["graph"][0]["batch_size"]
-        add(f"CUDA-graph decode speedup (batch {B})", ratio(eager, fast), 3.0, ">=",
-            "eager / CUDA-graph per-token latency of Liger")
-    return targets
-
-
-# ---------------------------------------------------------------------------------------------- output
-
-
-def _ms(x):
-    return "-" if x is None else f"{x * 1e3:.2f}"
-
-
-def _gib(x):
-    return "-" if x is None else f"{x / 2**30:.2f}"
-
-
-def _x(a, b):
-    return "-" if a is None or b is None or b == 0 else f"{a / b:.2f}x"
-
-
-def format_report(report) -> str:
-    """A short plain-text table (printed last by ``liger bench``)."""
-    p = report["provenance"]
-    cfg = report["config"]
-    lines = [f"liger bench on {p.get('device_name')} | torch {p.get('torch')} | fla {p.get('fla-core')} | "
-             f"{cfg['dtype']} | batch {cfg['batch_size']} | autotune {cfg.get('autotune')} | "
-             f"commit {(p.get('git_commit') or '?')[:10]}{' (dirty)' if p.get('git_dirty') else ''}"]
-    check = report.get("checks")
-    if check:
-        verdict = "PASS" if check["passed"] else "FAIL"
-        float32 = "float32_prefill_rel_err" in check  # then the float32 comparison decides, on the next line
-        lines.append(f"correctness of the fast path vs the PyTorch reference ops (same weights, left-padded batch): "
-                     f"prefill logits rel. err {check['prefill_logits_rel_err']:.1e}, decode ({check['decoder']}) "
-                     f"{check['decode_logits_rel_err']:.1e}, limit {check['limit']:.0e}"
-                     + ("" if float32 else f": {verdict}"))
-        if float32:
-            p32, d32 = check["float32_prefill_rel_err"], check["float32_decode_rel_err"]
-            lines.append(f"  vs the reference ops in float32: fast path {p32['fast']:.1e} (prefill), {d32['fast']:.1e} "
-                         f"(decode); reference ops in {cfg['dtype']} {p32['reference']:.1e}, {d32['reference']:.1e} "
-                         f"(limit: 1.5x the reference's): {verdict}")
-    mode = _best_decode_mode(report)
-    pre = {(r["model"], r["context"]): r for r in _rows(report, "prefill")}
-    dec = {(r["model"], r["mode"], r["context"]): r for r in _rows(report, "decode")}
-    contexts = sorted({c for _, c in pre} | {c for _, _, c in dec})
-    if contexts:
-        lines.append("")
-        lines.append(f"{'context':>8} | {'prefill ms T/L (L/T)':>26} | {'decode ms/token T/L (L/T)':>28} | "
-                     f"{'decode peak GiB T/L (L/T)':>27} | {'Liger eager ms':>14}")
-        for c in contexts:
-            tp, lp = pre.get(("teacher", c), {}), pre.get(("liger", c), {})
-            td, ld = dec.get(("teacher", "eager", c), {}), dec.get(("liger", mode, c), {})
-            le = dec.get(("liger", "eager", c), {})
-            lines.append(
-                f"{c:>8} | {_ms(tp.get('seconds')):>8} / {_ms(lp.get('seconds')):>8} ({_x(lp.get('seconds'), tp.get('seconds')):>6}) | "  # noqa: E501
-                f"{_ms(td.get('latency_s')):>8} / {_ms(ld.get('latency_s')):>7} ({_x(ld.get('latency_s'), td.get('latency_s')):>7}) | "  # noqa: E501
-                f"{_gib(td.get('peak_memory_bytes')):>7} / {_gib(ld.get('peak_memory_bytes')):>6} "
-                f"({_x(ld.get('peak_memory_bytes'), td.get('peak_memory_bytes')):>7}) | {_ms(le.get('latency_s')):>14}")
-        oom = [f"{r['model']}@{r['context']}" for r in report["decode"] if r.get("error")]
-        if oom:
-            lines.append(f"  out of memory: {', '.join(oom)}")
-        lines.append(f"  (T = teacher, SDPA + KV cache; L = Liger, decode mode '{mode}'; ratios are L/T)")
-    if report["graph"]:
-        lines.append("")
-        lines.append("decode modes (Liger, batch {b}, context {c}): ".format(b=report["graph"][0]["batch_size"],
-                                                                          c=report["graph"][0]["context"])
-                     + ", ".join(f"{r['mode']}{'+compile' if r['compiled'] else ''} {_ms(r['latency_s'])} ms"
-                                 + ("" if r["captured"] else " (capture FAILED: uncaptured)")
-                                 for r in report["graph"]))
-    if report["train"]:
-        lines.append("")
-        for r in report["train"]:
-            if "error" in r:
-                lines.append(f"train {r['model']:>7} batch {r['batch_size']:>2} x {r['length']}: {r['error']}")
-            else:
-                lines.append(f"train {r['model']:>7} batch {r['batch_size']:>2} x {r['length']}: "
-                             f"{r['tokens_per_s']:,.0f} tokens/s, step {_ms(r['step_s'])} ms, "
-                             f"peak {_gib(r['peak_memory_bytes'])} GiB")
-    if report.get("targets"):
-        lines.append("")
-        lines.append("targets (issue 5):")
-        for t in report["targets"]:
-            mark = {True: "PASS", False: "FAIL", None: "n/a "}[t["passed"]]
-            value = "-" if t["value"] is None else f"{t['value']:.3f}"
-            lines.append(f"  [{mark}] {t['name']}: {value} (target {t['op']} {t['limit']}) - {t['detail']}")
-    fb = report.get("fallbacks") or {}
-    if any(fb.values()):
-        lines.append(f"  fallbacks used: {', '.join(k for k, v in fb.items() if v)}")
-    for e in report["errors"]:
-        lines.append(f"  error: {e}")
-    for s in report["skipped"]:
-        lines.append(f"  skipped: {s}")
-    return "\n".join(lines)
-
-
-def provenance(device: torch.device) -> dict:
-    """Versions, device and git commit, recorded with every result."""
-    info = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "python": sys.version.split()[0], "platform": platform.platform(), "torch": torch.__version__,
-            "command": " ".join(sys.argv)}
-    for dist in ("transformers", "triton", "flash-linear-attention", "fla-core", "peft", "liger-linearize"):
-        try:
-            info[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            info[dist] = None
-    from .. import __version__
-
-    info["liger"] = __version__
-    if device.type == "cuda":
-        info["device_name"] = torch.cuda.get_device_name(device)
-        info["cuda"] = torch.version.cuda
-        info["sdp_backends"] = {name: getattr(torch.backends.cuda, f"{name}_sdp_enabled")()
-                                for name in ("flash", "mem_efficient", "math", "cudnn")
-                                if hasattr(torch.backends.cuda, f"{name}_sdp_enabled")}
-    else:
-        info["device_name"] = platform.processor() or "cpu"
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10)
-        info["git_commit"] = commit.stdout.strip() or "unknown"
-        info["git_dirty"] = bool(dirty.stdout.strip()) if commit.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        info["git_commit"], info["git_dirty"] = "unknown", None
-    return info
-
-
-def plot_report(report, path) -> None:
-    """Latency, memory and prefill time against context (one PNG with three panels)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    series = sorted({(r["model"], r["mode"]) for r in _rows(report, "decode")})
-    for model, mode in series:
-        rows = sorted(_rows(report, "decode", model=model, mode=mode), key=lambda r: r["context"])
-        label = "teacher (SDPA, KV cache)" if model == "teacher" else f"Liger ({mode})"
-        axes[0].plot([r["context"] for r in rows], [r["latency_s"] * 1e3 for r in rows], "o-", label=label)
-        mem = [(r["context"], r["peak_memory_bytes"]) for r in rows if r["peak_memory_bytes"]]
-        if mem:
-            axes[1].plot([c for c, _ in mem], [m / 2**30 for _, m in mem], "o-", label=label)
-    for model in ("teacher", "liger"):
-        rows = sorted(_rows(report, "prefill", model=model), key=lambda r: r["context"])
-        if rows:
-            axes[2].plot([r["context"] for r in rows], [r["seconds"] for r in rows], "o-",
-                         label="teacher" if model == "teacher" else "Liger")
-    titles = ("decode latency (ms / token)", "decode peak memory (GiB)", "prefill time (s)")
-    for ax, title in zip(axes, titles):
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("context (tokens)")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend()
-    axes[2].set_yscale("log")
-    p, cfg = report["provenance"], report["config"]
-    fig.suptitle(f"{p.get('device_name')}, {cfg['dtype']}, batch {cfg['batch_size']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 
@@ -82,3 +83,31 @@ def test_unsupported_architecture_from_the_cli(tmp_path, capsys):
 def test_python_dash_m_liger_works():
     out = subprocess.run([sys.executable, "-m", "liger", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("liger ")
+
+
+@pytest.mark.parametrize("command", ["", "convert", "generate", "finetune", "linearize", "eval", "bench"])
+def test_help_imports_neither_torch_nor_transformers(command):
+    """``liger --help`` and each subcommand's help start in a fraction of a second: no torch, no transformers."""
+    args = [sys.executable, "-X", "importtime", "-m", "liger", *([command] if command else []), "--help"]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "usage: liger" in out.stdout, out.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
+    assert not {"torch", "transformers"} & imported, sorted(m for m in imported if m.split(".")[0] in ("torch",
+                                                                                                        "transformers"))
+
+
+def test_generate_from_the_command_line(tiny_base, tmp_path):
+    """In a ``liger`` process the model code loads on first use: a Liger checkpoint still loads (registered)."""
+    assert main(["convert", str(tiny_base), str(tmp_path / "liger"), "--window-size", "4"]) == 0
+    out = subprocess.run([sys.executable, "-m", "liger", "generate", str(tmp_path / "liger"), "abc",
+                          "--max-new-tokens", "3"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert re.fullmatch(r"\[[1-3] tokens in [0-9.]+ s\]", out.stdout.splitlines()[-1]), out.stdout
+
+
+@pytest.mark.parametrize("command", ["generate", "bench"])
+def test_every_option_has_help_text(command):
+    from liger.cli import build_parser
+
+    parser = build_parser()._subparsers._group_actions[0].choices[command]
+    assert all(a.help for a in parser._actions), [a.option_strings for a in parser._actions if not a.help]

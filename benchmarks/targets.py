@@ -1,0 +1,99 @@
+"""The targets of issue 5 for ``liger bench`` on a GPU, kept with the benchmark scripts: the library reports
+numbers, these say which ratios pass. ``benchmarks/gpu_check.py`` prints them under its benchmark table.
+
+    decode latency growth            <= 0.10  Liger per-token latency at the longest vs the shortest context, minus 1
+    decode latency vs teacher        <= 0.3   at the longest context both measured
+    decode memory growth             <= 0.05  decode peak memory, longest vs shortest context, minus 1 (flat)
+    decode memory vs teacher         <= 0.05
+    prefill speedup at longest ctx   >= 2.0   teacher / Liger prefill time
+    prefill slowdown at 2048         <= 1.5   Liger / teacher prefill time
+    LoRA training throughput         >= 0.8   Liger / teacher tokens/s, per batch size
+    CUDA-graph decode speedup        >= 3.0   eager / CUDA-graph per-token latency of Liger
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from liger.bench.report import best_decode_mode, rows
+
+
+def _value(rows, key, context):
+    for r in rows:
+        if r["context"] == context:
+            return r.get(key)
+    return None
+
+
+def evaluate_targets(report) -> list[dict]:
+    """The targets as ratios measured in ``report`` (a ``liger bench`` JSON report); ``passed`` is None where
+    data is missing."""
+    targets = []
+
+    def add(name, value, limit, op, detail):
+        passed = None if value is None else (value <= limit if op == "<=" else value >= limit)
+        targets.append(dict(name=name, value=value, limit=limit, op=op, passed=passed, detail=detail))
+
+    mode = best_decode_mode(report)
+    liger_dec = rows(report, "decode", model="liger", mode=mode) if mode else []
+    teacher_dec = rows(report, "decode", model="teacher")
+    contexts = sorted(r["context"] for r in liger_dec)
+    common = sorted(set(contexts) & {r["context"] for r in teacher_dec})
+    lo = contexts[0] if contexts else None
+    hi = contexts[-1] if contexts else None
+    top = common[-1] if common else None
+
+    def ratio(a, b):
+        return None if a is None or b is None or b == 0 else a / b
+
+    growth = ratio(_value(liger_dec, "latency_s", hi), _value(liger_dec, "latency_s", lo))
+    add("decode latency growth", None if growth is None else growth - 1, 0.10, "<=",
+        f"Liger ({mode}) per-token latency at {hi} vs {lo} tokens of context, minus 1")
+    add("decode latency vs teacher", ratio(_value(liger_dec, "latency_s", top), _value(teacher_dec, "latency_s", top)),
+        0.3, "<=", f"Liger ({mode}) / teacher per-token latency at {top}")
+    mem_growth = ratio(_value(liger_dec, "peak_memory_bytes", hi), _value(liger_dec, "peak_memory_bytes", lo))
+    add("decode memory growth", None if mem_growth is None else mem_growth - 1, 0.05, "<=",
+        f"Liger ({mode}) decode peak memory at {hi} vs {lo}, minus 1 (flat)")
+    add("decode memory vs teacher",
+        ratio(_value(liger_dec, "peak_memory_bytes", top), _value(teacher_dec, "peak_memory_bytes", top)),
+        0.05, "<=", f"Liger / teacher decode peak memory at {top}")
+    liger_pre, teacher_pre = rows(report, "prefill", model="liger"), rows(report, "prefill", model="teacher")
+    pre_common = sorted({r["context"] for r in liger_pre} & {r["context"] for r in teacher_pre})
+    if pre_common:
+        big = pre_common[-1]
+        add("prefill speedup at longest context",
+            ratio(_value(teacher_pre, "seconds", big), _value(liger_pre, "seconds", big)), 2.0, ">=",
+            f"teacher / Liger prefill time at {big}")
+        short = 2048 if 2048 in pre_common else pre_common[0]
+        slowdown = ratio(_value(liger_pre, "seconds", short), _value(teacher_pre, "seconds", short))
+        add(f"prefill slowdown at {short}", slowdown, 1.5, "<=", f"Liger / teacher prefill time at {short}")
+    for B in sorted({r["batch_size"] for r in rows(report, "train")}):
+        t = [r for r in rows(report, "train", batch_size=B)]
+        lig = next((r["tokens_per_s"] for r in t if r["model"] == "liger"), None)
+        tea = next((r["tokens_per_s"] for r in t if r["model"] == "teacher"), None)
+        add(f"LoRA training throughput (batch {B})", ratio(lig, tea), 0.8, ">=",
+            "Liger / teacher tokens/s of a LoRA step")
+    graph = {(r["mode"], r["compiled"]): r["latency_s"] for r in report["graph"]}
+    eager = graph.get(("eager", False))
+    fast = graph.get(("cuda_graph", True)) or graph.get(("cuda_graph", False))
+    if report["graph"]:
+        B = report["graph"][0]["batch_size"]
+        add(f"CUDA-graph decode speedup (batch {B})", ratio(eager, fast), 3.0, ">=",
+            "eager / CUDA-graph per-token latency of Liger")
+    return targets
+
+
+def format_targets(targets: list[dict]) -> str:
+    """The targets as printed lines: ``[PASS]``, ``[FAIL]`` or ``[n/a ]`` (data missing), value, limit, detail."""
+    lines = ["targets (issue 5):"]
+    for t in targets:
+        mark = {True: "PASS", False: "FAIL", None: "n/a "}[t["passed"]]
+        value = "-" if t["value"] is None else f"{t['value']:.3f}"
+        lines.append(f"  [{mark}] {t['name']}: {value} (target {t['op']} {t['limit']}) - {t['detail']}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python benchmarks/targets.py bench.json
+    with open(sys.argv[1]) as f:
+        print(format_targets(evaluate_targets(json.load(f))))

