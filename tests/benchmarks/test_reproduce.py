@@ -256,3 +256,16 @@ def test_a_student_stopped_at_its_time_limit_keeps_its_last_adapter(reproduce, t
     assert (runs / "gla" / "adapter" / "adapter_model.safetensors").read_text() == "weights"
     reproduce.record_end(runs, "gla", "timeout")  # the dispatcher keeps the student's own summary
     assert json.loads((runs / "gla" / "summary.json").read_text())["status"] == "stopped"
+
+
+def test_heldout_documents_keep_their_boundaries(reproduce, tmp_path):
+    from liger.eval.longtext import read_documents
+
+    corpus = _tiny_corpus(tmp_path / "corpus")
+    assert reproduce.heldout_texts(corpus) == [str(corpus / "heldout" / "a.txt")]  # a corpus built before
+    (corpus / "heldout-docs").mkdir()
+    docs = [("first", "One paragraph.\n\nAnother one.\n"), ("second", "A second document.")]
+    reproduce.write_documents(corpus / "heldout-docs" / "a.jsonl", docs)
+    assert reproduce.heldout_texts(corpus) == [str(corpus / "heldout-docs" / "a.jsonl")]
+    read, marked = read_documents(corpus / "heldout-docs" / "a.jsonl")
+    assert marked and [text for _, text in read] == ["One paragraph.\n\nAnother one.", "A second document."]
