@@ -22,8 +22,9 @@ def add_parser(subparsers) -> None:
         "zero-training baseline eval.baseline (swa:64:4), the freshly converted and the fine-tuned Liger model on "
         "held-out data and lm-eval, and print a summary that says which is better (also written to "
         "OUTPUT/summary.json and OUTPUT/summary.md). With no arguments: SmolLM2-135M-Instruct on Shakespeare "
-        f"with the CPU recipe '{DEFAULT_CONFIG}' (under 20 minutes on 2 cores). Takes every option of "
-        "liger finetune. Example: liger linearize --output runs/linearize-smollm2",
+        f"with the CPU recipe '{DEFAULT_CONFIG}' (sized for 2 CPU cores; the measured duration is in "
+        "docs/training.md). Takes every option of liger finetune. Example: liger linearize --output "
+        "runs/linearize-smollm2",
     )
     add_run_options(parser, default_config=DEFAULT_CONFIG)
     parser.set_defaults(run=run)
