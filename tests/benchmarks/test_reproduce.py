@@ -1,10 +1,10 @@
-"""benchmarks/reproduce.py (issue 6): corpus splitting and text extraction, then `train --tiny` and `eval`
-end to end on a tiny random Llama with a byte tokenizer (CPU, well under a minute)."""
+"""benchmarks/reproduce.py and its package benchmarks/repro (issue 6): corpus splitting and text extraction, then
+`train --tiny`, `eval` and `longctx` end to end on a tiny random Llama with a byte tokenizer (CPU)."""
 
 from __future__ import annotations
 
 import functools
-import importlib.util
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -12,15 +12,29 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "benchmarks" / "reproduce.py"
+STEPS = ("cli", "evaluate", "results", "train", "corpus", "common")
+
+
+class Repro:
+    """The package's modules by name (``reproduce.train``, ``reproduce.evaluate``: what a test patches), and any
+    of their names (``reproduce.student_spec``), looked up in the module that defines or imports it."""
+
+    def __init__(self):
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        self._modules = {name: importlib.import_module(f"repro.{name}") for name in STEPS}
+
+    def __getattr__(self, name):
+        if name in self._modules:
+            return self._modules[name]
+        for module in self._modules.values():
+            if hasattr(module, name):
+                return getattr(module, name)
+        raise AttributeError(name)
 
 
 @pytest.fixture(scope="module")
 def reproduce():
-    spec = importlib.util.spec_from_file_location("reproduce", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return Repro()
 
 
 def test_split_documents_keeps_whole_documents_and_the_fractions(reproduce):
@@ -129,7 +143,7 @@ def test_train_tiny_then_eval(tiny_base, tmp_path, reproduce, monkeypatch):
 
     # --report-only re-renders the page from the evaluation just made, without evaluating again
     (tmp_path / "results.md").unlink()
-    monkeypatch.setattr(reproduce, "merge_student", lambda *a: pytest.fail("--report-only merged a student"))
+    monkeypatch.setattr(reproduce.evaluate, "merge_student", lambda *a: pytest.fail("--report-only merged a student"))
     code = reproduce.main(["eval", "--corpus", str(corpus), "--runs", str(runs), "--output-dir", str(report),
                            "--scratch", str(scratch), "--model", str(tiny_base), "--report-only",
                            "--results-md", str(tmp_path / "results.md")])
@@ -246,7 +260,7 @@ def test_a_student_stopped_at_its_time_limit_keeps_its_last_adapter(reproduce, t
         raise SystemExit("stopped by signal 15 at the time limit")
 
     monkeypatch.setattr(liger.train, "finetune", stopped_finetune)
-    monkeypatch.setattr(reproduce, "packed_data", lambda cfg, cache: None)
+    monkeypatch.setattr(reproduce.train, "packed_data", lambda cfg, cache: None)
     args = argparse.Namespace(student="gla", out=str(runs), scratch=str(scratch_root), tokens=4096, per_gpu=1,
                               corpus=str(corpus), model="smollm2", tiny=True, data_cache=str(tmp_path / "d.pt"),
                               keep_scratch=False)
