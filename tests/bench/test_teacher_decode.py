@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from liger.bench.teacher_decode import GQADecodeTeacher, decode_attention
-from tests.conftest import assert_close, tiny_teacher
+from tests.conftest import FAMILIES, assert_close, tiny_teacher
 
 PROMPT, STEPS = 12, 16
 
@@ -18,7 +18,7 @@ def _inputs(vocab: int, pad: int = 3):
     return ids, mask, (mask.cumsum(1) - 1).clamp(min=0)
 
 
-@pytest.mark.parametrize("attention", ["fold", "enable_gqa"])
+@pytest.mark.parametrize("family,attention", [(f, "fold") for f in FAMILIES] + [("llama", "enable_gqa")])
 def test_gqa_step_equals_the_hf_forward(family, attention):
     model = tiny_teacher(family)
     ids, mask, pos = _inputs(model.config.vocab_size)
