@@ -25,6 +25,12 @@ from ..models.modeling_liger import CACHE
 TEACHERS = ("eager", "static", "gqa_graph")
 
 
+def cache_slots(tokens: int) -> int:
+    """Slots of a ``gqa_graph`` cache for ``tokens`` tokens: rounded up to a multiple of 16 (fused attention kernels
+    want the mask's last dimension aligned; the extra slots stay invalid)."""
+    return -(-tokens // 16) * 16
+
+
 def _tensor_bytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
 
@@ -104,14 +110,14 @@ class GQAGraphTeacher:
         self.info = dict(compiled=compile and self.capture, captured=self.capture, attention=attention)
 
     def start(self, ids: torch.Tensor, extra: int, cache=None) -> _Session:
-        kv = self.decoder.new_cache(ids.shape[0], ids.shape[1] + extra)
+        kv = self.decoder.new_cache(ids.shape[0], cache_slots(ids.shape[1] + extra))
         self.decoder.prefill(kv, ids, logits_to_keep=1)
         return self.session(kv)
 
     def synthetic(self, batch: int, context: int, extra: int) -> _Session:
         """A session on a cache of ``context`` random tokens per sequence (no prefill; decode speed does not
         depend on the cached values)."""
-        kv = self.decoder.new_cache(batch, context + extra, fill="random")
+        kv = self.decoder.new_cache(batch, cache_slots(context + extra), fill="random")
         kv.fill_synthetic(context)
         return self.session(kv)
 

@@ -21,6 +21,7 @@ FLAGS = {
     "--warmup-steps": ("warmup_steps", dict(type=int, metavar="N")),
     "--prefill-repeats": ("prefill_repeats", dict(type=int, metavar="N")),
     "--graph-batch-size": ("graph_batch_size", dict(type=int, metavar="B")),
+    "--graph-steps": ("graph_steps", dict(type=int, metavar="N")),
     "--no-decode": ("decode", dict(action="store_const", const=False)),
     "--teachers": ("teachers", dict(type=lambda text: [t for t in text.replace(" ", "").split(",") if t],
                                     metavar="T1,T2,...")),

@@ -103,12 +103,13 @@ def test_bench_serving_throughput_end_to_end_on_cpu(tmp_path, capsys):
     import torch
 
     from liger.bench.serve import weight_bytes
+    from liger.bench.teachers import cache_slots
     from liger.loading import load_pretrained
 
     teacher = load_pretrained("random:tiny", torch.float32)
     c = teacher.config
     contexts, steps = (16, 40), 1
-    slots = contexts[0] + steps + 1  # warm-up steps 0, one timed step, one spare slot
+    slots = cache_slots(contexts[0] + steps + 1)  # warm-up steps 0, one timed step, one spare slot
     per_sequence = c.num_hidden_layers * 2 * c.num_key_value_heads * slots * c.head_dim * 4 + slots
     limit = weight_bytes(teacher) + 8 + 5 * per_sequence + per_sequence // 2  # 5 sequences at the first context
     out = tmp_path / "bench.json"
@@ -136,3 +137,14 @@ def test_bench_serving_throughput_end_to_end_on_cpu(tmp_path, capsys):
     assert entries[("liger", contexts[1])]["max_batch"] == entries[("liger", contexts[0])]["max_batch"] > 5
     assert (tmp_path / "bench_serve.png").stat().st_size > 0
     assert "serving throughput" in capsys.readouterr().out
+
+
+def test_every_bench_key_is_documented():
+    """docs/gpu.md carries the table of BenchConfig's keys (regenerate it with bench_config_reference())."""
+    from pathlib import Path
+
+    from liger.bench.config import bench_config_reference
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "gpu.md").read_text()
+    missing = [row for row in bench_config_reference().splitlines()[2:] if row not in docs]
+    assert not missing, missing
