@@ -558,14 +558,8 @@ def run_bench(cfg: BenchConfig, on_update=None) -> dict:
                 _reset_peak(device)
     if cfg.serve:
         with torch.no_grad():
-            for kind, m in models:
-                if budget.left() <= 0:
-                    report["skipped"].append(f"serve {kind}: time budget")
-                    continue
-                logger.info("liger bench: %s serving throughput", kind)
-                _section(report, f"serve {kind}", lambda m=m, kind=kind: _serve(m, kind, cfg, device, report, budget,
-                                                                                update))
-                update()
+            _section(report, "serve", lambda: _serve(models, cfg, device, report, budget, update))
+        update()
     if cfg.train:
         for kind, m in models:
             if budget.left() <= 0:
@@ -579,19 +573,30 @@ def run_bench(cfg: BenchConfig, on_update=None) -> dict:
     return report
 
 
-def _serve(model, kind, cfg, device, report, budget, update) -> None:
-    """The serving-throughput search of one model (the teacher through its ``gqa_graph`` step)."""
-    model.to(device)
-    try:
-        runner = None
-        if kind == "teacher":
-            runner = make_teacher("gqa_graph", model, device, compile=cfg.teacher_compile, attention=cfg.gqa_attention)
-        deadline = None if budget.seconds is None else budget.start + budget.seconds
-        with memory_limit(device, cfg.serve_memory_limit_gib):
-            serve_rows(kind, model, runner, cfg, device, report, deadline, on_probe=update)
-    finally:
-        model.to("cpu")
-        _reset_peak(device)
+def _serve(models, cfg, device, report, budget, update) -> None:
+    """The serving-throughput searches, context by context, the teacher (through its ``gqa_graph`` step) then
+    Liger, one model on the device at a time. Under a time budget each search gets an equal share of the time left
+    (so a long teacher search cannot starve Liger's), and ``serve_search_seconds`` at most."""
+    runner = None
+    searches = [(context, kind, m) for context in cfg.serve_contexts for kind, m in models]
+    for i, (context, kind, model) in enumerate(searches):
+        share = budget.left() / (len(searches) - i)
+        if share <= 0:
+            report["skipped"].append(f"serve {kind} context {context}: time budget")
+            continue
+        logger.info("liger bench: %s serving throughput at context %d", kind, context)
+        model.to(device)
+        try:
+            if kind == "teacher" and runner is None:
+                runner = make_teacher("gqa_graph", model, device, compile=cfg.teacher_compile,
+                                      attention=cfg.gqa_attention)
+            deadline = None if budget.seconds is None else time.time() + share
+            with memory_limit(device, cfg.serve_memory_limit_gib):
+                serve_rows(kind, model, runner if kind == "teacher" else None, [context], cfg, device, report,
+                           deadline, on_probe=update)
+        finally:
+            model.to("cpu")
+            _reset_peak(device)
 
 
 def _raise_recompile_limit(limit: int) -> None:

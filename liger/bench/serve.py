@@ -182,15 +182,16 @@ def probe(make_state: Callable[[], object], batch: int, context: int, vocab: int
     return row
 
 
-def serve_rows(kind: str, model, runner, cfg, device, report, deadline: float | None, on_probe=None) -> None:
+def serve_rows(kind: str, model, runner, contexts, cfg, device, report, deadline: float | None,
+               on_probe=None) -> None:
     """The search for one model (``kind`` "teacher" with ``runner`` a ``GQAGraphTeacher``, or "liger") at each of
-    ``cfg.serve_contexts``; appends one entry per context to ``report["serve"]``."""
+    ``contexts``; appends one entry per context to ``report["serve"]``."""
     vocab = model.config.vocab_size
     limit = None if cfg.serve_memory_limit_gib is None else int(cfg.serve_memory_limit_gib * 2**30)
     base = weight_bytes(model)
     extra = cfg.warmup_steps + cfg.serve_steps + 1
     mode = "cuda_graph" if device.type == "cuda" else "static"
-    for context in cfg.serve_contexts:
+    for context in contexts:
         if deadline is not None and time.time() >= deadline:
             report["skipped"].append(f"serve {kind} context {context}: time budget")
             continue
