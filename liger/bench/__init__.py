@@ -7,7 +7,8 @@ lengths, CUDA-graph decoding, and LoRA fine-tuning throughput (``liger bench``).
 ``config.py``: the typed config; ``measure.py``: the measurements (:func:`run_bench`); ``teachers.py``: the
 teachers decoded against (HF eager, HF static cache + torch.compile, and ``teacher_decode.py``'s hand-written
 GQA step in a CUDA graph); ``serve.py``: the serving-throughput search; ``report.py``: the tables, the plots, the
-ratios against each teacher and the estimated decode times; ``autotune.py``: bounds on Triton's autotuning for benchmark runs.
+ratios against each teacher and the estimated decode times; ``autotune.py``: bounds on Triton's autotuning for
+benchmark runs.
 Not imported by ``import liger``; importing it imports none of its modules until a name below is used.
 """
 

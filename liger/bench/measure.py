@@ -188,7 +188,7 @@ def _teacher_decode_rows(runner, ids, token, cache, context, cfg, device, report
     finally:
         if session is not None:
             session.close()
-        del session
+        session = None
         _reset_peak(device)
 
 
@@ -351,7 +351,7 @@ def _warm_up_teachers(runners, cfg, device, generator, report, vocab) -> list:
         finally:
             if session is not None:
                 session.close()
-            del session
+            session = None
             _reset_peak(device)
     return ok
 

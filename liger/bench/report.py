@@ -20,7 +20,8 @@ def best_decode_mode(report) -> str | None:
     return None
 
 
-TEACHER_LABELS = {"eager": "HF eager (DynamicCache)", "static": "HF StaticCache + torch.compile reduce-overhead (uncompiled off CUDA)",
+TEACHER_LABELS = {"eager": "HF eager (DynamicCache)",
+                  "static": "HF StaticCache + torch.compile reduce-overhead (uncompiled off CUDA)",
                   "gqa_graph": "hand-written GQA step on a static cache, one CUDA graph (uncaptured off CUDA)"}
 
 

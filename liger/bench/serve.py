@@ -173,7 +173,8 @@ def probe(make_state: Callable[[], object], batch: int, context: int, vocab: int
         if not (is_oom(err) or "captur" in str(err).lower()):
             raise
         text = str(err).strip()
-        row["error"] = "out of memory" if is_oom(err) else f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
+        first = text.splitlines()[0] if text else ""
+        row["error"] = "out of memory" if is_oom(err) else f"{type(err).__name__}: {first}"
     finally:
         if state is not None:
             state.close()
@@ -206,7 +207,7 @@ def serve_rows(kind: str, model, runner, contexts, cfg, device, report, deadline
                 return _TeacherState(runner, batch, context, extra)
             return _LigerState(model, batch, device, mode, compile=True)
 
-        def fits(batch, context=context):
+        def fits(batch, context=context, probes=probes):
             row = probe(lambda: make_state(batch), batch, context, vocab, cfg.serve_steps, cfg.warmup_steps,
                         device, base, limit)
             probes.append(row)

@@ -253,7 +253,8 @@ class GQADecodeTeacher:
         causal = None
         if padded:  # a padding query sees itself, so that no row is empty (its output is never used)
             eye = torch.eye(T, dtype=torch.bool, device=input_ids.device)
-            causal = (torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril() & cache.valid[:, None, None, :T]) | eye
+            causal = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril()
+            causal = (causal & cache.valid[:, None, None, :T]) | eye
         h = self.model.model.embed_tokens(input_ids)
         cos, sin = self.model.model.rotary_emb(h, position_ids)
         for i, w in enumerate(self.layers):

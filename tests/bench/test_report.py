@@ -3,8 +3,16 @@ each teacher, the serving summary, the tables and the plots."""
 
 import pytest
 
-from liger.bench.report import (decode_ratios, estimated_decode_time, format_report, plot_report, plot_serving,
-                                serve_summary, strongest_teacher, teacher_modes)
+from liger.bench.report import (
+    decode_ratios,
+    estimated_decode_time,
+    format_report,
+    plot_report,
+    plot_serving,
+    serve_summary,
+    strongest_teacher,
+    teacher_modes,
+)
 
 
 def example_report() -> dict:
