@@ -115,7 +115,7 @@ def test_bench_serving_throughput_end_to_end_on_cpu(tmp_path, capsys):
     out = tmp_path / "bench.json"
     args = ["bench", "--model", "random:tiny", "--device", "cpu", "--dtype", "float32", "--no-decode", "--serve",
             "--serve-contexts", ",".join(map(str, contexts)), "--serve-steps", str(steps), "--warmup-steps", "0",
-            "--serve-memory-limit-gib", repr(limit / 2**30), "--serve-max-batch", "64", "serve_tolerance=0",
+            "--serve-memory-limit-gib", repr(limit / 2**30), "--serve-max-batch", "32", "serve_tolerance=0",
             "--window-size", "8", "--output", str(out)]
     assert main(args) == 0
     report = json.loads(out.read_text())
