@@ -4,15 +4,19 @@ lengths, CUDA-graph decoding, and LoRA fine-tuning throughput (``liger bench``).
     from liger.bench import load_bench_config, run_bench, format_report
     report = run_bench(load_bench_config("bench.yaml", ["batch_size=8"]))
 
-``config.py``: the typed config; ``measure.py``: the measurements (:func:`run_bench`); ``report.py``: the table,
-the plot and the estimated decode times; ``autotune.py``: bounds on Triton's autotuning for benchmark runs.
+``config.py``: the typed config; ``measure.py``: the measurements (:func:`run_bench`); ``teachers.py``: the
+teachers decoded against (HF eager, HF static cache + torch.compile, and ``teacher_decode.py``'s hand-written
+GQA step in a CUDA graph); ``serve.py``: the serving-throughput search; ``report.py``: the tables, the plots, the
+ratios against each teacher and the estimated decode times; ``autotune.py``: bounds on Triton's autotuning for
+benchmark runs.
 Not imported by ``import liger``; importing it imports none of its modules until a name below is used.
 """
 
 import importlib
 
 _EXPORTS = {"BenchConfig": ".config", "load_bench_config": ".config", "run_bench": ".measure",
-            "format_report": ".report", "plot_report": ".report"}
+            "format_report": ".report", "plot_report": ".report", "plot_serving": ".report",
+            "find_max_batch": ".serve", "GQADecodeTeacher": ".teacher_decode"}
 __all__ = sorted(_EXPORTS)
 
 

@@ -46,6 +46,18 @@ class BenchConfig:
     """Timed steps per mode of that comparison."""
     decode: bool = True
     """Measure prefill and decoding (and check the fast path against the reference ops first)."""
+    teachers: list[Literal["eager", "static", "gqa_graph"]] = field(
+        default_factory=lambda: ["eager", "static", "gqa_graph"])
+    """Teachers whose decoding is measured beside Liger's at each context: ``eager`` (HF forward + DynamicCache,
+    what ``generate`` does by default), ``static`` (HF StaticCache + ``torch.compile(mode="reduce-overhead")``:
+    CUDA graphs, transformers' recipe), ``gqa_graph`` (a hand-written step on a static cache read once per KV
+    head, captured in one CUDA graph: ``liger/bench/teacher_decode.py``). Off CUDA the last two run uncompiled
+    and uncaptured."""
+    teacher_compile: bool = True
+    """On CUDA: compile the ``static`` teacher's forward and the ``gqa_graph`` teacher's per-layer functions."""
+    gqa_attention: Literal["fold", "enable_gqa"] = "fold"
+    """Attention of the ``gqa_graph`` teacher: ``fold`` (a KV head's query heads as its query rows, one fused SDPA
+    call with a per-key mask) or ``enable_gqa`` (SDPA's grouped-query flag with the same mask)."""
     train: bool = False
     """Also measure LoRA fine-tuning throughput."""
     train_batch_sizes: list[int] = field(default_factory=lambda: [8, 32])
@@ -54,6 +66,26 @@ class BenchConfig:
     """Tokens per training sequence."""
     train_steps: int = 10
     """Timed training steps (after 3 untimed ones)."""
+    serve: bool = False
+    """Measure serving throughput: the largest batch whose decoding fits in memory at each of ``serve_contexts``,
+    for the ``gqa_graph`` teacher and for Liger, and tokens/s at every batch tried (``liger/bench/serve.py``)."""
+    serve_contexts: list[int] = field(default_factory=lambda: [4096, 32768, 131072])
+    """Context lengths of the serving throughput search."""
+    serve_steps: int = 8
+    """Timed decode steps per batch tried (after ``warmup_steps``)."""
+    serve_start_batch: int = 1
+    """First batch of the search (it doubles from here, then bisects)."""
+    serve_max_batch: int = 65536
+    """Largest batch tried."""
+    serve_tolerance: float = 0.05
+    """The bisection stops when the last batch that fit and the first that did not are within this fraction of
+    each other (0: the exact boundary)."""
+    serve_memory_limit_gib: float | None = None
+    """Memory the decoding may use: on CUDA the allocator is capped there; on a CPU (no allocator limit) a batch
+    fits when the model's weights plus its decoding state stay under it. Unset: the whole device (CUDA)."""
+    serve_search_seconds: float | None = None
+    """Seconds per (model, context) search; when they run out, the largest batch that fit so far is reported (as a
+    lower bound, ``stopped: time``)."""
     seed: int = 0
     """Seeds the random tokens."""
     profile: bool = False
@@ -80,16 +112,30 @@ class BenchConfig:
 def check(cfg: BenchConfig) -> None:
     """Value checks beyond the types (the message names the key)."""
     for key in ("batch_size", "prompt_length", "decode_steps", "prefill_repeats", "graph_batch_size", "graph_steps",
-                "train_length", "train_steps"):
+                "train_length", "train_steps", "serve_steps", "serve_start_batch", "serve_max_batch"):
         need(getattr(cfg, key) >= 1, key, "must be >= 1", getattr(cfg, key))
     need(cfg.warmup_steps >= 0, "warmup_steps", "must be >= 0", cfg.warmup_steps)
     need(bool(cfg.contexts) and min(cfg.contexts) >= 1, "contexts", "must be positive integers", cfg.contexts)
     need(bool(cfg.train_batch_sizes) and min(cfg.train_batch_sizes) >= 1, "train_batch_sizes",
          "must be positive integers", cfg.train_batch_sizes)
+    need(bool(cfg.serve_contexts) and min(cfg.serve_contexts) >= 1, "serve_contexts", "must be positive integers",
+         cfg.serve_contexts)
+    need(cfg.serve_start_batch <= cfg.serve_max_batch, "serve_start_batch", "must be <= serve_max_batch",
+         cfg.serve_start_batch)
+    need(0 <= cfg.serve_tolerance < 1, "serve_tolerance", "must be in [0, 1)", cfg.serve_tolerance)
+    need(cfg.serve_memory_limit_gib is None or cfg.serve_memory_limit_gib > 0, "serve_memory_limit_gib",
+         "must be > 0 or null", cfg.serve_memory_limit_gib)
+    need(cfg.serve_search_seconds is None or cfg.serve_search_seconds > 0, "serve_search_seconds",
+         "must be > 0 or null", cfg.serve_search_seconds)
+    need(cfg.serve_memory_limit_gib is not None or cfg.device == "cuda" or not cfg.serve, "serve_memory_limit_gib",
+         "must be set to search for the largest batch on a CPU (there is no allocator limit to run into)",
+         cfg.serve_memory_limit_gib)
+    need(len(set(cfg.teachers)) == len(cfg.teachers), "teachers", "must not repeat a teacher", cfg.teachers)
     need(cfg.time_budget is None or cfg.time_budget > 0, "time_budget", "must be > 0 or null", cfg.time_budget)
     need(bool(cfg.output), "output", "must be a file path", cfg.output)
     check_lora(cfg.lora)
     cfg.contexts = sorted(set(cfg.contexts))
+    cfg.serve_contexts = sorted(set(cfg.serve_contexts))
 
 
 def load_bench_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = (),

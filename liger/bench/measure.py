@@ -8,12 +8,17 @@ Method (each number is measured, none is derived from another run):
 * **decode** at each context ``c``: after that prefill, ``warmup_steps`` untimed then ``decode_steps`` timed
   single-token steps (one token per sequence); the per-token latency is the median step time. So the latency
   is sampled at context positions ``c .. c + warmup + steps`` instead of decoding ``c`` tokens one by one.
-  The teacher decodes with its standard KV cache and SDPA; Liger in its eager mode and, on CUDA, with the
-  static step replayed from a CUDA graph (the default of ``generate``).
+  Liger decodes in its eager mode and, on CUDA, with the static step replayed from a CUDA graph (the default of
+  ``generate``); the teacher as each of ``teachers`` (:mod:`.teachers`: HF's default DynamicCache, HF's
+  StaticCache + ``torch.compile(mode="reduce-overhead")``, the hand-written step on a static cache captured in one
+  CUDA graph), each after its own prefill of the same tokens. Every Liger/teacher ratio is reported against each
+  teacher (``ratios``), the strongest teacher (lowest latency at the longest context all of them measured) first.
 * **peak memory**: ``torch.cuda.max_memory_allocated`` over the phase, with only the measured model on the
   device (the other one waits on the CPU), so it counts that model's weights, cache and temporaries.
 * **graph** (Liger only): batch ``graph_batch_size`` at context ``prompt_length``, the same decode step in
   each mode (eager, static, CUDA graph, CUDA graph with a compiled attention core).
+* **serve** (``serve``): the largest batch that fits and decode tokens/s at each batch tried, per context, for the
+  ``gqa_graph`` teacher and Liger (:mod:`.serve`).
 * **train**: tokens/s of a LoRA step (peft with the run config's ``lora`` section, by default the paper's r=8,
   alpha=8 on q/k/v; AdamW with the run config's defaults) at ``train_length`` tokens per sequence, for each of
   ``train_batch_sizes``: forward with labels, backward, optimizer step.
@@ -40,7 +45,9 @@ from ..models.modeling_liger import CACHE  # the cache's argument/output name in
 from ..provenance import provenance
 from ..train.config import OptimConfig
 from .config import BenchConfig
-from .report import estimated_decode_time
+from .report import decode_ratios, estimated_decode_time, strongest_teacher
+from .serve import memory_limit, serve_rows
+from .teachers import make_teacher
 
 logger = logging.getLogger("liger")
 
@@ -153,7 +160,39 @@ def _decode_steps(model, kind, mode, cache, token, steps, warmup, device):
     return times
 
 
-def _context_rows(model, kind, context, cfg, device, generator, report):
+def _teacher_decode_rows(runner, ids, token, cache, context, cfg, device, report):
+    """Decode rows of one teacher at ``context``: its own prefill of ``ids`` (the eager teacher reuses ``cache``,
+    the DynamicCache of the timed prefill), then ``warmup_steps`` untimed and ``decode_steps`` timed steps."""
+    B = ids.shape[0]
+    session = None
+    try:
+        session = runner.start(ids, cfg.warmup_steps + cfg.decode_steps + 1, cache=cache)
+        cache = None
+        _reset_peak(device)
+        for _ in range(cfg.warmup_steps):
+            session.step(token)
+        steps = [_timed(lambda: session.step(token), device)[1] for _ in range(cfg.decode_steps)]
+        if cfg.profile and context == max(cfg.contexts) and runner.name == "eager":
+            _profile(report, f"decode teacher eager step at {context} (batch {B})", lambda: session.step(token), device)
+        median = statistics.median(steps)
+        report["decode"].append(dict(model="teacher", mode=runner.name, context=context, batch_size=B,
+                                     latency_s=median, latency_s_runs=steps, tokens_per_s=B / median,
+                                     peak_memory_bytes=_peak(device), cache_bytes=session.cache_bytes(),
+                                     **session.info))
+    except Exception as err:
+        error = "out of memory" if _is_oom(err) else f"{type(err).__name__}: {_first_line(err)}"
+        report["decode"].append(dict(model="teacher", mode=runner.name, context=context, batch_size=B, error=error))
+        if not _is_oom(err):
+            report["errors"].append(f"teacher {runner.name} context {context}: {error}")
+            logger.warning("liger bench: teacher %s context %d: %s", runner.name, context, error)
+    finally:
+        if session is not None:
+            session.close()
+        session = None
+        _reset_peak(device)
+
+
+def _context_rows(model, kind, context, cfg, device, generator, report, runners=None):
     B = cfg.batch_size
     vocab = model.config.vocab_size
     ids = torch.randint(0, vocab, (B, context), device=device, generator=generator)
@@ -174,13 +213,20 @@ def _context_rows(model, kind, context, cfg, device, generator, report):
         cache = None
         _profile(report, f"prefill {kind} {B} x {context}",
                  lambda: model(input_ids=ids, use_cache=True, logits_to_keep=1), device)
+    if kind == "teacher":
+        for runner in runners or []:
+            if runner.name != "eager":
+                cache = None  # free the DynamicCache before another teacher prefills
+            _teacher_decode_rows(runner, ids, token, cache, context, cfg, device, report)
+            cache = None
+        return
     if cache is None:
         cache = getattr(model(input_ids=ids, use_cache=True, logits_to_keep=1), CACHE)
     for mode in _decode_modes(kind, device):
         _reset_peak(device)
         steps = _decode_steps(model, kind, mode, cache, token, cfg.decode_steps, cfg.warmup_steps, device)
         if cfg.profile and context == max(cfg.contexts) and mode == "eager":
-            _profile(report, f"decode {kind} eager step at {context} (batch {B})",
+            _profile(report, f"decode liger eager step at {context} (batch {B})",
                      lambda c=cache: model(input_ids=token, **{CACHE: c}, use_cache=True), device)
         median = statistics.median(steps)
         report["decode"].append(dict(model=kind, mode=mode, context=context, batch_size=B, latency_s=median,
@@ -271,6 +317,45 @@ def _check_fast_path(model, cfg, device, generator, report) -> None:
     report["checks"] = check
 
 
+def _teacher_runners(teacher, cfg, device, report) -> list:
+    """The teachers of ``cfg.teachers`` for ``teacher`` (on ``device``); one that cannot be built is reported."""
+    runners = []
+    for name in cfg.teachers:
+        try:
+            runners.append(make_teacher(name, teacher, device, compile=cfg.teacher_compile,
+                                        attention=cfg.gqa_attention))
+        except ValueError as err:
+            report["errors"].append(f"teacher {name}: {_first_line(err)}")
+            logger.warning("liger bench: teacher %s: %s", name, err)
+    return runners
+
+
+def _warm_up_teachers(runners, cfg, device, generator, report, vocab) -> list:
+    """Compile/capture each teacher's decoding once at a short length; a teacher that fails here is reported and
+    left out of the timed sections."""
+    ok = []
+    length = min(256, cfg.contexts[0])
+    ids = torch.randint(0, vocab, (cfg.batch_size, length), device=device, generator=generator)
+    for runner in runners:
+        session = None
+        try:
+            session = runner.start(ids, 6)
+            for _ in range(4):
+                session.step(ids[:, :1])
+            _sync(device)
+            ok.append(runner)
+        except Exception as err:
+            message = f"teacher {runner.name} warm-up: {type(err).__name__}: {_first_line(err)}"
+            report["errors"].append(message)
+            logger.warning("liger bench: %s", message)
+        finally:
+            if session is not None:
+                session.close()
+            session = None
+            _reset_peak(device)
+    return ok
+
+
 def _warm_up(model, kind, cfg, device, generator):
     # compile/autotune (fla kernels, FlexAttention, the decode step) outside the timed region: two prefill
     # lengths (torch.compile specialises on the first shape and generalises on the second) and a few steps
@@ -279,8 +364,9 @@ def _warm_up(model, kind, cfg, device, generator):
         ids = torch.randint(0, vocab, (cfg.batch_size, length), device=device, generator=generator)
         cache = getattr(model(input_ids=ids, use_cache=True, logits_to_keep=1), CACHE)
     token = ids[:, :1]
-    for mode in _decode_modes(kind, device):
-        _decode_steps(model, kind, mode, cache, token, 2, 2, device)
+    if kind == "liger":
+        for mode in _decode_modes(kind, device):
+            _decode_steps(model, kind, mode, cache, token, 2, 2, device)
     _sync(device)
 
 
@@ -400,6 +486,8 @@ def run_bench(cfg: BenchConfig, on_update=None) -> dict:
     def update():
         report["fallbacks"] = fallbacks()
         report["estimated_decode_time"] = estimated_decode_time(report, cfg.prompt_length)
+        report["strongest_teacher"] = strongest_teacher(report)
+        report["ratios"] = decode_ratios(report)
         report["wall_s"] = time.time() - budget.start
         if on_update is not None:
             on_update(report)
@@ -419,8 +507,8 @@ def run_bench(cfg: BenchConfig, on_update=None) -> dict:
 
     inductor_config.compile_threads = 1
     report = {"provenance": provenance(device), "config": dataclasses.asdict(cfg), "models": {}, "prefill": [],
-              "decode": [], "graph": [], "train": [], "errors": [], "skipped": [], "profiles": {},
-              "checks": None}
+              "decode": [], "graph": [], "serve": [], "train": [], "errors": [], "skipped": [], "profiles": {},
+              "checks": None, "strongest_teacher": None, "ratios": []}
     teacher, model = load_models(cfg, dtype)
     models = [("teacher", teacher), ("liger", model)] if teacher is not None else [("liger", model)]
     for kind, m in models:
@@ -441,13 +529,17 @@ def run_bench(cfg: BenchConfig, on_update=None) -> dict:
                 if not _section(report, f"{kind} warm-up", lambda m=m, kind=kind: _warm_up(m, kind, cfg, device,
                                                                                           generator)):
                     continue
+                runners = None
+                if kind == "teacher":
+                    runners = _warm_up_teachers(_teacher_runners(m, cfg, device, report), cfg, device, generator,
+                                                report, m.config.vocab_size)
                 for context in cfg.contexts:
                     if budget.left() <= 0:
                         report["skipped"].append(f"decode {kind} context {context}: time budget")
                         continue
                     logger.info("liger bench: %s context %d", kind, context)
                     try:
-                        _context_rows(m, kind, context, cfg, device, generator, report)
+                        _context_rows(m, kind, context, cfg, device, generator, report, runners)
                         update()
                     except Exception as err:
                         error = "out of memory" if _is_oom(err) else f"{type(err).__name__}: {_first_line(err)}"
@@ -464,6 +556,10 @@ def run_bench(cfg: BenchConfig, on_update=None) -> dict:
             finally:
                 m.to("cpu")
                 _reset_peak(device)
+    if cfg.serve:
+        with torch.no_grad():
+            _section(report, "serve", lambda: _serve(models, cfg, device, report, budget, update))
+        update()
     if cfg.train:
         for kind, m in models:
             if budget.left() <= 0:
@@ -475,6 +571,32 @@ def run_bench(cfg: BenchConfig, on_update=None) -> dict:
             update()
     update()
     return report
+
+
+def _serve(models, cfg, device, report, budget, update) -> None:
+    """The serving-throughput searches, context by context, the teacher (through its ``gqa_graph`` step) then
+    Liger, one model on the device at a time. Under a time budget each search gets an equal share of the time left
+    (so a long teacher search cannot starve Liger's), and ``serve_search_seconds`` at most."""
+    runner = None
+    searches = [(context, kind, m) for context in cfg.serve_contexts for kind, m in models]
+    for i, (context, kind, model) in enumerate(searches):
+        share = budget.left() / (len(searches) - i)
+        if share <= 0:
+            report["skipped"].append(f"serve {kind} context {context}: time budget")
+            continue
+        logger.info("liger bench: %s serving throughput at context %d", kind, context)
+        model.to(device)
+        try:
+            if kind == "teacher" and runner is None:
+                runner = make_teacher("gqa_graph", model, device, compile=cfg.teacher_compile,
+                                      attention=cfg.gqa_attention)
+            deadline = None if budget.seconds is None else time.time() + share
+            with memory_limit(device, cfg.serve_memory_limit_gib):
+                serve_rows(kind, model, runner if kind == "teacher" else None, [context], cfg, device, report,
+                           deadline, on_probe=update)
+        finally:
+            model.to("cpu")
+            _reset_peak(device)
 
 
 def _raise_recompile_limit(limit: int) -> None:

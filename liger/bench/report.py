@@ -20,6 +20,78 @@ def best_decode_mode(report) -> str | None:
     return None
 
 
+TEACHER_LABELS = {"eager": "HF eager (DynamicCache)",
+                  "static": "HF StaticCache + torch.compile reduce-overhead (uncompiled off CUDA)",
+                  "gqa_graph": "hand-written GQA step on a static cache, one CUDA graph (uncaptured off CUDA)"}
+
+
+def teacher_modes(report) -> list[str]:
+    """The teachers whose decoding was measured, the strongest first (see :func:`strongest_teacher`), then by
+    latency at that context (those not measured there last, in the config's order)."""
+    measured = {r["mode"] for r in rows(report, "decode", model="teacher")}
+    order = [t for t in report.get("config", {}).get("teachers", ["eager"]) if t in measured]
+    order += sorted(measured - set(order))
+    context = _strongest_context(report, order)
+    if context is None:
+        return order
+    latency = {r["mode"]: r["latency_s"] for r in rows(report, "decode", model="teacher", context=context)}
+    return sorted(order, key=lambda t: (t not in latency, latency.get(t, 0.0), order.index(t)))
+
+
+def _strongest_context(report, modes) -> int | None:
+    by_mode = [{r["context"] for r in rows(report, "decode", model="teacher", mode=m)} for m in modes]
+    common = set.intersection(*by_mode) if by_mode else set()
+    if common:
+        return max(common)
+    every = set.union(*by_mode) if by_mode else set()
+    return max(every) if every else None
+
+
+def strongest_teacher(report) -> str | None:
+    """The teacher with the lowest measured per-token decode latency at the longest context that every measured
+    teacher reached (the longest any reached, if none is common); None when no teacher decoding was measured."""
+    modes = teacher_modes(report)
+    return modes[0] if modes else None
+
+
+def decode_ratios(report) -> list[dict]:
+    """Liger (its best decode mode) against each teacher at each context both measured: latency and decode peak
+    memory ratios (Liger / teacher), the strongest teacher first."""
+    mode = best_decode_mode(report)
+    out = []
+    if mode is None:
+        return out
+    liger = {r["context"]: r for r in rows(report, "decode", model="liger", mode=mode)}
+    for teacher in teacher_modes(report):
+        for r in sorted(rows(report, "decode", model="teacher", mode=teacher), key=lambda r: r["context"]):
+            lr = liger.get(r["context"])
+            if lr is None:
+                continue
+            memory = None
+            if lr.get("peak_memory_bytes") and r.get("peak_memory_bytes"):
+                memory = lr["peak_memory_bytes"] / r["peak_memory_bytes"]
+            out.append(dict(context=r["context"], teacher=teacher, liger_mode=mode, batch_size=r["batch_size"],
+                            teacher_latency_s=r["latency_s"], liger_latency_s=lr["latency_s"],
+                            latency_ratio=lr["latency_s"] / r["latency_s"], memory_ratio=memory))
+    return out
+
+
+def serve_summary(report) -> list[dict]:
+    """Per serving context: the teacher's and Liger's largest batch and tokens/s there, and Liger / teacher."""
+    out = []
+    for context in sorted({e["context"] for e in report.get("serve", [])}):
+        entry = {e["model"]: e for e in report["serve"] if e["context"] == context}
+        t, lg = entry.get("teacher", {}), entry.get("liger", {})
+        ratio = None
+        if t.get("tokens_per_s") and lg.get("tokens_per_s"):
+            ratio = lg["tokens_per_s"] / t["tokens_per_s"]
+        out.append(dict(context=context, teacher=t.get("teacher"), teacher_max_batch=t.get("max_batch"),
+                        teacher_tokens_per_s=t.get("tokens_per_s"), teacher_stopped=t.get("stopped"),
+                        liger_max_batch=lg.get("max_batch"), liger_tokens_per_s=lg.get("tokens_per_s"),
+                        liger_stopped=lg.get("stopped"), throughput_ratio=ratio))
+    return out
+
+
 def estimated_decode_time(report, prompt_length: int) -> list[dict]:
     """Estimated seconds to decode from ``prompt_length`` to each measured context, per model and mode
     (integral of the measured per-token latency; see the module docstring)."""
@@ -48,6 +120,14 @@ def _x(a, b):
     return "-" if a is None or b is None or b == 0 else f"{a / b:.2f}x"
 
 
+def _n(x):
+    return "-" if x is None else f"{x:,.0f}"
+
+
+def _bound(stopped):
+    return {"time": " (time ran out: a lower bound)", "max_batch": " (the cap)"}.get(stopped, "")
+
+
 def format_report(report) -> str:
     """A short plain-text table (printed last by ``liger bench``)."""
     p = report["provenance"]
@@ -71,24 +151,39 @@ def format_report(report) -> str:
     mode = best_decode_mode(report)
     pre = {(r["model"], r["context"]): r for r in rows(report, "prefill")}
     dec = {(r["model"], r["mode"], r["context"]): r for r in rows(report, "decode")}
+    teachers = teacher_modes(report)
     contexts = sorted({c for _, c in pre} | {c for _, _, c in dec})
-    if contexts:
-        lines.append("")
-        lines.append(f"{'context':>8} | {'prefill ms T/L (L/T)':>26} | {'decode ms/token T/L (L/T)':>28} | "
-                     f"{'decode peak GiB T/L (L/T)':>27} | {'Liger eager ms':>14}")
-        for c in contexts:
+    if pre:
+        lines += ["", f"{'context':>8} | {'prefill ms T/L (L/T)':>26}"]
+        for c in sorted({c for _, c in pre}):
             tp, lp = pre.get(("teacher", c), {}), pre.get(("liger", c), {})
-            td, ld = dec.get(("teacher", "eager", c), {}), dec.get(("liger", mode, c), {})
-            le = dec.get(("liger", "eager", c), {})
-            lines.append(
-                f"{c:>8} | {_ms(tp.get('seconds')):>8} / {_ms(lp.get('seconds')):>8} ({_x(lp.get('seconds'), tp.get('seconds')):>6}) | "  # noqa: E501
-                f"{_ms(td.get('latency_s')):>8} / {_ms(ld.get('latency_s')):>7} ({_x(ld.get('latency_s'), td.get('latency_s')):>7}) | "  # noqa: E501
-                f"{_gib(td.get('peak_memory_bytes')):>7} / {_gib(ld.get('peak_memory_bytes')):>6} "
-                f"({_x(ld.get('peak_memory_bytes'), td.get('peak_memory_bytes')):>7}) | {_ms(le.get('latency_s')):>14}")
-        oom = [f"{r['model']}@{r['context']}" for r in report["decode"] if r.get("error")]
-        if oom:
-            lines.append(f"  out of memory: {', '.join(oom)}")
-        lines.append(f"  (T = teacher, SDPA + KV cache; L = Liger, decode mode '{mode}'; ratios are L/T)")
+            lines.append(f"{c:>8} | {_ms(tp.get('seconds')):>8} / {_ms(lp.get('seconds')):>8} "
+                         f"({_x(lp.get('seconds'), tp.get('seconds')):>6})")
+        lines.append("  (T = teacher: HF forward, SDPA, from an empty DynamicCache; L = Liger)")
+    if dec:
+        strongest = f"; strongest teacher: {teachers[0]}" if teachers else ""
+        lines += ["", f"decode ms/token at batch {cfg['batch_size']} (L = Liger '{mode}'; ratios L/T{strongest})"]
+        head = f"{'context':>8} | {'L':>7} | {'L eager':>7}" + "".join(f" | {t + ' (L/T)':>19}" for t in teachers)
+        lines.append(head)
+        for c in contexts:
+            ld, le = dec.get(("liger", mode, c), {}), dec.get(("liger", "eager", c), {})
+            cells = [f"{_ms(dec.get(('teacher', t, c), {}).get('latency_s')):>8} "
+                     f"({_x(ld.get('latency_s'), dec.get(('teacher', t, c), {}).get('latency_s')):>8})"
+                     for t in teachers]
+            lines.append(f"{c:>8} | {_ms(ld.get('latency_s')):>7} | {_ms(le.get('latency_s')):>7}"
+                         + "".join(f" | {x:>19}" for x in cells))
+        lines += ["", f"decode peak GiB at batch {cfg['batch_size']} (ratios L/T)",
+                  f"{'context':>8} | {'L':>7}" + "".join(f" | {t + ' (L/T)':>19}" for t in teachers)]
+        for c in contexts:
+            lm = dec.get(("liger", mode, c), {}).get("peak_memory_bytes")
+            cells = [f"{_gib(dec.get(('teacher', t, c), {}).get('peak_memory_bytes')):>8} "
+                     f"({_x(lm, dec.get(('teacher', t, c), {}).get('peak_memory_bytes')):>8})" for t in teachers]
+            lines.append(f"{c:>8} | {_gib(lm):>7}" + "".join(f" | {x:>19}" for x in cells))
+        lines.append("  teachers: " + "; ".join(f"{t} = {TEACHER_LABELS.get(t, t)}" for t in teachers))
+        failed = [f"{r['model']}{'/' + r['mode'] if r.get('mode') else ''}@{r['context']}: {r['error']}"
+                  for r in report["decode"] if r.get("error")]
+        if failed:
+            lines.append(f"  not measured: {', '.join(failed)}")
     if report["graph"]:
         lines.append("")
         lines.append("decode modes (Liger, batch {b}, context {c}): ".format(b=report["graph"][0]["batch_size"],
@@ -96,6 +191,15 @@ def format_report(report) -> str:
                      + ", ".join(f"{r['mode']}{'+compile' if r['compiled'] else ''} {_ms(r['latency_s'])} ms"
                                  + ("" if r["captured"] else " (capture FAILED: uncaptured)")
                                  for r in report["graph"]))
+    if report.get("serve"):
+        lines += ["", "serving throughput: largest batch that fits and decode tokens/s there (Liger / teacher)"]
+        for r in serve_summary(report):
+            ratio = "-" if r["throughput_ratio"] is None else f"{r['throughput_ratio']:.1f}x"
+            lines.append(
+                f"{r['context']:>8} | teacher {r['teacher']}: batch {_n(r['teacher_max_batch'])}"
+                f"{_bound(r['teacher_stopped'])}, {_n(r['teacher_tokens_per_s'])} tokens/s | Liger: batch "
+                f"{_n(r['liger_max_batch'])}{_bound(r['liger_stopped'])}, {_n(r['liger_tokens_per_s'])} tokens/s | "
+                f"{ratio}")
     if report["train"]:
         lines.append("")
         for r in report["train"]:
@@ -126,7 +230,7 @@ def plot_report(report, path) -> None:
     series = sorted({(r["model"], r["mode"]) for r in rows(report, "decode")})
     for model, mode in series:
         points = sorted(rows(report, "decode", model=model, mode=mode), key=lambda r: r["context"])
-        label = "teacher (SDPA, KV cache)" if model == "teacher" else f"Liger ({mode})"
+        label = f"teacher {mode}" if model == "teacher" else f"Liger ({mode})"
         axes[0].plot([r["context"] for r in points], [r["latency_s"] * 1e3 for r in points], "o-", label=label)
         mem = [(r["context"], r["peak_memory_bytes"]) for r in points if r["peak_memory_bytes"]]
         if mem:
@@ -150,3 +254,38 @@ def plot_report(report, path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_serving(report, path) -> bool:
+    """Decode tokens/s against batch size, one panel per serving context, teacher and Liger (every batch the search
+    tried that fit; the largest marked). Returns False (and writes nothing) when there is nothing to plot."""
+    entries = [e for e in report.get("serve", []) if any(p["fits"] for p in e["probes"])]
+    if not entries:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    contexts = sorted({e["context"] for e in entries})
+    fig, axes = plt.subplots(1, len(contexts), figsize=(5.5 * len(contexts), 4.5), squeeze=False)
+    for ax, context in zip(axes[0], contexts):
+        for e in (e for e in entries if e["context"] == context):
+            points = sorted((p["batch_size"], p["tokens_per_s"]) for p in e["probes"] if p["fits"])
+            label = f"teacher {e['teacher']}" if e["model"] == "teacher" else "Liger"
+            line, = ax.plot([b for b, _ in points], [t for _, t in points], "o-", label=label)
+            if e.get("tokens_per_s"):
+                ax.plot([e["max_batch"]], [e["tokens_per_s"]], "*", markersize=14, color=line.get_color())
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch (sequences decoded together)")
+        ax.set_ylabel("decode tokens/s")
+        ax.set_title(f"context {context:,} (star: largest batch that fits)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    p, cfg = report["provenance"], report["config"]
+    fig.suptitle(f"serving throughput, {p.get('device_name')}, {cfg['dtype']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

@@ -21,7 +21,17 @@ FLAGS = {
     "--warmup-steps": ("warmup_steps", dict(type=int, metavar="N")),
     "--prefill-repeats": ("prefill_repeats", dict(type=int, metavar="N")),
     "--graph-batch-size": ("graph_batch_size", dict(type=int, metavar="B")),
+    "--graph-steps": ("graph_steps", dict(type=int, metavar="N")),
     "--no-decode": ("decode", dict(action="store_const", const=False)),
+    "--teachers": ("teachers", dict(type=lambda text: [t for t in text.replace(" ", "").split(",") if t],
+                                    metavar="T1,T2,...")),
+    "--gqa-attention": ("gqa_attention", dict(choices=["fold", "enable_gqa"])),
+    "--serve": ("serve", dict(action="store_const", const=True)),
+    "--serve-contexts": ("serve_contexts", dict(type=positive_int_list, metavar="C1,C2,...")),
+    "--serve-steps": ("serve_steps", dict(type=int, metavar="N")),
+    "--serve-max-batch": ("serve_max_batch", dict(type=int, metavar="B")),
+    "--serve-memory-limit-gib": ("serve_memory_limit_gib", dict(type=float, metavar="GIB")),
+    "--serve-search-seconds": ("serve_search_seconds", dict(type=float, metavar="SECONDS")),
     "--train": ("train", dict(action="store_const", const=True)),
     "--train-batch-sizes": ("train_batch_sizes", dict(type=positive_int_list, metavar="B1,B2,...")),
     "--train-length": ("train_length", dict(type=int, metavar="T")),
@@ -49,10 +59,12 @@ def add_parser(subparsers) -> None:
 
     parser = subparsers.add_parser(
         "bench",
-        help="measure prefill, decoding and training speed and memory against the teacher",
+        help="measure prefill, decoding, serving throughput and training speed and memory against the teacher",
         description="Time prefill and per-token decoding at several context lengths, peak memory, CUDA-graph "
-        "decoding and (with --train) LoRA fine-tuning throughput, for a Liger model and its teacher, side by "
-        "side. Writes a JSON report (with versions, device and git commit) and a PNG plot, and prints a table. "
+        "decoding, (with --serve) the largest batch that fits and its decode tokens/s at long context, and (with "
+        "--train) LoRA fine-tuning throughput, for a Liger model and its teacher decoding as eager HF, HF static "
+        "cache + torch.compile, and a hand-written GQA step in a CUDA graph, side by side. Writes a JSON report "
+        "(with versions, device and git commit) and PNG plots, and prints tables. "
         "Settings: defaults < --config YAML < flags < key=value overrides (every key of the config, e.g. "
         "lora.r=16 liger_options.window_size=32). Example (GPU, random SmolLM2-135M weights, no download): "
         "liger bench --model random:smollm2 --device cuda --batch-size 16 "
@@ -82,7 +94,7 @@ def resolve_config(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
-    from ..bench import format_report, plot_report, run_bench
+    from ..bench import format_report, plot_report, plot_serving, run_bench
 
     os.makedirs(os.path.dirname(os.path.abspath(cfg.output)), exist_ok=True)
 
@@ -95,12 +107,16 @@ def run(args: argparse.Namespace) -> int:
 
     report = run_bench(cfg, on_update=save)
     save(report)
-    plot = os.path.splitext(cfg.output)[0] + ".png"
+    stem = os.path.splitext(cfg.output)[0]
+    plots = []
     try:
-        plot_report(report, plot)
+        if report["prefill"] or report["decode"]:
+            plot_report(report, stem + ".png")
+            plots.append(stem + ".png")
+        if plot_serving(report, stem + "_serve.png"):
+            plots.append(stem + "_serve.png")
     except ImportError:
-        plot = None
         print("note: matplotlib is not installed; no plot written")
     print(format_report(report))
-    print(f"\nreport: {cfg.output}" + (f", plot: {plot}" if plot else ""))
+    print(f"\nreport: {cfg.output}" + (f", plots: {', '.join(plots)}" if plots else ""))
     return 0

@@ -36,7 +36,12 @@ def test_bench_writes_report_plot_and_table(tmp_path, capsys, train):
     assert {(r["model"], r["context"]) for r in report["prefill"]} == {(m, c) for m in ("teacher", "liger")
                                                                          for c in (24, 48)}
     modes = {(r["model"], r["mode"]) for r in report["decode"]}
-    assert modes == {("teacher", "eager"), ("liger", "eager"), ("liger", "static")}
+    assert modes == {("teacher", "eager"), ("teacher", "static"), ("teacher", "gqa_graph"), ("liger", "eager"),
+                     ("liger", "static")}
+    assert report["strongest_teacher"] in ("eager", "static", "gqa_graph")
+    assert {(r["teacher"], r["context"]) for r in report["ratios"]} == {(t, c) for t in ("eager", "static", "gqa_graph")
+                                                                        for c in (24, 48)}
+    assert f"strongest teacher: {report['strongest_teacher']}" in printed
     assert {r["mode"] for r in report["graph"]} == {"eager", "static"}
     assert all(r["latency_s"] > 0 and len(r["latency_s_runs"]) == 2 for r in report["decode"])
 
@@ -68,6 +73,9 @@ def test_bench_config_yaml_flags_and_overrides(tmp_path, capsys):
     (["bench", "lora.r=0"], "lora.r must be >= 1, got 0"),
     (["bench", "--device", "cpu", "dtype=float64"], "dtype must be one of bfloat16, float16, float32"),
     (["bench", "--config", "/no/such/bench.yaml"], "no config file '/no/such/bench.yaml'"),
+    (["bench", "--teachers", "eager,compiled"], "teachers[1] must be one of eager, static, gqa_graph"),
+    (["bench", "--device", "cpu", "--serve"], "serve_memory_limit_gib must be set to search for the largest batch"),
+    (["bench", "serve_tolerance=1.5"], "serve_tolerance must be in [0, 1)"),
 ])
 def test_bench_config_errors_are_one_line(capsys, args, message):
     assert main(args) == 1
@@ -86,3 +94,57 @@ def test_bench_help_shows_each_default_once():
             shown = action.help.count("(default:") + action.help.count("Default:")
             assert shown <= 1, (action.option_strings, action.help)
     assert "(default: None)" not in bench.format_help()
+
+
+def test_bench_serving_throughput_end_to_end_on_cpu(tmp_path, capsys):
+    """The serving section on a CPU with a memory limit standing in for the device's: the exact largest batch
+    (tolerance 0) for the teacher, computed here from its cache's geometry, and for Liger the boundary probed on
+    both sides; the plot of tokens/s against batch size."""
+    import torch
+
+    from liger.bench.serve import weight_bytes
+    from liger.bench.teachers import cache_slots
+    from liger.loading import load_pretrained
+
+    teacher = load_pretrained("random:tiny", torch.float32)
+    c = teacher.config
+    contexts, steps = (16, 40), 1
+    slots = cache_slots(contexts[0] + steps + 1)  # warm-up steps 0, one timed step, one spare slot
+    per_sequence = c.num_hidden_layers * 2 * c.num_key_value_heads * slots * c.head_dim * 4 + slots
+    limit = weight_bytes(teacher) + 8 + 5 * per_sequence + per_sequence // 2  # 5 sequences at the first context
+    out = tmp_path / "bench.json"
+    args = ["bench", "--model", "random:tiny", "--device", "cpu", "--dtype", "float32", "--no-decode", "--serve",
+            "--serve-contexts", ",".join(map(str, contexts)), "--serve-steps", str(steps), "--warmup-steps", "0",
+            "--serve-memory-limit-gib", repr(limit / 2**30), "--serve-max-batch", "32", "serve_tolerance=0",
+            "--window-size", "8", "--output", str(out)]
+    assert main(args) == 0
+    report = json.loads(out.read_text())
+    assert report["errors"] == []
+    entries = {(e["model"], e["context"]): e for e in report["serve"]}
+    assert set(entries) == {(m, ctx) for m in ("teacher", "liger") for ctx in contexts}
+    first = entries[("teacher", contexts[0])]
+    assert (first["max_batch"], first["first_failing"], first["stopped"]) == (5, 6, "bracket")
+    assert first["teacher"] == "gqa_graph"
+    for e in report["serve"]:
+        fits = {p["batch_size"]: p["fits"] for p in e["probes"]}
+        assert fits[e["max_batch"]] and e["tokens_per_s"] > 0
+        if e["stopped"] == "bracket":
+            assert fits[e["max_batch"] + 1] is False
+        assert all(p["footprint_bytes"] <= limit for p in e["probes"] if p["fits"])
+        assert all(p["error"] for p in e["probes"] if not p["fits"])
+    # the teacher's cache grows with the context and Liger's state does not
+    assert entries[("teacher", contexts[1])]["max_batch"] < first["max_batch"]
+    assert entries[("liger", contexts[1])]["max_batch"] == entries[("liger", contexts[0])]["max_batch"] > 5
+    assert (tmp_path / "bench_serve.png").stat().st_size > 0
+    assert "serving throughput" in capsys.readouterr().out
+
+
+def test_every_bench_key_is_documented():
+    """docs/gpu.md carries the table of BenchConfig's keys (regenerate it with bench_config_reference())."""
+    from pathlib import Path
+
+    from liger.bench.config import bench_config_reference
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "gpu.md").read_text()
+    missing = [row for row in bench_config_reference().splitlines()[2:] if row not in docs]
+    assert not missing, missing
