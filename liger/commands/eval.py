@@ -8,8 +8,16 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
+from ..utils import file_fields
 from . import positive_int_list
+
+# what --passkey / --multikey and --repeat-recall mean without a value
+PASSKEY_LENGTHS = [1024, 2048, 4096, 8192]
+REPEAT_GAPS = [256, 512, 1024, 2048, 4096]
+# read from the source, so that --help imports neither torch nor transformers (importing liger.eval does)
+_CONFIG_SOURCE = Path(__file__).resolve().parents[1] / "eval" / "config.py"
 
 EXAMPLES = """examples:
   liger eval --model out/liger-gla --tasks offline --limit 100 --output results.json
@@ -37,8 +45,46 @@ line (whole documents); checked against the asked lengths before any model is lo
 Without --tasks, --ppl or a long-context measure, the offline suite runs; with those only, no lm-eval task runs.
 """
 
-PASSKEY_LENGTHS = [1024, 2048, 4096, 8192]
-REPEAT_GAPS = [256, 512, 1024, 2048, 4096]
+# command-line flag -> (config key, argparse options); the help text is the key's docstring in EvalConfig
+FLAGS = {
+    "--model": ("model", dict(metavar="MODEL")),
+    "--compare": ("compare", dict(nargs="+", metavar="MODEL")),
+    "--tasks": ("tasks", dict(metavar="T1,T2,...")),
+    "--include-path": ("include_path", dict(metavar="DIR")),
+    "--limit": ("limit", dict(type=int, metavar="N")),
+    "--batch-size": ("batch_size", dict(type=int, metavar="B")),
+    "--ppl": ("ppl", dict(nargs="+", metavar="FILE")),
+    "--ppl-context": ("ppl_context", dict(type=int, metavar="N")),
+    "--ppl-stride": ("ppl_stride", dict(type=int, metavar="N")),
+    "--ppl-max-tokens": ("ppl_max_tokens", dict(type=int, metavar="N")),
+    "--passkey": ("passkey", dict(type=positive_int_list, nargs="?", const=PASSKEY_LENGTHS, metavar="L1,L2,...")),
+    "--passkey-trials": ("passkey_trials", dict(type=int, metavar="N")),
+    "--multikey": ("multikey", dict(type=positive_int_list, nargs="?", const=PASSKEY_LENGTHS, metavar="L1,L2,...")),
+    "--multikey-trials": ("multikey_trials", dict(type=int, metavar="N")),
+    "--multikey-pairs": ("multikey_pairs", dict(type=int, metavar="K")),
+    "--position-loss": ("position_loss", dict(action="store_const", const=True)),
+    "--position-length": ("position_length", dict(type=int, metavar="L")),
+    "--position-sequences": ("position_sequences", dict(type=int, metavar="N")),
+    "--position-buckets": ("position_buckets", dict(type=positive_int_list, metavar="E1,E2,...")),
+    "--repeat-recall": ("repeat_recall", dict(type=positive_int_list, nargs="?", const=REPEAT_GAPS,
+                                              metavar="D1,D2,...")),
+    "--repeat-trials": ("repeat_trials", dict(type=int, metavar="N")),
+    "--long-text": ("long_text", dict(nargs="+", metavar="FILE")),
+    "--tokenizer": ("tokenizer", dict(metavar="DIR")),
+    "--device": ("device", dict(metavar="DEVICE")),
+    "--dtype": ("dtype", dict(choices=["float32", "bfloat16", "float16"])),
+    "--seed": ("seed", dict(type=int, metavar="S")),
+    "--output": ("output", dict(metavar="FILE.json")),
+    "--output-dir": ("output_dir", dict(metavar="DIR")),
+}
+
+
+def _help(doc: str, default: str, options: dict) -> str:
+    doc = doc.replace("``", "")
+    if options.get("action") == "store_const":
+        return doc.replace("%", "%%")
+    shown = {"None": "unset", "[]": "unset"}.get(default, default.strip("'\""))
+    return f"{doc} (default: {shown})".replace("%", "%%")
 
 
 def add_parser(subparsers) -> None:
@@ -47,58 +93,34 @@ def add_parser(subparsers) -> None:
         help="evaluate a model (lm-eval tasks, perplexity, long-context measures) or compare students with a teacher",
         description="Evaluate with lm-eval on an in-memory model (suites: paper, offline), perplexity on text "
         "files and long-context measures (passkey and multi-key retrieval, loss by position, repeated-span "
-        "recall); or write a recovery report (--compare).",
+        "recall); or write a recovery report (--compare). Settings: defaults < --config YAML < flags < key=value "
+        "overrides (every key of the config, e.g. limit=50 passkey_trials=40).",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--model", help="checkpoint directory (base or Liger) or the alias 'smollm2'")
-    which.add_argument("--compare", nargs="+", metavar="MODEL",
-                       help="TEACHER STUDENT...: measure all the same way and write a recovery report")
-    parser.add_argument("--tasks", help="comma-separated suites (paper, offline) and lm-eval task names")
-    parser.add_argument("--include-path", help="folder of extra lm-eval task YAMLs")
-    parser.add_argument("--limit", type=int, help="documents per task (default: all)")
-    parser.add_argument("--batch-size", type=int, default=8, help="lm-eval batch size (default: 8)")
-    parser.add_argument("--ppl", nargs="+", metavar="FILE", help="plain-text files to measure perplexity on")
-    parser.add_argument("--ppl-context", type=int, default=512, help="tokens per window (default: 512)")
-    parser.add_argument("--ppl-stride", type=int, default=256, help="tokens between windows (default: 256)")
-    parser.add_argument("--ppl-max-tokens", type=int, help="score only the first N tokens of each file")
-    parser.add_argument("--passkey", type=positive_int_list, nargs="?", const=PASSKEY_LENGTHS, metavar="L1,L2,...",
-                        help="passkey retrieval at these prompt lengths in tokens (default: 1024,2048,4096,8192)")
-    parser.add_argument("--passkey-trials", type=int, metavar="N", default=20, help="prompts per length (default: 20)")
-    parser.add_argument("--multikey", type=positive_int_list, nargs="?", const=PASSKEY_LENGTHS, metavar="L1,L2,...",
-                        help="multi-key retrieval at these prompt lengths in tokens (default: 1024,2048,4096,8192; "
-                        "needs --long-text)")
-    parser.add_argument("--multikey-trials", type=int, metavar="N", default=20,
-                        help="prompts per length (default: 20)")
-    parser.add_argument("--multikey-pairs", type=int, metavar="K", default=4,
-                        help="key-value pairs per prompt (default: 4)")
-    parser.add_argument("--position-loss", action="store_true",
-                        help="mean loss per position bucket on --long-text sequences")
-    parser.add_argument("--position-length", type=int, metavar="L", default=4096,
-                        help="tokens per sequence (default: 4096)")
-    parser.add_argument("--position-sequences", type=int, metavar="N", default=20,
-                        help="sequences scored (default: 20)")
-    parser.add_argument("--position-buckets", type=positive_int_list, metavar="E1,E2,...",
-                        help="first position of each bucket after 1-63 (default: 64,256,1024,... below the length)")
-    parser.add_argument("--repeat-recall", type=positive_int_list, nargs="?", const=REPEAT_GAPS, metavar="D1,D2,...",
-                        help="repeated-span recall at these distances in tokens (default: 256,512,1024,2048,4096; "
-                        "needs --long-text)")
-    parser.add_argument("--repeat-trials", type=int, metavar="N", default=20,
-                        help="paragraphs per distance (default: 20)")
-    parser.add_argument("--long-text", nargs="+", metavar="FILE",
-                        help="text for --multikey, --position-loss and --repeat-recall (.txt or .jsonl)")
-    parser.add_argument("--tokenizer", help="tokenizer directory (default: the model's own)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda if available)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", help="--model: write the results JSON here")
-    parser.add_argument("--output-dir", help="--compare: write report.json, report.md and the plots (PNG) "
-                        "here (default: eval-report)")
+    fields = {f.name: f for f in file_fields(_CONFIG_SOURCE, "EvalConfig")}
+    docs = {name: f.doc for name, f in fields.items()}
+    values = {name: "[]" if f.default.startswith("field(default_factory=") else f.default for name, f in fields.items()}
+    parser.add_argument("--config", metavar="FILE.yaml", help="evaluation config (YAML); keys as in EvalConfig "
+                        "(liger/eval/config.py)")
+    for flag, (key, options) in FLAGS.items():
+        parser.add_argument(flag, dest=f"eval_{key}", default=None, help=_help(docs[key], values[key], options),
+                            **options)
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. limit=50")
     parser.set_defaults(run=run)
 
 
+def resolve_config(args: argparse.Namespace):
+    """Defaults < YAML < flags < ``key=value`` overrides."""
+    from ..eval.config import load_eval_config
+
+    settings = {key: getattr(args, f"eval_{key}") for key, _ in FLAGS.values()
+                if getattr(args, f"eval_{key}") is not None}
+    return load_eval_config(args.config, args.overrides, settings)
+
+
 def run(args: argparse.Namespace) -> int:
+    cfg = resolve_config(args)  # every setting checked once, before anything heavy is imported
     import torch
 
     from liger.eval.harness import resolve_tasks
@@ -106,56 +128,29 @@ def run(args: argparse.Namespace) -> int:
     from liger.eval.models import load_checkpoint, load_tokenizer
     from liger.eval.report import compare, markdown, measure, provenance, write_report
 
-    if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit must be >= 1, got {args.limit}")
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    for flag in ("passkey_trials", "multikey_trials", "multikey_pairs", "position_sequences", "repeat_trials"):
-        if getattr(args, flag) < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    if args.position_length < 2:
-        raise ValueError(f"--position-length must be >= 2, got {args.position_length}")
-    needs_text = [flag for flag, on in (("--multikey", args.multikey), ("--position-loss", args.position_loss),
-                                        ("--repeat-recall", args.repeat_recall)) if on]
-    if needs_text and not args.long_text:
-        raise ValueError(f"{', '.join(needs_text)} need{'s' if len(needs_text) == 1 else ''} --long-text FILE...")
-    if args.long_text and not needs_text:
-        raise ValueError("--long-text is read by --multikey, --position-loss and --repeat-recall; none was given")
-    if args.ppl_context < 2 or not 1 <= args.ppl_stride <= args.ppl_context:
-        raise ValueError(f"need --ppl-context >= 2 and 1 <= --ppl-stride <= --ppl-context, got "
-                         f"{args.ppl_context} and {args.ppl_stride}")
-    if args.output and args.compare:
-        raise ValueError("--output is for --model; --compare writes to --output-dir")
-    if args.output_dir and args.model:
-        raise ValueError("--output-dir is for --compare; --model writes to --output")
-    tasks = args.tasks
-    if tasks is None and not args.ppl and not args.passkey and not needs_text:
-        tasks = "offline"
+    tasks = cfg.resolved_tasks
     if tasks:
-        resolve_tasks(tasks, args.include_path)  # unknown names fail before any model is loaded
-    for path in args.ppl or []:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"no text file at '{path}'")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        resolve_tasks(tasks, cfg.include_path)  # unknown names fail before any model is loaded
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    options = dict(tasks=tasks, limit=args.limit, batch_size=args.batch_size, include_path=args.include_path,
-                   ppl_files=args.ppl or (), ppl_context=args.ppl_context, ppl_stride=args.ppl_stride,
-                   ppl_max_tokens=args.ppl_max_tokens, passkey_lengths=args.passkey or (),
-                   passkey_trials=args.passkey_trials, seed=args.seed, long_text=args.long_text or None,
-                   multikey_lengths=args.multikey or (), multikey_trials=args.multikey_trials,
-                   multikey_pairs=args.multikey_pairs,
-                   position_length=args.position_length if args.position_loss else None,
-                   position_sequences=args.position_sequences, position_edges=args.position_buckets,
-                   repeat_gaps=args.repeat_recall or (), repeat_trials=args.repeat_trials)
+    options = dict(tasks=tasks, limit=cfg.limit, batch_size=cfg.batch_size, include_path=cfg.include_path,
+                   ppl_files=cfg.ppl, ppl_context=cfg.ppl_context, ppl_stride=cfg.ppl_stride,
+                   ppl_max_tokens=cfg.ppl_max_tokens, passkey_lengths=cfg.passkey,
+                   passkey_trials=cfg.passkey_trials, seed=cfg.seed, long_text=cfg.long_text or None,
+                   multikey_lengths=cfg.multikey, multikey_trials=cfg.multikey_trials,
+                   multikey_pairs=cfg.multikey_pairs,
+                   position_length=cfg.position_length if cfg.position_loss else None,
+                   position_sequences=cfg.position_sequences, position_edges=cfg.position_buckets,
+                   repeat_gaps=cfg.repeat_recall, repeat_trials=cfg.repeat_trials)
     config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()}
-    config.update(device=device, dtype=args.dtype)
+    config.update(device=device, dtype=cfg.dtype)
 
-    if args.compare:
-        report = compare(args.compare[0], args.compare[1:], device=device, dtype=args.dtype,
-                         tokenizer=args.tokenizer, **options)
+    if cfg.compare:
+        report = compare(cfg.compare[0], cfg.compare[1:], device=device, dtype=cfg.dtype,
+                         tokenizer=cfg.tokenizer, **options)
         report["config"] = config
-        report["provenance"] = provenance(device, seed=args.seed, limit=args.limit)
-        paths = write_report(report, args.output_dir or "eval-report")
+        report["provenance"] = provenance(device, seed=cfg.seed, limit=cfg.limit)
+        paths = write_report(report, cfg.output_dir or "eval-report")
         print(markdown(report))
         print("wrote " + ", ".join(str(p) for p in paths.values()))
         return 1 if any(m["skipped"] for m in report["models"].values()) else 0
@@ -165,11 +160,11 @@ def run(args: argparse.Namespace) -> int:
                                             "multikey_trials", "multikey_pairs", "position_length",
                                             "position_sequences", "position_edges", "repeat_gaps", "repeat_trials")}
     corpus = None
-    if args.passkey or needs_text:
-        corpus = check_long_context(load_tokenizer(args.model, args.tokenizer), args.long_text, **long_options)
-    loaded = load_checkpoint(args.model, dtype=args.dtype, device=device, tokenizer=args.tokenizer)
-    result = {"model": args.model, **measure(loaded.model, loaded.tokenizer, **dict(options, long_text=corpus)),
-              "config": config, "provenance": provenance(device, seed=args.seed, limit=args.limit)}
+    if cfg.passkey or cfg.needs_text:
+        corpus = check_long_context(load_tokenizer(cfg.model, cfg.tokenizer), cfg.long_text or None, **long_options)
+    loaded = load_checkpoint(cfg.model, dtype=cfg.dtype, device=device, tokenizer=cfg.tokenizer)
+    result = {"model": cfg.model, **measure(loaded.model, loaded.tokenizer, **dict(options, long_text=corpus)),
+              "config": config, "provenance": provenance(device, seed=cfg.seed, limit=cfg.limit)}
     for name, r in result["tasks"].items():
         err = f" ± {r['stderr']:.4f}" if r["stderr"] is not None else ""
         print(f"{name:28s} {r['metric']:>9s} {r['value']:.4f}{err}  ({r['samples']} docs, {r['num_fewshot']}-shot)")
@@ -180,11 +175,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"perplexity {p['ppl']:.3f} on {path} ({p['tokens']} tokens)")
     print_long_context(result)
     text = json.dumps(result, indent=2, default=str) + "\n"
-    if args.output:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        with open(args.output, "w") as f:
+    if cfg.output:
+        os.makedirs(os.path.dirname(os.path.abspath(cfg.output)), exist_ok=True)
+        with open(cfg.output, "w") as f:
             f.write(text)
-        print(f"wrote {args.output}")
+        print(f"wrote {cfg.output}")
     for name, why in result["skipped"].items():
         print(f"liger eval: task '{name}' skipped: {why}", file=sys.stderr)
     return 1 if result["skipped"] else 0

@@ -67,8 +67,10 @@ def test_compare_report_has_a_table_and_a_plot_per_measure(teacher_dir, text_fil
 
 
 def test_bare_flags_take_the_default_lengths():
-    args = build_parser().parse_args(["eval", "--model", "m", "--passkey", "--multikey", "--repeat-recall",
-                                      "--position-loss", "--long-text", "a.txt"])
+    from liger.commands.eval import resolve_config
+
+    args = resolve_config(build_parser().parse_args(["eval", "--model", "m", "--passkey", "--multikey",
+                                                     "--repeat-recall", "--position-loss", "--long-text", "a.txt"]))
     assert args.passkey == args.multikey == [1024, 2048, 4096, 8192]
     assert args.repeat_recall == [256, 512, 1024, 2048, 4096] and args.passkey_trials == 20
     assert (args.position_length, args.position_sequences, args.multikey_pairs, args.repeat_trials) == (4096, 20, 4, 20)
