@@ -6,12 +6,14 @@
 #
 #   here:      bash benchmarks/lease.sh prepare            # .lease/part-a (GGUF half 1 + wheels), .lease/part-b
 #   call 1:    bash benchmarks/lease.sh stash  part-a      # (carry .lease/part-a) kept in /root/lease
-#   call 2:    bash benchmarks/lease.sh start part-b STUDENTS TIME_LIMIT_S   # (carry .lease/part-b) background run
+#   call 2:    bash benchmarks/lease.sh start part-b STUDENTS TIME_LIMIT_S [BASELINES [BENCH_S]]  # (carry part-b)
 #   call 3..:  bash benchmarks/lease.sh wait SECONDS       # progress; when done, the results land in $OUT
 #
-# The background run (`pipeline`): GPU tests of the memory mechanisms, `reproduce.py train` of every student at
-# once (one process each, TIME_LIMIT_S each: a student stopped there keeps its last checkpoint's adapter), then
-# `reproduce.py longctx` on the GPU, then a tarball of the small files (summaries, metrics, adapters, reports).
+# The background run (`pipeline`): the GPU test tier and the long-context measures of the teacher and the
+# zero-training BASELINES (default teacher,swa:64:4; e.g. teacher,swa:64:4,swa:64:4:256) while `reproduce.py
+# train` trains every student at once (one process each, TIME_LIMIT_S each: a student stopped there keeps its
+# last checkpoint's adapter), then `reproduce.py longctx` of the students on the GPU, then, with BENCH_S > 0,
+# `benchmarks/gpu_check.py --skip-tests --budget BENCH_S` alone on the GPU (the speed measures of docs/gpu.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LEASE=${LEASE:-/root/lease}
@@ -42,6 +44,7 @@ start)  # call 2: assemble, install, then the pipeline in the background (it out
     "$LEASE"/*.whl
   tar -xJf "$LEASE/corpus.tar.xz" -C "$LEASE"
   echo "$3" > "$LEASE/students" && echo "$4" > "$LEASE/time_limit"
+  echo "${5:-teacher,swa:64:4}" > "$LEASE/baselines" && echo "${6:-0}" > "$LEASE/bench_budget"
   setsid nohup bash benchmarks/lease.sh pipeline > "$LEASE/out/pipeline.log" 2>&1 < /dev/null &
   sleep 60; tail -n 20 "$LEASE/out/pipeline.log"
   ;;
@@ -53,21 +56,27 @@ pipeline)  # the background run (started by `start`)
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$LEASE/out/gpu.txt" || true
   python3 -c "import torch, transformers, triton, fla; print(torch.__version__, transformers.__version__, triton.__version__, fla.__version__)" \
     >> "$LEASE/out/gpu.txt" || true
-  (python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_memory_gpu.py tests/gpu/test_kernels.py \
+  (python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu -rfE --durations=10 \
      > "$LEASE/out/gpu_tests.log" 2>&1; echo "exit $?" >> "$LEASE/out/gpu_tests.log") &
   tests=$!
   students=$(cat "$LEASE/students")
   n=$(echo "$students" | tr ',' '\n' | grep -c .)
   # the teacher's and the zero-training baseline's long-context measures need no student: alongside the training
-  python3 benchmarks/reproduce.py longctx --corpus "$corpus" --runs "$LEASE/runs" --models teacher,swa:64:4 \
+  python3 benchmarks/reproduce.py longctx --corpus "$corpus" --runs "$LEASE/runs" --models "$(cat "$LEASE/baselines")" \
     --scratch "$LEASE/scratch" --output "$LEASE/runs/longctx-baselines.json" --device cuda > "$LEASE/out/longctx-baselines.log" 2>&1 &
   baselines=$!
   TOKENIZERS_PARALLELISM=true python3 benchmarks/reproduce.py train --corpus "$corpus" --students "$students" --gpus 1 --per-gpu "$n" \
     --out "$LEASE/runs" --scratch "$LEASE/scratch" --timeout "$(cat "$LEASE/time_limit")" || true
-  python3 benchmarks/reproduce.py longctx --corpus "$corpus" --runs "$LEASE/runs" --models "$students" \
-    --scratch "$LEASE/scratch" --output "$LEASE/runs/longctx-students.json" --device cuda || true
+  # at most LONGCTX_S (default 360 s) for the students' measures: each model's part is kept as it ends
+  timeout "${LONGCTX_S:-360}" python3 benchmarks/reproduce.py longctx --corpus "$corpus" --runs "$LEASE/runs" \
+    --models "$students" --scratch "$LEASE/scratch" --output "$LEASE/runs/longctx-students.json" --device cuda || true
   wait "$baselines" || true
   wait "$tests" || true
+  pkill -f "reproduce.py _longctx" || true
+  if [ "$(cat "$LEASE/bench_budget")" -gt 0 ]; then  # alone on the GPU: nothing else runs now
+    python3 benchmarks/gpu_check.py --out "$LEASE/runs/gpu_check" --skip-tests --budget "$(cat "$LEASE/bench_budget")" \
+      --batch1-budget 90 --serve-budget 150 > "$LEASE/out/gpu_check.log" 2>&1 || true
+  fi
   touch "$LEASE/out/done"
   ;;
 wait)  # call 3..: progress; what the runs folder holds now (summaries, adapters, measures) lands in $OUT
@@ -85,7 +94,8 @@ print(s['student'], s.get('status'), s.get('steps'), s.get('final_val_loss'), s.
   fi
   ;;
 *)
-  echo "usage: bash benchmarks/lease.sh prepare | stash PART | start PART STUDENTS TIME_LIMIT_S | wait SECONDS" >&2
+  echo "usage: bash benchmarks/lease.sh prepare | stash PART | start PART STUDENTS TIME_LIMIT_S [BASELINES [BENCH_S]]" \
+    "| wait SECONDS" >&2
   exit 2
   ;;
 esac

@@ -190,8 +190,10 @@ def cmd_longctx(args) -> int:
     results page by ``eval --long-context``."""
     runs = Path(args.runs).expanduser().resolve()
     if args.models is not None:  # an explicit list: "teacher", baselines, student names
+        from liger.eval.models import is_student_spec
+
         specs = [m for m in args.models.split(",") if m]
-        students = [m for m in specs if m != "teacher" and m not in LONGCTX_BASELINES]
+        students = [m for m in specs if m != "teacher" and not is_student_spec(m)]  # zero-training specs aside
         if students:
             parse_students(",".join(students))
             trained = evaluated_students(runs, students)

@@ -8,6 +8,9 @@ A model spec is one of
   arXiv 2608.28444, whose setting is ``swa:64:4``). Built as a Liger conversion whose linear branch has
   weight 0, which computes exactly that attention (tests/eval/test_models.py checks it against the teacher
   run with the equivalent attention mask);
+* ``swa:W:S:G``: the same plus a bounded global cache of G tokens per layer and KV head (LoLA's sparse
+  memory, ``global_cache_size=G``: the tokens a freshly converted GLA state recalls worst once they leave the
+  window), still with no training and with decode memory independent of the context length;
 * ``convert:VARIANT``: the teacher freshly converted to Liger-VARIANT with the paper's defaults, not fine-tuned.
 """
 
@@ -35,29 +38,34 @@ def is_student_spec(spec: str) -> bool:
     return spec.startswith(("swa:", "convert:"))
 
 
-def parse_swa(spec: str) -> tuple[int, int]:
-    """``swa:W:S`` -> (W, S)."""
+def parse_swa(spec: str) -> tuple[int, int, int]:
+    """``swa:W:S`` or ``swa:W:S:G`` -> (W, S, G), G = 0 when not given."""
     parts = spec.split(":")
     try:
-        window, sinks = int(parts[1]), int(parts[2])
-        if len(parts) != 3 or window < 1 or sinks < 0:
+        if len(parts) not in (3, 4):
+            raise ValueError
+        window, sinks, size = int(parts[1]), int(parts[2]), int(parts[3]) if len(parts) == 4 else 0
+        if window < 1 or sinks < 0 or size < 0:
             raise ValueError
     except (ValueError, IndexError):
         raise ValueError(f"'{spec}' is not a valid sliding-window student: use swa:W:S with W >= 1 keys and "
-                         f"S >= 0 sink tokens, e.g. swa:64:4") from None
-    return window, sinks
+                         f"S >= 0 sink tokens, e.g. swa:64:4 (or swa:W:S:G with G >= 0 global tokens)") from None
+    return window, sinks, size
 
 
-def sliding_window_student(teacher: PreTrainedModel, window: int, sinks: int) -> PreTrainedModel:
+def sliding_window_student(teacher: PreTrainedModel, window: int, sinks: int,
+                           global_cache_size: int = 0) -> PreTrainedModel:
     """The teacher attending to its ``window`` most recent keys (the current one included) plus the first
-    ``sinks`` tokens, in every layer, with no training. Copies the teacher's weights."""
+    ``sinks`` tokens, in every layer, with no training; with ``global_cache_size`` G > 0 also to the G tokens
+    per KV head that the (unused, weight 0) GLA state recalls worst. Copies the teacher's weights."""
     import liger
 
-    return liger.convert(teacher, linear_weight=0.0, window_weight=1.0, window_size=window, num_sink_tokens=sinks)
+    return liger.convert(teacher, linear_weight=0.0, window_weight=1.0, window_size=window, num_sink_tokens=sinks,
+                         global_cache_size=global_cache_size)
 
 
 def build_student(spec: str, teacher: PreTrainedModel) -> PreTrainedModel:
-    """A zero-training student (``swa:W:S`` or ``convert:VARIANT``) of ``teacher``."""
+    """A zero-training student (``swa:W:S[:G]`` or ``convert:VARIANT``) of ``teacher``."""
     import liger
     from liger.models.configuration_liger import VARIANTS
 

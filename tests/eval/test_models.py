@@ -1,4 +1,5 @@
-"""The zero-training students: swa:W:S is exactly sliding-window + sink attention; convert:VARIANT; spec errors."""
+"""The zero-training students: swa:W:S is exactly sliding-window + sink attention; swa:W:S:G adds a global cache
+(with G past every token it is the teacher again); convert:VARIANT; spec errors."""
 
 import pytest
 import torch
@@ -26,6 +27,23 @@ def test_swa_student_equals_the_teacher_under_a_window_and_sink_mask(family, win
         assert (teacher(ids).logits - expected).abs().max() > 1e-3
 
 
+def test_swa_student_with_a_global_cache():
+    teacher = tiny_teacher("llama")
+    ids = torch.randint(0, 128, (2, 23), generator=torch.Generator().manual_seed(0))
+    assert parse_swa("swa:4:2") == (4, 2, 0) and parse_swa("swa:4:2:16") == (4, 2, 16)
+    with torch.no_grad():
+        full = teacher(ids).logits
+        windowed = build_student("swa:4:2", teacher).eval()(ids).logits
+        assert_close(build_student("swa:4:2:0", teacher).eval()(ids).logits, windowed, 0)
+        # a cache with room for every token that leaves the window keeps them all: the teacher's attention
+        student = build_student("swa:4:0:64", teacher).eval()
+        assert student.config.global_cache_size == 64 and student.config.linear_weight == 0
+        assert_close(student(ids).logits, full, 1e-5)
+        # a small one keeps some: between the two
+        some = build_student("swa:4:2:3", teacher).eval()(ids).logits
+        assert (some - windowed).abs().max() > 1e-4 and (some - full).abs().max() > 1e-4
+
+
 def test_convert_student_is_the_untrained_liger_model():
     teacher = tiny_teacher("llama")
     student = build_student("convert:hgrn2", teacher)
@@ -36,6 +54,7 @@ def test_convert_student_is_the_untrained_liger_model():
 
 
 @pytest.mark.parametrize("spec,message", [("swa:0:4", "not a valid sliding-window"), ("swa:64", "not a valid"),
+                                          ("swa:64:4:-1", "not a valid"), ("swa:64:4:8:1", "not a valid"),
                                           ("swa:a:b", "not a valid"), ("convert:lstm", "unknown Liger variant")])
 def test_bad_student_specs(spec, message):
     with pytest.raises(ValueError, match=message):
