@@ -1,4 +1,4 @@
-"""LigerAttention against an independent, loop-by-loop transcription of the method (spec §3-§7)."""
+"""LigerAttention against an independent, loop-by-loop transcription of the method (docs/method.md, "Liger attention (one layer)" and "Variants")."""
 
 import pytest
 import torch
