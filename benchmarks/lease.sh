@@ -62,7 +62,8 @@ pipeline)  # the background run (started by `start`)
   students=$(cat "$LEASE/students")
   n=$(echo "$students" | tr ',' '\n' | grep -c .)
   # the teacher's and the zero-training baseline's long-context measures need no student: alongside the training
-  python3 benchmarks/reproduce.py longctx --corpus "$corpus" --runs "$LEASE/runs" --models "$(cat "$LEASE/baselines")" \
+  timeout "${BASELINES_S:-900}" python3 benchmarks/reproduce.py longctx --corpus "$corpus" --runs "$LEASE/runs" \
+    --models "$(cat "$LEASE/baselines")" \
     --scratch "$LEASE/scratch" --output "$LEASE/runs/longctx-baselines.json" --device cuda > "$LEASE/out/longctx-baselines.log" 2>&1 &
   baselines=$!
   TOKENIZERS_PARALLELISM=true python3 benchmarks/reproduce.py train --corpus "$corpus" --students "$students" --gpus 1 --per-gpu "$n" \
