@@ -68,11 +68,11 @@ def _window_fwd(
 
 @triton.jit
 def _window_bwd_dq(
-    Q, K, V, VALID, O, DO, LSE, DELTA, DQ,
+    Q, K, V, VALID, O, DO, LSE, DLSE, DELTA, DQ,
     sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sob, sot, soh, s_valid_b,
     Tq, Tk, HQ, G, scale,
     W: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-    N_ITERS: tl.constexpr, HAS_VALID: tl.constexpr,
+    N_ITERS: tl.constexpr, HAS_VALID: tl.constexpr, HAS_DLSE: tl.constexpr,
 ):
     # q, dq share q's strides; o, do share o's strides (both are made contiguous [B, Tq, HQ, D])
     pid_m = tl.program_id(0)
@@ -90,6 +90,8 @@ def _window_bwd_dq(
     do = tl.load(DO + o_off, mask=qmask, other=0.0)
     o = tl.load(O + o_off, mask=qmask, other=0.0)
     delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
+    if HAS_DLSE:  # the log-sum-exp is an output too: d lse / d s = p, so its gradient joins delta with a minus
+        delta -= tl.load(DLSE + pid_bh * Tq + offs_m, mask=offs_m < Tq, other=0.0)
     tl.store(DELTA + pid_bh * Tq + offs_m, delta, mask=offs_m < Tq)
     lse = tl.load(LSE + pid_bh * Tq + offs_m, mask=offs_m < Tq, other=0.0)
     dq = tl.zeros([BM, BD], tl.float32)

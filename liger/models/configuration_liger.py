@@ -114,9 +114,6 @@ class LigerConfig(PretrainedConfig):
             fail("linear_backend", f"must be one of {', '.join(BACKENDS)}", self.linear_backend)
         if self.window_backend not in WINDOW_BACKENDS:
             fail("window_backend", f"must be one of {', '.join(WINDOW_BACKENDS)}", self.window_backend)
-        if self.window_backend == "triton" and self.num_sink_tokens:
-            fail("window_backend", "'triton' has no attention sinks (use 'sdpa' or 'auto' with num_sink_tokens)",
-                 self.window_backend)
         if self.linear_normalizer not in LINEAR_NORMALIZERS:
             fail("linear_normalizer", f"must be one of {', '.join(LINEAR_NORMALIZERS)}", self.linear_normalizer)
         if self.linear_normalizer == "sum" and self.variant in ("gsa", "mlstm", "gated_deltanet"):
@@ -134,9 +131,6 @@ class LigerConfig(PretrainedConfig):
         if self.global_cache_size and self.window_weight == 0:
             fail("global_cache_size", "needs the window branch (window_weight != 0), whose softmax attends it",
                  self.global_cache_size)
-        if self.global_cache_size and self.window_backend == "triton":
-            fail("window_backend", "'triton' has no global cache (use 'sdpa' or 'auto' with global_cache_size)",
-                 self.window_backend)
         if not is_int(self.window_size) or self.window_size < 1:
             fail("window_size", "must be an integer >= 1", self.window_size)
         if not is_int(self.num_sink_tokens) or self.num_sink_tokens < 0:

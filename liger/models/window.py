@@ -485,23 +485,21 @@ def sliding_window_attention(
     extra: ExtraKeys | None = None,
 ) -> torch.Tensor:
     """Dispatch: ``"torch"`` = :func:`window_attention` (any device); ``"triton"`` =
-    :func:`liger.models.triton_window.triton_window_attention` (CUDA, no sinks; the CUDA default);
-    ``"sdpa"`` = :func:`sdpa_window_attention` (fused SDPA blocks; the CUDA default with sinks); ``"flex"`` =
-    compiled :func:`flex_window_attention` (CUDA). If FlexAttention cannot be compiled here, a warning is
-    logged once and the torch op is used from then on (eager FlexAttention would materialise every score).
-    ``extra`` keys (the global cache) run on ``"sdpa"`` where a CUDA backend is asked for, ``"torch"`` otherwise."""
+    :func:`liger.models.triton_window.triton_window_attention` (CUDA; the CUDA default without sinks and
+    global cache; with them, the window in the kernels and the few outside keys merged in PyTorch through the
+    log-sum-exp); ``"sdpa"`` = :func:`sdpa_window_attention` (fused SDPA blocks; the CUDA default with sinks or
+    a global cache); ``"flex"`` = compiled :func:`flex_window_attention` (CUDA). If FlexAttention cannot be
+    compiled here, a warning is logged once and the torch op is used from then on (eager FlexAttention would
+    materialise every score). ``extra`` keys (the global cache) run on ``"sdpa"`` where ``"flex"`` is asked
+    for."""
+    if backend == "triton":
+        if triton_supports(q, k, v):
+            return triton_window_attention(q, k, v, window_size, scale, key_valid, sinks, extra)
+        backend = "sdpa"  # tensors too large for the kernels' 32-bit indexing, or head dims above 256
     if extra is not None:
-        if backend in ("triton", "flex"):
-            backend = "sdpa"
-        if backend == "sdpa":
+        if backend in ("flex", "sdpa"):
             return sdpa_window_attention(q, k, v, window_size, scale, key_valid, sinks, extra.block_size, extra)
         return window_attention(q, k, v, window_size, scale, key_valid, sinks, extra.block_size, extra)
-    if backend == "triton":
-        if sinks is not None and sinks.k.shape[1]:
-            raise ValueError("the Triton window kernels take no sinks; use backend 'sdpa'")
-        if triton_supports(q, k, v):
-            return triton_window_attention(q, k, v, window_size, scale, key_valid)
-        backend = "sdpa"  # tensors too large for the kernels' 32-bit indexing, or head dims above 256
     if backend == "sdpa":
         return sdpa_window_attention(q, k, v, window_size, scale, key_valid, sinks)
     if backend == "flex" and not _compiled_flex.failed:

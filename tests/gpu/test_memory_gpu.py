@@ -9,7 +9,7 @@ import liger
 from liger.models import compiling
 from liger.models.global_cache import ExtraKeys
 from liger.models.variants import get_recurrence
-from liger.models.window import naive_window_attention, sliding_window_attention
+from liger.models.window import Sinks, naive_window_attention, sliding_window_attention
 from tests.conftest import assert_close
 from tests.gpu.conftest import gpu_teacher, left_padded, positions
 from tests.gpu.test_model_gpu import TOL, assert_no_fallback, options
@@ -42,8 +42,9 @@ def test_sum_normaliser_and_recall_on_fla_match_torch(variant, dtype):
     assert_no_fallback()
 
 
+@pytest.mark.parametrize("backend", ["triton", "sdpa"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_sdpa_window_with_global_keys_matches_dense_reference(dtype):
+def test_window_with_sinks_and_global_keys_matches_dense_reference(dtype, backend):
     torch.manual_seed(4)
     B, T, H, G, D, W, E, bq = 2, 200, 3, 3, 64, 16, 24, 64
     nb = -(-T // bq)
@@ -53,21 +54,26 @@ def test_sdpa_window_with_global_keys_matches_dense_reference(dtype):
     visible = torch.rand(B, nb, H, bq, E, device="cuda") < 0.5
     valid = torch.ones(B, T, dtype=torch.bool, device="cuda")
     valid[1, :30] = False
-    leaves = [x.clone().requires_grad_() for x in (q, k, v, ek, ev)]
-    ref_leaves = [x.double().requires_grad_() for x in (q, k, v, ek, ev)]
-    out = sliding_window_attention(*leaves[:3], W, 0.125, valid, None, backend="triton",  # -> sdpa with extra keys
-                                   extra=ExtraKeys(leaves[3], leaves[4], visible, bq))
-    ref = naive_window_attention(*ref_leaves[:3], W, 0.125, valid, None,
+    sk, sv = (torch.randn(B, 4, H, D, device="cuda").to(dtype) for _ in range(2))
+    index = torch.tensor([[0, 1, 2, 3], [30, 31, 32, 33]], device="cuda")
+    leaves = [x.clone().requires_grad_() for x in (q, k, v, ek, ev, sk, sv)]
+    ref_leaves = [x.double().requires_grad_() for x in (q, k, v, ek, ev, sk, sv)]
+    sink_valid = torch.ones(B, 4, dtype=torch.bool, device="cuda")
+    out = sliding_window_attention(*leaves[:3], W, 0.125, valid, Sinks(leaves[5], leaves[6], index, sink_valid),
+                                   backend=backend, extra=ExtraKeys(leaves[3], leaves[4], visible, bq))
+    ref = naive_window_attention(*ref_leaves[:3], W, 0.125, valid,
+                                 Sinks(ref_leaves[5], ref_leaves[6], index, sink_valid),
                                  extra=ExtraKeys(ref_leaves[3], ref_leaves[4], visible, bq))
     assert_close(out[valid], ref[valid], TOL[dtype], msg="output")
     w = torch.randn_like(ref) * valid[..., None, None]
     (out.double() * w).sum().backward()
     (ref * w).sum().backward()
-    for name, a, b in zip(("q", "k", "v", "global k", "global v"), leaves, ref_leaves):
+    for name, a, b in zip(("q", "k", "v", "global k", "global v", "sink k", "sink v"), leaves, ref_leaves):
         assert_close(a.grad, b.grad, TOL[dtype], msg=f"d{name}")
 
 
 @pytest.mark.parametrize("options", [dict(global_cache_size=8, num_sink_tokens=2),
+                                     dict(global_cache_size=8, num_sink_tokens=2, window_backend="triton"),
                                      dict(global_cache_size=8, linear_normalizer="sum"),
                                      dict(global_cache_size=4, linear_weight=0.0, window_weight=1.0)])
 def test_model_with_global_cache_on_gpu_matches_cpu_reference_in_float32(options):

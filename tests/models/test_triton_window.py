@@ -90,17 +90,96 @@ def test_triton_window_kernels_match_torch_in_the_interpreter():
     for name, err in worst.items():
         assert err < 1e-5, (name, err)
 
+OUTSIDE_KEYS = textwrap.dedent('''
+    import torch
+    import liger
+    from liger.models.global_cache import ExtraKeys
+    from liger.models.window import Sinks, window_attention
+    from liger.models.triton_window import triton_window_attention
+    from tests.conftest import tiny_teacher
+
+    def rel(a, b):
+        return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+    torch.manual_seed(0)
+    worst = {}
+    # B, Tq, Tk, HQ, H, D, W, S sinks, E extra keys per block (0 = none), block size of the extra keys
+    cases = [(2, 100, 100, 6, 2, 32, 16, 3, 0, 64), (2, 70, 90, 4, 4, 16, 8, 0, 5, 16),
+             (1, 130, 130, 3, 1, 24, 64, 2, 7, 64), (2, 5, 40, 2, 1, 32, 8, 4, 3, 5)]
+    for B, Tq, Tk, HQ, H, D, W, S, E, bq in cases:
+        q = torch.randn(B, Tq, HQ, D, requires_grad=True)
+        k, v = (torch.randn(B, Tk, H, D, requires_grad=True) for _ in range(2))
+        valid = torch.ones(B, Tk, dtype=torch.bool)
+        valid[0, :7] = False
+        sinks = extra = None
+        leaves = []
+        if S:
+            sk, sv = (torch.randn(B, S, H, D, requires_grad=True) for _ in range(2))
+            index = torch.arange(S).repeat(B, 1) - (Tk - Tq) + torch.tensor([[7], [0]][:B])
+            sinks = Sinks(sk, sv, index, torch.rand(B, S) > 0.2)
+            leaves += [sk, sv]
+        if E:
+            nb = -(-Tq // bq)
+            ek, ev = (torch.randn(B, nb, E, H, D, requires_grad=True) for _ in range(2))
+            visible = torch.rand(B, nb, H, bq, E) > 0.4
+            extra = ExtraKeys(ek, ev, visible, bq)
+            leaves += [ek, ev]
+        out = triton_window_attention(q, k, v, W, 0.3, valid, sinks, extra)
+        ref = window_attention(q, k, v, W, 0.3, valid, sinks, bq if E else 64, extra)
+        real = valid[:, Tk - Tq:]
+        assert out.shape == ref.shape and out.is_contiguous()
+        worst["output"] = max(worst.get("output", 0), rel(out[real], ref[real]))
+        w = torch.randn_like(out) * real[..., None, None]
+        inputs = (q, k, v, *leaves)
+        for i, (a, b) in enumerate(zip(torch.autograd.grad(out, inputs, w), torch.autograd.grad(ref, inputs, w))):
+            name = "d" + ("qkv"[i] if i < 3 else "outside")
+            worst[name] = max(worst.get(name, 0), rel(a, b))
+
+    # a whole model with sinks and a global cache: training loss and gradients, prefill with a cache, decoding
+    teacher = tiny_teacher("llama")
+    models = {b: liger.convert(teacher, window_size=8, num_sink_tokens=2, global_cache_size=4, window_backend=b,
+                               linear_backend="torch") for b in ("triton", "torch")}
+    x = torch.randint(0, 128, (2, 40))
+    mask = torch.ones_like(x)
+    mask[1, :9] = 0
+    pos = (mask.cumsum(1) - 1).clamp_min(0)
+    after_padding = torch.cat([torch.zeros_like(mask[:, :1]), mask[:, :-1]], 1) == 0
+    labels = x.masked_fill((mask == 0) | after_padding, -100)
+    out = {}
+    for b, m in models.items():
+        o = m(x, attention_mask=mask, position_ids=pos, labels=labels)
+        o.loss.backward()
+        out[b] = (o.logits, [p.grad for p in m.parameters() if p.grad is not None])
+    real = mask.bool()
+    worst["model logits"] = rel(out["triton"][0][real], out["torch"][0][real])
+    worst["model grads"] = max(rel(a, b) for a, b in zip(out["triton"][1], out["torch"][1]))
+    with torch.no_grad():
+        full = models["torch"](x, attention_mask=mask, position_ids=pos).logits
+        m = models["triton"]
+        o = m(x[:, :30], attention_mask=mask[:, :30], position_ids=pos[:, :30], use_cache=True)
+        cache, steps = o.past_key_values, [o.logits]
+        for t in range(30, 34):
+            steps.append(m(x[:, t:t + 1], attention_mask=mask[:, :t + 1], position_ids=pos[:, t:t + 1],
+                           past_key_values=cache).logits)
+        steps.append(m(x[:, 34:], attention_mask=mask, position_ids=pos[:, 34:], past_key_values=cache).logits)
+    worst["cached"] = rel(torch.cat(steps, 1)[real], full[real])
+    print("WORST", worst)
+''')
 
 
-def test_triton_window_backend_refuses_sinks():
-    with pytest.raises(ValueError, match="window_backend 'triton' has no attention sinks"):
-        liger.convert(tiny_teacher("llama"), window_backend="triton", num_sink_tokens=4)
-    from liger.models.window import sliding_window_attention
+@needs_triton
+def test_triton_window_with_sinks_and_extra_keys_matches_torch_in_the_interpreter():
+    """Sinks and the global cache's keys merged with the kernels' window through the log-sum-exp: outputs and
+    gradients (the kernels' lse gradient included) equal the banded torch op, in an op and in a model."""
+    worst = run_in_triton_interpreter(OUTSIDE_KEYS)
+    assert set(worst) == {"output", "dq", "dk", "dv", "doutside", "model logits", "model grads", "cached"}
+    for name, err in worst.items():
+        assert err < 1e-5, (name, err)
 
-    q = torch.randn(1, 4, 2, 8)
-    sinks = Sinks(q[:, :1], q[:, :1], torch.zeros(1, 1, dtype=torch.long), torch.ones(1, 1, dtype=torch.bool))
-    with pytest.raises(ValueError, match="no sinks"):
-        sliding_window_attention(q, q, q, 2, 1.0, None, sinks, backend="triton")
+
+def test_triton_window_backend_takes_sinks():
+    model = liger.convert(tiny_teacher("llama"), window_backend="triton", num_sink_tokens=4, global_cache_size=8)
+    assert model.config.window_backend == "triton"
 
 
 def test_window_backend_auto_picks_the_torch_op_on_cpu():
