@@ -80,8 +80,9 @@ class LigerConfig(PretrainedConfig):
     (fla when the tensors are on CUDA and fla is installed, torch otherwise)."""
     window_backend: WindowBackend = "auto"
     """Window-branch kernels for multi-token calls: "torch" (banded PyTorch op, any device), "triton" (Liger's
-    Triton kernels, CUDA, no sinks), "sdpa" (fused SDPA over query blocks), "flex" (FlexAttention, CUDA), or
-    "auto" (on CUDA unless linear_backend is "torch": triton, or sdpa when there are sinks; torch otherwise)."""
+    Triton kernels, CUDA; sinks and global-cache keys merged through the kernels' log-sum-exp), "sdpa" (fused
+    SDPA over query blocks), "flex" (FlexAttention, CUDA), or "auto" (on CUDA unless linear_backend is "torch":
+    triton, or sdpa when there are sinks or a global cache; torch otherwise)."""
     full_attention_layers: list[int] = field(default_factory=list)
     """Decoder layers that keep the teacher's full softmax attention (the inter-layer hybrid "-H")."""
     tie_word_embeddings: bool = False
