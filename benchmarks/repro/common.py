@@ -30,6 +30,10 @@ STUDENTS: dict[str, dict] = {
                                  "global_cache_size": 64}),
     "memory": dict(liger={"variant": "gla", "linear_normalizer": "sum", "global_cache_size": 64,
                           "num_sink_tokens": 4}, train={"data.max_length": 4096}),
+    # attention transfer (LoLCATs' stage 1) for the first quarter of the steps, then the usual LoRA objective
+    "gla-at": dict(liger={"variant": "gla"}, transfer_fraction=0.25),
+    "memory-at": dict(liger={"variant": "gla", "linear_normalizer": "sum", "global_cache_size": 64,
+                             "num_sink_tokens": 4}, train={"data.max_length": 4096}, transfer_fraction=0.25),
 }
 BASELINES = ("swa:64:4", "swa:64:0", "convert:gla")
 SEQUENCES_PER_STEP = 8

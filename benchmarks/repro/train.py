@@ -66,6 +66,8 @@ def student_config(name: str, corpus: Path, tokens: int, output: Path, model: st
     if tiny:  # a test of the code path: few records, a small validation split (no longer the held-out one)
         settings["data.val_records"] = min(manifest["val_records"], TINY["val_records"])
         settings["data.max_records"] = settings["data.val_records"] + TINY["max_records"]
+    if spec.get("transfer_fraction"):  # that share of the steps (at least one) is attention transfer
+        settings["train.transfer_steps"] = max(1, round(spec["transfer_fraction"] * steps))
     settings.update(train)
     return load_config("liger-paper", settings=settings)
 

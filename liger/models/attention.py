@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cache import LayerBuffers, LigerCache, write_decoded_token
+from . import triton_decode
 from .compiling import CompiledOrEager
 from .global_cache import ExtraKeys, block_visibility, merge_leaver_, recall_error
 from .triton_common import is_available as triton_window_available
@@ -74,11 +75,25 @@ class DecodeSpec:
     needs_state: bool
     """Whether the recurrent state is stepped: for the recurrent branch's output, or for the global cache's
     scores when the branch is off."""
+    backend: str = "auto"
+    """``LigerConfig.decode_backend``: "triton" takes the fused kernel (:mod:`liger.models.triton_decode`) where
+    it covers the layer, "auto"/"torch" the PyTorch step below."""
 
 
 @functools.cache
-def decode_spec(recurrence, scaling, linear_weight, window_weight, needs_state) -> DecodeSpec:
-    return DecodeSpec(recurrence, scaling, linear_weight, window_weight, needs_state)
+def decode_spec(recurrence, scaling, linear_weight, window_weight, needs_state, backend="auto") -> DecodeSpec:
+    return DecodeSpec(recurrence, scaling, linear_weight, window_weight, needs_state, backend)
+
+
+def uses_fused_step(spec: DecodeSpec, q, v, buffers: LayerBuffers) -> bool:
+    """Whether :func:`decode_step_core` takes the fused Triton step for these inputs (``decode_backend`` "triton"
+    and a case the kernel covers; otherwise the PyTorch step, with the reason logged once)."""
+    if spec.backend != "triton":
+        return False
+    reason = triton_decode.unsupported_reason(spec, q, v, buffers)
+    if reason is not None:
+        triton_decode.log_fallback_once(reason)
+    return reason is None
 
 
 def decode_step_core(spec: DecodeSpec, q, k, v, q_lin, k_lin, cos, sin, valid, buffers: LayerBuffers) -> torch.Tensor:
@@ -93,7 +108,13 @@ def decode_step_core(spec: DecodeSpec, q, k, v, q_lin, k_lin, cos, sin, valid, b
         The mixed attention output ``[B, 1, HQ, D]`` in ``q.dtype``. Shapes are fixed, nothing is allocated
         beyond temporaries and nothing is read back to the host, so the step can be captured in a CUDA graph;
         it computes what the eager path (window concatenation + recurrent step) computes.
+
+    With ``decode_backend="triton"`` the fused kernel (:func:`liger.models.triton_decode.fused_decode_step`, two
+    launches) computes the step where it covers the layer; the PyTorch code below is the reference it is tested
+    against, and what runs otherwise.
     """
+    if uses_fused_step(spec, q, v, buffers):
+        return triton_decode.fused_decode_step(spec, q, k, v, q_lin, k_lin, cos, sin, valid, buffers)
     b = buffers
     o_rec = o_win = None
     if spec.needs_state:
@@ -137,8 +158,17 @@ _compiled_core = CompiledOrEager(decode_step_core, "decode_step")
 
 def run_decode_step_core(compiled: bool, *args) -> torch.Tensor:
     """:func:`decode_step_core`, through ``torch.compile`` when ``compiled`` (one graph serves every layer:
-    the spec and the recurrence are shared instances; eager again if compilation fails)."""
-    return _compiled_core(*args) if compiled else decode_step_core(*args)
+    the spec and the recurrence are shared instances; eager again if compilation fails). The fused Triton step
+    is called as it is: it is two launches already."""
+    spec, q, v, buffers = args[0], args[1], args[3], args[-1]
+    if compiled and not uses_fused_step(spec, q, v, buffers):
+        return _compiled_core(*args)
+    return decode_step_core(*args)
+
+
+def _base_layer(module: nn.Module) -> nn.Module:
+    """The pretrained module under a peft LoRA wrapper (the module itself when it has no adapter)."""
+    return getattr(module, "base_layer", module)
 
 
 def rope_pair(q, k, cos, sin):
@@ -178,16 +208,20 @@ class LigerAttention(nn.Module):
         self.use_qk_norm_in_linear = config.use_qk_norm_in_linear
         self.backend = config.linear_backend
         self.window_backend = config.window_backend
+        self.decode_backend = config.decode_backend
         self.global_cache_size = config.global_cache_size
         self.recurrence = get_recurrence(config)
         self.needs_state = self.linear_weight != 0 or bool(self.global_cache_size)
         self.decode_spec = decode_spec(self.recurrence, float(self.scaling), self.linear_weight, self.window_weight,
-                                       self.needs_state)
+                                       self.needs_state, self.decode_backend)
         self.teacher_window = teacher_window
         """The teacher's own attention window in this layer (None = full causal attention)."""
         self.teacher_mode = False
         """When True the layer computes the teacher's softmax attention from the same projections (see
         ``LigerForCausalLM.teacher_mode``): no recurrence, no Liger window, no cache."""
+        self.transfer_losses: list | None = None
+        """While a list (``LigerForCausalLM.attention_transfer``): the layer appends the MSE between its Liger output
+        and the teacher attention's output on the same input, and passes the teacher's output on."""
 
     def forward(
         self,
@@ -201,26 +235,64 @@ class LigerAttention(nn.Module):
     ) -> tuple[torch.Tensor, None]:
         if past_key_values is None:  # transformers >= 5.24's decoder layers pass it as `cache`
             past_key_values = kwargs.get("cache")
+        if self.teacher_mode or self.transfer_losses is not None:
+            if past_key_values is not None:
+                raise RuntimeError("teacher_mode and attention_transfer are for full-sequence forwards; call the "
+                                   "model with use_cache=False")
+            if self.teacher_mode:
+                return self._teacher_output(hidden_states, position_embeddings, token_mask), None
+            return self._transfer(hidden_states, position_embeddings, token_mask), None
+        return self._liger_output(hidden_states, position_embeddings, token_mask, past_key_values, decode_step), None
+
+    def _project(self, hidden_states, base: bool = False):
+        """``q, k, v, q_lin, k_lin`` ``[B, T, heads, D]`` of the input; ``base``: through the pretrained
+        projections only (the modules peft wraps, without the LoRA deltas)."""
         B, T, _ = hidden_states.shape
         D = self.head_dim
-        q = self.q_proj(hidden_states).view(B, T, self.num_heads, D)
-        k = self.k_proj(hidden_states).view(B, T, self.num_key_value_heads, D)
-        v = self.v_proj(hidden_states).view(B, T, self.num_key_value_heads, D)
+        proj = _base_layer if base else (lambda m: m)
+        q = proj(self.q_proj)(hidden_states).view(B, T, self.num_heads, D)
+        k = proj(self.k_proj)(hidden_states).view(B, T, self.num_key_value_heads, D)
+        v = proj(self.v_proj)(hidden_states).view(B, T, self.num_key_value_heads, D)
         q_lin, k_lin = q, k
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
             if self.use_qk_norm_in_linear:
                 q_lin, k_lin = q, k
+        return q, k, v, q_lin, k_lin
+
+    def _teacher_output(self, hidden_states, position_embeddings, token_mask, base: bool = False):
+        """The teacher attention's output (after ``o_proj``) on this input."""
+        B, T, _ = hidden_states.shape
+        q, k, v, _, _ = self._project(hidden_states, base)
         cos, sin = position_embeddings
-        if self.teacher_mode:
-            if past_key_values is not None:
-                raise RuntimeError("teacher_mode is for full-sequence forwards; call the model with use_cache=False")
-            out = self._teacher_attention(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, token_mask)
-            return self.o_proj(out.reshape(B, T, self.num_heads * D)), None
+        out = self._teacher_attention(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, token_mask)
+        o_proj = _base_layer(self.o_proj) if base else self.o_proj
+        return o_proj(out.reshape(B, T, self.num_heads * self.head_dim))
+
+    def _transfer(self, hidden_states, position_embeddings, token_mask):
+        """Attention transfer (LoLCATs' stage 1, arXiv 2410.10254): record the MSE between this layer's Liger
+        output and the teacher's (the pretrained projections without LoRA deltas, softmax attention) on the same
+        input, and return the teacher's output, so that every layer sees the teacher's residual stream and
+        learns on its own (no gradient crosses layers)."""
+        x = hidden_states.detach()
+        with torch.no_grad():
+            target = self._teacher_output(x, position_embeddings, token_mask, base=True)
+        pred = self._liger_output(x, position_embeddings, token_mask, None, None)
+        err = (pred.float() - target.float()).pow(2).mean(-1)  # [B, T]
+        if token_mask is not None:
+            err = err[token_mask]
+        self.transfer_losses.append(err.mean())
+        return target
+
+    def _liger_output(self, hidden_states, position_embeddings, token_mask, past_key_values, decode_step):
+        B, T, _ = hidden_states.shape
+        D = self.head_dim
+        q, k, v, q_lin, k_lin = self._project(hidden_states)
+        cos, sin = position_embeddings
         cache = past_key_values.layers[self.layer_idx] if past_key_values is not None else None
         if decode_step is not None:
             out = self._decode_static(q, k, v, q_lin, k_lin, cos, sin, token_mask, cache, decode_step)
-            return self.o_proj(out.reshape(B, T, self.num_heads * D)), None
+            return self.o_proj(out.reshape(B, T, self.num_heads * D))
         decoding = cache is not None and cache.seen > 0
         single_token = decoding and T == 1
 
@@ -255,7 +327,7 @@ class LigerAttention(nn.Module):
             cache.commit(keys, values, key_valid, sinks, state, klin_keys, members)
 
         out = mix_branches(o_rec, o_win, self.linear_weight, self.window_weight, hidden_states.dtype)
-        return self.o_proj(out.reshape(B, T, self.num_heads * D)), None
+        return self.o_proj(out.reshape(B, T, self.num_heads * D))
 
     def _window_backend(self, fast: bool, single_token: bool) -> str:
         """The window op of this call. ``fast``: on CUDA with the fast paths allowed (``linear_backend`` is not

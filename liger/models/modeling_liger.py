@@ -172,6 +172,24 @@ class LigerForCausalLM(LigerPreTrainedModel, GenerationMixin):
             for m, p in zip(layers, previous):
                 m.teacher_mode = p
 
+    @contextlib.contextmanager
+    def attention_transfer(self):
+        """Attention transfer (LoLCATs' stage 1, arXiv 2410.10254): inside the context every Liger layer computes
+        both its Liger output and the teacher attention's output (the pretrained projections without LoRA deltas,
+        softmax attention) on the same input, appends the mean squared error between them (float32, over the real
+        tokens) to the yielded list, and passes the teacher's output on, so every layer sees the teacher's residual
+        stream and its error reaches only its own projections. The caller averages the list into its loss and
+        clears it after each forward. Full-sequence forwards only (``use_cache=False``)."""
+        layers = [m for m in self.modules() if isinstance(m, LigerAttention)]
+        losses: list[torch.Tensor] = []
+        for m in layers:
+            m.transfer_losses = losses
+        try:
+            yield losses
+        finally:
+            for m in layers:
+                m.transfer_losses = None
+
     def __init__(self, config: LigerConfig):
         super().__init__(config)
         self.model = LigerModel(config)

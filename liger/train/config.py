@@ -96,6 +96,11 @@ class TrainSettings:
     """``ce``: next-token cross-entropy (paper Eq. 8). ``kl``/``ce+kl``: KL(teacher ‖ student) on the labelled
     positions, the teacher being the same weights with the original softmax attention and no LoRA (beyond the
     paper, docs/method.md)."""
+    transfer_steps: int = 0
+    """The first N optimizer steps minimise attention transfer instead of ``train.loss`` (LoLCATs' stage 1,
+    arXiv 2410.10254; beyond the paper): the mean over Liger layers of the MSE between the layer's output and the
+    teacher attention's output on the teacher's residual stream (docs/training.md). They count toward
+    ``max_steps``/``epochs``, so a run's token budget is the same with and without them. 0 = none (paper)."""
     kl_weight: float = 1.0
     """Weight of the KL term in ``ce+kl``."""
     kl_temperature: float = 1.0
@@ -183,6 +188,10 @@ def check(cfg: TrainConfig) -> None:
     need(t.max_steps is None or t.max_steps >= 1, "train.max_steps", "must be >= 1 or null", t.max_steps)
     need(t.kl_temperature > 0, "train.kl_temperature", "must be > 0", t.kl_temperature)
     need(t.kl_weight >= 0, "train.kl_weight", "must be >= 0", t.kl_weight)
+    need(t.transfer_steps >= 0, "train.transfer_steps", "must be >= 0", t.transfer_steps)
+    need(not (t.transfer_steps and t.gradient_checkpointing), "train.transfer_steps",
+         "cannot be combined with train.gradient_checkpointing (the transfer loss is gathered outside the "
+         "recomputed layers; it needs little activation memory anyway)", t.transfer_steps)
     for key in ("eval_every", "save_every"):
         need(getattr(t, key) >= 0, f"train.{key}", "must be >= 0", getattr(t, key))
     need(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1", t.keep_checkpoints)

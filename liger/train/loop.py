@@ -44,7 +44,7 @@ from .data import PackedData, build_data
 from .errors import TrainingError
 from .lora import adamw, add_adapters
 from .metrics import MetricsLog, peak_rss_bytes, plot_metrics, read_metrics, truncate_metrics
-from .objective import kl_to_teacher, teacher_context, token_losses, validation_loss
+from .objective import attention_transfer_loss, kl_to_teacher, teacher_context, token_losses, validation_loss
 
 logger = logging.getLogger("liger")
 
@@ -207,6 +207,8 @@ def _load_model(run: _Run, model) -> None:
     run.is_liger = hasattr(model, "teacher_mode")
     if not run.is_liger and cfg.train.loss != "ce":
         raise TrainingError(f"train.loss={cfg.train.loss} needs a Liger model (its teacher is the same weights)")
+    if not run.is_liger and cfg.train.transfer_steps:
+        raise TrainingError("train.transfer_steps needs a Liger model (its teacher is the same weights)")
     run.model = model
 
 
@@ -343,15 +345,19 @@ def _train(run: _Run, on_step) -> None:
         epoch, position = divmod(step, run.steps_per_epoch)
         order = torch.randperm(n_train, generator=torch.Generator().manual_seed(t.seed + epoch))
         batch = order[position * t.batch_size:(position + 1) * t.batch_size][rank::world]
+        transfer = step < t.transfer_steps
         step_loss = torch.zeros((), device=accelerator.device)
         for micro in range(run.accumulation):
             idx = batch[micro * t.micro_batch_size:(micro + 1) * t.micro_batch_size]
             x, y = data.train_ids[idx].to(accelerator.device), data.train_labels[idx].to(accelerator.device)
             with accelerator.no_sync(model) if micro < run.accumulation - 1 else nullcontext():
-                logits = model(input_ids=x, use_cache=False).logits
-                s, n = token_losses(logits, y)
-                loss = s / n.clamp_min(1)
-                if t.loss != "ce":
+                if transfer:
+                    loss = attention_transfer_loss(model, core, x)
+                else:
+                    logits = model(input_ids=x, use_cache=False).logits
+                    s, n = token_losses(logits, y)
+                    loss = s / n.clamp_min(1)
+                if t.loss != "ce" and not transfer:
                     with torch.no_grad(), teacher_context(core):
                         teacher_logits = core(input_ids=x, use_cache=False).logits
                     kl = kl_to_teacher(logits, teacher_logits, y, t.kl_temperature)
@@ -376,6 +382,7 @@ def _train(run: _Run, on_step) -> None:
         train_seconds += seconds
         trained_steps += 1
         entry = dict(type="train", step=step + 1, epoch=epoch, loss=step_loss.item(), lr=lr,
+                     objective="transfer" if transfer else t.loss,
                      tokens=(step + 1) * tokens_per_step, tokens_per_s=tokens_per_step / seconds)
         if grad_norm is not None:
             entry["grad_norm"] = grad_norm

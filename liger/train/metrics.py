@@ -53,7 +53,8 @@ def plot_metrics(metrics_path: Path, png: Path) -> None:
     import matplotlib.pyplot as plt
 
     entries = read_metrics(metrics_path)
-    train = [e for e in entries if e["type"] == "train"]
+    train = [e for e in entries if e["type"] == "train" and e.get("objective") != "transfer"]
+    transfer = [e for e in entries if e["type"] == "train" and e.get("objective") == "transfer"]
     val = [e for e in entries if e["type"] == "val" and "model" not in e]
     teacher = [e for e in entries if e["type"] == "val" and e.get("model") == "teacher"]
     fig, ax = plt.subplots(figsize=(7, 4.2))
@@ -64,7 +65,16 @@ def plot_metrics(metrics_path: Path, png: Path) -> None:
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (nats / token)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    handles, labels = ax.get_legend_handles_labels()
+    if transfer:  # the attention-transfer steps' MSE has its own scale
+        ax2 = ax.twinx()
+        ax2.plot([e["step"] for e in transfer], [e["loss"] for e in transfer], lw=1, color="tab:red", alpha=0.8,
+                 label="attention-transfer MSE")
+        ax2.set_ylabel("attention-transfer MSE")
+        ax2.set_yscale("log")
+        h2, l2 = ax2.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    ax.legend(handles, labels)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)

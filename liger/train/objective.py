@@ -29,6 +29,18 @@ def kl_to_teacher(logits, teacher_logits, labels, temperature: float) -> torch.T
     return kl * temperature**2
 
 
+def attention_transfer_loss(model, core, ids: torch.Tensor) -> torch.Tensor:
+    """The attention-transfer loss of one micro-batch: the mean over Liger layers of each layer's MSE to the
+    teacher attention (``LigerForCausalLM.attention_transfer``). ``model`` is the (possibly DDP/FSDP-wrapped)
+    model the forward runs through, ``core`` the unwrapped peft model; only the last position's logits are
+    computed."""
+    with core.get_base_model().attention_transfer() as layer_losses:
+        model(input_ids=ids, use_cache=False, logits_to_keep=1)
+    if not layer_losses:
+        raise ValueError("attention transfer needs at least one Liger layer (all layers keep full attention)")
+    return torch.stack(layer_losses).mean()
+
+
 def teacher_context(model):
     """Run the teacher from the same weights: the adapters off and the original softmax attention."""
     from contextlib import ExitStack

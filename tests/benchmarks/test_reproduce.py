@@ -243,6 +243,17 @@ def test_longer_sequences_keep_the_tokens_per_step(reproduce, tmp_path):
                                "num_sink_tokens": 4}
     plain = reproduce.student_config("gla", corpus, 20_000_000, tmp_path / "out", "smollm2", False, "cuda")
     assert (plain.data.max_length, plain.train.batch_size, plain.train.max_steps) == (1024, 8, cfg.train.max_steps)
+    assert plain.train.transfer_steps == 0 == cfg.train.transfer_steps
+
+
+def test_attention_transfer_students_spend_a_quarter_of_their_steps_on_it(reproduce, tmp_path):
+    corpus = _tiny_corpus(tmp_path / "corpus")
+    cfg = reproduce.student_config("memory-at", corpus, 2_000_000, tmp_path / "out", "smollm2", False, "cuda")
+    steps = 2_000_000 // 8192
+    assert cfg.train.max_steps == steps and cfg.train.transfer_steps == round(steps / 4)
+    assert cfg.data.max_length == 4096 and cfg.model.liger["global_cache_size"] == 64
+    tiny = reproduce.student_config("gla-at", corpus, 1024, tmp_path / "out", "smollm2", True, "cpu")
+    assert (tiny.train.max_steps, tiny.train.transfer_steps, tiny.train.loss) == (4, 1, "ce")
 
 
 def test_a_student_stopped_at_its_time_limit_keeps_its_last_adapter(reproduce, tmp_path, monkeypatch):

@@ -60,6 +60,9 @@ def test_exponent_numbers_are_floats_in_untyped_sections_too(tmp_path):
     (["train.batch_size"], "not of the form key.sub=value"),
     (["lora.r.x=3"], "lora.r must be of type int"),
     (["lora.r=3", "lora.r.x=3"], "'lora.r' is not a config section"),
+    (["train.transfer_steps=-1"], "train.transfer_steps must be >= 0"),
+    (["train.transfer_steps=5", "train.gradient_checkpointing=true"],
+     "train.transfer_steps cannot be combined with train.gradient_checkpointing"),
 ])
 def test_bad_values_name_the_key(overrides, message):
     with pytest.raises(ConfigError, match=None) as info:

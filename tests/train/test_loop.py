@@ -246,3 +246,27 @@ def test_save_final_false_keeps_the_adapter_and_writes_no_merged_model(tiny_base
     assert "adapter in" in capsys.readouterr().out
     assert not (out / "final").exists()
     assert (out / "checkpoints" / "step-000002" / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_attention_transfer_steps_come_first_and_reduce_the_layers_error(tiny_base, alpaca_file, tmp_path):
+    out = tmp_path / "run"
+    assert main(["finetune", *tiny_args(tiny_base, alpaca_file, out), "--max-steps", "8", "train.transfer_steps=6",
+                 "optim.lr=0.01", "train.eval_every=0"]) == 0
+    entries = [e for e in read_metrics(out / "metrics.jsonl") if e["type"] == "train"]
+    assert [e["objective"] for e in entries] == ["transfer"] * 6 + ["ce"] * 2
+    transfer = [e["loss"] for e in entries[:6]]
+    assert transfer[-1] < 0.8 * transfer[0], transfer
+    # the CE steps are next-token losses (nats), far above the layers' MSE
+    assert all(e["loss"] > 10 * transfer[0] for e in entries[6:])
+    assert (out / "loss_curve.png").stat().st_size > 0
+    assert AutoModelForCausalLM.from_pretrained(out / "final").config.model_type == "liger"
+
+
+def test_attention_transfer_needs_a_liger_model(tiny_base, alpaca_file, tmp_path):
+    from transformers import AutoModelForCausalLM as Auto
+
+    cfg = load_config(settings={"model.path": str(tiny_base), "data.path": str(alpaca_file), "data.max_length": 32,
+                                "train.batch_size": 4, "data.val_records": 8, "train.max_steps": 1,
+                                "train.transfer_steps": 1, "train.device": "cpu", "output": str(tmp_path / "r")})
+    with pytest.raises(TrainingError, match="train.transfer_steps needs a Liger model"):
+        finetune(cfg, model=Auto.from_pretrained(tiny_base))
