@@ -154,7 +154,8 @@ class LongText:
         """``count`` token sequences of exactly ``length`` tokens (the tokenizer's special prefix, e.g. BOS,
         then text): from a ``.jsonl`` file the first tokens of each document that has enough, from a
         plain-text file consecutive non-overlapping segments. Taken round-robin over the files and evenly
-        spaced within each file.
+        spaced within each file. When the documents' beginnings are fewer than ``count``, the ``.jsonl``
+        documents' further non-overlapping segments are candidates too (such a sequence starts mid-document).
 
         Returns:
             ``[{"source": str, "start": first text token's index in its document, "ids": [length ints]}]``.
@@ -165,14 +166,21 @@ class LongText:
         if length <= len(self.prefix) + 1:
             raise ValueError(f"sequence length must be > {len(self.prefix) + 1} tokens, got {length}")
         body = length - len(self.prefix)
-        candidates = {}
-        for path in self.files:
-            found = []
-            for index in self.file_documents[path]:
-                doc = self.documents[index]
-                starts = [0] if self.marked[path] else range(0, len(doc.ids) - body + 1, body)
-                found += [(index, s) for s in starts if s + body <= len(doc.ids)]
-            candidates[path] = found
+        def segments(whole_documents: bool) -> dict[str, list[tuple[int, int]]]:
+            candidates = {}
+            for path in self.files:
+                found = []
+                for index in self.file_documents[path]:
+                    doc = self.documents[index]
+                    starts = [0] if self.marked[path] and not whole_documents else range(0, len(doc.ids) - body + 1,
+                                                                                         body)
+                    found += [(index, s) for s in starts if s + body <= len(doc.ids)]
+                candidates[path] = found
+            return candidates
+
+        candidates = segments(whole_documents=False)
+        if sum(len(c) for c in candidates.values()) < count:
+            candidates = segments(whole_documents=True)
         available = sum(len(c) for c in candidates.values())
         if available < count:
             raise ValueError(

@@ -108,8 +108,17 @@ def test_sequences_plain_text_segments_and_jsonl_documents(tmp_path):
     seqs = corpus.sequences(300, 2)
     assert [s["source"] for s in seqs] == [f"{docs}:2", f"{docs}:3"] and all(s["start"] == 0 for s in seqs)
     assert seqs[0]["ids"] == [bos.bos_token_id] + bos(prose(20, 3), add_special_tokens=False).input_ids[:299]
-    with pytest.raises(ValueError, match="hold 2"):
-        corpus.sequences(300, 3)
+    # too few documents' beginnings: later non-overlapping segments of the documents fill in, evenly spaced
+    segments = sum((len(bos(prose(20, i), add_special_tokens=False).input_ids) // 299 for i in (3, 4)))
+    assert segments > 3
+    more = corpus.sequences(300, 3)
+    assert {s["source"] for s in more} == {f"{docs}:2", f"{docs}:3"} and any(s["start"] > 0 for s in more)
+    for s in more:
+        text = prose(20, 3) if s["source"].endswith(":2") else prose(20, 4)
+        ids = bos(text, add_special_tokens=False).input_ids
+        assert s["start"] % 299 == 0 and s["ids"] == [bos.bos_token_id] + ids[s["start"]:s["start"] + 299]
+    with pytest.raises(ValueError, match=f"hold {segments}"):
+        corpus.sequences(300, segments + 1)
 
 
 def test_token_nlls_equal_a_direct_computation():
