@@ -27,11 +27,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cache import LayerBuffers, LigerCache, write_decoded_token
-from . import triton_decode
 from .compiling import CompiledOrEager
 from .global_cache import ExtraKeys, block_visibility, merge_leaver_, recall_error
 from .triton_common import is_available as triton_window_available
 from .triton_common import supports as triton_supports
+from .triton_decode import fused_decode_step, log_fallback_once, unsupported_reason
 from .triton_ops import rope_pair as triton_rope_pair
 from .variants import Recurrence, at_least_fp32, get_recurrence, resolve_backend
 from .window import first_real_tokens, sliding_window_attention, window_attention, window_decode_attention
@@ -90,9 +90,9 @@ def uses_fused_step(spec: DecodeSpec, q, v, buffers: LayerBuffers) -> bool:
     and a case the kernel covers; otherwise the PyTorch step, with the reason logged once)."""
     if spec.backend != "triton":
         return False
-    reason = triton_decode.unsupported_reason(spec, q, v, buffers)
+    reason = unsupported_reason(spec, q, v, buffers)
     if reason is not None:
-        triton_decode.log_fallback_once(reason)
+        log_fallback_once(reason)
     return reason is None
 
 
@@ -114,7 +114,7 @@ def decode_step_core(spec: DecodeSpec, q, k, v, q_lin, k_lin, cos, sin, valid, b
     against, and what runs otherwise.
     """
     if uses_fused_step(spec, q, v, buffers):
-        return triton_decode.fused_decode_step(spec, q, k, v, q_lin, k_lin, cos, sin, valid, buffers)
+        return fused_decode_step(spec, q, k, v, q_lin, k_lin, cos, sin, valid, buffers)
     b = buffers
     o_rec = o_win = None
     if spec.needs_state:

@@ -21,12 +21,14 @@ Variant = Literal["gla", "hgrn2", "gsa", "mamba2", "mlstm", "gated_retention", "
 FeatureMap = Literal["softmax", "relu", "elu_plus_one", "identity"]
 LinearBackend = Literal["auto", "torch", "fla"]
 WindowBackend = Literal["auto", "torch", "triton", "sdpa", "flex"]
+DecodeBackend = Literal["auto", "torch", "triton"]
 LinearNormalizer = Literal["none", "sum"]
 
 VARIANTS = get_args(Variant)
 FEATURE_MAPS = get_args(FeatureMap)
 BACKENDS = get_args(LinearBackend)
 WINDOW_BACKENDS = get_args(WindowBackend)
+DECODE_BACKENDS = get_args(DecodeBackend)
 LINEAR_NORMALIZERS = get_args(LinearNormalizer)
 
 
@@ -83,6 +85,11 @@ class LigerConfig(PretrainedConfig):
     Triton kernels, CUDA; sinks and global-cache keys merged through the kernels' log-sum-exp), "sdpa" (fused
     SDPA over query blocks), "flex" (FlexAttention, CUDA), or "auto" (on CUDA unless linear_backend is "torch":
     triton, or sdpa when there are sinks or a global cache; torch otherwise)."""
+    decode_backend: DecodeBackend = "auto"
+    """The static single-token decode step (CUDA graphs): "torch" (PyTorch ops, dozens of small kernels per layer),
+    "triton" (one fused Triton kernel per layer plus a bookkeeping launch, CUDA; the PyTorch step where it does
+    not apply: global cache, gsa, gated_deltanet, gate pooling), or "auto" (torch until the kernel is measured on
+    a GPU)."""
     full_attention_layers: list[int] = field(default_factory=list)
     """Decoder layers that keep the teacher's full softmax attention (the inter-layer hybrid "-H")."""
     tie_word_embeddings: bool = False
@@ -115,6 +122,8 @@ class LigerConfig(PretrainedConfig):
             fail("linear_backend", f"must be one of {', '.join(BACKENDS)}", self.linear_backend)
         if self.window_backend not in WINDOW_BACKENDS:
             fail("window_backend", f"must be one of {', '.join(WINDOW_BACKENDS)}", self.window_backend)
+        if self.decode_backend not in DECODE_BACKENDS:
+            fail("decode_backend", f"must be one of {', '.join(DECODE_BACKENDS)}", self.decode_backend)
         if self.linear_normalizer not in LINEAR_NORMALIZERS:
             fail("linear_normalizer", f"must be one of {', '.join(LINEAR_NORMALIZERS)}", self.linear_normalizer)
         if self.linear_normalizer == "sum" and self.variant in ("gsa", "mlstm", "gated_deltanet"):

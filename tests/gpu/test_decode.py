@@ -127,3 +127,115 @@ def test_each_cache_gets_its_own_graph_and_a_new_batch_size_recaptures():
             results.append(cache.decoder)
     assert all(isinstance(d, CUDAGraphDecoder) for d in results)
     assert results[0] is not results[1] and results[2].input_ids.shape[0] == 3
+
+
+def _layer_cache(B, H, D, W, S, T, pads, columns, dtype, seed):
+    """A layer cache prefilled as the model does it (window_inputs, then commit), on CUDA."""
+    from liger.models.cache import LigerLayerCache
+
+    g = torch.Generator().manual_seed(seed)
+    cache = LigerLayerCache(W, S)
+    k, v = (torch.randn(B, T, H, D, generator=g).to("cuda", dtype) for _ in range(2))
+    valid = torch.ones(B, T, dtype=torch.bool)
+    for i, p in enumerate(pads):
+        valid[i, :p] = False
+    keys, values, key_valid, sinks = cache.window_inputs(k, v, valid.cuda())
+    state = ((torch.randn(B, H, D, columns, generator=g).abs() * 0.2).cuda(),)
+    cache.commit(keys, values, key_valid, sinks, state)
+    return cache
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 1e-2)])
+@pytest.mark.parametrize("case", [
+    # B, HQ, H, D, W, S sinks, T prefill, padded prefixes, variant options: a wrapped ring with sinks and grouped
+    # heads (the benchmarked shape), a ring not yet full with a head dim of 128, a head dim that is not a power of two
+    (4, 8, 2, 64, 64, 4, 100, (0, 5, 30, 100), {}),
+    (2, 4, 4, 128, 16, 0, 9, (0, 3), dict(linear_normalizer="sum")),
+    (3, 6, 2, 24, 8, 2, 20, (0, 4, 20), dict(variant="mlstm", feature_map="identity")),
+])
+def test_fused_decode_step_matches_the_pytorch_step(dtype, tol, case):
+    from types import SimpleNamespace
+
+    from liger.models.attention import decode_spec, decode_step_core, uses_fused_step
+    from liger.models.variants import VARIANT_CLASSES
+
+    B, HQ, H, D, W, S, T, pads, opts = case
+    options = dict(variant="gla", feature_map="softmax", gate_normalizer=16.0, linear_scale=1.0, gate_pool_size=None,
+                   hgrn2_lower_bound=0.0, gsa_num_slots=None, linear_normalizer="none", global_cache_size=0,
+                   delta_write_strength=None)
+    options.update(opts)
+    rec = VARIANT_CLASSES[options["variant"]](SimpleNamespace(**options))
+    columns = D + int(rec.normaliser_column)
+    caches = {name: _layer_cache(B, H, D, W, S, T, pads, columns, dtype, seed=1) for name in ("torch", "triton")}
+    g = torch.Generator().manual_seed(2)
+    for step in range(5):
+        q, q_lin = (torch.randn(B, 1, HQ, D, generator=g).to("cuda", dtype) for _ in range(2))
+        k, v, k_lin = (torch.randn(B, 1, H, D, generator=g).to("cuda", dtype) for _ in range(3))
+        angle = torch.randn(B, 1, D // 2, generator=g) * 3
+        cos, sin = (torch.cat([f(angle)] * 2, -1).to("cuda", dtype) for f in (torch.cos, torch.sin))
+        valid = (torch.rand(B, generator=g) > 0.3).cuda()
+        out = {}
+        for name, cache in caches.items():
+            spec = decode_spec(rec, D ** -0.5, 0.5, 0.5, True, name)
+            assert uses_fused_step(spec, q, v, cache.buffers) == (name == "triton")
+            out[name] = decode_step_core(spec, q, k, v, q_lin, k_lin, cos, sin, valid, cache.buffers)
+        assert out["triton"].dtype == dtype
+        assert_close(out["triton"].float(), out["torch"].float(), tol, msg=f"step {step} output")
+        a, b = caches["triton"].buffers, caches["torch"].buffers
+        for field in b._fields:
+            x, y = getattr(a, field), getattr(b, field)
+            if y is None:
+                continue
+            if field == "state":
+                x, y = x[0], y[0]
+            if y.dtype in (torch.bool, torch.long):
+                assert torch.equal(x, y), (step, field)
+            else:
+                assert_close(x.float(), y.float(), tol, msg=f"step {step} {field}")
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_cuda_graph_decoding_with_the_fused_step_matches_eager(compile, monkeypatch):
+    from liger.models import attention
+
+    calls = []
+    fused = attention.fused_decode_step
+    monkeypatch.setattr(attention, "fused_decode_step", lambda *a: calls.append(1) or fused(*a))
+    model = reference_model(window_size=5, num_sink_tokens=3, decode_backend="triton")
+    x, mask = left_padded(T=40)
+    mask[2, 30] = 0  # a padding token while decoding
+    pos = positions(mask)
+    out = {}
+    for mode in ("eager", "cuda_graph"):
+        model.set_decoding(mode, compile=compile)
+        with torch.no_grad():
+            first = model(x[:, :12], attention_mask=mask[:, :12], position_ids=pos[:, :12], use_cache=True)
+            cache, logits = first.past_key_values, []
+            for t in range(12, 40):
+                step = model(x[:, t : t + 1], attention_mask=mask[:, : t + 1], position_ids=pos[:, t : t + 1],
+                             past_key_values=cache)
+                logits.append(step.logits)
+        out[mode] = (torch.cat(logits, 1), cache)
+    assert isinstance(out["cuda_graph"][1].decoder, CUDAGraphDecoder)
+    assert calls, "the captured step did not take the fused kernel"
+    real = mask[:, 12:].bool()
+    assert_close(out["cuda_graph"][0][real], out["eager"][0][real], 1e-4)
+    for a, b in zip(out["cuda_graph"][1].buffers(), out["eager"][1].buffers()):
+        assert_close(a.double(), b.double(), 1e-4, atol=1e-6)
+
+
+def test_generate_with_the_fused_step_in_bf16():
+    """A bf16 model generating through CUDA graphs with decode_backend="triton": the logits of the first decoded
+    token close to the PyTorch step's (the kernel rounds once where the PyTorch step rounds each op to bf16; later
+    tokens may part on near-ties)."""
+    teacher = gpu_teacher(dtype=torch.bfloat16)
+    x, mask = left_padded(T=24, pads=(0, 5, 11))
+    kwargs = dict(input_ids=x, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0,
+                  output_logits=True, return_dict_in_generate=True)
+    out = {}
+    for backend in ("torch", "triton"):
+        model = liger.convert(teacher, linear_backend="torch", window_size=6, num_sink_tokens=2,
+                              decode_backend=backend)
+        out[backend] = generate(model, "cuda_graph", compile=False, **kwargs)
+    assert torch.equal(out["triton"].sequences[:, :25], out["torch"].sequences[:, :25])  # (from the prefill)
+    assert_close(out["triton"].logits[1].float(), out["torch"].logits[1].float(), 2e-2)

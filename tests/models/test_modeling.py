@@ -108,6 +108,7 @@ def test_unsupported_architecture_is_refused():
         (dict(full_attention_layers=[7]), "full_attention_layers"),
         (dict(linear_weight=0.0, window_weight=0.0), "linear_weight"),
         (dict(linear_backend="cuda"), "linear_backend"),
+        (dict(decode_backend="cuda"), "LigerConfig.decode_backend must be one of auto, torch, triton"),
         (dict(windowsize=8), "windowsize"),
     ],
 )

@@ -1,0 +1,157 @@
+"""The static decode step of one Liger layer fused into two Triton launches (``decode_backend="triton"``).
+
+:func:`liger.models.attention.decode_step_core` computes one token's attention step — the recurrent state's
+update and readout, RoPE of q and k, the window over the ring buffer, the sinks and the new token, the ring and
+sink writes, the mix of both branches — as dozens of small PyTorch kernels per layer (fewer once ``torch.compile``
+fuses them), and a captured decode step of a small model is bound by their number rather than by memory
+traffic. :func:`fused_decode_step` computes the same thing in two launches:
+
+* ``decode_step``, one program per (sequence, KV head), serving the ``HQ / H`` query heads of its group: it reads
+  the ring's keys and values once for the whole group, computes the window's softmax over the valid ring slots,
+  the visible sinks and the new token (exactly :func:`liger.models.window.window_decode_attention`'s mask), updates
+  the float32 state in place (``S ← diag(α) S + φ(k)ᵀ v``, with the normaliser column when the readout divides
+  by it) and reads it out for each query head, mixes ``linear_weight · o_rec + window_weight · o_win`` and writes
+  ``[B, 1, HQ, D]`` in q's dtype; then it writes the new token's rotated key and value into its ring slot (and
+  sink slot) — after its own reads, since the slot it takes is the oldest of the window it just attended.
+* ``decode_bookkeeping``, one program: the ring slot's valid flag, the new sink's position and flag, the
+  real-token counts and the token count. These are read by every head's program of the first launch, so they are
+  written after it.
+
+Covered: the generic gated form of :class:`~liger.models.variants.Recurrence` — gla (the default), hgrn2, rwkv6,
+mamba2, gated_retention, mlstm — with any feature map, the ``"sum"`` readout and mLSTM's normaliser, the gate
+pooled over the whole head (no ``gate_pool_size`` other than head_dim), sinks, grouped query heads, any even head
+dim up to 256, float32/bfloat16/float16 models with a float32 state, either branch weighted 0. Not covered (the
+PyTorch step runs, logged once): the global cache (``global_cache_size > 0``), gsa and gated_deltanet, gate
+pooling, value heads of another size than the key heads, tensors off CUDA (unless Triton's CPU interpreter is on,
+``TRITON_INTERPRET=1``, which is how the CPU tests run the kernels).
+
+Numerics: everything in float32, rounded once to the buffers' and output's dtypes (the PyTorch step rounds the
+RoPE'd q/k and the window's scores to the model's dtype on the way); the window's output is rounded to the
+model's dtype before the mix, as the PyTorch step returns it. Not the default (``decode_backend="auto"`` keeps the
+PyTorch step) until it is measured on a GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from types import SimpleNamespace
+
+import torch
+
+from .triton_common import has_triton, next_power_of_2
+from .variants import FEATURE_MAPS, GLA, HGRN2, MLSTM, RWKV6, GatedRetention, Mamba2
+
+logger = logging.getLogger("liger")
+
+__all__ = ["fused_decode_step", "unsupported_reason"]
+
+# log-decay form of each covered variant (see the kernel's docstring)
+_GATES = {GLA: 0, HGRN2: 1, RWKV6: 2, Mamba2: 3, GatedRetention: 4, MLSTM: 4}
+_FEATURE_MAPS = ("softmax", "relu", "elu_plus_one", "identity")
+_READOUTS = {"none": 0, "sum": 1, "mlstm": 2}
+
+
+def _kernels():
+    # (a `from .module import` line: transformers copies the modules named so into saved checkpoints)
+    from ._triton_decode_kernels import decode_bookkeeping, decode_step
+
+    return SimpleNamespace(decode_bookkeeping=decode_bookkeeping, decode_step=decode_step)
+
+
+def _feature_map_index(recurrence) -> int | None:
+    for i, name in enumerate(_FEATURE_MAPS):
+        if recurrence.feature_map is FEATURE_MAPS[name]:
+            return i
+    return None
+
+
+def unsupported_reason(spec, q: torch.Tensor, v: torch.Tensor, buffers) -> str | None:
+    """Why the fused step cannot take this layer's step (None when it can)."""
+    r = spec.recurrence
+    D = q.shape[-1]
+    if not has_triton():
+        return "triton is not installed"
+    if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        return "the tensors are not on a CUDA device"
+    if buffers.global_score is not None:
+        return "the global cache (global_cache_size > 0) is not in the kernel"
+    if spec.needs_state:
+        if type(r) not in _GATES:
+            return f"variant {type(r).__name__} is not in the kernel (the generic gated form only)"
+        if r.pool_size not in (None, D):
+            return "gate pooling (gate_pool_size != head_dim) is not in the kernel"
+        if r.recall_reads or r.readout not in _READOUTS:
+            return f"readout {r.readout!r} is not in the kernel"
+        if _feature_map_index(r) is None:
+            return "an unknown feature map"
+        state = buffers.state
+        if state is None or len(state) != 1 or state[0].dtype != torch.float32 or not state[0].is_contiguous():
+            return "the kernel takes one contiguous float32 state per layer"
+    if q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return f"dtype {q.dtype}"
+    if D % 2 or D > 256 or v.shape[-1] != D:
+        return "head dims must be even, at most 256, and equal for keys and values"
+    return None
+
+
+_logged: set = set()
+
+
+def log_fallback_once(reason: str) -> None:
+    if reason not in _logged:
+        _logged.add(reason)
+        logger.warning("liger: decode_backend='triton' runs the PyTorch decode step here: %s", reason)
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def fused_decode_step(spec, q, k, v, q_lin, k_lin, cos, sin, valid, buffers) -> torch.Tensor:
+    """:func:`liger.models.attention.decode_step_core` in two Triton launches (same arguments; check
+    :func:`unsupported_reason` first). Updates ``buffers`` in place and returns ``[B, 1, HQ, D]`` in q's dtype."""
+    b = buffers
+    B, _, HQ, D = q.shape
+    H = k.shape[2]
+    G = HQ // H
+    L = b.ring_k.shape[1]
+    S = b.sink_k.shape[1] if b.sink_k is not None else 0
+    r = spec.recurrence
+    has_rec = spec.needs_state
+    has_win = spec.window_weight != 0
+    q, k, v, q_lin, k_lin, cos, sin = (_rows(x) for x in (q, k, v, q_lin, k_lin, cos, sin))
+    out = torch.empty(B, 1, HQ, D, dtype=q.dtype, device=q.device)
+    valid8 = valid.to(torch.bool).contiguous().view(torch.uint8)
+    ring_valid8 = b.ring_valid.view(torch.uint8)
+    state = b.state[0] if has_rec else out  # (a placeholder pointer when the state is not stepped)
+    if S:
+        sink_k, sink_v, sink_pos, sink_valid8 = b.sink_k, b.sink_v, b.sink_pos, b.sink_valid.view(torch.uint8)
+    else:
+        sink_k, sink_v, sink_pos, sink_valid8 = b.ring_k, b.ring_v, b.real_seen, ring_valid8  # never read
+    readout = _READOUTS.get(r.readout, 0) if has_rec else 0
+    if has_rec and type(r) is HGRN2:
+        gate = 0 if r.lower_bound == 0 else 1
+    else:
+        gate = _GATES.get(type(r), 0)
+    BD = max(16, next_power_of_2(D))
+    BV = max(4, min(BD, 4096 // BD))
+    ssb = cos.stride(0) if cos.shape[0] > 1 else 0
+    _kernels().decode_step[(B * H,)](
+        q, k, v, q_lin, k_lin, cos, sin, valid8, state, b.ring_k, b.ring_v, ring_valid8, b.seen_t,
+        sink_k, sink_v, sink_pos, sink_valid8, b.real_seen, out,
+        q.stride(0), q.stride(2), k.stride(0), k.stride(2), v.stride(0), v.stride(2),
+        q_lin.stride(0), q_lin.stride(2), k_lin.stride(0), k_lin.stride(2), ssb,
+        *b.ring_k.stride()[:3], *b.ring_v.stride()[:3], ring_valid8.stride(0),
+        *sink_k.stride()[:3], *sink_v.stride()[:3], sink_pos.stride(0), sink_valid8.stride(0),
+        H, L, max(L, 1), S, float(spec.scaling), float(r.scale), 1.0 / float(r.normalizer), float(r.lower_bound),
+        float(spec.linear_weight), float(spec.window_weight),
+        D=D, BD=BD, BV=BV, G=G, BG=max(2, next_power_of_2(G)), BL=max(2, next_power_of_2(L)),
+        BS=max(2, next_power_of_2(S)), VS=D + (readout != 0), FMAP=(_feature_map_index(r) or 0) if has_rec else 0,
+        GATE=gate, KEY_IS_GATE=has_rec and type(r) is HGRN2, READOUT=readout, HAS_REC=has_rec,
+        HAS_WIN=has_win, HAS_SINKS=S > 0, num_warps=4 if D <= 64 else 8)
+    _kernels().decode_bookkeeping[(1,)](
+        valid8, ring_valid8, b.seen_t, sink_pos, sink_valid8, b.real_seen, B, L, max(L, 1), S,
+        ring_valid8.stride(0), sink_pos.stride(0), sink_valid8.stride(0),
+        BB=max(2, next_power_of_2(B)), BS=max(2, next_power_of_2(S)), HAS_SINKS=S > 0)
+    return out

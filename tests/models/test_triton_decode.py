@@ -1,0 +1,225 @@
+"""The fused Triton decode step (``decode_backend="triton"``) on CPU, through Triton's interpreter: one layer's
+step against the PyTorch step (output and every cache buffer after it) over shapes, window fills, sinks, padding
+and the covered variants; a whole model decoding with ``decode_backend="triton"`` against the same model on the
+PyTorch step; and the cases it leaves to the PyTorch step. Skipped when Triton is not installed; the compiled
+kernels are checked on the GPU tier (tests/gpu/test_decode.py)."""
+
+import importlib.util
+import textwrap
+
+import pytest
+import torch
+
+import liger
+from liger.models import triton_decode
+from liger.models.attention import uses_fused_step
+from tests.conftest import run_in_triton_interpreter, tiny_teacher
+
+needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+
+# builds a layer cache the way the model does (a prefill of T tokens, some padded, through window_inputs/commit)
+HELPERS = textwrap.dedent('''
+    import torch
+    from types import SimpleNamespace
+    from liger.models.attention import decode_spec, decode_step_core
+    from liger.models.cache import LigerLayerCache
+    from liger.models.variants import VARIANT_CLASSES
+
+    def rel(a, b):
+        return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+    def recurrence(**kw):
+        options = dict(variant="gla", feature_map="softmax", gate_normalizer=16.0, linear_scale=1.0,
+                       gate_pool_size=None, hgrn2_lower_bound=0.0, gsa_num_slots=None, linear_normalizer="none",
+                       global_cache_size=0, delta_write_strength=None)
+        options.update(kw)
+        return VARIANT_CLASSES[options["variant"]](SimpleNamespace(**options))
+
+    def layer_cache(B, H, D, W, S, T, pads, columns, seed):
+        g = torch.Generator().manual_seed(seed)
+        cache = LigerLayerCache(W, S)
+        k, v = torch.randn(B, T, H, D, generator=g), torch.randn(B, T, H, D, generator=g)
+        valid = torch.ones(B, T, dtype=torch.bool)
+        for i, p in enumerate(pads):
+            valid[i, :p] = False
+        keys, values, key_valid, sinks = cache.window_inputs(k, v, valid)
+        state = (torch.randn(B, H, D, columns, generator=g).abs() * 0.2,)
+        cache.commit(keys, values, key_valid, sinks, state)
+        return cache
+''')
+
+STEP = HELPERS + textwrap.dedent('''
+    import liger.models.attention as attention
+    calls = []
+    fused = attention.fused_decode_step
+    attention.fused_decode_step = lambda *a: calls.append(1) or fused(*a)
+
+    worst = {}
+    # B, HQ, H, D, W, S sinks, T prefill tokens, padded prefix per sequence, variant options, weights, steps:
+    # grouped heads and not, head dims 16/24/32/64 (24: not a power of two), rings not yet full (T < W - 1) and
+    # wrapped (T > W - 1), a window of 1 (no ring), sequences all padding, sinks still filling while decoding
+    cases = [
+        (2, 4, 2, 16, 8, 0, 20, (0, 3), {}, 0.5, 0.5, 3),
+        (3, 6, 2, 24, 64, 2, 10, (0, 4, 10), {}, 0.5, 0.5, 3),
+        (1, 4, 4, 32, 5, 3, 2, (0,), dict(linear_normalizer="sum"), 0.5, 0.5, 4),
+        (2, 3, 1, 64, 16, 1, 40, (5, 0), dict(variant="hgrn2", hgrn2_lower_bound=0.2), 0.3, 0.7, 2),
+        (2, 4, 2, 16, 1, 2, 3, (0, 2), dict(variant="hgrn2"), 0.5, 0.5, 3),
+        (2, 4, 2, 16, 6, 2, 9, (1, 0), dict(variant="rwkv6", feature_map="relu"), 0.5, 0.5, 2),
+        (2, 4, 2, 16, 6, 0, 9, (0, 3), dict(variant="mamba2", feature_map="elu_plus_one"), 0.5, 0.5, 2),
+        (2, 4, 2, 16, 6, 2, 9, (0, 3), dict(variant="gated_retention", feature_map="identity"), 0.5, 0.5, 2),
+        (2, 4, 2, 16, 6, 2, 9, (0, 3), dict(variant="mlstm", feature_map="identity"), 0.5, 0.5, 2),
+        (2, 4, 2, 16, 6, 2, 9, (0, 3), {}, 0.0, 1.0, 2),  # recurrent branch off: the state is not stepped
+        (2, 4, 2, 16, 6, 2, 9, (0, 3), dict(linear_scale=0.5, gate_normalizer=4.0), 1.0, 0.0, 2),  # window off
+    ]
+    expected_calls = 0
+    for i, (B, HQ, H, D, W, S, T, pads, opts, lw, ww, steps) in enumerate(cases):
+        rec = recurrence(**opts)
+        columns = D + int(rec.normaliser_column)
+        caches = {name: layer_cache(B, H, D, W, S, T, pads, columns, seed=i) for name in ("torch", "triton")}
+        g = torch.Generator().manual_seed(100 + i)
+        for step in range(steps):
+            q, q_lin = torch.randn(B, 1, HQ, D, generator=g), torch.randn(B, 1, HQ, D, generator=g)
+            k, v, k_lin = (torch.randn(B, 1, H, D, generator=g) for _ in range(3))
+            angle = torch.randn(B, 1, D // 2, generator=g) * 3
+            cos, sin = torch.cat([angle.cos()] * 2, -1), torch.cat([angle.sin()] * 2, -1)
+            valid = torch.rand(B, generator=g) > 0.3
+            if step == 0:
+                valid[0] = False  # a padding token while decoding
+            out = {}
+            for name, cache in caches.items():
+                spec = decode_spec(rec, D ** -0.5, lw, ww, lw != 0, name)
+                out[name] = decode_step_core(spec, q, k, v, q_lin, k_lin, cos, sin, valid, cache.buffers)
+            expected_calls += 1
+            assert out["triton"].dtype == q.dtype and out["triton"].shape == (B, 1, HQ, D)
+            worst["output"] = max(worst.get("output", 0), rel(out["triton"], out["torch"]))
+            a, b = caches["triton"].buffers, caches["torch"].buffers
+            for field in b._fields:
+                x, y = getattr(a, field), getattr(b, field)
+                assert (x is None) == (y is None), field
+                if y is None:
+                    continue
+                if field == "state":
+                    x, y = x[0], y[0]
+                if y.dtype in (torch.bool, torch.long):
+                    assert torch.equal(x, y), (i, step, field, x, y)
+                else:
+                    worst[field] = max(worst.get(field, 0), rel(x, y))
+    assert len(calls) == expected_calls, (len(calls), expected_calls)
+    print("WORST", worst)
+''')
+
+MODEL = textwrap.dedent('''
+    import torch
+    import liger
+    import liger.models.attention as attention
+    from liger.models.cache import LigerCache
+    from tests.conftest import tiny_teacher
+
+    def rel(a, b):
+        return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+    calls = []
+    fused = attention.fused_decode_step
+    attention.fused_decode_step = lambda *a: calls.append(1) or fused(*a)
+
+    worst = {}
+    x = torch.randint(3, 128, (3, 18), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(x)
+    mask[1, :4] = 0
+    mask[2, :7] = 0
+    mask[2, 14] = 0  # a padding token while decoding
+    pos = (mask.cumsum(1) - 1).clamp_min(0)
+    prefill = 10
+    for family, options in (("llama", dict(window_size=8, num_sink_tokens=2)),
+                            ("qwen3", dict(window_size=5, linear_normalizer="sum"))):
+        teacher = tiny_teacher(family)
+        logits, caches = {}, {}
+        for backend in ("torch", "triton"):
+            model = liger.convert(teacher, decode_backend=backend, linear_backend="torch", **options)
+            model.set_decoding("static")
+            with torch.no_grad():
+                cache = LigerCache(model.config)
+                out = model(x[:, :prefill], attention_mask=mask[:, :prefill], position_ids=pos[:, :prefill],
+                            past_key_values=cache, use_cache=True)
+                steps = [out.logits]
+                for t in range(prefill, x.shape[1]):
+                    steps.append(model(x[:, t:t + 1], attention_mask=mask[:, :t + 1], position_ids=pos[:, t:t + 1],
+                                       past_key_values=cache).logits)
+            logits[backend], caches[backend] = torch.cat(steps, 1), cache
+        real = mask.bool()
+        worst[family + " logits"] = rel(logits["triton"][real], logits["torch"][real])
+        for a, b in zip(caches["triton"].buffers(), caches["torch"].buffers()):
+            if b.dtype in (torch.bool, torch.long):
+                assert torch.equal(a, b)
+            else:
+                worst[family + " buffers"] = max(worst.get(family + " buffers", 0), rel(a, b))
+    # every decode step of every layer of both models took the fused kernel
+    assert len(calls) == 2 * 2 * (x.shape[1] - prefill), len(calls)
+    print("WORST", worst)
+''')
+
+
+@needs_triton
+def test_fused_decode_step_matches_the_pytorch_step_in_the_interpreter():
+    worst = run_in_triton_interpreter(STEP)
+    assert set(worst) == {"output", "state", "ring_k", "ring_v", "sink_k", "sink_v"}
+    for name, err in worst.items():
+        assert err <= 1e-5, (name, err)
+
+
+@needs_triton
+def test_model_decoding_with_decode_backend_triton_matches_torch_in_the_interpreter():
+    worst = run_in_triton_interpreter(MODEL)
+    assert set(worst) == {"llama logits", "llama buffers", "qwen3 logits", "qwen3 buffers"}
+    for name, err in worst.items():
+        assert err <= 1e-5, (name, err)
+
+
+def _model_cache(model, T=6):
+    x = torch.randint(3, 128, (2, T), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        return x, model(x, use_cache=True).past_key_values
+
+
+@pytest.mark.parametrize("options,reason", [
+    (dict(global_cache_size=4), "global cache"),
+    (dict(variant="gsa"), "GSA"),
+    (dict(variant="gated_deltanet"), "GatedDeltaNet"),
+    (dict(gate_pool_size=4), "gate pooling"),
+])
+def test_cases_outside_the_kernel_take_the_pytorch_step(monkeypatch, options, reason):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # as if the kernel could run here: the reason is the case itself
+    model = liger.convert(tiny_teacher("llama"), window_size=4, decode_backend="triton", **options)
+    attn = model.model.layers[0].self_attn
+    _, cache = _model_cache(model)
+    q = torch.zeros(2, 1, 4, 16)
+    buffers = cache.layers[0].buffers
+    if importlib.util.find_spec("triton") is not None:
+        assert reason in triton_decode.unsupported_reason(attn.decode_spec, q, q[:, :, :2], buffers)
+    assert not uses_fused_step(attn.decode_spec, q, q[:, :, :2], buffers)
+
+
+def test_decode_backend_triton_off_cuda_decodes_as_torch(monkeypatch):
+    """Without CUDA (and without the interpreter) 'triton' runs the PyTorch step: same tokens and logits."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    teacher = tiny_teacher("llama")
+    out = {}
+    for backend in ("torch", "triton"):
+        model = liger.convert(teacher, window_size=4, num_sink_tokens=1, decode_backend=backend).set_decoding("static")
+        assert model.config.decode_backend == backend
+        x, cache = _model_cache(model)
+        with torch.no_grad():
+            out[backend] = torch.cat([model(x[:, t:t + 1], past_key_values=cache).logits for t in range(3)], 1)
+        spec = model.model.layers[0].self_attn.decode_spec
+        q = torch.zeros(2, 1, 4, 16)
+        assert spec.backend == backend and not uses_fused_step(spec, q, q[:, :, :2], cache.layers[0].buffers)
+    assert torch.equal(out["triton"], out["torch"])
+
+
+def test_decode_backend_defaults_to_the_pytorch_step():
+    model = liger.convert(tiny_teacher("llama"))
+    assert model.config.decode_backend == "auto"
+    spec = model.model.layers[0].self_attn.decode_spec
+    assert spec.backend == "auto"
+    # "auto" never takes the kernel (not yet measured on a GPU), whatever the tensors
+    assert not uses_fused_step(spec, None, None, None)
