@@ -54,6 +54,11 @@ STEP = HELPERS + textwrap.dedent('''
     fused = attention.fused_decode_step
     attention.fused_decode_step = lambda *a: calls.append(1) or fused(*a)
 
+    def not_compiled(*args):
+        raise AssertionError("the fused step went through torch.compile")
+
+    attention._compiled_core = not_compiled  # the compiled mode calls the fused step as it is
+
     worst = {}
     # B, HQ, H, D, W, S sinks, T prefill tokens, padded prefix per sequence, variant options, weights, steps:
     # grouped heads and not, head dims 16/24/32/64 (24: not a power of two), rings not yet full (T < W - 1) and
@@ -88,7 +93,11 @@ STEP = HELPERS + textwrap.dedent('''
             out = {}
             for name, cache in caches.items():
                 spec = decode_spec(rec, D ** -0.5, lw, ww, lw != 0, name)
-                out[name] = decode_step_core(spec, q, k, v, q_lin, k_lin, cos, sin, valid, cache.buffers)
+                if name == "torch":
+                    out[name] = decode_step_core(spec, q, k, v, q_lin, k_lin, cos, sin, valid, cache.buffers)
+                else:  # (the eager and the compiled decode modes in turn)
+                    out[name] = attention.run_decode_step_core(step % 2 == 1, spec, q, k, v, q_lin, k_lin, cos, sin,
+                                                               valid, cache.buffers)
             expected_calls += 1
             assert out["triton"].dtype == q.dtype and out["triton"].shape == (B, 1, HQ, D)
             worst["output"] = max(worst.get("output", 0), rel(out["triton"], out["torch"]))
