@@ -2,8 +2,10 @@
 ``TRITON_INTERPRET=1`` before the first import to get Triton's CPU interpreter versions).
 
 ``decode_step``: one program per (sequence, KV head) does the whole attention step of the ``G`` query heads of
-its group — RoPE of q and k, the window's scores over the ring, the sinks and the new token, the recurrent state's
-update and readout, the mix — and writes the new token's key/value into its ring slot (and its sink slot).
+its group — RoPE of q and k, the window's scores over the ring, the sinks, the new token and the global cache's
+members, the recurrent state's update (generic gated form or gated delta rule) and readout, the mix, the global
+cache's merge of the token leaving the window — and writes the new token's key/value into its ring slot (and its
+sink slot).
 ``decode_bookkeeping``: one program writes what every head of a sequence reads in ``decode_step`` (the ring's
 valid flags, the sinks' positions and flags) and the token counts, after it.
 Everything is computed in float32; bool tensors are passed as ``uint8`` views.
@@ -24,7 +26,7 @@ def _logsigmoid(x):
 @triton.jit
 def _feature_map(x, ok, FMAP: tl.constexpr):
     """The variant's feature map over the head dim of a ``[BD]`` vector (0 on the masked lanes): 0 softmax,
-    1 relu, 2 elu + 1, 3 identity."""
+    1 relu, 2 elu + 1, 3 identity, 4 L2 normalisation ``x / sqrt(Σx² + 1e-6)`` (the gated delta rule's q̂, k̂)."""
     if FMAP == 0:
         x = tl.where(ok, x, float("-inf"))
         e = tl.exp(x - tl.max(x, 0))
@@ -33,8 +35,11 @@ def _feature_map(x, ok, FMAP: tl.constexpr):
         y = tl.maximum(x, 0.0)
     elif FMAP == 2:
         y = tl.where(x > 0, x + 1.0, tl.exp(tl.minimum(x, 0.0)))
-    else:
+    elif FMAP == 3:
         y = x
+    else:
+        x = tl.where(ok, x, 0.0)
+        y = x / tl.sqrt(tl.sum(x * x, 0) + 1e-6)
     return tl.where(ok, y, 0.0)
 
 
@@ -50,19 +55,29 @@ def _rope(X, offs_d, partner, sign, dmask, cos, sin):
 def decode_step(
     Q, K, V, QL, KL, COS, SIN, VALID, STATE, RING_K, RING_V, RING_VALID, SEEN,
     SINK_K, SINK_V, SINK_POS, SINK_VALID, REAL_SEEN, OUT,
+    RING_KL, GLOB_K, GLOB_V, GLOB_SCORE, GLOB_INDEX,
     sqb, sqh, skb, skh, svb, svh, sqlb, sqlh, sklb, sklh, scb,
     srkb, srkl, srkh, srvb, srvl, srvh, s_rvalid_b,
     sskb, sskn, sskh, ssvb, ssvn, ssvh, s_spos_b, s_svalid_b,
-    H, L, L_MOD, S, scale, lin_scale, inv_norm, gamma, linear_weight, window_weight,
+    srklb, srkll, srklh, sgkb, sgkn, sgkh, sgvb, sgvn, sgvh, sgsb, sgsn, sgsh, sgib, sgin, sgih,
+    H, L, L_MOD, S, NGLOB, scale, lin_scale, inv_norm, gamma, beta_const, linear_weight, window_weight,
     D: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr, G: tl.constexpr, BG: tl.constexpr, BL: tl.constexpr,
-    BS: tl.constexpr, VS: tl.constexpr, FMAP: tl.constexpr, GATE: tl.constexpr, KEY_IS_GATE: tl.constexpr,
-    READOUT: tl.constexpr, HAS_REC: tl.constexpr, HAS_WIN: tl.constexpr, HAS_SINKS: tl.constexpr,
+    BS: tl.constexpr, BGL: tl.constexpr, VS: tl.constexpr, FMAP: tl.constexpr, GATE: tl.constexpr,
+    KEY_IS_GATE: tl.constexpr, DELTA: tl.constexpr, BETA_CONST: tl.constexpr, HAS_Z: tl.constexpr,
+    READOUT: tl.constexpr, HAS_REC: tl.constexpr, REC_OUT: tl.constexpr, HAS_WIN: tl.constexpr,
+    HAS_SINKS: tl.constexpr, HAS_GLOBAL: tl.constexpr, HAS_RING: tl.constexpr,
 ):
     """Log-decay GATE: 0 logsigmoid(k)/n per channel (GLA; HGRN2 with γ = 0), 1 log(γ + (1−γ)σ(k))/n per channel
     (HGRN2), 2 −exp(min(k, 10))/n per channel (RWKV6), 3 −softplus(mean k)/n (Mamba2), 4 logsigmoid(mean k)/n
-    (gated retention, mLSTM). KEY_IS_GATE: the state's key is 1 − α (HGRN2) instead of φ(k). READOUT: 0 none,
-    1 "sum" (divided by the normaliser column, floored at 1e-12), 2 mLSTM (by max(|·|, 1)); with a normaliser the
-    state has VS = D + 1 columns, else VS = D."""
+    (gated retention, mLSTM, Gated DeltaNet). KEY_IS_GATE: the state's key is 1 − α (HGRN2) instead of φ(k).
+    DELTA: the gated delta rule (Gated DeltaNet, with FMAP 4: L2-normalised q̂/k̂) — ``S' = α S``,
+    ``u = β (v − k̂ S')``, ``S ← S' + k̂ᵀ u`` — with β = σ(mean k), or ``beta_const`` when BETA_CONST.
+    HAS_Z: the state carries the normaliser z as column D (VS = D + 1, else VS = D). READOUT: 0 none, 1 "sum"
+    (divided by the normaliser, floored at 1e-12), 2 mLSTM (by max(|·|, 1)). HAS_REC: the state is stepped;
+    REC_OUT: its readout enters the output (linear_weight != 0). HAS_GLOBAL: the window also attends the NGLOB
+    global-cache members of the KV head (visible where their score > −inf), and the token leaving the window
+    (the ring's slot ``seen % L``; the new token itself without a ring) is scored by its self-recall error
+    against the state after this step and merged into the cache (``merge_leaver_``)."""
     pid = tl.program_id(0)
     b = pid // H
     h = pid % H
@@ -81,7 +96,34 @@ def decode_step(
     offs_s = tl.arange(0, BS)
     sink_at = tl.load(REAL_SEEN + b)  # the sink slot the new token takes (when < S and the token is real)
 
-    # ---- the window's probabilities (ring, new token, sinks) for each query head of the group
+    # ---- the global cache's members (read before this program's merge writes them)
+    if HAS_GLOBAL:
+        offs_gl = tl.arange(0, BGL)
+        glmask = offs_gl < NGLOB
+        g_score = tl.load(GLOB_SCORE + b * sgsb + offs_gl * sgsn + h * sgsh, mask=glmask, other=float("-inf"))
+        g_index = tl.load(GLOB_INDEX + b * sgib + offs_gl * sgin + h * sgih, mask=glmask, other=0)
+        g_ok = glmask & (g_score > float("-inf"))
+        # the leaver: its raw key (the recall query), post-RoPE key and value (for the cache) and whether it competes
+        if HAS_RING:
+            lk_lin = tl.load(RING_KL + b * srklb + slot * srkll + h * srklh + offs_d, mask=dmask,
+                             other=0.0).to(tl.float32)
+            lk_row = tl.load(RING_K + b * srkb + slot * srkl + h * srkh + offs_d, mask=dmask, other=0.0)
+            lv_row = tl.load(RING_V + b * srvb + slot * srvl + h * srvh + offs_d, mask=dmask, other=0.0)
+            l_ok = tl.load(RING_VALID + b * s_rvalid_b + slot) != 0
+        else:  # a window of 1: the new token leaves at once
+            lk_lin = tl.load(KL + b * sklb + h * sklh + offs_d, mask=dmask, other=0.0).to(tl.float32)
+            lk_row = k_rot
+            lv_row = tl.load(V + b * svb + h * svh + offs_d, mask=dmask, other=0.0)
+            l_ok = real
+        l_index = seen - L
+        if HAS_SINKS:  # a sink never competes
+            smask_l = offs_s < S
+            spos_l = tl.load(SINK_POS + b * s_spos_b + offs_s, mask=smask_l, other=0)
+            sval_l = tl.load(SINK_VALID + b * s_svalid_b + offs_s, mask=smask_l, other=0) != 0
+            is_sink = tl.sum((smask_l & sval_l & (spos_l == l_index)).to(tl.int32), 0) > 0
+            l_ok = l_ok & (is_sink == 0)
+
+    # ---- the window's probabilities (ring, new token, sinks, global members) for each query head of the group
     if HAS_WIN:
         offs_l = tl.arange(0, BL)
         lmask = offs_l < L
@@ -91,6 +133,7 @@ def decode_step(
         p_ring = tl.zeros([BG, BL], tl.float32)
         p_new = tl.zeros([BG], tl.float32)
         p_sink = tl.zeros([BG, BS], tl.float32)
+        p_glob = tl.zeros([BG, BGL], tl.float32)
         if HAS_SINKS:
             smask = offs_s < S
             sk = tl.load(SINK_K + b * sskb + offs_s[:, None] * sskn + h * sskh + offs_d[None, :],
@@ -98,6 +141,9 @@ def decode_step(
             spos = tl.load(SINK_POS + b * s_spos_b + offs_s, mask=smask, other=0)
             sink_ok = smask & (tl.load(SINK_VALID + b * s_svalid_b + offs_s, mask=smask, other=0) != 0)
             sink_ok = sink_ok & (spos < seen - L)  # a sink inside the window is counted once, as a window key
+        if HAS_GLOBAL:
+            gk = tl.load(GLOB_K + b * sgkb + offs_gl[:, None] * sgkn + h * sgkh + offs_d[None, :],
+                         mask=glmask[:, None] & dmask[None, :], other=0.0).to(tl.float32)
         for g in range(G):
             q_rot = _rope(Q + b * sqb + (h * G + g) * sqh, offs_d, partner, sign, dmask, cos, sin)
             s_ring = tl.where(ring_ok, tl.sum(rk * q_rot[None, :], 1) * scale, float("-inf"))
@@ -106,6 +152,9 @@ def decode_step(
             if HAS_SINKS:
                 s_sink = tl.where(sink_ok, tl.sum(sk * q_rot[None, :], 1) * scale, float("-inf"))
                 m = tl.maximum(m, tl.max(s_sink, 0))
+            if HAS_GLOBAL:
+                s_glob = tl.where(g_ok, tl.sum(gk * q_rot[None, :], 1) * scale, float("-inf"))
+                m = tl.maximum(m, tl.max(s_glob, 0))
             m = tl.where(m == float("-inf"), 0.0, m)
             e_ring = tl.exp(s_ring - m)
             e_new = tl.exp(s_new - m)
@@ -113,12 +162,17 @@ def decode_step(
             if HAS_SINKS:
                 e_sink = tl.exp(s_sink - m)
                 den += tl.sum(e_sink, 0)
+            if HAS_GLOBAL:
+                e_glob = tl.exp(s_glob - m)
+                den += tl.sum(e_glob, 0)
             den = tl.where(den > 0, den, 1.0)  # no visible key (a padding query): zeros
             row = offs_g == g
             p_ring = tl.where(row[:, None], (e_ring / den)[None, :], p_ring)
             p_new = tl.where(row, e_new / den, p_new)
             if HAS_SINKS:
                 p_sink = tl.where(row[:, None], (e_sink / den)[None, :], p_sink)
+            if HAS_GLOBAL:
+                p_glob = tl.where(row[:, None], (e_glob / den)[None, :], p_glob)
 
     # ---- the recurrence's inputs: feature-mapped queries of the group, key, gate, the normaliser's readout
     if HAS_REC:
@@ -131,6 +185,11 @@ def decode_step(
             else:
                 gate = _logsigmoid(x) * inv_norm
             decay = tl.zeros([BD], tl.float32) + tl.exp(tl.where(real, gate, 0.0))
+            if DELTA:  # the write strength β (0 for padding: no write)
+                if BETA_CONST:
+                    beta = tl.where(real, beta_const, 0.0)
+                else:
+                    beta = tl.where(real, 1.0 / (1.0 + tl.exp(-x)), 0.0)
         else:
             if GATE == 0:
                 gate = _logsigmoid(kl) * inv_norm
@@ -144,19 +203,27 @@ def decode_step(
         else:
             kf = _feature_map(kl, dmask, FMAP)
         kf = tl.where(real, kf, 0.0)
-        qf = tl.zeros([BG, BD], tl.float32)
-        for g in range(G):
-            ql = tl.load(QL + b * sqlb + (h * G + g) * sqlh + offs_d, mask=dmask, other=0.0).to(tl.float32)
-            qf = tl.where((offs_g == g)[:, None], _feature_map(ql, dmask, FMAP)[None, :], qf)
-        if READOUT != 0:  # the normaliser z rides as column D: z ← α z + φ(k)
+        if REC_OUT:
+            qf = tl.zeros([BG, BD], tl.float32)
+            for g in range(G):
+                ql = tl.load(QL + b * sqlb + (h * G + g) * sqlh + offs_d, mask=dmask, other=0.0).to(tl.float32)
+                qf = tl.where((offs_g == g)[:, None], _feature_map(ql, dmask, FMAP)[None, :], qf)
+        if HAS_Z:  # the normaliser z rides as column D: z ← α z + φ(k)
             z = tl.load(state + offs_d * VS + D, mask=dmask, other=0.0)
             z = z * decay + kf
             tl.store(state + offs_d * VS + D, z, mask=dmask)
-            norm = tl.sum(qf * z[None, :], 1) * lin_scale  # [BG]
-            if READOUT == 1:
-                norm = tl.maximum(norm, 1e-12)
-            else:
-                norm = tl.maximum(tl.abs(norm), 1.0)
+            if REC_OUT:
+                if READOUT != 0:
+                    norm = tl.sum(qf * z[None, :], 1) * lin_scale  # [BG]
+                    if READOUT == 1:
+                        norm = tl.maximum(norm, 1e-12)
+                    else:
+                        norm = tl.maximum(tl.abs(norm), 1.0)
+        if HAS_GLOBAL:  # the leaver's recall query φ(k) (k̂ for the delta rule), and its normaliser φ(k)·z
+            lf = _feature_map(lk_lin, dmask, FMAP)
+            if HAS_Z:
+                l_den = tl.maximum(tl.sum(lf * z, 0) * lin_scale, 1e-12)
+            err2 = tl.sum(tl.zeros([BD], tl.float32), 0)
 
     # ---- value side, BV columns at a time: window output, state update and readout, the mix
     for c in range(0, D, BV):
@@ -169,12 +236,31 @@ def decode_step(
             if HAS_SINKS:
                 sv = tl.load(SINK_V + b * ssvb + offs_s[:, None] * ssvn + h * ssvh + cols[None, :],
                              mask=smask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+            if HAS_GLOBAL:
+                gv = tl.load(GLOB_V + b * sgvb + offs_gl[:, None] * sgvn + h * sgvh + cols[None, :],
+                             mask=glmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
         if HAS_REC:
             s_off = offs_d[:, None] * VS + cols[None, :]
             s_mask = dmask[:, None] & cmask[None, :]
             st = tl.load(state + s_off, mask=s_mask, other=0.0)
-            st = st * decay[:, None] + kf[:, None] * tl.where(real, v_new, 0.0)[None, :]
+            v_in = tl.where(real, v_new, 0.0)
+            if DELTA:  # S' = α S;  u = β (v − k̂ S');  S = S' + k̂ᵀ u
+                st = st * decay[:, None]
+                u = beta * (v_in - tl.sum(kf[:, None] * st, 0))
+                st = st + kf[:, None] * u[None, :]
+            else:
+                st = st * decay[:, None] + kf[:, None] * v_in[None, :]
             tl.store(state + s_off, st, mask=s_mask)
+            if HAS_GLOBAL:  # the leaver's self-recall error against the updated state, these columns of it
+                if HAS_RING:
+                    lv = tl.load(RING_V + b * srvb + slot * srvl + h * srvh + cols, mask=cmask,
+                                 other=0.0).to(tl.float32)
+                else:
+                    lv = v_new
+                read = tl.sum(lf[:, None] * st, 0) * lin_scale
+                if HAS_Z:
+                    read = read / l_den
+                err2 += tl.sum(tl.where(cmask, (lv - read) * (lv - read), 0.0), 0)
         for g in range(G):
             row = offs_g == g
             o = tl.zeros([BV], tl.float32)
@@ -184,9 +270,12 @@ def decode_step(
                 if HAS_SINKS:
                     ps = tl.sum(tl.where(row[:, None], p_sink, 0.0), 0)
                     o_win += tl.sum(ps[:, None] * sv, 0)
+                if HAS_GLOBAL:
+                    pg = tl.sum(tl.where(row[:, None], p_glob, 0.0), 0)
+                    o_win += tl.sum(pg[:, None] * gv, 0)
                 # the window's output in the model's dtype, as the PyTorch step returns it
                 o += window_weight * o_win.to(OUT.dtype.element_ty).to(tl.float32)
-            if HAS_REC:
+            if REC_OUT:
                 qg = tl.sum(tl.where(row[:, None], qf, 0.0), 0)
                 o_rec = tl.sum(qg[:, None] * st, 0) * lin_scale
                 if READOUT != 0:
@@ -194,18 +283,43 @@ def decode_step(
                 o += linear_weight * o_rec
             tl.store(OUT + (b * G * H + h * G + g) * D + cols, o.to(OUT.dtype.element_ty), mask=cmask)
 
-    # ---- the new token into its ring slot and, while the sequence has fewer than S real tokens, a sink slot
-    tl.debug_barrier()  # every thread of the program has read the ring and the sinks
+    # ---- every thread of the program has read the ring, the sinks and the global members: now the writes
+    tl.debug_barrier()
+    if HAS_GLOBAL:
+        # merge_leaver_: the worst member (lowest score; among equal scores the latest token, then the first
+        # slot) is replaced when the leaver's score beats it (strictly: on a tie the member stays)
+        l_score = tl.where(l_ok, tl.sqrt(err2), float("-inf"))
+        worst_score = tl.min(tl.where(glmask, g_score, float("inf")), 0)
+        is_min = glmask & (g_score == worst_score)
+        latest = tl.max(tl.where(is_min, g_index, -(2 ** 62)), 0)
+        worst = tl.min(tl.where(is_min & (g_index == latest), offs_gl, BGL), 0)
+        replace = (tl.zeros([BGL], tl.float32) + l_score) > worst_score
+        take = (offs_gl == worst) & replace & glmask
+        tl.store(GLOB_K + b * sgkb + offs_gl[:, None] * sgkn + h * sgkh + offs_d[None, :],
+                 (tl.zeros([BGL, BD], tl.float32) + lk_row.to(tl.float32)[None, :]).to(GLOB_K.dtype.element_ty),
+                 mask=take[:, None] & dmask[None, :])
+        tl.store(GLOB_V + b * sgvb + offs_gl[:, None] * sgvn + h * sgvh + offs_d[None, :],
+                 (tl.zeros([BGL, BD], tl.float32) + lv_row.to(tl.float32)[None, :]).to(GLOB_V.dtype.element_ty),
+                 mask=take[:, None] & dmask[None, :])
+        tl.store(GLOB_SCORE + b * sgsb + offs_gl * sgsn + h * sgsh, tl.zeros([BGL], tl.float32) + l_score,
+                 mask=take)
+        tl.store(GLOB_INDEX + b * sgib + offs_gl * sgin + h * sgih, tl.zeros([BGL], tl.int64) + l_index,
+                 mask=take)
+    # the new token into its ring slot and, while the sequence has fewer than S real tokens, a sink slot
     v_row = tl.load(V + b * svb + h * svh + offs_d, mask=dmask, other=0.0)
-    if L > 0:
+    if HAS_RING:
         tl.store(RING_K + b * srkb + slot * srkl + h * srkh + offs_d, k_rot.to(RING_K.dtype.element_ty), mask=dmask)
         tl.store(RING_V + b * srvb + slot * srvl + h * srvh + offs_d, v_row.to(RING_V.dtype.element_ty), mask=dmask)
+        if HAS_GLOBAL:  # and its raw key, the recall query when it leaves
+            kl_row = tl.load(KL + b * sklb + h * sklh + offs_d, mask=dmask, other=0.0)
+            tl.store(RING_KL + b * srklb + slot * srkll + h * srklh + offs_d, kl_row.to(RING_KL.dtype.element_ty),
+                     mask=dmask)
     if HAS_SINKS:
-        take = dmask & ((offs_d * 0 + sink_at) < S) & ((tl.zeros([BD], tl.int32) + real.to(tl.int32)) != 0)
+        take_sink = dmask & ((offs_d * 0 + sink_at) < S) & ((tl.zeros([BD], tl.int32) + real.to(tl.int32)) != 0)
         tl.store(SINK_K + b * sskb + sink_at * sskn + h * sskh + offs_d, k_rot.to(SINK_K.dtype.element_ty),
-                 mask=take)
+                 mask=take_sink)
         tl.store(SINK_V + b * ssvb + sink_at * ssvn + h * ssvh + offs_d, v_row.to(SINK_V.dtype.element_ty),
-                 mask=take)
+                 mask=take_sink)
 
 
 @triton.jit

@@ -1,34 +1,45 @@
 """The static decode step of one Liger layer fused into two Triton launches (``decode_backend="triton"``).
 
 :func:`liger.models.attention.decode_step_core` computes one token's attention step — the recurrent state's
-update and readout, RoPE of q and k, the window over the ring buffer, the sinks and the new token, the ring and
-sink writes, the mix of both branches — as dozens of small PyTorch kernels per layer (fewer once ``torch.compile``
+update and readout, RoPE of q and k, the window over the ring buffer, the sinks, the new token and the global
+cache, the global cache's merge, the ring and sink writes, the mix of both branches — as dozens of small PyTorch kernels per layer (fewer once ``torch.compile``
 fuses them), and a captured decode step of a small model is bound by their number rather than by memory
 traffic. :func:`fused_decode_step` computes the same thing in two launches:
 
 * ``decode_step``, one program per (sequence, KV head), serving the ``HQ / H`` query heads of its group: it reads
   the ring's keys and values once for the whole group, computes the window's softmax over the valid ring slots,
-  the visible sinks and the new token (exactly :func:`liger.models.window.window_decode_attention`'s mask), updates
-  the float32 state in place (``S ← diag(α) S + φ(k)ᵀ v``, with the normaliser column when the readout divides
-  by it) and reads it out for each query head, mixes ``linear_weight · o_rec + window_weight · o_win`` and writes
-  ``[B, 1, HQ, D]`` in q's dtype; then it writes the new token's rotated key and value into its ring slot (and
-  sink slot) — after its own reads, since the slot it takes is the oldest of the window it just attended.
+  the visible sinks, the new token and the global cache's members (exactly
+  :func:`liger.models.window.window_decode_attention`'s mask; a member is visible while its score is above
+  −inf), updates the float32 state in place (``S ← diag(α) S + φ(k)ᵀ v``, with the normaliser column when the
+  readout divides by it or the global cache recalls through it; the gated delta rule's ``S' = α S``,
+  ``S ← S' + k̂ᵀ β (v − k̂ S')`` with L2-normalised q̂/k̂) and reads it out for each query head, mixes
+  ``linear_weight · o_rec + window_weight · o_win`` and writes ``[B, 1, HQ, D]`` in q's dtype. With a global
+  cache it then scores the token leaving the window (the ring's oldest, whose slot the new token takes; the new
+  token itself for a window of 1; padding and sinks — as the buffers hold them before this step, like the
+  PyTorch step — never compete) by its self-recall error against the state
+  after this step — the state and the cache of a (sequence, KV head) belong to one program, so this needs no
+  further launch — and merges it into the cache as :func:`liger.models.global_cache.merge_leaver_` does (it
+  replaces the worst member, the latest among equal lowest scores, when its score is strictly higher). Last it
+  writes the new token's rotated key and value (and raw key, for the global cache) into its ring slot (and sink
+  slot) — after its own reads, since the slot it takes is the oldest of the window it just attended.
 * ``decode_bookkeeping``, one program: the ring slot's valid flag, the new sink's position and flag, the
   real-token counts and the token count. These are read by every head's program of the first launch, so they are
   written after it.
 
 Covered: the generic gated form of :class:`~liger.models.variants.Recurrence` — gla (the default), hgrn2, rwkv6,
 mamba2, gated_retention, mlstm — with any feature map, the ``"sum"`` readout and mLSTM's normaliser, the gate
-pooled over the whole head (no ``gate_pool_size`` other than head_dim), sinks, grouped query heads, any even head
-dim up to 256, float32/bfloat16/float16 models with a float32 state, either branch weighted 0. Not covered (the
-PyTorch step runs, logged once): the global cache (``global_cache_size > 0``), gsa and gated_deltanet, gate
-pooling, value heads of another size than the key heads, tensors off CUDA (unless Triton's CPU interpreter is on,
+pooled over the whole head (no ``gate_pool_size`` other than head_dim); gated_deltanet (β from the key or the
+constant ``delta_write_strength``); the global cache (``global_cache_size > 0``, with or without the recurrent
+branch's output); sinks, grouped query heads, any even head dim up to 256, float32/bfloat16/float16 models with a
+float32 state, either branch weighted 0. Not covered (the PyTorch step runs, logged once): gsa, gate pooling,
+value heads of another size than the key heads, tensors off CUDA (unless Triton's CPU interpreter is on,
 ``TRITON_INTERPRET=1``, which is how the CPU tests run the kernels).
 
 Numerics: everything in float32, rounded once to the buffers' and output's dtypes (the PyTorch step rounds the
 RoPE'd q/k and the window's scores to the model's dtype on the way); the window's output is rounded to the
-model's dtype before the mix, as the PyTorch step returns it. Not the default (``decode_backend="auto"`` keeps the
-PyTorch step) until it is measured on a GPU.
+model's dtype before the mix, as the PyTorch step returns it; the recall error is computed in float32 from
+the float32 state (the PyTorch step feature-maps the leaver's key in the model's dtype first). Not the default
+(``decode_backend="auto"`` keeps the PyTorch step) until it is measured on a GPU.
 """
 
 from __future__ import annotations
@@ -40,7 +51,7 @@ from types import SimpleNamespace
 import torch
 
 from .triton_common import has_triton, next_power_of_2
-from .variants import FEATURE_MAPS, GLA, HGRN2, MLSTM, RWKV6, GatedRetention, Mamba2
+from .variants import FEATURE_MAPS, GLA, HGRN2, MLSTM, RWKV6, GatedDeltaNet, GatedRetention, Mamba2
 
 logger = logging.getLogger("liger")
 
@@ -66,6 +77,12 @@ def _feature_map_index(recurrence) -> int | None:
     return None
 
 
+def _state_columns(r, D: int) -> int:
+    """Columns of the kernel's state: the gated delta rule never carries the normaliser; the generic form does
+    when its readout divides by it or the global cache recalls through it."""
+    return D if type(r) is GatedDeltaNet else D + int(r.normaliser_column)
+
+
 def unsupported_reason(spec, q: torch.Tensor, v: torch.Tensor, buffers) -> str | None:
     """Why the fused step cannot take this layer's step (None when it can)."""
     r = spec.recurrence
@@ -75,18 +92,25 @@ def unsupported_reason(spec, q: torch.Tensor, v: torch.Tensor, buffers) -> str |
     if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         return "the tensors are not on a CUDA device"
     if buffers.global_score is not None:
-        return "the global cache (global_cache_size > 0) is not in the kernel"
+        if not spec.needs_state:
+            return "the global cache's scores need the stepped state"
+        if buffers.global_score.dtype != torch.float32 or buffers.ring_k_lin is None:
+            return "the global cache's scores must be float32"
+        if any(t.stride(-1) != 1 for t in (buffers.global_k, buffers.global_v, buffers.ring_k_lin)):
+            return "the global cache's keys/values must have contiguous rows"
     if spec.needs_state:
-        if type(r) not in _GATES:
-            return f"variant {type(r).__name__} is not in the kernel (the generic gated form only)"
-        if r.pool_size not in (None, D):
-            return "gate pooling (gate_pool_size != head_dim) is not in the kernel"
-        if r.recall_reads or r.readout not in _READOUTS:
-            return f"readout {r.readout!r} is not in the kernel"
-        if _feature_map_index(r) is None:
-            return "an unknown feature map"
+        if type(r) is not GatedDeltaNet:
+            if type(r) not in _GATES:
+                return f"variant {type(r).__name__} is not in the kernel (the generic gated form and the delta rule)"
+            if r.pool_size not in (None, D):
+                return "gate pooling (gate_pool_size != head_dim) is not in the kernel"
+            if r.readout not in _READOUTS:
+                return f"readout {r.readout!r} is not in the kernel"
+            if _feature_map_index(r) is None:
+                return "an unknown feature map"
         state = buffers.state
-        if state is None or len(state) != 1 or state[0].dtype != torch.float32 or not state[0].is_contiguous():
+        if (state is None or len(state) != 1 or state[0].dtype != torch.float32 or not state[0].is_contiguous()
+                or state[0].shape[-1] != _state_columns(r, D)):
             return "the kernel takes one contiguous float32 state per layer"
     if q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         return f"dtype {q.dtype}"
@@ -117,9 +141,11 @@ def fused_decode_step(spec, q, k, v, q_lin, k_lin, cos, sin, valid, buffers) -> 
     G = HQ // H
     L = b.ring_k.shape[1]
     S = b.sink_k.shape[1] if b.sink_k is not None else 0
+    NG = b.global_score.shape[1] if b.global_score is not None else 0
     r = spec.recurrence
     has_rec = spec.needs_state
     has_win = spec.window_weight != 0
+    delta = has_rec and type(r) is GatedDeltaNet
     q, k, v, q_lin, k_lin, cos, sin = (_rows(x) for x in (q, k, v, q_lin, k_lin, cos, sin))
     out = torch.empty(B, 1, HQ, D, dtype=q.dtype, device=q.device)
     valid8 = valid.to(torch.bool).contiguous().view(torch.uint8)
@@ -129,27 +155,41 @@ def fused_decode_step(spec, q, k, v, q_lin, k_lin, cos, sin, valid, buffers) -> 
         sink_k, sink_v, sink_pos, sink_valid8 = b.sink_k, b.sink_v, b.sink_pos, b.sink_valid.view(torch.uint8)
     else:
         sink_k, sink_v, sink_pos, sink_valid8 = b.ring_k, b.ring_v, b.real_seen, ring_valid8  # never read
-    readout = _READOUTS.get(r.readout, 0) if has_rec else 0
-    if has_rec and type(r) is HGRN2:
-        gate = 0 if r.lower_bound == 0 else 1
+    if NG:
+        ring_kl, glob_k, glob_v, glob_score, glob_index = (b.ring_k_lin, b.global_k, b.global_v, b.global_score,
+                                                           b.global_index)
+    else:  # never read
+        ring_kl, glob_k, glob_v, glob_score, glob_index = b.ring_k, b.ring_k, b.ring_v, out, b.real_seen
+    global_strides = (*ring_kl.stride()[:3], *glob_k.stride()[:3], *glob_v.stride()[:3], *glob_score.stride()[:3],
+                      *glob_index.stride()[:3]) if NG else (0,) * 15
+    readout = _READOUTS.get(r.readout, 0) if has_rec and not delta else 0
+    if delta:
+        gate, fmap = 4, 4  # the scalar gate logsigmoid(mean k)/n; q̂, k̂ L2-normalised
+    elif has_rec and type(r) is HGRN2:
+        gate, fmap = (0 if r.lower_bound == 0 else 1), _feature_map_index(r) or 0
     else:
-        gate = _GATES.get(type(r), 0)
+        gate, fmap = _GATES.get(type(r), 0), (_feature_map_index(r) or 0) if has_rec else 0
+    VS = _state_columns(r, D) if has_rec else D
+    strength = getattr(r, "write_strength", None) if delta else None
     BD = max(16, next_power_of_2(D))
     BV = max(4, min(BD, 4096 // BD))
     ssb = cos.stride(0) if cos.shape[0] > 1 else 0
     _kernels().decode_step[(B * H,)](
         q, k, v, q_lin, k_lin, cos, sin, valid8, state, b.ring_k, b.ring_v, ring_valid8, b.seen_t,
         sink_k, sink_v, sink_pos, sink_valid8, b.real_seen, out,
+        ring_kl, glob_k, glob_v, glob_score, glob_index,
         q.stride(0), q.stride(2), k.stride(0), k.stride(2), v.stride(0), v.stride(2),
         q_lin.stride(0), q_lin.stride(2), k_lin.stride(0), k_lin.stride(2), ssb,
         *b.ring_k.stride()[:3], *b.ring_v.stride()[:3], ring_valid8.stride(0),
         *sink_k.stride()[:3], *sink_v.stride()[:3], sink_pos.stride(0), sink_valid8.stride(0),
-        H, L, max(L, 1), S, float(spec.scaling), float(r.scale), 1.0 / float(r.normalizer), float(r.lower_bound),
-        float(spec.linear_weight), float(spec.window_weight),
+        *global_strides,
+        H, L, max(L, 1), S, NG, float(spec.scaling), float(r.scale), 1.0 / float(r.normalizer),
+        float(r.lower_bound), float(strength or 0.0), float(spec.linear_weight), float(spec.window_weight),
         D=D, BD=BD, BV=BV, G=G, BG=max(2, next_power_of_2(G)), BL=max(2, next_power_of_2(L)),
-        BS=max(2, next_power_of_2(S)), VS=D + (readout != 0), FMAP=(_feature_map_index(r) or 0) if has_rec else 0,
-        GATE=gate, KEY_IS_GATE=has_rec and type(r) is HGRN2, READOUT=readout, HAS_REC=has_rec,
-        HAS_WIN=has_win, HAS_SINKS=S > 0, num_warps=4 if D <= 64 else 8)
+        BS=max(2, next_power_of_2(S)), BGL=max(2, next_power_of_2(NG)), VS=VS, FMAP=fmap,
+        GATE=gate, KEY_IS_GATE=has_rec and type(r) is HGRN2, DELTA=delta, BETA_CONST=strength is not None,
+        HAS_Z=has_rec and VS > D, READOUT=readout, HAS_REC=has_rec, REC_OUT=has_rec and spec.linear_weight != 0,
+        HAS_WIN=has_win, HAS_SINKS=S > 0, HAS_GLOBAL=NG > 0, HAS_RING=L > 0, num_warps=4 if D <= 64 else 8)
     _kernels().decode_bookkeeping[(1,)](
         valid8, ring_valid8, b.seen_t, sink_pos, sink_valid8, b.real_seen, B, L, max(L, 1), S,
         ring_valid8.stride(0), sink_pos.stride(0), sink_valid8.stride(0),
