@@ -115,6 +115,8 @@ def decode_step(
             lk_row = k_rot
             lv_row = tl.load(V + b * svb + h * svh + offs_d, mask=dmask, other=0.0)
             l_ok = real
+            if HAS_SINKS:  # nor when it becomes a sink on this step
+                l_ok = l_ok & (sink_at >= S)
         l_index = seen - L
         if HAS_SINKS:  # a sink never competes
             smask_l = offs_s < S

@@ -136,7 +136,8 @@ def decode_step_core(spec: DecodeSpec, q, k, v, q_lin, k_lin, cos, sin, valid, b
 
 def _merge_leaving_token(recurrence: Recurrence, b: LayerBuffers, k_rot, v, k_lin, valid) -> None:
     """The token leaving the window after this step (the ring's oldest, whose slot the new token takes; the new
-    token itself for a window of 1) competes for the global cache, scored against the state after this step."""
+    token itself for a window of 1) competes for the global cache, scored against the state after this step.
+    Padding and sinks (the new token too, when it becomes one on this step) never compete."""
     L = b.ring_k.shape[1]
     if L:
         slot = torch.remainder(b.seen_t, L).view(1)
@@ -144,6 +145,8 @@ def _merge_leaving_token(recurrence: Recurrence, b: LayerBuffers, k_rot, v, k_li
         lvalid = b.ring_valid.index_select(1, slot)[:, 0]
     else:
         lk, lv, lk_lin, lvalid = k_rot, v, k_lin, valid
+        if b.sink_k is not None:  # a token that becomes a sink on this step (write_decoded_token) does not compete
+            lvalid = lvalid & (b.real_seen >= b.sink_k.shape[1])
     index = b.seen_t - L  # the leaver's absolute position
     if b.sink_valid is not None:
         lvalid = lvalid & ~(b.sink_valid & (b.sink_pos == index)).any(1)

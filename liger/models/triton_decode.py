@@ -15,8 +15,8 @@ traffic. :func:`fused_decode_step` computes the same thing in two launches:
   ``S ← S' + k̂ᵀ β (v − k̂ S')`` with L2-normalised q̂/k̂) and reads it out for each query head, mixes
   ``linear_weight · o_rec + window_weight · o_win`` and writes ``[B, 1, HQ, D]`` in q's dtype. With a global
   cache it then scores the token leaving the window (the ring's oldest, whose slot the new token takes; the new
-  token itself for a window of 1; padding and sinks — as the buffers hold them before this step, like the
-  PyTorch step — never compete) by its self-recall error against the state
+  token itself for a window of 1; padding and sinks — the new token too, for a window of 1, when it becomes
+  a sink on this step — never compete) by its self-recall error against the state
   after this step — the state and the cache of a (sequence, KV head) belong to one program, so this needs no
   further launch — and merges it into the cache as :func:`liger.models.global_cache.merge_leaver_` does (it
   replaces the worst member, the latest among equal lowest scores, when its score is strictly higher). Last it

@@ -145,6 +145,24 @@ def test_cached_decoding_equals_full_forward(variant, sinks):
             assert_close(got[b, real], full[b, real], 1e-9, msg=f"{mode}, sequence {b}")
 
 
+def test_window_of_one_with_sinks_decodes_as_the_full_forward():
+    # a window of 1: the decoded token leaves the window at once, and a token that becomes a sink on this step
+    # never competes (sequence 2 has no real token in the prefill, so its first decoded tokens become sinks)
+    model = liger.convert(tiny_teacher("llama", dtype=torch.float64), window_size=1, num_sink_tokens=2,
+                          global_cache_size=2)
+    x, mask = left_padded(T=18, pads=(0, 4, 11))
+    with torch.no_grad():
+        full = model(x, attention_mask=mask, position_ids=positions(mask)).logits
+    for mode in ("eager", "static"):
+        got, cache = decode(model, x, mask, 9, mode)
+        real = mask.bool()
+        assert_close(got[real], full[real], 1e-9, msg=mode)
+        sinks = cache.layers[0].buffers
+        is_sink = (sinks.sink_valid[:, :, None, None] & (sinks.sink_pos[:, :, None, None]
+                                                         == sinks.global_index[:, None])).any(1)
+        assert not is_sink.any(), mode
+
+
 def test_prefill_in_two_calls_equals_one_and_the_cache_matches():
     model = liger.convert(tiny_teacher("qwen3", dtype=torch.float64), window_size=5, global_cache_size=4)
     x, mask = left_padded(T=40, pads=(0, 3, 8))

@@ -80,7 +80,7 @@ STEP = HELPERS + textwrap.dedent('''
     # (T < W - 1) and wrapped (T > W - 1), a window of 1 (no ring), sequences all padding, sinks still filling while
     # decoding; the gated delta rule (β from the key, a constant β); the global cache with and without the recurrent
     # branch's output, with sinks (one leaves the window and must not compete), a ring not yet full (invalid
-    # leavers), a window of 1 (the new token leaves at once)
+    # leavers), a window of 1 (the new token leaves at once; in the second sequence it becomes a sink first)
     cases = [
         (2, 4, 2, 16, 8, 0, 20, (0, 3), {}, 0.5, 0.5, 3, 0),
         (3, 6, 2, 24, 64, 2, 10, (0, 4, 10), {}, 0.5, 0.5, 3, 0),
@@ -99,7 +99,7 @@ STEP = HELPERS + textwrap.dedent('''
         (3, 4, 2, 16, 6, 2, 20, (0, 4, 20), dict(global_cache_size=1), 0.5, 0.5, 4, 4),
         (2, 4, 2, 16, 4, 2, 9, (0, 8), dict(global_cache_size=1, feature_map="relu"), 0.0, 1.0, 4, 3),
         (1, 4, 4, 32, 5, 0, 2, (0,), dict(global_cache_size=1, linear_normalizer="sum"), 0.5, 0.5, 4, 3),
-        (2, 4, 2, 16, 1, 2, 3, (0, 1), dict(global_cache_size=1, variant="mlstm"), 0.5, 0.5, 3, 2),
+        (2, 4, 2, 16, 1, 2, 3, (0, 3), dict(global_cache_size=1, variant="mlstm"), 0.5, 0.5, 3, 2),
         (2, 4, 2, 16, 6, 2, 12, (0, 2), dict(global_cache_size=1, variant="gated_deltanet"), 0.5, 0.5, 4, 4),
         (2, 6, 2, 24, 5, 1, 12, (3, 0), dict(global_cache_size=1, variant="gated_deltanet", delta_write_strength=1.0),
          0.0, 1.0, 4, 3),
