@@ -88,7 +88,7 @@ class LigerConfig(PretrainedConfig):
     decode_backend: DecodeBackend = "auto"
     """The static single-token decode step (CUDA graphs): "torch" (PyTorch ops, dozens of small kernels per layer),
     "triton" (one fused Triton kernel per layer plus a bookkeeping launch, CUDA; the PyTorch step where it does
-    not apply: global cache, gsa, gated_deltanet, gate pooling), or "auto" (torch until the kernel is measured on
+    not apply: gsa, gate pooling), or "auto" (torch until the kernel is measured on
     a GPU)."""
     full_attention_layers: list[int] = field(default_factory=list)
     """Decoder layers that keep the teacher's full softmax attention (the inter-layer hybrid "-H")."""

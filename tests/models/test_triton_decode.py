@@ -1,8 +1,9 @@
 """The fused Triton decode step (``decode_backend="triton"``) on CPU, through Triton's interpreter: one layer's
-step against the PyTorch step (output and every cache buffer after it) over shapes, window fills, sinks, padding
-and the covered variants; a whole model decoding with ``decode_backend="triton"`` against the same model on the
-PyTorch step; and the cases it leaves to the PyTorch step. Skipped when Triton is not installed; the compiled
-kernels are checked on the GPU tier (tests/gpu/test_decode.py)."""
+step against the PyTorch step (output and every cache buffer after it) over shapes, window fills, sinks, padding,
+the covered variants (the gated delta rule included) and the global cache; whole models decoding with
+``decode_backend="triton"`` against the same models on the PyTorch step; and the cases it leaves to the PyTorch
+step. Skipped when Triton is not installed; the compiled kernels are checked on the GPU tier
+(tests/gpu/test_decode.py)."""
 
 import importlib.util
 import textwrap
