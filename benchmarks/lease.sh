@@ -78,12 +78,13 @@ pipeline)  # the background run (started by `start`)
     python3 benchmarks/gpu_check.py --out "$LEASE/runs/gpu_check" --skip-tests --budget "$(cat "$LEASE/bench_budget")" \
       --skip-batch1 --serve-budget 150 > "$LEASE/out/gpu_check.log" 2>&1 || true
     # the memory recipe's decode cost (issue 14): the same decode bench without and with its options
-    # (memory-triton: its window in the Triton kernels, sinks and global keys merged through the log-sum-exp);
-    # decode-triton: the plain recipe with its static decode step fused into one Triton kernel per layer
+    # (memory-triton: its window in the Triton kernels, sinks and global keys merged through the log-sum-exp, and
+    # its decode step fused, global cache included); decode-triton: the plain recipe with its static decode step
+    # fused into one Triton kernel per layer
     for recipe in plain memory memory-triton decode-triton; do
       opts=(); [ "${recipe#memory}" != "$recipe" ] && opts=(liger_options.global_cache_size=64 \
         liger_options.num_sink_tokens=4 liger_options.linear_normalizer=sum)
-      [ "$recipe" = memory-triton ] && opts+=(liger_options.window_backend=triton)
+      [ "$recipe" = memory-triton ] && opts+=(liger_options.window_backend=triton liger_options.decode_backend=triton)
       [ "$recipe" = decode-triton ] && opts+=(liger_options.decode_backend=triton)
       python3 -m liger bench --model random:smollm2 --device cuda --dtype bfloat16 --batch-size 16 \
         --context 2048,32768 --decode-steps 16 --prefill-repeats 1 --teachers gqa_graph --time-budget 75 \
