@@ -184,8 +184,9 @@ def test_distillation_against_the_teacher_attention(tiny_base, alpaca_file, tmp_
 
 
 def test_two_processes_on_gloo_give_the_loss_of_one_process(tiny_base, alpaca_file, tmp_path):
+    # two attention-transfer steps, then two next-token steps: both objectives through DDP
     common = ["finetune", *tiny_args(tiny_base, alpaca_file, "{out}"), "--max-steps", "4", "train.eval_every=0",
-              "train.save_every=0"]
+              "train.save_every=0", "train.transfer_steps=2"]
     one = run_cli(*[a.replace("{out}", str(tmp_path / "one")) for a in common])
     assert one.returncode == 0, one.stderr[-2000:]
     accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable))
@@ -197,6 +198,8 @@ def test_two_processes_on_gloo_give_the_loss_of_one_process(tiny_base, alpaca_fi
     assert env["num_processes"] == 2
     a, b = train_losses(tmp_path / "one"), train_losses(tmp_path / "two")
     assert a.keys() == b.keys() == {1, 2, 3, 4}
+    objectives = [e["objective"] for e in read_metrics(tmp_path / "two" / "metrics.jsonl") if e["type"] == "train"]
+    assert objectives == ["transfer", "transfer", "ce", "ce"]
     for step in a:
         assert abs(a[step] - b[step]) <= 1e-5 * abs(a[step]), (step, a[step], b[step])
     wa, wb = load_file(tmp_path / "one" / "final" / "model.safetensors"), load_file(
