@@ -2,9 +2,10 @@
 
 :func:`liger.models.attention.decode_step_core` computes one token's attention step — the recurrent state's
 update and readout, RoPE of q and k, the window over the ring buffer, the sinks, the new token and the global
-cache, the global cache's merge, the ring and sink writes, the mix of both branches — as dozens of small PyTorch kernels per layer (fewer once ``torch.compile``
-fuses them), and a captured decode step of a small model is bound by their number rather than by memory
-traffic. :func:`fused_decode_step` computes the same thing in two launches:
+cache, the global cache's merge, the ring and sink writes, the mix of both branches — as dozens of small
+PyTorch kernels per layer (fewer once ``torch.compile`` fuses them), and a captured decode step of a small model
+is bound by their number rather than by memory traffic. :func:`fused_decode_step` computes the same thing in two
+launches:
 
 * ``decode_step``, one program per (sequence, KV head), serving the ``HQ / H`` query heads of its group: it reads
   the ring's keys and values once for the whole group, computes the window's softmax over the valid ring slots,

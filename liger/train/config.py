@@ -198,7 +198,9 @@ def check(cfg: TrainConfig) -> None:
     need(cfg.eval.limit is None or cfg.eval.limit >= 1, "eval.limit", "must be >= 1 or null", cfg.eval.limit)
     need(cfg.eval.batch_size >= 1, "eval.batch_size", "must be >= 1", cfg.eval.batch_size)
     need(cfg.eval.baseline is None or re.fullmatch(r"swa:[1-9][0-9]*:[0-9]+(:[0-9]+)?", cfg.eval.baseline) is not None,
-         "eval.baseline", "must be swa:W:S or swa:W:S:G (W >= 1 window keys, S >= 0 sinks, G >= 0 global tokens) or null", cfg.eval.baseline)
+         "eval.baseline",
+         "must be swa:W:S or swa:W:S:G (W >= 1 window keys, S >= 0 sinks, G >= 0 global tokens) or null",
+         cfg.eval.baseline)
     need(bool(cfg.output), "output", "must be a directory path", cfg.output)
 
 

@@ -109,7 +109,7 @@ def test_sequences_plain_text_segments_and_jsonl_documents(tmp_path):
     assert [s["source"] for s in seqs] == [f"{docs}:2", f"{docs}:3"] and all(s["start"] == 0 for s in seqs)
     assert seqs[0]["ids"] == [bos.bos_token_id] + bos(prose(20, 3), add_special_tokens=False).input_ids[:299]
     # too few documents' beginnings: later non-overlapping segments of the documents fill in, evenly spaced
-    segments = sum((len(bos(prose(20, i), add_special_tokens=False).input_ids) // 299 for i in (3, 4)))
+    segments = sum(len(bos(prose(20, i), add_special_tokens=False).input_ids) // 299 for i in (3, 4))
     assert segments > 3
     more = corpus.sequences(300, 3)
     assert {s["source"] for s in more} == {f"{docs}:2", f"{docs}:3"} and any(s["start"] > 0 for s in more)

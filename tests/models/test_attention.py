@@ -1,4 +1,5 @@
-"""LigerAttention against an independent, loop-by-loop transcription of the method (docs/method.md, "Liger attention (one layer)" and "Variants")."""
+"""LigerAttention against an independent, loop-by-loop transcription of the method (docs/method.md, "Liger
+attention (one layer)" and "Variants")."""
 
 import pytest
 import torch

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 import liger
-from liger.models.window import Sinks
 from tests.conftest import run_in_triton_interpreter, tiny_teacher
 
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
