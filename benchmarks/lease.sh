@@ -87,7 +87,7 @@ pipeline)  # the background run (started by `start`)
       [ "$recipe" = memory-triton ] && opts+=(liger_options.window_backend=triton liger_options.decode_backend=triton)
       [ "$recipe" = decode-triton ] && opts+=(liger_options.decode_backend=triton)
       python3 -m liger bench --model random:smollm2 --device cuda --dtype bfloat16 --batch-size 16 \
-        --context 2048,32768 --decode-steps 16 --prefill-repeats 1 --teachers gqa_graph --time-budget 75 \
+        --context 2048,32768 --decode-steps 16 --prefill-repeats 1 --teachers gqa_graph --time-budget "${RECIPE_S:-75}" \
         --train --train-batch-sizes 8 --train-length 1024 --train-steps 6 \
         --output "$LEASE/runs/gpu_check/bench_$recipe.json" "${opts[@]}" > "$LEASE/out/bench_$recipe.log" 2>&1 || true
     done
