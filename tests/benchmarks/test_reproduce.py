@@ -118,7 +118,7 @@ def test_train_tiny_then_eval(tiny_base, tmp_path, reproduce, monkeypatch):
                      "adapter/adapter_model.safetensors", "adapter/adapter_config.json", "adapter/README.md"} - (
         set() if (runs / "gla-h" / "adapter" / "README.md").exists() else {"adapter/README.md"})
     memory = json.loads((runs / "memory" / "summary.json").read_text())  # global cache, 512-token sequences
-    assert memory["status"] == "ok" and memory["sequence_length"] == 512 and memory["liger"]["global_cache_size"] == 64
+    assert memory["status"] == "ok" and memory["sequence_length"] == 512 and memory["liger"]["global_cache_size"] == 256
     broken = json.loads((runs / "broken" / "summary.json").read_text())
     assert broken["status"] == "failed" and "unknown student 'broken'" in broken["error"]
     # checkpoints are removed (only the lock files stay)
@@ -239,7 +239,7 @@ def test_longer_sequences_keep_the_tokens_per_step(reproduce, tmp_path):
     cfg = reproduce.student_config("memory", corpus, 20_000_000, tmp_path / "out", "smollm2", False, "cuda")
     assert cfg.data.max_length == 4096 and cfg.train.batch_size == cfg.train.micro_batch_size == 2
     assert cfg.train.max_steps == 20_000_000 // 8192 and cfg.train.save_every == cfg.train.max_steps // 10
-    assert cfg.model.liger == {"variant": "gla", "linear_normalizer": "sum", "global_cache_size": 64,
+    assert cfg.model.liger == {"variant": "gla", "linear_normalizer": "sum", "global_cache_size": 256,
                                "num_sink_tokens": 4}
     plain = reproduce.student_config("gla", corpus, 20_000_000, tmp_path / "out", "smollm2", False, "cuda")
     assert (plain.data.max_length, plain.train.batch_size, plain.train.max_steps) == (1024, 8, cfg.train.max_steps)
@@ -251,7 +251,7 @@ def test_attention_transfer_students_spend_a_quarter_of_their_steps_on_it(reprod
     cfg = reproduce.student_config("memory-at", corpus, 2_000_000, tmp_path / "out", "smollm2", False, "cuda")
     steps = 2_000_000 // 8192
     assert cfg.train.max_steps == steps and cfg.train.transfer_steps == round(steps / 4)
-    assert cfg.data.max_length == 4096 and cfg.model.liger["global_cache_size"] == 64
+    assert cfg.data.max_length == 4096 and cfg.model.liger["global_cache_size"] == 256
     tiny = reproduce.student_config("gla-at", corpus, 1024, tmp_path / "out", "smollm2", True, "cpu")
     assert (tiny.train.max_steps, tiny.train.transfer_steps, tiny.train.loss) == (4, 1, "ce")
 
