@@ -148,3 +148,19 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(params=FAMILIES)
 def family(request):
     return request.param
+
+
+def cache_tensors(cache) -> list[torch.Tensor]:
+    """Every tensor of a ``LigerCache``'s Liger layers, as ``cache.buffers()``, with each global cache's slots
+    sorted by token index: a prefill writes the members in rank order and a decode step replaces the worst one in
+    place, so two caches holding the same members may hold them in different slots."""
+    out = []
+    for layer in cache.liger_layers:
+        fields = layer.buffers._asdict()
+        if fields.get("global_index") is not None:
+            order = fields["global_index"].argsort(dim=1, stable=True)  # [B, G, H]
+            for name in ("global_k", "global_v", "global_score", "global_index"):
+                t = fields[name]
+                fields[name] = t.gather(1, order if t.dim() == 3 else order[..., None].expand_as(t))
+        out += [t for name, t in fields.items() if name != "state" and t is not None] + list(fields["state"] or ())
+    return out

@@ -26,9 +26,17 @@ MAX_ELEMENTS = 2**31 - 1
 """The kernels index memory with 32-bit integers: larger tensors take the fallback ops."""
 
 
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+"""What the compiled kernels take (Triton's interpreter takes float64 too)."""
+
+
 def supports(*tensors: torch.Tensor) -> bool:
-    """Whether the Triton kernels can take these tensors: head dims up to 256, fewer than 2³¹ elements each."""
-    return all(x.shape[-1] <= 256 and x.numel() <= MAX_ELEMENTS for x in tensors)
+    """Whether the Triton kernels can take these tensors: CUDA tensors of a kernel dtype (any device and dtype
+    under Triton's interpreter), head dims up to 256, fewer than 2³¹ elements each. A float64 or CPU model asked
+    for ``"triton"`` backends takes the fallback ops instead of a kernel compiled for a type it cannot hold."""
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    return all(x.shape[-1] <= 256 and x.numel() <= MAX_ELEMENTS
+               and (interpret or (x.is_cuda and x.dtype in KERNEL_DTYPES)) for x in tensors)
 
 
 def cdiv(a: int, b: int) -> int:

@@ -9,7 +9,7 @@ import liger
 from liger.models.attention import apply_rope
 from liger.models.gla_ops import naive_recurrent_gla
 from liger.models.global_cache import block_visibility, merge_leaver_, naive_visibility, recall_error
-from tests.conftest import assert_close, tiny_teacher
+from tests.conftest import assert_close, cache_tensors, tiny_teacher
 from tests.models.test_decoding import decode, left_padded, positions
 
 
@@ -138,11 +138,17 @@ def test_cached_decoding_equals_full_forward(variant, sinks):
     x, mask = left_padded(T=26, pads=(0, 4, 11))
     with torch.no_grad():
         full = model(x, attention_mask=mask, position_ids=positions(mask)).logits
+    caches = {}
     for mode in ("eager", "static"):
-        got, cache = decode(model, x, mask, 9, mode)
+        got, caches[mode] = decode(model, x, mask, 9, mode)
         for b in range(3):
             real = mask[b].bool()
             assert_close(got[b, real], full[b, real], 1e-9, msg=f"{mode}, sequence {b}")
+    # the same members (in their token order: the slots they sit in may differ), states, rings and sinks
+    for a, b in zip(cache_tensors(caches["static"]), cache_tensors(caches["eager"])):
+        finite = b.isfinite()  # (empty slots score -inf)
+        assert torch.equal(a.isfinite(), finite)
+        assert_close(a[finite].double(), b[finite].double(), 1e-9, atol=1e-12)
 
 
 def test_window_of_one_with_sinks_decodes_as_the_full_forward():
@@ -233,3 +239,22 @@ def test_config_checks():
         liger.convert(teacher, global_cache_size=4, linear_weight=1.0, window_weight=0.0)
     # the Triton window takes the global cache's keys (tests/models/test_triton_window.py checks the values)
     assert liger.convert(teacher, global_cache_size=4, window_backend="triton").config.window_backend == "triton"
+
+
+def test_triton_backends_on_a_float64_cpu_model_take_the_fallback_ops():
+    # (the GPU tier's float32-vs-CPU test converted its float64 CPU reference with window_backend="triton" and
+    # Triton compiled a CUDA kernel for float64 tensors; without the interpreter only CUDA tensors of a kernel
+    # dtype reach the kernels)
+    from liger.models.triton_common import supports
+
+    teacher = tiny_teacher("qwen2", dtype=torch.float64)
+    options = dict(window_size=5, num_sink_tokens=2, global_cache_size=4)
+    fast = liger.convert(teacher, window_backend="triton", decode_backend="triton", **options)
+    plain = liger.convert(teacher, **options)
+    x, mask = left_padded(T=30)
+    with torch.no_grad():
+        a = fast(x, attention_mask=mask, position_ids=positions(mask)).logits
+        b = plain(x, attention_mask=mask, position_ids=positions(mask)).logits
+    real = mask.bool()
+    assert_close(a[real], b[real], 1e-12)
+    assert not supports(torch.zeros(2, 64, dtype=torch.float64))
