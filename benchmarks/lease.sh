@@ -61,12 +61,18 @@ pipeline)  # the background run (started by `start`)
   tests=$!
   students=$(cat "$LEASE/students")
   n=$(echo "$students" | tr ',' '\n' | grep -c .)
+  # students at once: each takes 12-16 GiB at its peak (1024- and 4096-token sequences, measured on an H100,
+  # 2026-12-05), and seven at once ran an 80 GB H100 out of memory; PER_GPU overrides, the rest wait their turn
+  gib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1 | awk '{print int($1/1024)}')
+  per_gpu=${PER_GPU:-$(( n < gib / 16 ? n : gib / 16 ))}
+  [ "$per_gpu" -ge 1 ] || per_gpu=1
+  export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
   # the teacher's and the zero-training baseline's long-context measures need no student: alongside the training
   timeout "${BASELINES_S:-900}" python3 benchmarks/reproduce.py longctx --corpus "$corpus" --runs "$LEASE/runs" \
     --models "$(cat "$LEASE/baselines")" \
     --scratch "$LEASE/scratch" --output "$LEASE/runs/longctx-baselines.json" --device cuda > "$LEASE/out/longctx-baselines.log" 2>&1 &
   baselines=$!
-  TOKENIZERS_PARALLELISM=true python3 benchmarks/reproduce.py train --corpus "$corpus" --students "$students" --gpus 1 --per-gpu "$n" \
+  TOKENIZERS_PARALLELISM=true python3 benchmarks/reproduce.py train --corpus "$corpus" --students "$students" --gpus 1 --per-gpu "$per_gpu" \
     --out "$LEASE/runs" --scratch "$LEASE/scratch" --timeout "$(cat "$LEASE/time_limit")" || true
   # at most LONGCTX_S (default 360 s) for the students' measures: each model's part is kept as it ends
   timeout "${LONGCTX_S:-360}" python3 benchmarks/reproduce.py longctx --corpus "$corpus" --runs "$LEASE/runs" \
