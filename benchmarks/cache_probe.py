@@ -1,0 +1,89 @@
+"""Where a passkey's tokens sit in a global cache, and what the model answers (docs/results-memory.md, "8K").
+
+One prompt of ``--length`` tokens with the needle at ``--depth`` through a zero-training student (``swa:W:S:G``):
+prints the prompt's top-5 next tokens and, per layer and KV head, which of the key's tokens the global cache
+holds after the prefill, with the range of its members' recall scores. ``--trials N`` instead runs the passkey
+measure (N trials, depths spread) through ``model.generate``. ``--score relative`` replaces the self-recall
+error ‖v − read‖ by ‖v − read‖ / ‖v‖ (an experiment, not a model option).
+
+    python benchmarks/cache_probe.py --length 8192 --depth 0.97 --spec swa:64:4:256
+    python benchmarks/cache_probe.py --length 8192 --trials 5 --score relative
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+
+
+def relative_error(v: torch.Tensor, read: torch.Tensor) -> torch.Tensor:
+    dtype = torch.promote_types(torch.promote_types(v.dtype, read.dtype), torch.float32)
+    v = v.to(dtype)
+    return (v - read.to(dtype)).norm(dim=-1) / v.norm(dim=-1).clamp_min(1e-6)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--length", type=int, default=8192)
+    parser.add_argument("--depth", type=float, default=0.97)
+    parser.add_argument("--spec", default="swa:64:4:256", help="a zero-training student swa:W:S:G")
+    parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--key", type=int, default=48108)
+    parser.add_argument("--trials", type=int, default=0, help="run the passkey measure instead (N trials)")
+    parser.add_argument("--score", choices=("error", "relative"), default="error")
+    args = parser.parse_args(argv)
+
+    import liger.models.attention as attention
+
+    original = attention.recall_error
+    if args.score == "relative":
+        attention.recall_error = relative_error
+    try:
+        return _probe(args)
+    except (ValueError, OSError) as error:  # a bad spec, model path or length: one line, not a traceback
+        print(f"cache_probe: error: {error}", file=sys.stderr)
+        return 2
+    finally:
+        attention.recall_error = original
+
+
+def _probe(args) -> int:
+    from liger.eval.models import build_student, load_checkpoint
+    from liger.eval.passkey import passkey, passkey_prompt
+
+    loaded = load_checkpoint(args.model, dtype="float32", device="cpu")
+    tokenizer = loaded.tokenizer
+    model = build_student(args.spec, loaded.model).eval()
+    started = time.time()
+    if args.trials:
+        result = passkey(model, tokenizer, [args.length], args.trials, 0)
+        for length, v in result["lengths"].items():
+            answers = [(t["distance"], t["answer"]) for t in v["trial_results"]]
+            print(f"{args.spec} score={args.score} {length}: {v['correct']}/{v['trials']} {answers}")
+        print(f"{time.time() - started:.0f} s")
+        return 0
+    ids = tokenizer(passkey_prompt(tokenizer, args.length, args.key, args.depth), return_tensors="pt").input_ids
+    key_tokens = set(tokenizer(f" {args.key}", add_special_tokens=False).input_ids)
+    where = [i for i in range(ids.shape[1]) if ids[0, i].item() in key_tokens]
+    with torch.no_grad():
+        out = model(ids, use_cache=True)
+    top = out.logits[0, -1].topk(5).indices
+    print(f"{args.spec} score={args.score}, {ids.shape[1]} tokens, key tokens at {where}; "
+          f"top next tokens {[tokenizer.decode(int(i)) for i in top]} ({time.time() - started:.0f} s)")
+    for layer, cache in enumerate(out.past_key_values.liger_layers):
+        b = cache.buffers
+        if b.global_index is None:
+            continue
+        index, score = b.global_index[0], b.global_score[0]  # [G, H]
+        held = [sum(int((index[:, h] == p).any()) for p in where) for h in range(index.shape[1])]
+        finite = score[score.isfinite()]
+        print(f"layer {layer:2d}: key tokens held per KV head {held} of {len(where)}; "
+              f"scores {finite.min().item():.3g}..{finite.max().item():.3g}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

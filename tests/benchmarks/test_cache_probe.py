@@ -1,0 +1,44 @@
+import importlib.util
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _probe():
+    spec = importlib.util.spec_from_file_location("cache_probe", ROOT / "benchmarks" / "cache_probe.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_probe_reports_where_the_key_sits_in_each_layers_cache(tiny_base, capsys):
+    probe = _probe()
+    assert probe.main(["--model", str(tiny_base), "--length", "400", "--depth", "0.5", "--spec", "swa:8:2:16",
+                       "--key", "48108"]) == 0
+    out = capsys.readouterr().out
+    assert "top next tokens" in out and "key tokens at [" in out
+    layers = [line for line in out.splitlines() if line.startswith("layer")]
+    assert len(layers) == 2 and all("held per KV head" in line for line in layers)  # the tiny teacher's 2 layers
+
+
+def test_relative_score_and_the_trials_mode(tiny_base, capsys):
+    from liger.models import attention
+
+    probe = _probe()
+    plain = attention.recall_error
+    v = torch.tensor([[3.0, 4.0]])
+    assert torch.allclose(probe.relative_error(v, torch.zeros(1, 2)), torch.tensor([1.0]))
+    assert probe.main(["--model", str(tiny_base), "--length", "400", "--trials", "2", "--score", "relative",
+                       "--spec", "swa:8:2:16"]) == 0
+    assert "score=relative 400: " in capsys.readouterr().out
+    assert attention.recall_error is plain  # the experiment's score does not outlive the call
+
+
+def test_bad_input_is_one_line_and_a_non_zero_exit(tiny_base, capsys):
+    probe = _probe()
+    assert probe.main(["--model", str(tiny_base), "--length", "50", "--spec", "swa:8:2:16"]) == 2
+    assert probe.main(["--model", str(tiny_base), "--spec", "swa:x"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "cache_probe" in line or "Error" in line]
+    assert len(errors) == 2 and all(line.startswith("cache_probe: error: ") for line in errors), errors
