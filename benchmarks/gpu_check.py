@@ -11,10 +11,10 @@ within ``--budget`` seconds overall (default 560):
 1. ``pytest -m gpu tests/gpu``: fla kernels through liger's adapters, compiled FlexAttention, the model on
    the GPU path against the PyTorch reference ops (float32 < 1e-4, bfloat16 < 1e-2, left-padded batches,
    gradients), CUDA-graph decoding against eager decoding (identical tokens);
-2. ``liger bench`` on random weights with SmolLM2-135M's architecture (no download), bf16, batch 16,
-   contexts 1K..32K, Liger against the three teachers (HF eager, HF static cache + torch.compile, the
-   hand-written GQA step in a CUDA graph), decode modes at batch 1, LoRA training at T=1024; JSON + PNG written
-   as it goes (``bench.json``);
+2. ``liger bench`` on random weights with SmolLM2-135M's architecture (no download; ``--model smollm2`` for the
+   real weights, ``--bench-args`` for more bench flags), bf16, batch 16, contexts 1K..32K, Liger against the three
+   teachers (HF eager, HF static cache + torch.compile, the hand-written GQA step in a CUDA graph), decode modes at
+   batch 1, LoRA training at T=1024; JSON + PNG written as it goes (``bench.json``);
 3. the same decode comparison at batch 1, contexts 1K and 32K (``bench_b1.json``; issue 15 states its decode
    targets at batch 16 and batch 1);
 4. serving throughput (``--serve``): the largest batch that fits and its decode tokens/s at 4K, 32K and 128K,
@@ -128,6 +128,10 @@ def main() -> int:
     parser.add_argument("--contexts", default="1024,2048,4096,8192,16384,32768")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--autotune", default="fast", choices=["fast", "full"])
+    parser.add_argument("--model", default="random:smollm2",
+                        help="the model of every speed step: random:smollm2 (no download) or smollm2 (real weights)")
+    parser.add_argument("--bench-args", default="",
+                        help="more `liger bench` arguments for every speed step, e.g. '--decode-backend triton'")
     args = parser.parse_args()
     start = time.time()
     os.makedirs(args.out, exist_ok=True)
@@ -185,7 +189,8 @@ def main() -> int:
     else:
         limit = args.budget - (time.time() - start) - reserve - 15
         bench_step("step 2/4 bench",
-                   ["--model", "random:smollm2", "--device", "cuda", "--dtype", "bfloat16", "--batch-size",
+                   ["--model", args.model, *args.bench_args.split(), "--device", "cuda", "--dtype", "bfloat16",
+                    "--batch-size",
                     str(args.batch_size), "--prompt-length", "128", "--context", args.contexts, "--decode-steps", "16",
                     "--train", "--train-batch-sizes", "8,32", "--train-length", "1024", "--autotune", args.autotune,
                     "--profile", "--output", bench_json],
@@ -198,7 +203,8 @@ def main() -> int:
         limit = min(args.batch1_budget, args.budget - (time.time() - start)
                     - (0 if args.skip_serve else args.serve_budget) - 15)
         bench_step("step 3/4 batch-1 decode",
-                   ["--model", "random:smollm2", "--device", "cuda", "--dtype", "bfloat16", "--batch-size", "1",
+                   ["--model", args.model, *args.bench_args.split(), "--device", "cuda", "--dtype", "bfloat16",
+                    "--batch-size", "1",
                     "--prompt-length", "128", "--context", "1024,32768", "--decode-steps", "16",
                     "--graph-steps", "8", "--autotune", args.autotune, "--output", b1_json],
                    [*tiny, "--batch-size", "1", "--context", "32", "--graph-steps", "2", "--output", b1_json],
@@ -208,7 +214,8 @@ def main() -> int:
     else:
         limit = min(args.serve_budget, args.budget - (time.time() - start) - 10)
         bench_step("step 4/4 serving throughput",
-                   ["--model", "random:smollm2", "--device", "cuda", "--dtype", "bfloat16", "--no-decode", "--serve",
+                   ["--model", args.model, *args.bench_args.split(), "--device", "cuda", "--dtype", "bfloat16",
+                    "--no-decode", "--serve",
                     "--serve-contexts", args.serve_contexts, "--autotune", args.autotune, "--output", serve_json],
                    [*tiny, "--no-decode", "--serve", "--serve-contexts", "32,64", "--serve-memory-limit-gib", "0.004",
                     "--serve-max-batch", "16", "--output", serve_json],

@@ -20,6 +20,26 @@ LEASE=${LEASE:-/root/lease}
 CORPUS_ARCHIVE=${CORPUS_ARCHIVE:-$HOME/.cache/liger/repro-corpus.tar.xz}
 GGUF=${GGUF:-$HOME/.cache/liger/gguf/SmolLM2-135M-Instruct.Q4_1.gguf}
 
+benches() {  # the speed measures, alone on the GPU (nothing else runs then)
+  [ "$(cat "$LEASE/bench_budget")" -gt 0 ] || return 0
+  python3 benchmarks/gpu_check.py --out "$LEASE/runs/gpu_check" --skip-tests --budget "$(cat "$LEASE/bench_budget")" \
+    ${GPU_CHECK_ARGS:---skip-batch1 --serve-budget 150} > "$LEASE/out/gpu_check.log" 2>&1 || true
+  # the memory recipe's decode cost (issue 14): the same decode bench without and with its options
+  # (memory-triton: its window in the Triton kernels, sinks and global keys merged through the log-sum-exp, and
+  # its decode step fused, global cache included); decode-triton: the plain recipe with its static decode step
+  # fused into one Triton kernel per layer
+  for recipe in ${RECIPES:-plain memory memory-triton decode-triton}; do
+    opts=(); [ "${recipe#memory}" != "$recipe" ] && opts=(liger_options.global_cache_size=64 \
+      liger_options.num_sink_tokens=4 liger_options.linear_normalizer=sum)
+    [ "$recipe" = memory-triton ] && opts+=(liger_options.window_backend=triton liger_options.decode_backend=triton)
+    [ "$recipe" = decode-triton ] && opts+=(liger_options.decode_backend=triton)
+    python3 -m liger bench --model random:smollm2 --device cuda --dtype bfloat16 --batch-size 16 \
+      --context 2048,32768 --decode-steps 16 --prefill-repeats 1 --teachers gqa_graph --time-budget "${RECIPE_S:-75}" \
+      --train --train-batch-sizes 8 --train-length 1024 --train-steps 6 \
+      --output "$LEASE/runs/gpu_check/bench_$recipe.json" "${opts[@]}" > "$LEASE/out/bench_$recipe.log" 2>&1 || true
+  done
+}
+
 case "${1:-}" in
 prepare)  # on the development machine: split what the lease needs into two carry folders
   rm -rf .lease && mkdir -p .lease/part-a .lease/part-b
@@ -56,6 +76,8 @@ pipeline)  # the background run (started by `start`)
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$LEASE/out/gpu.txt" || true
   python3 -c "import torch, transformers, triton, fla; print(torch.__version__, transformers.__version__, triton.__version__, fla.__version__)" \
     >> "$LEASE/out/gpu.txt" || true
+  # BENCH_FIRST=1: the speed measures first (alone on the GPU), then the tests, the training and the measures
+  [ -n "${BENCH_FIRST:-}" ] && benches
   (python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu -rfE --durations=10 \
      > "$LEASE/out/gpu_tests.log" 2>&1; echo "exit $?" >> "$LEASE/out/gpu_tests.log") &
   tests=$!
@@ -68,36 +90,24 @@ pipeline)  # the background run (started by `start`)
   [ "$per_gpu" -ge 1 ] || per_gpu=1
   export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
   # the teacher's and the zero-training baseline's long-context measures need no student: alongside the training
-  timeout "${BASELINES_S:-900}" python3 benchmarks/reproduce.py longctx --corpus "$corpus" --runs "$LEASE/runs" \
-    --models "$(cat "$LEASE/baselines")" \
-    --scratch "$LEASE/scratch" --output "$LEASE/runs/longctx-baselines.json" --device cuda > "$LEASE/out/longctx-baselines.log" 2>&1 &
-  baselines=$!
+  # (BASELINES "none": measured in an earlier lease, left out)
+  baselines=
+  if [ "$(cat "$LEASE/baselines")" != none ]; then
+    timeout "${BASELINES_S:-900}" python3 benchmarks/reproduce.py longctx --corpus "$corpus" --runs "$LEASE/runs" \
+      --models "$(cat "$LEASE/baselines")" --scratch "$LEASE/scratch" --output "$LEASE/runs/longctx-baselines.json" \
+      --device cuda > "$LEASE/out/longctx-baselines.log" 2>&1 &
+    baselines=$!
+  fi
   TOKENIZERS_PARALLELISM=true python3 benchmarks/reproduce.py train --corpus "$corpus" --students "$students" --gpus 1 --per-gpu "$per_gpu" \
     --out "$LEASE/runs" --scratch "$LEASE/scratch" --timeout "$(cat "$LEASE/time_limit")" || true
   # at most LONGCTX_S (default 360 s) for the students' measures: each model's part is kept as it ends
   timeout "${LONGCTX_S:-360}" python3 benchmarks/reproduce.py longctx --corpus "$corpus" --runs "$LEASE/runs" \
-    --models "$students" --scratch "$LEASE/scratch" --output "$LEASE/runs/longctx-students.json" --device cuda || true
-  wait "$baselines" || true
+    --models "$students" --scratch "$LEASE/scratch" --output "$LEASE/runs/longctx-students.json" --device cuda \
+    ${LONGCTX_ARGS:-} || true
+  [ -z "$baselines" ] || wait "$baselines" || true
   wait "$tests" || true
   pkill -f "reproduce.py _longctx" || true
-  if [ "$(cat "$LEASE/bench_budget")" -gt 0 ]; then  # alone on the GPU: nothing else runs now
-    python3 benchmarks/gpu_check.py --out "$LEASE/runs/gpu_check" --skip-tests --budget "$(cat "$LEASE/bench_budget")" \
-      --skip-batch1 --serve-budget 150 > "$LEASE/out/gpu_check.log" 2>&1 || true
-    # the memory recipe's decode cost (issue 14): the same decode bench without and with its options
-    # (memory-triton: its window in the Triton kernels, sinks and global keys merged through the log-sum-exp, and
-    # its decode step fused, global cache included); decode-triton: the plain recipe with its static decode step
-    # fused into one Triton kernel per layer
-    for recipe in plain memory memory-triton decode-triton; do
-      opts=(); [ "${recipe#memory}" != "$recipe" ] && opts=(liger_options.global_cache_size=64 \
-        liger_options.num_sink_tokens=4 liger_options.linear_normalizer=sum)
-      [ "$recipe" = memory-triton ] && opts+=(liger_options.window_backend=triton liger_options.decode_backend=triton)
-      [ "$recipe" = decode-triton ] && opts+=(liger_options.decode_backend=triton)
-      python3 -m liger bench --model random:smollm2 --device cuda --dtype bfloat16 --batch-size 16 \
-        --context 2048,32768 --decode-steps 16 --prefill-repeats 1 --teachers gqa_graph --time-budget "${RECIPE_S:-75}" \
-        --train --train-batch-sizes 8 --train-length 1024 --train-steps 6 \
-        --output "$LEASE/runs/gpu_check/bench_$recipe.json" "${opts[@]}" > "$LEASE/out/bench_$recipe.log" 2>&1 || true
-    done
-  fi
+  [ -z "${BENCH_FIRST:-}" ] && benches
   touch "$LEASE/out/done"
   ;;
 wait)  # call 3..: progress; what the runs folder holds now (summaries, adapters, measures) lands in $OUT
