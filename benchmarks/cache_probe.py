@@ -4,10 +4,14 @@ One prompt of ``--length`` tokens with the needle at ``--depth`` through a zero-
 prints the prompt's top-5 next tokens and, per layer and KV head, which of the key's tokens the global cache
 holds after the prefill, with the range of its members' recall scores. ``--trials N`` instead runs the passkey
 measure (N trials, depths spread) through ``model.generate``. ``--score relative`` replaces the self-recall
-error ‖v − read‖ by ‖v − read‖ / ‖v‖ (an experiment, not a model option).
+error ‖v − read‖ by ‖v − read‖ / ‖v‖, and ``--score pooled --pool P`` gives each token the largest error among
+the P tokens on either side of it in the prefill, so that a kept token's neighbours are kept with it (SnapKV's
+pooling; the passkey prompt is one prefill, so the measure sees it; decode steps keep the plain score). Both are
+experiments, not model options.
 
     python benchmarks/cache_probe.py --length 8192 --depth 0.97 --spec swa:64:4:256
     python benchmarks/cache_probe.py --length 8192 --trials 5 --score relative
+    python benchmarks/cache_probe.py --length 8192 --trials 5 --score pooled --pool 5
 """
 
 from __future__ import annotations
@@ -25,6 +29,24 @@ def relative_error(v: torch.Tensor, read: torch.Tensor) -> torch.Tensor:
     return (v - read.to(dtype)).norm(dim=-1) / v.norm(dim=-1).clamp_min(1e-6)
 
 
+def pooled_error(pool: int, error=None):
+    """The recall error of each token replaced by the largest within ``pool`` tokens on either side (over the
+    time axis of a prefill's ``[B, T, H]`` scores; a decode step's single token keeps its own)."""
+    import torch.nn.functional as F
+
+    from liger.models.global_cache import recall_error
+
+    error = error or recall_error
+
+    def score(v: torch.Tensor, read: torch.Tensor) -> torch.Tensor:
+        e = error(v, read)
+        if e.dim() != 3 or e.shape[1] == 1 or pool <= 0:
+            return e
+        return F.max_pool1d(e.transpose(1, 2), 2 * pool + 1, stride=1, padding=pool).transpose(1, 2)
+
+    return score
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--length", type=int, default=8192)
@@ -33,7 +55,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--key", type=int, default=48108)
     parser.add_argument("--trials", type=int, default=0, help="run the passkey measure instead (N trials)")
-    parser.add_argument("--score", choices=("error", "relative"), default="error")
+    parser.add_argument("--score", choices=("error", "relative", "pooled"), default="error")
+    parser.add_argument("--pool", type=int, default=5, help="--score pooled: tokens on either side")
     args = parser.parse_args(argv)
 
     import liger.models.attention as attention
@@ -41,6 +64,8 @@ def main(argv=None) -> int:
     original = attention.recall_error
     if args.score == "relative":
         attention.recall_error = relative_error
+    elif args.score == "pooled":
+        attention.recall_error = pooled_error(args.pool)
     try:
         return _probe(args)
     except (ValueError, OSError) as error:  # a bad spec, model path or length: one line, not a traceback
@@ -62,7 +87,8 @@ def _probe(args) -> int:
         result = passkey(model, tokenizer, [args.length], args.trials, 0)
         for length, v in result["lengths"].items():
             answers = [(t["distance"], t["answer"]) for t in v["trial_results"]]
-            print(f"{args.spec} score={args.score} {length}: {v['correct']}/{v['trials']} {answers}")
+            pool = f" pool={args.pool}" if args.score == "pooled" else ""
+            print(f"{args.spec} score={args.score}{pool} {length}: {v['correct']}/{v['trials']} {answers}")
         print(f"{time.time() - started:.0f} s")
         return 0
     ids = tokenizer(passkey_prompt(tokenizer, args.length, args.key, args.depth), return_tensors="pt").input_ids

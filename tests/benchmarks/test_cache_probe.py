@@ -42,3 +42,22 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(tiny_base, capsys):
     assert probe.main(["--model", str(tiny_base), "--spec", "swa:x"]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "cache_probe" in line or "Error" in line]
     assert len(errors) == 2 and all(line.startswith("cache_probe: error: ") for line in errors), errors
+
+
+def test_pooled_score_keeps_a_salient_tokens_neighbours(tiny_base, capsys):
+    from liger.models import attention
+
+    probe = _probe()
+    plain = attention.recall_error
+    score = probe.pooled_error(1)
+    # errors of one sequence, 5 tokens, 2 heads: head 0 has one salient token (t=2), head 1 two (t=0, t=4)
+    read = torch.zeros(1, 5, 2, 1)
+    v = torch.tensor([[1.0, 9.0], [1.0, 1.0], [7.0, 1.0], [1.0, 1.0], [1.0, 5.0]]).view(1, 5, 2, 1)
+    assert torch.equal(score(v, read)[0].T, torch.tensor([[1.0, 7.0, 7.0, 7.0, 1.0], [9.0, 9.0, 1.0, 5.0, 5.0]]))
+    one = v[:, :1]  # a decode step's single token keeps its own score
+    assert torch.equal(score(one, read[:, :1]), plain(one, read[:, :1]))
+    assert torch.equal(probe.pooled_error(0)(v, read), plain(v, read))
+    assert probe.main(["--model", str(tiny_base), "--length", "400", "--trials", "2", "--score", "pooled",
+                       "--pool", "2", "--spec", "swa:8:2:16"]) == 0
+    assert "score=pooled pool=2 400: " in capsys.readouterr().out
+    assert attention.recall_error is plain
