@@ -29,20 +29,24 @@ def relative_error(v: torch.Tensor, read: torch.Tensor) -> torch.Tensor:
     return (v - read.to(dtype)).norm(dim=-1) / v.norm(dim=-1).clamp_min(1e-6)
 
 
-def pooled_error(pool: int, error=None):
-    """The recall error of each token replaced by the largest within ``pool`` tokens on either side (over the
-    time axis of a prefill's ``[B, T, H]`` scores; a decode step's single token keeps its own)."""
+def pooled_error(pool: int, error=None, direction: str = "both"):
+    """The recall error of each token replaced by the largest within ``pool`` tokens of it (over the time axis
+    of a prefill's ``[B, T, H]`` scores; a decode step's single token keeps its own): on either side
+    (``direction="both"``), among the tokens before it (``"back"``: a salient token's followers are kept) or
+    after it (``"forward"``: its predecessors are kept)."""
     import torch.nn.functional as F
 
     from liger.models.global_cache import recall_error
 
     error = error or recall_error
+    before, after = {"both": (pool, pool), "back": (pool, 0), "forward": (0, pool)}[direction]
 
     def score(v: torch.Tensor, read: torch.Tensor) -> torch.Tensor:
         e = error(v, read)
         if e.dim() != 3 or e.shape[1] == 1 or pool <= 0:
             return e
-        return F.max_pool1d(e.transpose(1, 2), 2 * pool + 1, stride=1, padding=pool).transpose(1, 2)
+        x = F.pad(e.transpose(1, 2), (before, after), value=float("-inf"))
+        return F.max_pool1d(x, before + after + 1, stride=1).transpose(1, 2)
 
     return score
 
@@ -57,6 +61,8 @@ def main(argv=None) -> int:
     parser.add_argument("--trials", type=int, default=0, help="run the passkey measure instead (N trials)")
     parser.add_argument("--score", choices=("error", "relative", "pooled"), default="error")
     parser.add_argument("--pool", type=int, default=5, help="--score pooled: tokens on either side")
+    parser.add_argument("--direction", choices=("both", "back", "forward"), default="both",
+                        help="--score pooled: pool over the tokens on both sides, before or after each token")
     args = parser.parse_args(argv)
 
     import liger.models.attention as attention
@@ -65,7 +71,7 @@ def main(argv=None) -> int:
     if args.score == "relative":
         attention.recall_error = relative_error
     elif args.score == "pooled":
-        attention.recall_error = pooled_error(args.pool)
+        attention.recall_error = pooled_error(args.pool, direction=args.direction)
     try:
         return _probe(args)
     except (ValueError, OSError) as error:  # a bad spec, model path or length: one line, not a traceback
@@ -87,7 +93,7 @@ def _probe(args) -> int:
         result = passkey(model, tokenizer, [args.length], args.trials, 0)
         for length, v in result["lengths"].items():
             answers = [(t["distance"], t["answer"]) for t in v["trial_results"]]
-            pool = f" pool={args.pool}" if args.score == "pooled" else ""
+            pool = f" pool={args.pool} {args.direction}" if args.score == "pooled" else ""
             print(f"{args.spec} score={args.score}{pool} {length}: {v['correct']}/{v['trials']} {answers}")
         print(f"{time.time() - started:.0f} s")
         return 0

@@ -57,7 +57,10 @@ def test_pooled_score_keeps_a_salient_tokens_neighbours(tiny_base, capsys):
     one = v[:, :1]  # a decode step's single token keeps its own score
     assert torch.equal(score(one, read[:, :1]), plain(one, read[:, :1]))
     assert torch.equal(probe.pooled_error(0)(v, read), plain(v, read))
+    back, forward = probe.pooled_error(1, direction="back"), probe.pooled_error(1, direction="forward")
+    assert torch.equal(back(v, read)[0].T, torch.tensor([[1.0, 1.0, 7.0, 7.0, 1.0], [9.0, 9.0, 1.0, 1.0, 5.0]]))
+    assert torch.equal(forward(v, read)[0].T, torch.tensor([[1.0, 7.0, 7.0, 1.0, 1.0], [9.0, 1.0, 1.0, 5.0, 5.0]]))
     assert probe.main(["--model", str(tiny_base), "--length", "400", "--trials", "2", "--score", "pooled",
                        "--pool", "2", "--spec", "swa:8:2:16"]) == 0
-    assert "score=pooled pool=2 400: " in capsys.readouterr().out
+    assert "score=pooled pool=2 both 400: " in capsys.readouterr().out
     assert attention.recall_error is plain
