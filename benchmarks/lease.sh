@@ -27,14 +27,15 @@ benches() {  # the speed measures, alone on the GPU (nothing else runs then)
   # the memory recipe's decode cost (issue 14): the same decode bench without and with its options
   # (memory-triton: its window in the Triton kernels, sinks and global keys merged through the log-sum-exp, and
   # its decode step fused, global cache included); decode-triton: the plain recipe with its static decode step
-  # fused into one Triton kernel per layer
+  # fused into one Triton kernel per layer. RECIPE_S (default 120 s) each: with 50 s, `plain` and `memory-triton`
+  # spent it compiling and measured no Liger decode (run H of docs/gpu.md, H100)
   for recipe in ${RECIPES:-plain memory memory-triton decode-triton}; do
     opts=(); [ "${recipe#memory}" != "$recipe" ] && opts=(liger_options.global_cache_size=64 \
       liger_options.num_sink_tokens=4 liger_options.linear_normalizer=sum)
     [ "$recipe" = memory-triton ] && opts+=(liger_options.window_backend=triton liger_options.decode_backend=triton)
     [ "$recipe" = decode-triton ] && opts+=(liger_options.decode_backend=triton)
     python3 -m liger bench --model random:smollm2 --device cuda --dtype bfloat16 --batch-size 16 \
-      --context 2048,32768 --decode-steps 16 --prefill-repeats 1 --teachers gqa_graph --time-budget "${RECIPE_S:-75}" \
+      --context 2048,32768 --decode-steps 16 --prefill-repeats 1 --teachers gqa_graph --time-budget "${RECIPE_S:-120}" \
       --train --train-batch-sizes 8 --train-length 1024 --train-steps 6 \
       --output "$LEASE/runs/gpu_check/bench_$recipe.json" "${opts[@]}" > "$LEASE/out/bench_$recipe.log" 2>&1 || true
   done
