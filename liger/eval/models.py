@@ -11,6 +11,8 @@ A model spec is one of
 * ``swa:W:S:G``: the same plus a bounded global cache of G tokens per layer and KV head (LoLA's sparse
   memory, ``global_cache_size=G``: the tokens a freshly converted GLA state recalls worst once they leave the
   window), still with no training and with decode memory independent of the context length;
+* ``swa:W:S:G:P``: the same with ``global_cache_pool=P`` (a token is ranked by the worst recall among the P
+  tokens on either side of it, decided P tokens after it leaves the window);
 * ``convert:VARIANT``: the teacher freshly converted to Liger-VARIANT with the paper's defaults, not fine-tuned.
 """
 
@@ -38,34 +40,37 @@ def is_student_spec(spec: str) -> bool:
     return spec.startswith(("swa:", "convert:"))
 
 
-def parse_swa(spec: str) -> tuple[int, int, int]:
-    """``swa:W:S`` or ``swa:W:S:G`` -> (W, S, G), G = 0 when not given."""
+def parse_swa(spec: str) -> tuple[int, int, int, int]:
+    """``swa:W:S``, ``swa:W:S:G`` or ``swa:W:S:G:P`` -> (W, S, G, P), G and P = 0 when not given."""
     parts = spec.split(":")
     try:
-        if len(parts) not in (3, 4):
+        if len(parts) not in (3, 4, 5):
             raise ValueError
-        window, sinks, size = int(parts[1]), int(parts[2]), int(parts[3]) if len(parts) == 4 else 0
-        if window < 1 or sinks < 0 or size < 0:
+        window, sinks = int(parts[1]), int(parts[2])
+        size, pool = (int(x) for x in (parts[3:] + ["0", "0"])[:2])
+        if window < 1 or sinks < 0 or size < 0 or pool < 0 or (pool and not size):
             raise ValueError
     except (ValueError, IndexError):
         raise ValueError(f"'{spec}' is not a valid sliding-window student: use swa:W:S with W >= 1 keys and "
-                         f"S >= 0 sink tokens, e.g. swa:64:4 (or swa:W:S:G with G >= 0 global tokens)") from None
-    return window, sinks, size
+                         f"S >= 0 sink tokens, e.g. swa:64:4 (or swa:W:S:G with G >= 0 global tokens, "
+                         f"swa:W:S:G:P with G >= 1 and a pool of P >= 0 tokens)") from None
+    return window, sinks, size, pool
 
 
 def sliding_window_student(teacher: PreTrainedModel, window: int, sinks: int,
-                           global_cache_size: int = 0) -> PreTrainedModel:
+                           global_cache_size: int = 0, global_cache_pool: int = 0) -> PreTrainedModel:
     """The teacher attending to its ``window`` most recent keys (the current one included) plus the first
     ``sinks`` tokens, in every layer, with no training; with ``global_cache_size`` G > 0 also to the G tokens
-    per KV head that the (unused, weight 0) GLA state recalls worst. Copies the teacher's weights."""
+    per KV head that the (unused, weight 0) GLA state recalls worst (with ``global_cache_pool`` P: ranked by
+    the worst recall among the P tokens on either side). Copies the teacher's weights."""
     import liger
 
     return liger.convert(teacher, linear_weight=0.0, window_weight=1.0, window_size=window, num_sink_tokens=sinks,
-                         global_cache_size=global_cache_size)
+                         global_cache_size=global_cache_size, global_cache_pool=global_cache_pool)
 
 
 def build_student(spec: str, teacher: PreTrainedModel) -> PreTrainedModel:
-    """A zero-training student (``swa:W:S[:G]`` or ``convert:VARIANT``) of ``teacher``."""
+    """A zero-training student (``swa:W:S[:G[:P]]`` or ``convert:VARIANT``) of ``teacher``."""
     import liger
     from liger.models.configuration_liger import VARIANTS
 

@@ -152,8 +152,20 @@ def _merge_leaving_token(recurrence: Recurrence, b: LayerBuffers, k_rot, v, k_li
         lvalid = lvalid & ~(b.sink_valid & (b.sink_pos == index)).any(1)
     score = recall_error(lv, recurrence.read(b.state, lk_lin))[:, 0]  # [B, H]
     score = torch.where(lvalid[:, None], score, float("-inf"))
-    merge_leaver_(b.global_k, b.global_v, b.global_score, b.global_index, lk[:, 0], lv[:, 0], score,
-                  index.expand(score.shape[0]))
+    if b.global_recent is None:
+        merge_leaver_(b.global_k, b.global_v, b.global_score, b.global_index, lk[:, 0], lv[:, 0], score,
+                      index.expand(score.shape[0]))
+        return
+    # global_cache_pool P: the token that left P steps ago is decided, by the largest error among the 2P + 1
+    # leavers around it (LigerAttention._pooled_candidates); then the new leaver joins the pending tokens
+    P = b.global_pend_k.shape[1]
+    errors = torch.cat([b.global_recent, score[:, None].to(b.global_recent.dtype)], 1)  # [B, 2P + 1, H]
+    pooled = torch.where(errors[:, P] > float("-inf"), errors.amax(1), float("-inf"))
+    merge_leaver_(b.global_k, b.global_v, b.global_score, b.global_index, b.global_pend_k[:, 0],
+                  b.global_pend_v[:, 0], pooled, (index - P).expand(score.shape[0]))
+    b.global_recent.copy_(errors[:, 1:])
+    b.global_pend_k.copy_(torch.cat([b.global_pend_k[:, 1:], lk.to(b.global_pend_k.dtype)], 1))
+    b.global_pend_v.copy_(torch.cat([b.global_pend_v[:, 1:], lv.to(b.global_pend_v.dtype)], 1))
 
 
 _compiled_core = CompiledOrEager(decode_step_core, "decode_step")
@@ -213,6 +225,7 @@ class LigerAttention(nn.Module):
         self.window_backend = config.window_backend
         self.decode_backend = config.decode_backend
         self.global_cache_size = config.global_cache_size
+        self.global_cache_pool = config.global_cache_pool
         self.recurrence = get_recurrence(config)
         self.needs_state = self.linear_weight != 0 or bool(self.global_cache_size)
         self.decode_spec = decode_spec(self.recurrence, float(self.scaling), self.linear_weight, self.window_weight,
@@ -386,8 +399,13 @@ class LigerAttention(nn.Module):
             read, state = self.recurrence.recall(leaving(klin_keys)[:, :T], k_lin, v, token_mask, prev, mode, backend,
                                                  need_state=cache is not None)
             score = recall_error(cand_v[:, :T], read)
-            score = F.pad(score, (0, 0, 0, pad), value=float("-inf"))
-            score = torch.where(cand_valid[..., None], score, float("-inf")).transpose(1, 2)  # [B, H, nb·bq]
+            score = torch.where(cand_valid[:, :T, None], score, float("-inf"))  # [B, T, H]
+            pending = None
+            if self.global_cache_pool:
+                cand_k, cand_v, score, pending = self._pooled_candidates(cand_k[:, :T], cand_v[:, :T], score, cache)
+                cand_k, cand_v = (F.pad(x, (0, 0, 0, 0, 0, pad)) for x in (cand_k, cand_v))
+                index = index - self.global_cache_pool
+            score = F.pad(score, (0, 0, 0, pad), value=float("-inf")).transpose(1, 2)  # [B, H, nb·bq]
             index = index.expand(B, H, -1)
             if cache is not None:
                 pk, pv, pscore, pindex = cache.global_members()
@@ -423,8 +441,30 @@ class LigerAttention(nn.Module):
                 N = score.shape[-1]
                 mscore = torch.where(ok, score.gather(-1, sel.final.clamp(max=N - 1)), float("-inf")).transpose(1, 2)
                 mindex = torch.where(ok, index.gather(-1, sel.final.clamp(max=N - 1)), -1).transpose(1, 2)
-            members = (mk, mv, mscore, mindex)
+            members = (mk, mv, mscore, mindex) + (pending or ())
         return extra, members, state
+
+    def _pooled_candidates(self, leaving_k, leaving_v, error, cache):
+        """``global_cache_pool`` P: the candidate after query ``q`` is the token that left the window P queries
+        earlier, scored by the largest self-recall error among the 2P + 1 tokens that left around it (−inf if it
+        is padding or a sink itself). ``leaving_k``/``_v`` ``[B, T, H, D]`` and ``error`` ``[B, T, H]`` are the
+        tokens leaving after each query of this call and their errors; the P tokens awaiting their decision and
+        the last 2P errors come from the cache (none before the first call). Returns the candidates' keys,
+        values and scores and ``(pend_k, pend_v, recent)`` for the cache."""
+        B, T, H, _ = leaving_k.shape
+        P = self.global_cache_pool
+        previous = cache.global_pending() if cache is not None else None
+        if previous is None:
+            previous = (leaving_k.new_zeros(B, P, H, leaving_k.shape[-1]),
+                        leaving_v.new_zeros(B, P, H, leaving_v.shape[-1]),
+                        error.new_full((B, 2 * P, H), float("-inf")))
+        pend_k, pend_v, recent = previous
+        all_k = torch.cat([pend_k.to(leaving_k.dtype), leaving_k], 1)  # [B, P + T, H, D]
+        all_v = torch.cat([pend_v.to(leaving_v.dtype), leaving_v], 1)
+        errors = torch.cat([recent.to(error.dtype), error], 1)  # [B, 2P + T, H]
+        pooled = F.max_pool1d(errors.transpose(1, 2), 2 * P + 1, stride=1).transpose(1, 2)  # [B, T, H]
+        score = torch.where(errors[:, P:P + T] > float("-inf"), pooled, float("-inf"))
+        return all_k[:, :T], all_v[:, :T], score, (all_k[:, T:], all_v[:, T:], errors[:, T:])
 
     def _decode_static(self, q, k, v, q_lin, k_lin, cos, sin, token_mask, cache, decode_step):
         B, T = q.shape[:2]

@@ -37,7 +37,10 @@ class LayerBuffers(NamedTuple):
     """The tensors of one Liger layer's cache (a pytree: it compiles and graphs as one argument).
 
     Shapes: ring ``[B, L, H, D]`` / ``[B, L]``, sinks ``[B, S, H, D]`` / ``[B, S]``, global cache ``[B, G, H, D]``
-    / ``[B, G, H]``; ``real_seen`` ``[B]``, ``seen_t`` 0-d (long). Optional parts are None when off.
+    / ``[B, G, H]``; ``real_seen`` ``[B]``, ``seen_t`` 0-d (long). With ``global_cache_pool`` P > 0, the P tokens
+    that left the window and await their decision (``global_pend_k``/``_v`` ``[B, P, H, D]``, oldest first) and
+    the self-recall errors of the last 2P tokens that left it (``global_recent`` ``[B, 2P, H]``, oldest first,
+    −inf for padding and sinks). Optional parts are None when off.
     """
 
     state: tuple[torch.Tensor, ...] | None
@@ -55,6 +58,9 @@ class LayerBuffers(NamedTuple):
     global_v: torch.Tensor | None = None
     global_score: torch.Tensor | None = None
     global_index: torch.Tensor | None = None
+    global_pend_k: torch.Tensor | None = None
+    global_pend_v: torch.Tensor | None = None
+    global_recent: torch.Tensor | None = None
 
     def tensors(self) -> list[torch.Tensor]:
         """Every tensor of the bundle (the state's included), in a fixed order."""
@@ -106,8 +112,9 @@ class LigerLayerCache:
     is_sliding = False
     supports_early_init = False
 
-    def __init__(self, window_size: int, num_sink_tokens: int, global_cache_size: int = 0):
+    def __init__(self, window_size: int, num_sink_tokens: int, global_cache_size: int = 0, global_cache_pool: int = 0):
         self.window_size = window_size
+        self.global_cache_pool = global_cache_pool
         self.num_sink_tokens = num_sink_tokens
         self.global_cache_size = global_cache_size
         self.seen = 0
@@ -143,6 +150,11 @@ class LigerLayerCache:
                          global_score=torch.full((B, G, H), float("-inf"), device=device,
                                                  dtype=torch.promote_types(k.dtype, torch.float32)),
                          global_index=torch.full((B, G, H), -1, dtype=torch.long, device=device))
+            P = self.global_cache_pool
+            if P:
+                extra.update(global_pend_k=k.new_zeros(B, P, H, D), global_pend_v=v.new_zeros(B, P, H, v.shape[-1]),
+                             global_recent=torch.full((B, 2 * P, H), float("-inf"), device=device,
+                                                      dtype=extra["global_score"].dtype))
         self.buffers = LayerBuffers(
             state=None, ring_k=k.new_zeros(B, L, H, D), ring_v=v.new_zeros(B, L, H, v.shape[-1]),
             ring_valid=torch.zeros(B, L, dtype=torch.bool, device=device),
@@ -177,6 +189,11 @@ class LigerLayerCache:
         """The global cache's members ``(k, v, score, index)``: ``[B, G, H, D]`` twice, ``[B, G, H]`` twice."""
         b = self.buffers
         return b.global_k, b.global_v, b.global_score, b.global_index
+
+    def global_pending(self):
+        """``(pend_k, pend_v, recent)`` of ``global_cache_pool`` (see :class:`LayerBuffers`), None without it."""
+        b = self.buffers
+        return None if b.global_recent is None else (b.global_pend_k, b.global_pend_v, b.global_recent)
 
     def _sinks_with(self, k, v, valid) -> Sinks:
         B, T = valid.shape
@@ -219,7 +236,9 @@ class LigerLayerCache:
             b.sink_pos.copy_(sinks.index + start)
             b.sink_valid.copy_(sinks.valid)
         if members is not None:
-            for dst, src in zip(self.global_members(), members):
+            # (k, v, score, index), then with global_cache_pool (pend_k, pend_v, recent)
+            pending = self.global_pending() or ()
+            for dst, src in zip((*self.global_members(), *pending), members):
                 dst.copy_(src.detach())
         if state is not None:
             self._store_state(state)
@@ -284,7 +303,7 @@ class LigerLayerCache:
         self._apply(lambda x: x.repeat_interleave(repeats, dim=0), in_place=False)
 
     def reset(self) -> None:
-        self.__init__(self.window_size, self.num_sink_tokens, self.global_cache_size)
+        self.__init__(self.window_size, self.num_sink_tokens, self.global_cache_size, self.global_cache_pool)
 
     def crop(self, tokens_to_remove: int) -> None:
         raise NotImplementedError(
@@ -311,7 +330,8 @@ class LigerCache(Cache):
         full = set(config.full_attention_layers)
         layers = [
             DynamicLayer() if i in full
-            else LigerLayerCache(config.window_size, config.num_sink_tokens, config.global_cache_size)
+            else LigerLayerCache(config.window_size, config.num_sink_tokens, config.global_cache_size,
+                                 config.global_cache_pool)
             for i in range(config.num_hidden_layers)
         ]
         super().__init__(layers=layers)

@@ -67,6 +67,12 @@ class LigerConfig(PretrainedConfig):
     """Beyond the paper (after LoLA, arXiv 2505.23666): per layer and KV head, up to N past key/value pairs
     that the recurrent state recalls worst (self-recall error, decided when a token leaves the window) are
     kept and attended by the window branch's softmax with the window and the sinks. 0 = off."""
+    global_cache_pool: int = 0
+    """Beyond the paper, with global_cache_size: a token's place in the global cache is decided P tokens after
+    it leaves the window, by the largest self-recall error among the 2P + 1 tokens around it (itself, the P
+    before, the P after), so the tokens around a hard-to-recall one are kept with it (SnapKV's pooling, made
+    causal by the delay; docs/results-memory.md). The P tokens awaiting their decision are attended by no
+    query. 0 = off (each token ranked by its own error, as soon as it leaves)."""
     window_size: int = 64
     """Keys in the sliding window, the current one included: positions t−w+1..t (paper v2 Eq. 10)."""
     num_sink_tokens: int = 0
@@ -138,6 +144,10 @@ class LigerConfig(PretrainedConfig):
             fail("delta_write_strength", "must be in (0, 1] or null", self.delta_write_strength)
         if not is_int(self.global_cache_size) or self.global_cache_size < 0:
             fail("global_cache_size", "must be an integer >= 0", self.global_cache_size)
+        if not is_int(self.global_cache_pool) or self.global_cache_pool < 0:
+            fail("global_cache_pool", "must be an integer >= 0", self.global_cache_pool)
+        if self.global_cache_pool and not self.global_cache_size:
+            fail("global_cache_pool", "needs a global cache (global_cache_size > 0)", self.global_cache_pool)
         if self.global_cache_size and self.window_weight == 0:
             fail("global_cache_size", "needs the window branch (window_weight != 0), whose softmax attends it",
                  self.global_cache_size)

@@ -93,6 +93,8 @@ def unsupported_reason(spec, q: torch.Tensor, v: torch.Tensor, buffers) -> str |
     if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         return "the tensors are not on a CUDA device"
     if buffers.global_score is not None:
+        if buffers.global_recent is not None:
+            return "global_cache_pool is not in the kernel"
         if not spec.needs_state:
             return "the global cache's scores need the stepped state"
         if buffers.global_score.dtype != torch.float32 or buffers.ring_k_lin is None:

@@ -30,7 +30,8 @@ def test_swa_student_equals_the_teacher_under_a_window_and_sink_mask(family, win
 def test_swa_student_with_a_global_cache():
     teacher = tiny_teacher("llama")
     ids = torch.randint(0, 128, (2, 23), generator=torch.Generator().manual_seed(0))
-    assert parse_swa("swa:4:2") == (4, 2, 0) and parse_swa("swa:4:2:16") == (4, 2, 16)
+    assert parse_swa("swa:4:2") == (4, 2, 0, 0) and parse_swa("swa:4:2:16") == (4, 2, 16, 0)
+    assert parse_swa("swa:4:2:16:3") == (4, 2, 16, 3)
     with torch.no_grad():
         full = teacher(ids).logits
         windowed = build_student("swa:4:2", teacher).eval()(ids).logits
@@ -42,6 +43,10 @@ def test_swa_student_with_a_global_cache():
         # a small one keeps some: between the two
         some = build_student("swa:4:2:3", teacher).eval()(ids).logits
         assert (some - windowed).abs().max() > 1e-4 and (some - full).abs().max() > 1e-4
+        # ranked by the pooled error of their neighbourhoods: other members
+        pooled = build_student("swa:4:2:3:2", teacher).eval()
+        assert pooled.config.global_cache_pool == 2
+        assert (pooled(ids).logits - some).abs().max() > 1e-6
 
 
 def test_convert_student_is_the_untrained_liger_model():
@@ -54,7 +59,8 @@ def test_convert_student_is_the_untrained_liger_model():
 
 
 @pytest.mark.parametrize("spec,message", [("swa:0:4", "not a valid sliding-window"), ("swa:64", "not a valid"),
-                                          ("swa:64:4:-1", "not a valid"), ("swa:64:4:8:1", "not a valid"),
+                                          ("swa:64:4:-1", "not a valid"), ("swa:64:4:8:1:2", "not a valid"),
+                                          ("swa:64:4:0:2", "not a valid"), ("swa:64:4:8:-1", "not a valid"),
                                           ("swa:a:b", "not a valid"), ("convert:lstm", "unknown Liger variant")])
 def test_bad_student_specs(spec, message):
     with pytest.raises(ValueError, match=message):

@@ -83,9 +83,11 @@ def test_decode_merge_keeps_the_top_members():
         assert torch.equal(v_buf[..., 0][ok], -index_buf[ok].float())
 
 
-def reference_layer(attn, x, cos, sin, G):
+def reference_layer(attn, x, cos, sin, G, P=0):
     """Token-by-token transcription of a Liger-GLA layer with a global cache (linear branch + window + global
-    members, softmax over window ∪ global), float64, one sequence without padding."""
+    members, softmax over window ∪ global), float64, one sequence without padding. With a pool of ``P``, the
+    token that left the window P queries ago joins the competition, scored by the largest error of the 2P + 1
+    tokens that left around it."""
     T = x.shape[1]
     H, D, W = attn.num_key_value_heads, attn.head_dim, attn.window_size
     HQ = attn.num_heads
@@ -110,31 +112,38 @@ def reference_layer(attn, x, cos, sin, G):
             for j in range(h * (HQ // H), (h + 1) * (HQ // H)):
                 s = torch.stack([q_rot[0, t, j] @ k_rot[0, i, h] for i in keys]) * attn.scaling
                 out[t, j] = s.softmax(0) @ v[0, keys, h]
-            leaver = t - W + 1  # leaves the window after query t
+            leaver = t - W + 1 - P  # leaves the window after query t - P, decided after query t
             if leaver >= 0:
-                members.append((-float(err[t, h]), leaver))
+                around = [float(err[u, h]) for u in range(t - 2 * P, t + 1) if u - W + 1 >= 0]
+                members.append((-max(around), leaver))
                 members = sorted(members)[:G]
     o = 0.5 * o_rec[0] + 0.5 * out
     return attn.o_proj(o.reshape(1, T, HQ * D).to(x.dtype))
 
 
-def test_layer_equals_token_by_token_transcription():
+@pytest.mark.parametrize("pool", [0, 1, 3])
+def test_layer_equals_token_by_token_transcription(pool):
     teacher = tiny_teacher("llama", dtype=torch.float64)
-    model = liger.convert(teacher, window_size=4, global_cache_size=3, linear_backend="torch")
+    model = liger.convert(teacher, window_size=4, global_cache_size=3, global_cache_pool=pool,
+                          linear_backend="torch")
     attn = model.model.layers[0].self_attn
     x = torch.randn(1, 29, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     cos, sin = model.model.rotary_emb(x, torch.arange(29)[None])
     with torch.no_grad():
         got, _ = attn(x, (cos, sin))
-        ref = reference_layer(attn, x, cos, sin, 3)
+        ref = reference_layer(attn, x, cos, sin, 3, pool)
+        plain = reference_layer(attn, x, cos, sin, 3) if pool else ref
     assert_close(got, ref, 1e-10)
+    if pool:  # the pool changes which tokens are kept
+        assert (plain - ref).abs().max() > 1e-6
 
 
-@pytest.mark.parametrize("variant", ["gla", "gsa", "mlstm", "hgrn2", "mamba2", "gated_deltanet"])
+@pytest.mark.parametrize("variant,pool", [("gla", 0), ("gsa", 0), ("mlstm", 0), ("hgrn2", 0), ("mamba2", 0),
+                                          ("gated_deltanet", 0), ("gla", 2), ("gated_deltanet", 1)])
 @pytest.mark.parametrize("sinks", [0, 2])
-def test_cached_decoding_equals_full_forward(variant, sinks):
+def test_cached_decoding_equals_full_forward(variant, pool, sinks):
     model = liger.convert(tiny_teacher("llama", dtype=torch.float64), variant=variant, window_size=4,
-                          num_sink_tokens=sinks, global_cache_size=3)
+                          num_sink_tokens=sinks, global_cache_size=3, global_cache_pool=pool)
     x, mask = left_padded(T=26, pads=(0, 4, 11))
     with torch.no_grad():
         full = model(x, attention_mask=mask, position_ids=positions(mask)).logits
@@ -151,11 +160,12 @@ def test_cached_decoding_equals_full_forward(variant, sinks):
         assert_close(a[finite].double(), b[finite].double(), 1e-9, atol=1e-12)
 
 
-def test_window_of_one_with_sinks_decodes_as_the_full_forward():
+@pytest.mark.parametrize("pool", [0, 2])
+def test_window_of_one_with_sinks_decodes_as_the_full_forward(pool):
     # a window of 1: the decoded token leaves the window at once, and a token that becomes a sink on this step
     # never competes (sequence 2 has no real token in the prefill, so its first decoded tokens become sinks)
     model = liger.convert(tiny_teacher("llama", dtype=torch.float64), window_size=1, num_sink_tokens=2,
-                          global_cache_size=2)
+                          global_cache_size=2, global_cache_pool=pool)
     x, mask = left_padded(T=18, pads=(0, 4, 11))
     with torch.no_grad():
         full = model(x, attention_mask=mask, position_ids=positions(mask)).logits
@@ -169,8 +179,10 @@ def test_window_of_one_with_sinks_decodes_as_the_full_forward():
         assert not is_sink.any(), mode
 
 
-def test_prefill_in_two_calls_equals_one_and_the_cache_matches():
-    model = liger.convert(tiny_teacher("qwen3", dtype=torch.float64), window_size=5, global_cache_size=4)
+@pytest.mark.parametrize("pool", [0, 2])
+def test_prefill_in_two_calls_equals_one_and_the_cache_matches(pool):
+    model = liger.convert(tiny_teacher("qwen3", dtype=torch.float64), window_size=5, global_cache_size=4,
+                          global_cache_pool=pool)
     x, mask = left_padded(T=40, pads=(0, 3, 8))
     pos = positions(mask)
     with torch.no_grad():
@@ -185,6 +197,11 @@ def test_prefill_in_two_calls_equals_one_and_the_cache_matches():
         kept = score_a > float("-inf")
         assert torch.equal(a.buffers.global_index[kept], b.buffers.global_index[kept])
         assert_close(score_a[kept], score_b[kept], 1e-9)
+        if pool:  # the pending tokens and the recent errors too
+            pending_a, pending_b = a.global_pending(), b.global_pending()
+            assert torch.equal(pending_a[2].isfinite(), pending_b[2].isfinite())
+            for x, y in zip(pending_a, pending_b):
+                assert_close(x[x.isfinite()], y[y.isfinite()], 1e-9)
 
 
 def test_linear_branch_off_keeps_scoring_with_the_state():
@@ -210,7 +227,8 @@ def test_global_cache_with_window_larger_than_the_sequence_is_the_teacher():
 
 
 def test_decode_memory_does_not_grow_and_save_load_round_trips(tmp_path):
-    model = liger.convert(tiny_teacher("llama"), window_size=4, global_cache_size=3, linear_normalizer="sum")
+    model = liger.convert(tiny_teacher("llama"), window_size=4, global_cache_size=3, linear_normalizer="sum",
+                          global_cache_pool=2)
     x, mask = left_padded(T=60, pads=(0, 4, 10))
     _, cache_30 = decode(model, x[:, :30], mask[:, :30], 8, "static")
     _, cache_60 = decode(model, x, mask, 8, "static")
@@ -218,6 +236,7 @@ def test_decode_memory_does_not_grow_and_save_load_round_trips(tmp_path):
     model.save_pretrained(tmp_path)
     loaded = liger.LigerForCausalLM.from_pretrained(tmp_path)
     assert loaded.config.global_cache_size == 3 and loaded.config.linear_normalizer == "sum"
+    assert loaded.config.global_cache_pool == 2
     with torch.no_grad():
         assert torch.equal(loaded(x, attention_mask=mask).logits, model(x, attention_mask=mask).logits)
 
@@ -237,6 +256,10 @@ def test_config_checks():
         liger.convert(teacher, global_cache_size=-1)
     with pytest.raises(ValueError, match="global_cache_size"):
         liger.convert(teacher, global_cache_size=4, linear_weight=1.0, window_weight=0.0)
+    with pytest.raises(ValueError, match="global_cache_pool"):
+        liger.convert(teacher, global_cache_pool=2)  # no global cache to pool for
+    with pytest.raises(ValueError, match="global_cache_pool"):
+        liger.convert(teacher, global_cache_size=4, global_cache_pool=-1)
     # the Triton window takes the global cache's keys (tests/models/test_triton_window.py checks the values)
     assert liger.convert(teacher, global_cache_size=4, window_backend="triton").config.window_backend == "triton"
 

@@ -245,6 +245,7 @@ def _model_cache(model, T=6):
     (dict(variant="gsa"), "GSA"),
     (dict(variant="gsa", global_cache_size=4), "GSA"),
     (dict(gate_pool_size=4), "gate pooling"),
+    (dict(global_cache_size=4, global_cache_pool=2), "global_cache_pool"),
 ])
 def test_cases_outside_the_kernel_take_the_pytorch_step(monkeypatch, options, reason):
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # as if the kernel could run here: the reason is the case itself
