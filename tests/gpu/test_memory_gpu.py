@@ -75,7 +75,8 @@ def test_window_with_sinks_and_global_keys_matches_dense_reference(dtype, backen
 @pytest.mark.parametrize("options", [dict(global_cache_size=8, num_sink_tokens=2),
                                      dict(global_cache_size=8, num_sink_tokens=2, window_backend="triton"),
                                      dict(global_cache_size=8, linear_normalizer="sum"),
-                                     dict(global_cache_size=4, linear_weight=0.0, window_weight=1.0)])
+                                     dict(global_cache_size=4, linear_weight=0.0, window_weight=1.0),
+                                     dict(global_cache_size=8, global_cache_pool=3, num_sink_tokens=2)])
 def test_model_with_global_cache_on_gpu_matches_cpu_reference_in_float32(options):
     teacher = gpu_teacher("qwen2")
     gpu = liger.convert(teacher, window_size=16, **options)
@@ -108,10 +109,10 @@ def test_bfloat16_model_with_memory_runs_finite_and_close_to_float32():
     assert torch.isfinite(lb) and abs(la.item() - lb.item()) < 0.05 * la.item()
 
 
-@pytest.mark.parametrize("compile", [False, True])
-def test_cuda_graph_decoding_with_global_cache_gives_the_eager_logits(compile):
+@pytest.mark.parametrize("compile,pool", [(False, 0), (True, 0), (False, 2), (True, 2)])
+def test_cuda_graph_decoding_with_global_cache_gives_the_eager_logits(compile, pool):
     model = liger.convert(gpu_teacher("llama"), linear_backend="torch", window_size=5, num_sink_tokens=2,
-                          global_cache_size=4, linear_normalizer="sum")
+                          global_cache_size=4, global_cache_pool=pool, linear_normalizer="sum")
     x, mask = left_padded(T=50)
     mask[2, 35] = 0
     pos = positions(mask)
