@@ -32,7 +32,7 @@ STUDENTS: dict[str, dict] = {
                                  "global_cache_size": 256}),
     # the cache ranked by pooled recall errors (global_cache_pool), 4 sinks, on 4,096-token sequences
     "window-pool": dict(liger={"variant": "gla", "linear_weight": 0.0, "window_weight": 1.0,
-                               "global_cache_size": 256, "global_cache_pool": 5, "num_sink_tokens": 4},
+                               "global_cache_size": 256, "global_cache_pool": 8, "num_sink_tokens": 4},
                         train={"data.max_length": 4096}),
     "memory": dict(liger={"variant": "gla", "linear_normalizer": "sum", "global_cache_size": 256,
                           "num_sink_tokens": 4}, train={"data.max_length": 4096}),
