@@ -28,7 +28,7 @@ from torch import nn
 
 from .cache import LayerBuffers, LigerCache, write_decoded_token
 from .compiling import CompiledOrEager
-from .global_cache import ExtraKeys, block_visibility, merge_leaver_, recall_error
+from .global_cache import ExtraKeys, block_visibility, merge_leaver_, pooled_scores, recall_error
 from .triton_common import is_available as triton_window_available
 from .triton_common import supports as triton_supports
 from .triton_decode import fused_decode_step, log_fallback_once, unsupported_reason
@@ -157,10 +157,10 @@ def _merge_leaving_token(recurrence: Recurrence, b: LayerBuffers, k_rot, v, k_li
                       index.expand(score.shape[0]))
         return
     # global_cache_pool P: the token that left P steps ago is decided, by the largest error among the 2P + 1
-    # leavers around it (LigerAttention._pooled_candidates); then the new leaver joins the pending tokens
+    # leavers around it (global_cache.pooled_scores); then the new leaver joins the pending tokens
     P = b.global_pend_k.shape[1]
     errors = torch.cat([b.global_recent, score[:, None].to(b.global_recent.dtype)], 1)  # [B, 2P + 1, H]
-    pooled = torch.where(errors[:, P] > float("-inf"), errors.amax(1), float("-inf"))
+    pooled = pooled_scores(errors, P)[:, 0]
     merge_leaver_(b.global_k, b.global_v, b.global_score, b.global_index, b.global_pend_k[:, 0],
                   b.global_pend_v[:, 0], pooled, (index - P).expand(score.shape[0]))
     b.global_recent.copy_(errors[:, 1:])
@@ -462,8 +462,7 @@ class LigerAttention(nn.Module):
         all_k = torch.cat([pend_k.to(leaving_k.dtype), leaving_k], 1)  # [B, P + T, H, D]
         all_v = torch.cat([pend_v.to(leaving_v.dtype), leaving_v], 1)
         errors = torch.cat([recent.to(error.dtype), error], 1)  # [B, 2P + T, H]
-        pooled = F.max_pool1d(errors.transpose(1, 2), 2 * P + 1, stride=1).transpose(1, 2)  # [B, T, H]
-        score = torch.where(errors[:, P:P + T] > float("-inf"), pooled, float("-inf"))
+        score = pooled_scores(errors, P)  # [B, T, H]
         return all_k[:, :T], all_v[:, :T], score, (all_k[:, T:], all_v[:, T:], errors[:, T:])
 
     def _decode_static(self, q, k, v, q_lin, k_lin, cos, sin, token_mask, cache, decode_step):

@@ -37,6 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 
 @dataclass
@@ -57,6 +58,19 @@ def recall_error(v: torch.Tensor, read: torch.Tensor) -> torch.Tensor:
     """``‖v − read‖₂`` over the value channels, in float32 at least: ``[B, T, H, V]`` -> ``[B, T, H]``."""
     dtype = torch.promote_types(torch.promote_types(v.dtype, read.dtype), torch.float32)
     return (v.to(dtype) - read.to(dtype)).norm(dim=-1)
+
+
+def pooled_scores(errors: torch.Tensor, pool: int) -> torch.Tensor:
+    """``global_cache_pool``: the scores of consecutive leavers from their self-recall errors.
+
+    ``errors`` ``[B, 2P + N, H]`` are the errors of consecutive tokens that left the window, oldest first (−inf
+    for padding and sinks); candidate ``i`` (of N) is token ``P + i``, scored by the largest error among
+    tokens ``i .. i + 2P`` — itself, the P before and the P after — or −inf if it does not compete itself.
+    Returns ``[B, N, H]``. The prefill and the decode step (N = 1) both score through this.
+    """
+    N = errors.shape[1] - 2 * pool
+    window_max = F.max_pool1d(errors.transpose(1, 2), 2 * pool + 1, stride=1).transpose(1, 2)
+    return torch.where(errors[:, pool:pool + N] > float("-inf"), window_max, float("-inf"))
 
 
 def _beats(score_a, index_a, score_b, index_b):
