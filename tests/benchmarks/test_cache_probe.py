@@ -1,20 +1,10 @@
-import importlib.util
-from pathlib import Path
-
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _probe():
-    spec = importlib.util.spec_from_file_location("cache_probe", ROOT / "benchmarks" / "cache_probe.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import load_benchmark
 
 
 def test_probe_reports_where_the_key_sits_in_each_layers_cache(tiny_base, capsys):
-    probe = _probe()
+    probe = load_benchmark("cache_probe")
     assert probe.main(["--model", str(tiny_base), "--length", "400", "--depth", "0.5", "--spec", "swa:8:2:16",
                        "--key", "48108"]) == 0
     out = capsys.readouterr().out
@@ -26,7 +16,7 @@ def test_probe_reports_where_the_key_sits_in_each_layers_cache(tiny_base, capsys
 def test_relative_score_and_the_trials_mode(tiny_base, capsys):
     from liger.models import attention
 
-    probe = _probe()
+    probe = load_benchmark("cache_probe")
     plain = attention.recall_error
     v = torch.tensor([[3.0, 4.0]])
     assert torch.allclose(probe.relative_error(v, torch.zeros(1, 2)), torch.tensor([1.0]))
@@ -37,7 +27,7 @@ def test_relative_score_and_the_trials_mode(tiny_base, capsys):
 
 
 def test_bad_input_is_one_line_and_a_non_zero_exit(tiny_base, capsys):
-    probe = _probe()
+    probe = load_benchmark("cache_probe")
     assert probe.main(["--model", str(tiny_base), "--length", "50", "--spec", "swa:8:2:16"]) == 2
     assert probe.main(["--model", str(tiny_base), "--spec", "swa:x"]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "cache_probe" in line or "Error" in line]
@@ -47,7 +37,7 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(tiny_base, capsys):
 def test_pooled_score_keeps_a_salient_tokens_neighbours(tiny_base, capsys):
     from liger.models import attention
 
-    probe = _probe()
+    probe = load_benchmark("cache_probe")
     plain = attention.recall_error
     score = probe.pooled_error(1)
     # errors of one sequence, 5 tokens, 2 heads: head 0 has one salient token (t=2), head 1 two (t=0, t=4)

@@ -1,21 +1,12 @@
-import importlib.util
 import re
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _oracle():
-    spec = importlib.util.spec_from_file_location("oracle_memory", ROOT / "benchmarks" / "oracle_memory.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import load_benchmark
 
 
 def test_mask_sees_the_window_the_sinks_and_the_chosen_tokens_causally():
-    mask = _oracle().oracle_mask(8, window=2, sinks=1, extra=[3, 6])[0, 0]
+    mask = load_benchmark("oracle_memory").oracle_mask(8, window=2, sinks=1, extra=[3, 6])[0, 0]
     expected = torch.zeros(8, 8, dtype=torch.bool)
     for i in range(8):
         for j in range(i + 1):
@@ -28,7 +19,7 @@ def _nll(out: str, name: str) -> float:
 
 
 def test_a_window_as_long_as_the_prompt_is_the_full_teacher(tiny_base, capsys):
-    oracle = _oracle()
+    oracle = load_benchmark("oracle_memory")
     assert oracle.main(["--model", str(tiny_base), "--length", "700", "--masks", "full,swa,needle,digits",
                         "--window", "1000"]) == 0
     out = capsys.readouterr().out
@@ -38,7 +29,7 @@ def test_a_window_as_long_as_the_prompt_is_the_full_teacher(tiny_base, capsys):
 
 
 def test_a_short_window_changes_the_answer_and_the_needle_is_found(tiny_base, capsys):
-    oracle = _oracle()
+    oracle = load_benchmark("oracle_memory")
     assert oracle.main(["--model", str(tiny_base), "--length", "700", "--masks", "full,swa,needle",
                         "--window", "8"]) == 0
     out = capsys.readouterr().out
@@ -48,7 +39,7 @@ def test_a_short_window_changes_the_answer_and_the_needle_is_found(tiny_base, ca
 
 
 def test_bad_input_is_one_line_and_a_non_zero_exit(tiny_base, capsys):
-    oracle = _oracle()
+    oracle = load_benchmark("oracle_memory")
     assert oracle.main(["--model", str(tiny_base), "--masks", "nope"]) == 2
     assert oracle.main(["--model", str(tiny_base), "--length", "50"]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "oracle_memory" in line or "Error" in line]
