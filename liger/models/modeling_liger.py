@@ -27,6 +27,8 @@ from .cache import LigerCache
 from .configuration_liger import LigerConfig
 from .decoding import DECODING_MODES, CUDAGraphDecoder
 from .families import FAMILIES, get_family
+from .triton_decode import log_fallback_once
+from .triton_layer import decode_layers, unsupported_reason
 
 # transformers 5.24 renamed the cache argument and output field ``past_key_values`` to ``cache`` (the old name
 # still works there, with a deprecation warning): pass and read whichever this installation has.
@@ -78,6 +80,16 @@ class LigerModel(LigerPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embed_tokens = value
 
+    def _fused_layers(self, hidden: torch.Tensor) -> bool:
+        """Whether the static decode step runs its decoder layers through :func:`triton_layer.decode_layers`
+        (``decode_backend="triton"``, every layer a Liger layer, the families' pre-norm layer form)."""
+        if self.config.decode_backend != "triton" or self.full_attention_layers:
+            return False
+        reason = unsupported_reason(self, hidden)
+        if reason is not None:
+            log_fallback_once(f"{reason} (the decoder layers around the step)")
+        return reason is None
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -116,6 +128,10 @@ class LigerModel(LigerPreTrainedModel):
 
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
+        if decode_step is not None and self._fused_layers(hidden_states):
+            hidden_states = decode_layers(self, hidden_states, position_embeddings, past_key_values, token_mask,
+                                          decode_step)
+            return BaseModelOutputWithPast(last_hidden_state=hidden_states, **{CACHE: past_key_values})
         all_hidden_states = () if output_hidden_states else None
         for i, layer in enumerate(self.layers):
             if output_hidden_states:

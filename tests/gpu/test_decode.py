@@ -235,6 +235,11 @@ def test_cuda_graph_decoding_with_the_fused_step_matches_eager(compile, options,
     calls = []
     fused = attention.fused_decode_step
     monkeypatch.setattr(attention, "fused_decode_step", lambda *a: calls.append(1) or fused(*a))
+    from liger.models import modeling_liger
+
+    layer_calls = []
+    fused_layers = modeling_liger.decode_layers
+    monkeypatch.setattr(modeling_liger, "decode_layers", lambda *a: layer_calls.append(1) or fused_layers(*a))
     model = reference_model(window_size=5, num_sink_tokens=3, decode_backend="triton", **options)
     x, mask = left_padded(T=40)
     mask[2, 30] = 0  # a padding token while decoding
@@ -252,6 +257,7 @@ def test_cuda_graph_decoding_with_the_fused_step_matches_eager(compile, options,
         out[mode] = (torch.cat(logits, 1), cache)
     assert isinstance(out["cuda_graph"][1].decoder, CUDAGraphDecoder)
     assert calls, "the captured step did not take the fused kernel"
+    assert layer_calls, "the captured step did not run its layers through triton_layer.decode_layers"
     real = mask[:, 12:].bool()
     assert_close(out["cuda_graph"][0][real], out["eager"][0][real], 1e-4)
     # (the eager prefill writes the global cache's members in rank order and the step replaces in place: compared
@@ -277,3 +283,35 @@ def test_generate_with_the_fused_step_in_bf16():
         out[backend] = generate(model, "cuda_graph", compile=False, **kwargs)
     assert torch.equal(out["triton"].sequences[:, :25], out["torch"].sequences[:, :25])  # (from the prefill)
     assert_close(out["triton"].logits[1].float(), out["torch"].logits[1].float(), 2e-2)
+
+
+@pytest.mark.parametrize("dtype,wdtype", [(torch.bfloat16, torch.bfloat16), (torch.float16, torch.float16),
+                                          (torch.float32, torch.float32), (torch.bfloat16, torch.float32)])
+def test_layer_kernels_round_as_the_families_modules(dtype, wdtype):
+    """``add_rms_norm`` and ``silu_mul`` (``models/triton_layer.py``) against LlamaRMSNorm, the residual add and
+    ``silu(gate) * up`` at SmolLM2's sizes: the same roundings, so (nearly) every element bit-equal."""
+    import torch.nn.functional as F
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from liger.models.triton_layer import add_rms_norm, silu_mul
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    norm = LlamaRMSNorm(576, eps=1e-5).to("cuda", wdtype)
+    with torch.no_grad():
+        norm.weight.copy_(1 + 0.3 * torch.randn(576, generator=g, device="cuda"))
+    h = (3 * torch.randn(16, 1, 576, generator=g, device="cuda")).to(dtype)
+    a = torch.randn(16, 1, 576, generator=g, device="cuda").to(dtype)
+    with torch.no_grad():
+        ho, x = add_rms_norm(h, a, norm)
+        ref_h = h + a
+        ref_x = norm(ref_h)
+        assert torch.equal(ho, ref_h)
+        assert x.dtype == ref_x.dtype
+        assert_close(x.float(), ref_x.float(), 1e-2 if dtype != torch.float32 else 1e-6)
+        # rsqrt and the sum's order may move the last bit of a few
+        assert (x == ref_x).float().mean() >= 0.95
+        gate = (2 * torch.randn(16, 1, 1536, generator=g, device="cuda")).to(dtype)
+        up = torch.randn(16, 1, 1536, generator=g, device="cuda").to(dtype)
+        out, ref = silu_mul(gate, up), F.silu(gate) * up
+        assert_close(out.float(), ref.float(), 1e-2 if dtype != torch.float32 else 1e-6)
+        assert (out == ref).float().mean() >= 0.95

@@ -56,7 +56,8 @@ def test_saved_code_has_no_absolute_liger_imports(tmp_path):
     assert "delta_rule.py" in files, files
     # the Triton kernels are imported only on CUDA, lazily: their files must be saved all the same
     for name in ("triton_window.py", "_triton_window_kernels.py", "triton_ops.py", "_triton_ops_kernels.py",
-                 "triton_decode.py", "_triton_decode_kernels.py", "triton_common.py", "global_cache.py"):
+                 "triton_decode.py", "_triton_decode_kernels.py", "triton_layer.py", "_triton_layer_kernels.py",
+                 "triton_common.py", "global_cache.py"):
         assert name in files, f"{name} is not saved with the checkpoint: {files}"
     for path in tmp_path.glob("*.py"):
         for line in path.read_text().splitlines():

@@ -166,9 +166,12 @@ MODEL = textwrap.dedent('''
     def rel(a, b):
         return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 
-    calls = []
+    import liger.models.modeling_liger as modeling
+    calls, layer_calls = [], []
     fused = attention.fused_decode_step
     attention.fused_decode_step = lambda *a: calls.append(1) or fused(*a)
+    fused_layers = modeling.decode_layers
+    modeling.decode_layers = lambda *a: layer_calls.append(1) or fused_layers(*a)
 
     worst = {}
     x = torch.randint(3, 128, (3, 18), generator=torch.Generator().manual_seed(0))
@@ -214,6 +217,8 @@ MODEL = textwrap.dedent('''
                 worst[label + " buffers"] = max(worst.get(label + " buffers", 0), rel(a[finite], b[finite]))
     # every decode step of every layer of every model took the fused kernel
     assert len(calls) == len(configs) * 2 * (x.shape[1] - prefill), len(calls)
+    # and every decode step of every triton model ran its decoder layers through decode_layers
+    assert len(layer_calls) == len(configs) * (x.shape[1] - prefill), len(layer_calls)
     print("WORST", worst)
 ''')
 

@@ -1,0 +1,120 @@
+"""The decoder layers around the fused decode step, in few kernels (``decode_backend="triton"``).
+
+With the attention step fused (:mod:`liger.models.triton_decode`), most of a decode step's kernels were the
+decoder layer's own: each RMSNorm is seven PyTorch kernels (cast, square, mean, add, rsqrt, multiply, cast and
+weight), the residual adds two more and the MLP's activation two, about 25 launches per layer of a model whose
+token is bound by the number of its launches (docs/gpu.md, run H). :func:`decode_layers` runs the same layers
+for one token as
+
+    x = norm₀(h)
+    for each layer:   a = attention(x);  h, x = h + a, post_norm(h + a)
+                      m = down(silu(gate(x)) · up(x));  h, x = h + m, next_norm(h + m)
+
+with ``add_rms_norm`` (the residual add and the next RMSNorm in one kernel) and ``silu_mul`` (the activation and
+the product in one), so a layer is its GEMMs, the two launches of the attention step and three small kernels. The
+last ``next_norm`` is the model's final norm. Same arithmetic as the families' decoder layers (the sum rounded to
+the residual stream's dtype, the norm in float32 rounded to the input's dtype before its weight, the SiLU
+rounded before the product), checked against them by the CPU tests through Triton's interpreter and by the GPU
+tier.
+
+:func:`unsupported_reason` says when the model's layers are not the pre-norm Llama form this assumes (norms that
+are not the families' RMSNorm, an MLP other than gate/up/down with SiLU); the decoder layers' own forward runs
+then, as it does for ``decode_backend`` "torch"/"auto".
+"""
+
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+
+from .triton_common import has_triton, next_power_of_2
+
+__all__ = ["add_rms_norm", "decode_layers", "silu_mul", "unsupported_reason"]
+
+RMS_NORMS = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm")
+"""The families' RMSNorm classes: ``weight * (x.float() * rsqrt(mean x² + eps)).to(x.dtype)``."""
+
+MAX_ROW = 65536
+"""Rows longer than this (hidden sizes) take the PyTorch ops: one program holds a whole row."""
+
+
+def _kernels():
+    # (a `from .module import` line: transformers copies the modules named so into saved checkpoints)
+    from ._triton_layer_kernels import add_rms_norm, silu_mul
+
+    return SimpleNamespace(add_rms_norm=add_rms_norm, silu_mul=silu_mul)
+
+
+def _is_silu(act) -> bool:
+    return isinstance(act, torch.nn.SiLU) or type(act).__name__ == "SiLUActivation" or act is F.silu
+
+
+def unsupported_reason(model, hidden: torch.Tensor) -> str | None:
+    """Why :func:`decode_layers` cannot run ``model``'s (a ``LigerModel``) layers on ``hidden`` (None if it can)."""
+    if not has_triton():
+        return "triton is not installed"
+    if not hidden.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        return "the tensors are not on a CUDA device"
+    if hidden.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return f"dtype {hidden.dtype}"
+    if hidden.shape[-1] > MAX_ROW:
+        return f"hidden size {hidden.shape[-1]} > {MAX_ROW}"
+    norms = [model.norm]
+    for layer in model.layers:
+        norms += [getattr(layer, "input_layernorm", None), getattr(layer, "post_attention_layernorm", None)]
+        mlp = getattr(layer, "mlp", None)
+        if not all(hasattr(mlp, name) for name in ("gate_proj", "up_proj", "down_proj", "act_fn")) or not _is_silu(
+                mlp.act_fn):
+            return "a decoder layer's MLP is not down(silu(gate(x)) * up(x))"
+    if not all(type(n).__name__ in RMS_NORMS for n in norms):
+        return "a norm is not one of the families' RMSNorm"
+    return None
+
+
+def add_rms_norm(h: torch.Tensor, a: torch.Tensor | None, norm) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(h + a, norm(h + a))`` (``(h, norm(h))`` when ``a`` is None) for ``[..., N]`` tensors, one kernel."""
+    h = h.contiguous()
+    a = a.contiguous() if a is not None else None
+    if a is not None:
+        h_out = torch.empty(h.shape, dtype=torch.promote_types(h.dtype, a.dtype), device=h.device)
+    else:
+        h_out = h
+    N = h.shape[-1]
+    x_out = torch.empty(h.shape, dtype=torch.promote_types(norm.weight.dtype, h_out.dtype), device=h.device)
+    rows = h.numel() // N
+    h2, ho2, x2 = h.view(rows, N), h_out.view(rows, N), x_out.view(rows, N)
+    a2 = a.view(rows, N) if a is not None else h2
+    _kernels().add_rms_norm[(rows,)](h2, a2, norm.weight, ho2, x2, N, float(norm.variance_epsilon),
+                                     h2.stride(0), a2.stride(0), ho2.stride(0), x2.stride(0),
+                                     HAS_ADD=a is not None, BN=max(16, next_power_of_2(N)),
+                                     num_warps=4 if N <= 4096 else 8)
+    return h_out, x_out
+
+
+def silu_mul(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """``silu(g) * u`` in one kernel."""
+    g, u = g.contiguous(), u.contiguous()
+    out = torch.empty(g.shape, dtype=torch.promote_types(g.dtype, u.dtype), device=g.device)
+    n = g.numel()
+    BLOCK = 1024
+    _kernels().silu_mul[(-(-n // BLOCK),)](g, u, out, n, BLOCK=BLOCK)
+    return out
+
+
+def decode_layers(model, hidden, position_embeddings, cache, token_mask, decode_step) -> torch.Tensor:
+    """The static decode step through ``model``'s (a ``LigerModel`` whose layers are all Liger layers) decoder
+    layers and final norm, with the norms, residual adds and activations fused (check :func:`unsupported_reason`
+    first). ``hidden`` ``[B, 1, hidden]``: the token embeddings; returns the final norm's output."""
+    layers = model.layers
+    h, x = add_rms_norm(hidden, None, layers[0].input_layernorm)
+    for i, layer in enumerate(layers):
+        a, _ = layer.self_attn(x, position_embeddings=position_embeddings, past_key_values=cache,
+                               token_mask=token_mask, decode_step=decode_step)
+        h, x = add_rms_norm(h, a, layer.post_attention_layernorm)
+        mlp = layer.mlp
+        m = mlp.down_proj(silu_mul(mlp.gate_proj(x), mlp.up_proj(x)))
+        h, x = add_rms_norm(h, m, layers[i + 1].input_layernorm if i + 1 < len(layers) else model.norm)
+    return x

@@ -1,0 +1,104 @@
+"""The decoder layers around the fused decode step (``decode_backend="triton"``, ``models/triton_layer.py``) on
+CPU, through Triton's interpreter: the residual-add + RMSNorm and SiLU-product kernels against the families'
+own modules, and the cases that keep the decoder layers' own forward. Whole models decoding through
+:func:`decode_layers` against the PyTorch step: ``tests/models/test_triton_decode.py`` (MODEL)."""
+
+import importlib.util
+import textwrap
+
+import pytest
+import torch
+
+import liger
+from liger.models import triton_layer
+from tests.conftest import run_in_triton_interpreter, tiny_teacher
+
+needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+
+KERNELS = textwrap.dedent('''
+    import torch
+    import torch.nn.functional as F
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+    from transformers.models.qwen3.modeling_qwen3 import Qwen3RMSNorm
+    from liger.models.triton_layer import add_rms_norm, silu_mul
+
+    def rel(a, b):
+        return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+    g = torch.Generator().manual_seed(0)
+    worst = {}
+    exact = {}
+    # hidden sizes: a power of two, and not (72, 576: SmolLM2's); residual dtypes; norm weights in the model's
+    # dtype or float32 (the output then promotes to float32, as the module's does)
+    for N, dtype, wdtype, cls in [(64, torch.float32, torch.float32, LlamaRMSNorm),
+                                  (72, torch.float32, torch.float32, Qwen3RMSNorm),
+                                  (576, torch.bfloat16, torch.bfloat16, LlamaRMSNorm),
+                                  (72, torch.bfloat16, torch.float32, LlamaRMSNorm),
+                                  (48, torch.float16, torch.float16, LlamaRMSNorm)]:
+        norm = cls(N, eps=1e-5).to(wdtype)
+        with torch.no_grad():
+            norm.weight.copy_(1 + 0.3 * torch.randn(N, generator=g))
+        h = (3 * torch.randn(3, 1, N, generator=g)).to(dtype)
+        a = torch.randn(3, 1, N, generator=g).to(dtype)
+        for with_add in (True, False):
+            ho, x = add_rms_norm(h, a if with_add else None, norm)
+            ref_h = h + a if with_add else h
+            ref_x = norm(ref_h)
+            assert ho.dtype == ref_h.dtype and x.dtype == ref_x.dtype, (ho.dtype, x.dtype, ref_x.dtype)
+            assert ho.shape == ref_h.shape and x.shape == ref_x.shape
+            key = f"{dtype} {wdtype} {N}"
+            worst[key + " h"] = max(worst.get(key + " h", 0), rel(ho, ref_h))
+            worst[key + " x"] = max(worst.get(key + " x", 0), rel(x, ref_x))
+            exact[key] = min(exact.get(key, 1.0), (x == ref_x).float().mean().item())
+        if not with_add:
+            assert ho is h  # no add: the residual stream is passed through
+    for shape, dtype in [((16, 1, 1536), torch.bfloat16), ((3, 1, 100), torch.float32), ((2, 1, 1000), torch.float16)]:
+        gate = (2 * torch.randn(shape, generator=g)).to(dtype)
+        up = torch.randn(shape, generator=g).to(dtype)
+        out, ref = silu_mul(gate, up), F.silu(gate) * up
+        assert out.dtype == ref.dtype and out.shape == ref.shape
+        worst[f"silu {dtype} {shape[-1]}"] = rel(out, ref)
+        exact[f"silu {dtype} {shape[-1]}"] = (out == ref).float().mean().item()
+    print("WORST", (worst, exact))
+''')
+
+
+@needs_triton
+def test_layer_kernels_match_the_families_modules_in_the_interpreter():
+    worst, exact = run_in_triton_interpreter(KERNELS)
+    assert len(worst) == 13 and len(exact) == 8, (worst, exact)
+    for name, err in worst.items():
+        tol = 1e-6 if "float32 torch.float32" in name or name.startswith("silu torch.float32") else 1e-2
+        assert err <= tol, (name, err)
+    # float16: the same roundings as the modules, bit for bit (the interpreter rounds bfloat16 its own way, and
+    # float32 sums in another order: the GPU tier checks those)
+    for name, share in exact.items():
+        if "float16" in name and "bfloat16" not in name:
+            assert share == 1.0, (name, share)
+
+
+def test_layers_the_fused_step_does_not_cover_keep_their_own_forward(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # as if the kernels could run here: the reason is the model
+    x = torch.zeros(2, 1, 64)
+    model = liger.convert(tiny_teacher("llama"), window_size=4, decode_backend="triton")
+    if importlib.util.find_spec("triton") is not None:
+        assert triton_layer.unsupported_reason(model.model, x) is None
+        assert "dtype" in triton_layer.unsupported_reason(model.model, x.double())
+        model.model.layers[1].mlp.act_fn = torch.nn.GELU()
+        assert "silu" in triton_layer.unsupported_reason(model.model, x)
+        model.model.layers[1].mlp.act_fn = torch.nn.SiLU()
+        model.model.layers[0].post_attention_layernorm = torch.nn.LayerNorm(64)
+        assert "RMSNorm" in triton_layer.unsupported_reason(model.model, x)
+        assert not model.model._fused_layers(x)
+    # the hybrid keeps softmax layers with their own cache: never through decode_layers
+    hybrid = liger.convert(tiny_teacher("llama"), window_size=4, decode_backend="triton", full_attention_layers=[0])
+    assert not hybrid.model._fused_layers(x)
+    # decode_backend other than "triton": the decoder layers' own forward
+    plain = liger.convert(tiny_teacher("llama"), window_size=4, decode_backend="torch")
+    assert not plain.model._fused_layers(x)
+
+
+def test_decode_layers_off_cuda_take_the_layers_own_forward(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    model = liger.convert(tiny_teacher("llama"), window_size=4, decode_backend="triton")
+    assert not model.model._fused_layers(torch.zeros(2, 1, 64))
