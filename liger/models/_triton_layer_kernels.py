@@ -40,3 +40,63 @@ def silu_mul(G, U, OUT, n, BLOCK: tl.constexpr):
     u = tl.load(U + offs, mask=ok, other=0.0).to(tl.float32)
     s = (g / (1.0 + tl.exp(-g))).to(OUT.dtype.element_ty).to(tl.float32)
     tl.store(OUT + offs, (s * u).to(OUT.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _tile(X, W, BIAS, M, N, K, s_xm, s_wn, pid_m, pid_n, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+          BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """``x @ W.T (+ bias)`` for a ``[BM, BN]`` tile, float32 (rows pid_m·BM.., output columns pid_n·BN..)."""
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    offs_k = tl.arange(0, BK)
+    acc = tl.zeros([BM, BN], tl.float32)
+    for k0 in range(0, K, BK):
+        kk = k0 + offs_k
+        x = tl.load(X + offs_m[:, None] * s_xm + kk[None, :], mask=(offs_m[:, None] < M) & (kk[None, :] < K),
+                    other=0.0)
+        w = tl.load(W + offs_n[None, :] * s_wn + kk[:, None], mask=(offs_n[None, :] < N) & (kk[:, None] < K),
+                    other=0.0)
+        acc = tl.dot(x, w, acc, input_precision=PRECISION)
+    if HAS_BIAS:
+        acc += tl.load(BIAS + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+    return acc, offs_m, offs_n
+
+
+@triton.jit
+def linear3(X, W0, W1, W2, B0, B1, B2, O0, O1, O2, M, K, N0, N1, N2, s_xm, s_w0, s_w1, s_w2, s_o0, s_o1, s_o2,
+            P0, P1, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+            BK: tl.constexpr):
+    """Three linears of one input (q/k/v), one launch: programs ``[0, P0)`` compute ``x @ W0.T``, ``[P0, P0+P1)``
+    ``x @ W1.T``, the rest ``x @ W2.T``, each rounded once to its output's dtype (as ``F.linear``)."""
+    pid = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    if pid < P0:
+        acc, offs_m, offs_n = _tile(X, W0, B0, M, N0, K, s_xm, s_w0, pid_m, pid, HAS_BIAS, PRECISION, BM, BN, BK)
+        tl.store(O0 + offs_m[:, None] * s_o0 + offs_n[None, :], acc.to(O0.dtype.element_ty),
+                 mask=(offs_m[:, None] < M) & (offs_n[None, :] < N0))
+    elif pid < P0 + P1:
+        acc, offs_m, offs_n = _tile(X, W1, B1, M, N1, K, s_xm, s_w1, pid_m, pid - P0, HAS_BIAS, PRECISION, BM, BN,
+                                    BK)
+        tl.store(O1 + offs_m[:, None] * s_o1 + offs_n[None, :], acc.to(O1.dtype.element_ty),
+                 mask=(offs_m[:, None] < M) & (offs_n[None, :] < N1))
+    else:
+        acc, offs_m, offs_n = _tile(X, W2, B2, M, N2, K, s_xm, s_w2, pid_m, pid - P0 - P1, HAS_BIAS, PRECISION, BM,
+                                    BN, BK)
+        tl.store(O2 + offs_m[:, None] * s_o2 + offs_n[None, :], acc.to(O2.dtype.element_ty),
+                 mask=(offs_m[:, None] < M) & (offs_n[None, :] < N2))
+
+
+@triton.jit
+def gate_up_silu(X, WG, WU, BG, BU, OUT, M, K, N, s_xm, s_wg, s_wu, s_o, HAS_BIAS: tl.constexpr,
+                 PRECISION: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """The MLP's ``silu(x @ Wg.T) * (x @ Wu.T)``, one launch: both products rounded to the output's dtype, the SiLU
+    rounded before the product (as ``act_fn(gate_proj(x)) * up_proj(x)``)."""
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    g, offs_m, offs_n = _tile(X, WG, BG, M, N, K, s_xm, s_wg, pid_m, pid_n, HAS_BIAS, PRECISION, BM, BN, BK)
+    u, offs_m, offs_n = _tile(X, WU, BU, M, N, K, s_xm, s_wu, pid_m, pid_n, HAS_BIAS, PRECISION, BM, BN, BK)
+    dt = OUT.dtype.element_ty
+    g = g.to(dt).to(tl.float32)
+    s = (g / (1.0 + tl.exp(-g))).to(dt).to(tl.float32)
+    tl.store(OUT + offs_m[:, None] * s_o + offs_n[None, :], (s * u.to(dt).to(tl.float32)).to(dt),
+             mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))

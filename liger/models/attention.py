@@ -247,8 +247,11 @@ class LigerAttention(nn.Module):
         past_key_values: LigerCache | None = None,
         token_mask: torch.Tensor | None = None,
         decode_step: str | None = None,
+        projections: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, None]:
+        """``projections``: ``q_proj``/``k_proj``/``v_proj`` of ``hidden_states`` computed by the caller (the fused
+        decode layers, :mod:`liger.models.triton_layer`), ``[B, T, heads · D]`` each."""
         if past_key_values is None:  # transformers >= 5.24's decoder layers pass it as `cache`
             past_key_values = kwargs.get("cache")
         if self.teacher_mode or self.transfer_losses is not None:
@@ -258,17 +261,22 @@ class LigerAttention(nn.Module):
             if self.teacher_mode:
                 return self._teacher_output(hidden_states, position_embeddings, token_mask), None
             return self._transfer(hidden_states, position_embeddings, token_mask), None
-        return self._liger_output(hidden_states, position_embeddings, token_mask, past_key_values, decode_step), None
+        return self._liger_output(hidden_states, position_embeddings, token_mask, past_key_values, decode_step,
+                                  projections), None
 
-    def _project(self, hidden_states, base: bool = False):
+    def _project(self, hidden_states, base: bool = False, projections=None):
         """``q, k, v, q_lin, k_lin`` ``[B, T, heads, D]`` of the input; ``base``: through the pretrained
-        projections only (the modules peft wraps, without the LoRA deltas)."""
+        projections only (the modules peft wraps, without the LoRA deltas); ``projections``: the three
+        projections, already computed."""
         B, T, _ = hidden_states.shape
         D = self.head_dim
         proj = _base_layer if base else (lambda m: m)
-        q = proj(self.q_proj)(hidden_states).view(B, T, self.num_heads, D)
-        k = proj(self.k_proj)(hidden_states).view(B, T, self.num_key_value_heads, D)
-        v = proj(self.v_proj)(hidden_states).view(B, T, self.num_key_value_heads, D)
+        if projections is None:
+            projections = (proj(self.q_proj)(hidden_states), proj(self.k_proj)(hidden_states),
+                           proj(self.v_proj)(hidden_states))
+        q = projections[0].view(B, T, self.num_heads, D)
+        k = projections[1].view(B, T, self.num_key_value_heads, D)
+        v = projections[2].view(B, T, self.num_key_value_heads, D)
         q_lin, k_lin = q, k
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
@@ -300,10 +308,11 @@ class LigerAttention(nn.Module):
         self.transfer_losses.append(err.mean())
         return target
 
-    def _liger_output(self, hidden_states, position_embeddings, token_mask, past_key_values, decode_step):
+    def _liger_output(self, hidden_states, position_embeddings, token_mask, past_key_values, decode_step,
+                      projections=None):
         B, T, _ = hidden_states.shape
         D = self.head_dim
-        q, k, v, q_lin, k_lin = self._project(hidden_states)
+        q, k, v, q_lin, k_lin = self._project(hidden_states, projections=projections)
         cos, sin = position_embeddings
         cache = past_key_values.layers[self.layer_idx] if past_key_values is not None else None
         if decode_step is not None:

@@ -32,7 +32,8 @@ import torch.nn.functional as F
 
 from .triton_common import has_triton, next_power_of_2
 
-__all__ = ["add_rms_norm", "decode_layers", "silu_mul", "unsupported_reason"]
+__all__ = ["add_rms_norm", "decode_layers", "fusable_linears", "gate_up_silu", "linear3", "silu_mul",
+           "unsupported_reason"]
 
 RMS_NORMS = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm")
 """The families' RMSNorm classes: ``weight * (x.float() * rsqrt(mean x² + eps)).to(x.dtype)``."""
@@ -41,11 +42,16 @@ MAX_ROW = 65536
 """Rows longer than this (hidden sizes) take the PyTorch ops: one program holds a whole row."""
 
 
+SKINNY_MAX_ROWS = 64
+"""Batches of up to this many tokens take the fused projection kernels (``linear3``, ``gate_up_silu``); larger
+ones cuBLAS (a GEMM is then no longer bound by its launch)."""
+
+
 def _kernels():
     # (a `from .module import` line: transformers copies the modules named so into saved checkpoints)
-    from ._triton_layer_kernels import add_rms_norm, silu_mul
+    from ._triton_layer_kernels import add_rms_norm, gate_up_silu, linear3, silu_mul
 
-    return SimpleNamespace(add_rms_norm=add_rms_norm, silu_mul=silu_mul)
+    return SimpleNamespace(add_rms_norm=add_rms_norm, silu_mul=silu_mul, linear3=linear3, gate_up_silu=gate_up_silu)
 
 
 def _is_silu(act) -> bool:
@@ -104,6 +110,56 @@ def silu_mul(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def fusable_linears(x: torch.Tensor, *modules) -> bool:
+    """Whether ``modules`` can be computed from ``x`` by the fused projection kernels: plain ``nn.Linear`` (not
+    wrapped by peft: a LoRA adapter's delta is not in the kernels) with ``x``'s dtype and contiguous weights, all
+    with biases or none, on at most :data:`SKINNY_MAX_ROWS` tokens."""
+    if x.numel() // x.shape[-1] > SKINNY_MAX_ROWS:
+        return False
+    biases = {m.bias is None for m in modules if type(m) is torch.nn.Linear}
+    return len(biases) == 1 and all(type(m) is torch.nn.Linear and m.weight.dtype == x.dtype
+                                    and m.weight.is_contiguous() for m in modules)
+
+
+def _blocks(x: torch.Tensor, n_total: int):
+    """Tile sizes of the projection kernels: 16 token rows (tl.dot's least), output columns so that about 128
+    programs share the weights' columns (the kernels are bound by reading the weights once)."""
+    return dict(BM=16, BN=min(64, max(16, next_power_of_2(max(1, n_total // 128)))), BK=64,
+                PRECISION="ieee" if x.dtype == torch.float32 else "tf32", num_warps=4)
+
+
+def linear3(x: torch.Tensor, m0, m1, m2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(m0(x), m1(x), m2(x))`` of three ``nn.Linear`` in one launch (check :func:`fusable_linears` first)."""
+    x2 = x.reshape(-1, x.shape[-1]).contiguous()
+    M, K = x2.shape
+    outs = [torch.empty(M, m.out_features, dtype=x.dtype, device=x.device) for m in (m0, m1, m2)]
+    N = [m.out_features for m in (m0, m1, m2)]
+    meta = _blocks(x, sum(N))
+    P = [-(-n // meta["BN"]) for n in N]
+    has_bias = m0.bias is not None
+    bias = [m.bias if has_bias else m.weight for m in (m0, m1, m2)]
+    _kernels().linear3[(sum(P), -(-M // meta["BM"]))](
+        x2, m0.weight, m1.weight, m2.weight, *bias, *outs, M, K, *N, x2.stride(0),
+        m0.weight.stride(0), m1.weight.stride(0), m2.weight.stride(0), *(o.stride(0) for o in outs), P[0], P[1],
+        HAS_BIAS=has_bias, **meta)
+    return tuple(o.view(*x.shape[:-1], o.shape[-1]) for o in outs)
+
+
+def gate_up_silu(x: torch.Tensor, gate, up) -> torch.Tensor:
+    """``silu(gate(x)) * up(x)`` of two ``nn.Linear`` in one launch (check :func:`fusable_linears` first)."""
+    x2 = x.reshape(-1, x.shape[-1]).contiguous()
+    M, K = x2.shape
+    N = gate.out_features
+    out = torch.empty(M, N, dtype=x.dtype, device=x.device)
+    meta = _blocks(x, 2 * N)
+    has_bias = gate.bias is not None
+    _kernels().gate_up_silu[(-(-N // meta["BN"]), -(-M // meta["BM"]))](
+        x2, gate.weight, up.weight, gate.bias if has_bias else gate.weight, up.bias if has_bias else up.weight,
+        out, M, K, N, x2.stride(0), gate.weight.stride(0), up.weight.stride(0), out.stride(0), HAS_BIAS=has_bias,
+        **meta)
+    return out.view(*x.shape[:-1], N)
+
+
 def decode_layers(model, hidden, position_embeddings, cache, token_mask, decode_step) -> torch.Tensor:
     """The static decode step through ``model``'s (a ``LigerModel`` whose layers are all Liger layers) decoder
     layers and final norm, with the norms, residual adds and activations fused (check :func:`unsupported_reason`
@@ -111,10 +167,15 @@ def decode_layers(model, hidden, position_embeddings, cache, token_mask, decode_
     layers = model.layers
     h, x = add_rms_norm(hidden, None, layers[0].input_layernorm)
     for i, layer in enumerate(layers):
-        a, _ = layer.self_attn(x, position_embeddings=position_embeddings, past_key_values=cache,
-                               token_mask=token_mask, decode_step=decode_step)
+        attn, mlp = layer.self_attn, layer.mlp
+        qkv = (attn.q_proj, attn.k_proj, attn.v_proj)
+        projections = linear3(x, *qkv) if fusable_linears(x, *qkv) else None
+        a, _ = attn(x, position_embeddings=position_embeddings, past_key_values=cache, token_mask=token_mask,
+                    decode_step=decode_step, projections=projections)
         h, x = add_rms_norm(h, a, layer.post_attention_layernorm)
-        mlp = layer.mlp
-        m = mlp.down_proj(silu_mul(mlp.gate_proj(x), mlp.up_proj(x)))
+        if fusable_linears(x, mlp.gate_proj, mlp.up_proj):
+            m = mlp.down_proj(gate_up_silu(x, mlp.gate_proj, mlp.up_proj))
+        else:
+            m = mlp.down_proj(silu_mul(mlp.gate_proj(x), mlp.up_proj(x)))
         h, x = add_rms_norm(h, m, layers[i + 1].input_layernorm if i + 1 < len(layers) else model.norm)
     return x

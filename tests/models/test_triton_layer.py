@@ -62,6 +62,59 @@ KERNELS = textwrap.dedent('''
     print("WORST", (worst, exact))
 ''')
 
+PROJECTIONS = textwrap.dedent('''
+    import torch
+    import torch.nn.functional as F
+    from liger.models.triton_layer import gate_up_silu, linear3
+
+    def rel(a, b):
+        return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+    g = torch.Generator().manual_seed(0)
+    worst = {}
+    # token rows below one tile (3), across two (20); output widths not a multiple of the tile (40, 24, 72);
+    # q/k/v biases (Qwen2) and none (no bfloat16: the interpreter's tl.dot takes its bits for integers; the GPU
+    # tier checks it)
+    for M, K, N, bias, dtype in [(3, 64, (64, 40, 24), False, torch.float32), (20, 72, (48, 16, 16), True,
+                                 torch.float32), (16, 128, (128, 32, 32), False, torch.float16),
+                                 (5, 64, (72, 24, 24), True, torch.float16)]:
+        mods = [torch.nn.Linear(K, n, bias=bias).to(dtype) for n in N]
+        x = torch.randn(M, 1, K, generator=g).to(dtype)
+        outs = linear3(x, *mods)
+        key = f"linear3 {M} {dtype} {bias}"
+        for o, m in zip(outs, mods):
+            ref = m(x)
+            assert o.shape == ref.shape and o.dtype == ref.dtype, (o.shape, ref.shape)
+            worst[key] = max(worst.get(key, 0), rel(o, ref))
+        gate, up = (torch.nn.Linear(K, N[0], bias=bias).to(dtype) for _ in range(2))
+        out, ref = gate_up_silu(x, gate, up), F.silu(gate(x)) * up(x)
+        assert out.shape == ref.shape and out.dtype == ref.dtype
+        worst[f"gate_up {M} {dtype} {bias}"] = rel(out, ref)
+    print("WORST", worst)
+''')
+
+
+@needs_triton
+def test_projection_kernels_match_nn_linear_in_the_interpreter():
+    worst = run_in_triton_interpreter(PROJECTIONS)
+    assert len(worst) == 8, worst
+    for name, err in worst.items():
+        assert err <= (1e-6 if "float32" in name else 1e-2), (name, err)
+
+
+def test_only_plain_linears_on_few_tokens_take_the_projection_kernels():
+    from peft import LoraConfig, get_peft_model
+
+    x = torch.zeros(4, 1, 8)
+    a, b = torch.nn.Linear(8, 8), torch.nn.Linear(8, 4)
+    assert triton_layer.fusable_linears(x, a, b)
+    assert not triton_layer.fusable_linears(x, a, torch.nn.Linear(8, 4, bias=False))  # biases on some only
+    assert not triton_layer.fusable_linears(x.double(), a, b)  # another dtype than the weights'
+    assert not triton_layer.fusable_linears(torch.zeros(65, 1, 8), a, b)  # a batch for cuBLAS
+    wrapped = get_peft_model(torch.nn.Sequential(torch.nn.Linear(8, 8)),
+                             LoraConfig(r=2, target_modules=["0"])).base_model.model[0]
+    assert not triton_layer.fusable_linears(x, wrapped, b)  # a LoRA adapter's delta is not in the kernels
+
 
 @needs_triton
 def test_layer_kernels_match_the_families_modules_in_the_interpreter():

@@ -1,0 +1,58 @@
+"""GPU tier: the decoder-layer kernels around the fused decode step (``models/triton_layer.py``) against the
+modules they replace, at SmolLM2's sizes: the residual add + RMSNorm, the SiLU product and the fused
+projections (q/k/v in one launch, gate/up with the SiLU product), in bfloat16 (which Triton's CPU interpreter
+cannot check) and float16/float32. Whole models decoding through them: test_decode.py."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from liger.models.triton_layer import add_rms_norm, gate_up_silu, linear3, silu_mul
+from tests.conftest import assert_close
+
+pytestmark = pytest.mark.gpu
+
+@pytest.mark.parametrize("dtype,wdtype", [(torch.bfloat16, torch.bfloat16), (torch.float16, torch.float16),
+                                          (torch.float32, torch.float32), (torch.bfloat16, torch.float32)])
+def test_layer_kernels_round_as_the_families_modules(dtype, wdtype):
+    """``add_rms_norm`` and ``silu_mul`` (``models/triton_layer.py``) against LlamaRMSNorm, the residual add and
+    ``silu(gate) * up`` at SmolLM2's sizes: the same roundings, so (nearly) every element bit-equal."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    norm = LlamaRMSNorm(576, eps=1e-5).to("cuda", wdtype)
+    with torch.no_grad():
+        norm.weight.copy_(1 + 0.3 * torch.randn(576, generator=g, device="cuda"))
+    h = (3 * torch.randn(16, 1, 576, generator=g, device="cuda")).to(dtype)
+    a = torch.randn(16, 1, 576, generator=g, device="cuda").to(dtype)
+    with torch.no_grad():
+        ho, x = add_rms_norm(h, a, norm)
+        ref_h = h + a
+        ref_x = norm(ref_h)
+        assert torch.equal(ho, ref_h)
+        assert x.dtype == ref_x.dtype
+        assert_close(x.float(), ref_x.float(), 1e-2 if dtype != torch.float32 else 1e-6)
+        # rsqrt and the sum's order may move the last bit of a few
+        assert (x == ref_x).float().mean() >= 0.95
+        gate = (2 * torch.randn(16, 1, 1536, generator=g, device="cuda")).to(dtype)
+        up = torch.randn(16, 1, 1536, generator=g, device="cuda").to(dtype)
+        out, ref = silu_mul(gate, up), F.silu(gate) * up
+        assert_close(out.float(), ref.float(), 1e-2 if dtype != torch.float32 else 1e-6)
+        assert (out == ref).float().mean() >= 0.95
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("rows", [1, 16, 40])
+def test_projection_kernels_match_nn_linear(dtype, bias, rows):
+    """q/k/v (576 → 576, 192, 192) and gate/up (576 → 1536) of ``rows`` tokens against ``nn.Linear`` (cuBLAS):
+    both round a float32 sum once, in another order."""
+    torch.manual_seed(0)
+    mods = [torch.nn.Linear(576, n, bias=bias).to("cuda", dtype) for n in (576, 192, 192)]
+    x = torch.randn(rows, 1, 576, device="cuda").to(dtype)
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    with torch.no_grad():
+        for out, m in zip(linear3(x, *mods), mods):
+            assert_close(out.float(), m(x).float(), tol)
+        gate, up = (torch.nn.Linear(576, 1536, bias=bias).to("cuda", dtype) for _ in range(2))
+        assert_close(gate_up_silu(x, gate, up).float(), (F.silu(gate(x)) * up(x)).float(), tol)
