@@ -10,9 +10,14 @@ for one token as
     for each layer:   a = attention(x);  h, x = h + a, post_norm(h + a)
                       m = down(silu(gate(x)) · up(x));  h, x = h + m, next_norm(h + m)
 
-with ``add_rms_norm`` (the residual add and the next RMSNorm in one kernel) and ``silu_mul`` (the activation and
-the product in one), so a layer is its GEMMs, the two launches of the attention step and three small kernels. The
-last ``next_norm`` is the model's final norm. Same arithmetic as the families' decoder layers (the sum rounded to
+with ``add_rms_norm`` (the residual add and the next RMSNorm in one kernel), ``linear3`` (q, k and v in one
+launch) and ``gate_up_silu`` (gate and up with the activation and the product in one), so a layer is eight
+launches: two norms, the q/k/v kernel, the two of the attention step, ``o_proj``, the gate/up kernel and
+``down_proj``. At decode batch sizes a GEMM is bound by its launch, not by its weights (3.6 µs per cuBLAS call at
+batch 16 in run H of docs/gpu.md), so fewer, fatter launches are what counts. The projection kernels take plain
+``nn.Linear`` modules and at most :data:`SKINNY_MAX_ROWS` tokens; a peft-wrapped projection (LoRA not merged)
+or a larger batch takes the modules' own calls (cuBLAS), with ``silu_mul`` for the activation. The last
+``next_norm`` is the model's final norm. Same arithmetic as the families' decoder layers (the sum rounded to
 the residual stream's dtype, the norm in float32 rounded to the input's dtype before its weight, the SiLU
 rounded before the product), checked against them by the CPU tests through Triton's interpreter and by the GPU
 tier.
