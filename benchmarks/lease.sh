@@ -24,21 +24,31 @@ benches() {  # the speed measures, alone on the GPU (nothing else runs then)
   [ "$(cat "$LEASE/bench_budget")" -gt 0 ] || return 0
   python3 benchmarks/gpu_check.py --out "$LEASE/runs/gpu_check" --skip-tests --budget "$(cat "$LEASE/bench_budget")" \
     ${GPU_CHECK_ARGS:---skip-batch1 --serve-budget 150} > "$LEASE/out/gpu_check.log" 2>&1 || true
-  # the memory recipe's decode cost (issue 14): the same decode bench without and with its options
-  # (memory-triton: its window in the Triton kernels, sinks and global keys merged through the log-sum-exp, and
-  # its decode step fused, global cache included); decode-triton: the plain recipe with its static decode step
-  # fused into one Triton kernel per layer. RECIPE_S (default 120 s) each: with 50 s, `plain` and `memory-triton`
-  # spent it compiling and measured no Liger decode (run H of docs/gpu.md, H100)
+  # the memory recipes' decode cost (issue 14): the same decode bench without and with their options, RECIPE_S
+  # (default 120 s) each (with 50 s, `plain` and `memory-triton` spent it compiling: run H of docs/gpu.md)
   for recipe in ${RECIPES:-plain memory memory-triton decode-triton}; do
-    opts=(); [ "${recipe#memory}" != "$recipe" ] && opts=(liger_options.global_cache_size=64 \
-      liger_options.num_sink_tokens=4 liger_options.linear_normalizer=sum)
-    [ "$recipe" = memory-triton ] && opts+=(liger_options.window_backend=triton liger_options.decode_backend=triton)
-    [ "$recipe" = decode-triton ] && opts+=(liger_options.decode_backend=triton)
+    read -r -a opts <<< "$(recipe_options "$recipe")"
     python3 -m liger bench --model random:smollm2 --device cuda --dtype bfloat16 --batch-size 16 \
       --context 2048,32768 --decode-steps 16 --prefill-repeats 1 --teachers gqa_graph --time-budget "${RECIPE_S:-120}" \
       --train --train-batch-sizes 8 --train-length 1024 --train-steps 6 \
       --output "$LEASE/runs/gpu_check/bench_$recipe.json" "${opts[@]}" > "$LEASE/out/bench_$recipe.log" 2>&1 || true
   done
+}
+
+recipe_options() {  # the liger_options of a bench recipe
+  local fused="liger_options.decode_backend=triton"
+  local window="liger_options.linear_weight=0 liger_options.window_weight=1 liger_options.num_sink_tokens=4"
+  local memory="liger_options.global_cache_size=64 liger_options.num_sink_tokens=4 liger_options.linear_normalizer=sum"
+  case "$1" in
+    plain) echo "" ;;  # Liger-GLA, the PyTorch decode step
+    decode-triton) echo "$fused" ;;  # Liger-GLA, the fused decode step (and decoder layers)
+    memory) echo "$memory" ;;  # GLA + 64 global keys + 4 sinks, the PyTorch step
+    memory-triton) echo "$memory liger_options.window_backend=triton $fused" ;;
+    window-triton) echo "$window $fused" ;;  # window 64 + 4 sinks, no state: the control of the next two
+    window-pool-triton) echo "$window liger_options.global_cache_size=256 liger_options.global_cache_pool=8 $fused" ;;
+    window-pool1024-triton) echo "$window liger_options.global_cache_size=1024 liger_options.global_cache_pool=8 $fused" ;;
+    *) echo "lease.sh: unknown bench recipe '$1'" >&2; exit 2 ;;
+  esac
 }
 
 case "${1:-}" in
