@@ -4,7 +4,8 @@
 ``decode_step``: one program per (sequence, KV head) does the whole attention step of the ``G`` query heads of
 its group — RoPE of q and k, the window's scores over the ring, the sinks, the new token and the global cache's
 members, the recurrent state's update (generic gated form or gated delta rule) and readout, the mix, the global
-cache's merge of the token leaving the window — and writes the new token's key/value into its ring slot (and its
+cache's merge of the token leaving the window (with ``global_cache_pool``: of the pending token it decides, and
+the shift of the pending tokens and recent errors) — and writes the new token's key/value into its ring slot (and its
 sink slot).
 ``decode_bookkeeping``: one program writes what every head of a sequence reads in ``decode_step`` (the ring's
 valid flags, the sinks' positions and flags) and the token counts, after it.
@@ -55,17 +56,19 @@ def _rope(X, offs_d, partner, sign, dmask, cos, sin):
 def decode_step(
     Q, K, V, QL, KL, COS, SIN, VALID, STATE, RING_K, RING_V, RING_VALID, SEEN,
     SINK_K, SINK_V, SINK_POS, SINK_VALID, REAL_SEEN, OUT,
-    RING_KL, GLOB_K, GLOB_V, GLOB_SCORE, GLOB_INDEX,
+    RING_KL, GLOB_K, GLOB_V, GLOB_SCORE, GLOB_INDEX, PEND_K, PEND_V, RECENT,
     sqb, sqh, skb, skh, svb, svh, sqlb, sqlh, sklb, sklh, scb,
     srkb, srkl, srkh, srvb, srvl, srvh, s_rvalid_b,
     sskb, sskn, sskh, ssvb, ssvn, ssvh, s_spos_b, s_svalid_b,
     srklb, srkll, srklh, sgkb, sgkn, sgkh, sgvb, sgvn, sgvh, sgsb, sgsn, sgsh, sgib, sgin, sgih,
+    spkb, spkn, spkh, spvb, spvn, spvh, srcb, srcn, srch,
     H, L, L_MOD, S, NGLOB, scale, lin_scale, inv_norm, gamma, beta_const, linear_weight, window_weight,
     D: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr, G: tl.constexpr, BG: tl.constexpr, BL: tl.constexpr,
     BS: tl.constexpr, BGL: tl.constexpr, VS: tl.constexpr, FMAP: tl.constexpr, GATE: tl.constexpr,
     KEY_IS_GATE: tl.constexpr, DELTA: tl.constexpr, BETA_CONST: tl.constexpr, HAS_Z: tl.constexpr,
     READOUT: tl.constexpr, HAS_REC: tl.constexpr, REC_OUT: tl.constexpr, HAS_WIN: tl.constexpr,
     HAS_SINKS: tl.constexpr, HAS_GLOBAL: tl.constexpr, HAS_RING: tl.constexpr,
+    POOL: tl.constexpr, BP: tl.constexpr, B2P: tl.constexpr,
 ):
     """Log-decay GATE: 0 logsigmoid(k)/n per channel (GLA; HGRN2 with γ = 0), 1 log(γ + (1−γ)σ(k))/n per channel
     (HGRN2), 2 −exp(min(k, 10))/n per channel (RWKV6), 3 −softplus(mean k)/n (Mamba2), 4 logsigmoid(mean k)/n
@@ -77,7 +80,11 @@ def decode_step(
     REC_OUT: its readout enters the output (linear_weight != 0). HAS_GLOBAL: the window also attends the NGLOB
     global-cache members of the KV head (visible where their score > −inf), and the token leaving the window
     (the ring's slot ``seen % L``; the new token itself without a ring) is scored by its self-recall error
-    against the state after this step and merged into the cache (``merge_leaver_``)."""
+    against the state after this step and merged into the cache (``merge_leaver_``). POOL (``global_cache_pool``
+    P, 0 = off): the leaver instead joins the P pending tokens (PEND_K/PEND_V ``[B, P, H, D]``, oldest first) and
+    its error the 2P recent ones (RECENT ``[B, 2P, H]`` float32, −inf = none); the oldest pending token (position
+    ``seen − L − P``) is merged, scored by the largest of the 2P + 1 errors, or −inf when its own (recent[P]) is
+    −inf (``pooled_scores``)."""
     pid = tl.program_id(0)
     b = pid // H
     h = pid % H
@@ -124,6 +131,22 @@ def decode_step(
             sval_l = tl.load(SINK_VALID + b * s_svalid_b + offs_s, mask=smask_l, other=0) != 0
             is_sink = tl.sum((smask_l & sval_l & (spos_l == l_index)).to(tl.int32), 0) > 0
             l_ok = l_ok & (is_sink == 0)
+        if POOL > 0:  # the pending token decided now (row 0), the rows and errors that move down one place
+            offs_p = tl.arange(0, BP)
+            nxt_p = (offs_p + 1 < POOL)[:, None] & dmask[None, :]
+            c_k = tl.load(PEND_K + b * spkb + h * spkh + offs_d, mask=dmask, other=0.0)
+            c_v = tl.load(PEND_V + b * spvb + h * spvh + offs_d, mask=dmask, other=0.0)
+            pk_next = tl.load(PEND_K + b * spkb + (offs_p + 1)[:, None] * spkn + h * spkh + offs_d[None, :],
+                              mask=nxt_p, other=0.0)
+            pv_next = tl.load(PEND_V + b * spvb + (offs_p + 1)[:, None] * spvn + h * spvh + offs_d[None, :],
+                              mask=nxt_p, other=0.0)
+            offs_r = tl.arange(0, B2P)
+            recent = tl.load(RECENT + b * srcb + offs_r * srcn + h * srch, mask=offs_r < 2 * POOL,
+                             other=float("-inf"))
+            r_next = tl.load(RECENT + b * srcb + (offs_r + 1) * srcn + h * srch, mask=offs_r + 1 < 2 * POOL,
+                             other=float("-inf"))
+            c_own = tl.load(RECENT + b * srcb + POOL * srcn + h * srch)  # the decided token's own error
+            r_max = tl.max(recent, 0)
 
     # ---- the window's probabilities (ring, new token, sinks, global members) for each query head of the group
     if HAS_WIN:
@@ -289,24 +312,41 @@ def decode_step(
     tl.debug_barrier()
     if HAS_GLOBAL:
         # merge_leaver_: the worst member (lowest score; among equal scores the latest token, then the first
-        # slot) is replaced when the leaver's score beats it (strictly: on a tie the member stays)
+        # slot) is replaced when the candidate's score beats it (strictly: on a tie the member stays); the
+        # candidate is the leaver, or with a pool the oldest pending token scored by pooled_scores
         l_score = tl.where(l_ok, tl.sqrt(err2), float("-inf"))
+        if POOL > 0:
+            c_score = tl.where(c_own > float("-inf"), tl.maximum(r_max, l_score), float("-inf"))
+            c_index = l_index - POOL
+        else:
+            c_k, c_v, c_score, c_index = lk_row, lv_row, l_score, l_index
         worst_score = tl.min(tl.where(glmask, g_score, float("inf")), 0)
         is_min = glmask & (g_score == worst_score)
         latest = tl.max(tl.where(is_min, g_index, -(2 ** 62)), 0)
         worst = tl.min(tl.where(is_min & (g_index == latest), offs_gl, BGL), 0)
-        replace = (tl.zeros([BGL], tl.float32) + l_score) > worst_score
+        replace = (tl.zeros([BGL], tl.float32) + c_score) > worst_score
         take = (offs_gl == worst) & replace & glmask
         tl.store(GLOB_K + b * sgkb + offs_gl[:, None] * sgkn + h * sgkh + offs_d[None, :],
-                 (tl.zeros([BGL, BD], tl.float32) + lk_row.to(tl.float32)[None, :]).to(GLOB_K.dtype.element_ty),
+                 (tl.zeros([BGL, BD], tl.float32) + c_k.to(tl.float32)[None, :]).to(GLOB_K.dtype.element_ty),
                  mask=take[:, None] & dmask[None, :])
         tl.store(GLOB_V + b * sgvb + offs_gl[:, None] * sgvn + h * sgvh + offs_d[None, :],
-                 (tl.zeros([BGL, BD], tl.float32) + lv_row.to(tl.float32)[None, :]).to(GLOB_V.dtype.element_ty),
+                 (tl.zeros([BGL, BD], tl.float32) + c_v.to(tl.float32)[None, :]).to(GLOB_V.dtype.element_ty),
                  mask=take[:, None] & dmask[None, :])
-        tl.store(GLOB_SCORE + b * sgsb + offs_gl * sgsn + h * sgsh, tl.zeros([BGL], tl.float32) + l_score,
+        tl.store(GLOB_SCORE + b * sgsb + offs_gl * sgsn + h * sgsh, tl.zeros([BGL], tl.float32) + c_score,
                  mask=take)
-        tl.store(GLOB_INDEX + b * sgib + offs_gl * sgin + h * sgih, tl.zeros([BGL], tl.int64) + l_index,
+        tl.store(GLOB_INDEX + b * sgib + offs_gl * sgin + h * sgih, tl.zeros([BGL], tl.int64) + c_index,
                  mask=take)
+        if POOL > 0:  # the pending tokens and recent errors move down one place; the leaver and its error last
+            last_p = (offs_p == POOL - 1)[:, None]
+            p_mask = (offs_p < POOL)[:, None] & dmask[None, :]
+            tl.store(PEND_K + b * spkb + offs_p[:, None] * spkn + h * spkh + offs_d[None, :],
+                     tl.where(last_p, lk_row.to(tl.float32)[None, :], pk_next.to(tl.float32)).to(
+                         PEND_K.dtype.element_ty), mask=p_mask)
+            tl.store(PEND_V + b * spvb + offs_p[:, None] * spvn + h * spvh + offs_d[None, :],
+                     tl.where(last_p, lv_row.to(tl.float32)[None, :], pv_next.to(tl.float32)).to(
+                         PEND_V.dtype.element_ty), mask=p_mask)
+            tl.store(RECENT + b * srcb + offs_r * srcn + h * srch,
+                     tl.where(offs_r == 2 * POOL - 1, l_score, r_next), mask=offs_r < 2 * POOL)
     # the new token into its ring slot and, while the sequence has fewer than S real tokens, a sink slot
     v_row = tl.load(V + b * svb + h * svh + offs_d, mask=dmask, other=0.0)
     if HAS_RING:

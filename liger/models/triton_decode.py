@@ -20,7 +20,11 @@ launches:
   a sink on this step — never compete) by its self-recall error against the state
   after this step — the state and the cache of a (sequence, KV head) belong to one program, so this needs no
   further launch — and merges it into the cache as :func:`liger.models.global_cache.merge_leaver_` does (it
-  replaces the worst member, the latest among equal lowest scores, when its score is strictly higher). Last it
+  replaces the worst member, the latest among equal lowest scores, when its score is strictly higher). With
+  ``global_cache_pool`` P the leaver joins the P pending tokens instead and the oldest pending token is merged,
+  scored by the largest self-recall error of the 2P + 1 leavers around it, or −inf when it does not compete
+  itself (:func:`liger.models.global_cache.pooled_scores`); the pending tokens and recent errors shift by one
+  place, after every read of them. Last it
   writes the new token's rotated key and value (and raw key, for the global cache) into its ring slot (and sink
   slot) — after its own reads, since the slot it takes is the oldest of the window it just attended.
 * ``decode_bookkeeping``, one program: the ring slot's valid flag, the new sink's position and flag, the
@@ -31,10 +35,10 @@ Covered: the generic gated form of :class:`~liger.models.variants.Recurrence` �
 mamba2, gated_retention, mlstm — with any feature map, the ``"sum"`` readout and mLSTM's normaliser, the gate
 pooled over the whole head (no ``gate_pool_size`` other than head_dim); gated_deltanet (β from the key or the
 constant ``delta_write_strength``); the global cache (``global_cache_size > 0``, with or without the recurrent
-branch's output); sinks, grouped query heads, any even head dim up to 256, float32/bfloat16/float16 models with a
-float32 state, either branch weighted 0. Not covered (the PyTorch step runs, logged once): gsa, gate pooling,
-value heads of another size than the key heads, tensors off CUDA (unless Triton's CPU interpreter is on,
-``TRITON_INTERPRET=1``, which is how the CPU tests run the kernels).
+branch's output, with or without ``global_cache_pool``); sinks, grouped query heads, any even head dim up to 256,
+float32/bfloat16/float16 models with a float32 state, either branch weighted 0. Not covered (the PyTorch step
+runs, logged once): gsa, gate pooling, value heads of another size than the key heads, tensors off CUDA (unless
+Triton's CPU interpreter is on, ``TRITON_INTERPRET=1``, which is how the CPU tests run the kernels).
 
 Numerics: everything in float32, rounded once to the buffers' and output's dtypes (the PyTorch step rounds the
 RoPE'd q/k and the window's scores to the model's dtype on the way); the window's output is rounded to the
@@ -93,14 +97,17 @@ def unsupported_reason(spec, q: torch.Tensor, v: torch.Tensor, buffers) -> str |
     if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         return "the tensors are not on a CUDA device"
     if buffers.global_score is not None:
-        if buffers.global_recent is not None:
-            return "global_cache_pool is not in the kernel"
         if not spec.needs_state:
             return "the global cache's scores need the stepped state"
         if buffers.global_score.dtype != torch.float32 or buffers.ring_k_lin is None:
             return "the global cache's scores must be float32"
         if any(t.stride(-1) != 1 for t in (buffers.global_k, buffers.global_v, buffers.ring_k_lin)):
             return "the global cache's keys/values must have contiguous rows"
+        if buffers.global_recent is not None:
+            if buffers.global_recent.dtype != torch.float32:
+                return "global_cache_pool's recent errors must be float32"
+            if any(t.stride(-1) != 1 for t in (buffers.global_pend_k, buffers.global_pend_v)):
+                return "global_cache_pool's pending keys/values must have contiguous rows"
     if spec.needs_state:
         if type(r) is not GatedDeltaNet:
             if type(r) not in _GATES:
@@ -165,6 +172,12 @@ def fused_decode_step(spec, q, k, v, q_lin, k_lin, cos, sin, valid, buffers) -> 
         ring_kl, glob_k, glob_v, glob_score, glob_index = b.ring_k, b.ring_k, b.ring_v, out, b.real_seen
     global_strides = (*ring_kl.stride()[:3], *glob_k.stride()[:3], *glob_v.stride()[:3], *glob_score.stride()[:3],
                       *glob_index.stride()[:3]) if NG else (0,) * 15
+    P = b.global_pend_k.shape[1] if NG and b.global_recent is not None else 0
+    if P:
+        pend_k, pend_v, recent = b.global_pend_k, b.global_pend_v, b.global_recent
+        pool_strides = (*pend_k.stride()[:3], *pend_v.stride()[:3], *recent.stride()[:3])
+    else:  # never read
+        pend_k, pend_v, recent, pool_strides = b.ring_k, b.ring_v, out, (0,) * 9
     readout = _READOUTS.get(r.readout, 0) if has_rec and not delta else 0
     if delta:
         gate, fmap = 4, 4  # the scalar gate logsigmoid(mean k)/n; q̂, k̂ L2-normalised
@@ -180,19 +193,20 @@ def fused_decode_step(spec, q, k, v, q_lin, k_lin, cos, sin, valid, buffers) -> 
     _kernels().decode_step[(B * H,)](
         q, k, v, q_lin, k_lin, cos, sin, valid8, state, b.ring_k, b.ring_v, ring_valid8, b.seen_t,
         sink_k, sink_v, sink_pos, sink_valid8, b.real_seen, out,
-        ring_kl, glob_k, glob_v, glob_score, glob_index,
+        ring_kl, glob_k, glob_v, glob_score, glob_index, pend_k, pend_v, recent,
         q.stride(0), q.stride(2), k.stride(0), k.stride(2), v.stride(0), v.stride(2),
         q_lin.stride(0), q_lin.stride(2), k_lin.stride(0), k_lin.stride(2), ssb,
         *b.ring_k.stride()[:3], *b.ring_v.stride()[:3], ring_valid8.stride(0),
         *sink_k.stride()[:3], *sink_v.stride()[:3], sink_pos.stride(0), sink_valid8.stride(0),
-        *global_strides,
+        *global_strides, *pool_strides,
         H, L, max(L, 1), S, NG, float(spec.scaling), float(r.scale), 1.0 / float(r.normalizer),
         float(r.lower_bound), float(strength or 0.0), float(spec.linear_weight), float(spec.window_weight),
         D=D, BD=BD, BV=BV, G=G, BG=max(2, next_power_of_2(G)), BL=max(2, next_power_of_2(L)),
         BS=max(2, next_power_of_2(S)), BGL=max(2, next_power_of_2(NG)), VS=VS, FMAP=fmap,
         GATE=gate, KEY_IS_GATE=has_rec and type(r) is HGRN2, DELTA=delta, BETA_CONST=strength is not None,
         HAS_Z=has_rec and VS > D, READOUT=readout, HAS_REC=has_rec, REC_OUT=has_rec and spec.linear_weight != 0,
-        HAS_WIN=has_win, HAS_SINKS=S > 0, HAS_GLOBAL=NG > 0, HAS_RING=L > 0, num_warps=4 if D <= 64 else 8)
+        HAS_WIN=has_win, HAS_SINKS=S > 0, HAS_GLOBAL=NG > 0, HAS_RING=L > 0, POOL=P,
+        BP=max(2, next_power_of_2(P)), B2P=max(2, next_power_of_2(2 * P)), num_warps=4 if D <= 64 else 8)
     _kernels().decode_bookkeeping[(1,)](
         valid8, ring_valid8, b.seen_t, sink_pos, sink_valid8, b.real_seen, B, L, max(L, 1), S,
         ring_valid8.stride(0), sink_pos.stride(0), sink_valid8.stride(0),

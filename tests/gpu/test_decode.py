@@ -227,6 +227,7 @@ def test_fused_decode_step_matches_the_pytorch_step(dtype, tol, case):
     {},
     dict(variant="gated_deltanet", global_cache_size=4),
     dict(global_cache_size=4, linear_weight=0.0, window_weight=1.0),
+    dict(global_cache_size=4, global_cache_pool=2, linear_weight=0.0, window_weight=1.0),
 ])
 @pytest.mark.parametrize("compile", [False, True])
 def test_cuda_graph_decoding_with_the_fused_step_matches_eager(compile, options, monkeypatch):

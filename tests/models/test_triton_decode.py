@@ -1,9 +1,9 @@
 """The fused Triton decode step (``decode_backend="triton"``) on CPU, through Triton's interpreter: one layer's
 step against the PyTorch step (output and every cache buffer after it) over shapes, window fills, sinks, padding,
-the covered variants (the gated delta rule included) and the global cache; whole models decoding with
-``decode_backend="triton"`` against the same models on the PyTorch step; and the cases it leaves to the PyTorch
-step. Skipped when Triton is not installed; the compiled kernels are checked on the GPU tier
-(tests/gpu/test_decode.py)."""
+the covered variants (the gated delta rule included) and the global cache (with and without
+``global_cache_pool``); whole models decoding with ``decode_backend="triton"`` against the same models on the
+PyTorch step; and the cases it leaves to the PyTorch step. Skipped when Triton is not installed; the compiled
+kernels are checked on the GPU tier (tests/gpu/test_decode.py)."""
 
 import importlib.util
 import textwrap
@@ -36,9 +36,9 @@ HELPERS = textwrap.dedent('''
         options.update(kw)
         return VARIANT_CLASSES[options["variant"]](SimpleNamespace(**options))
 
-    def layer_cache(B, H, D, W, S, T, pads, columns, seed, NG=0):
+    def layer_cache(B, H, D, W, S, T, pads, columns, seed, NG=0, P=0):
         g = torch.Generator().manual_seed(seed)
-        cache = LigerLayerCache(W, S, NG)
+        cache = LigerLayerCache(W, S, NG, P)
         k, v = torch.randn(B, T, H, D, generator=g), torch.randn(B, T, H, D, generator=g)
         valid = torch.ones(B, T, dtype=torch.bool)
         for i, p in enumerate(pads):
@@ -59,6 +59,13 @@ HELPERS = textwrap.dedent('''
             members = (torch.randn(B, NG, H, D, generator=g), torch.randn(B, NG, H, D, generator=g), score, index)
             for x in members[:2]:
                 x[0, -1] = 0
+            if P:
+                # global_cache_pool: P pending tokens and the errors of the last 2P leavers, some -inf (padding,
+                # sinks), the first pending token of (0, 0) among them (it does not compete)
+                recent = D ** 0.5 * (0.5 + 0.8 * torch.rand(B, 2 * P, H, generator=g))
+                recent[torch.rand(B, 2 * P, H, generator=g) < 0.25] = float("-inf")
+                recent[0, P, 0] = float("-inf")
+                members += (torch.randn(B, P, H, D, generator=g), torch.randn(B, P, H, D, generator=g), recent)
         cache.commit(keys, values, key_valid, sinks, state, klin, members)
         return cache
 ''')
@@ -75,13 +82,14 @@ STEP = HELPERS + textwrap.dedent('''
     attention._compiled_core = not_compiled  # the compiled mode calls the fused step as it is
 
     worst = {}
-    replaced = rejected = 0
+    replaced = rejected = pool_replaced = pool_rejected = 0
     # B, HQ, H, D, W, S sinks, T prefill tokens, padded prefix per sequence, variant options, weights, steps, global
     # cache size: grouped heads and not, head dims 16/24/32/64 (24: not a power of two), rings not yet full
     # (T < W - 1) and wrapped (T > W - 1), a window of 1 (no ring), sequences all padding, sinks still filling while
     # decoding; the gated delta rule (β from the key, a constant β); the global cache with and without the recurrent
     # branch's output, with sinks (one leaves the window and must not compete), a ring not yet full (invalid
-    # leavers), a window of 1 (the new token leaves at once; in the second sequence it becomes a sink first)
+    # leavers), a window of 1 (the new token leaves at once; in the second sequence it becomes a sink first);
+    # global_cache_pool P = 1, 2, 3 (the pending tokens shift through within the steps; with a window of 1 and sinks)
     cases = [
         (2, 4, 2, 16, 8, 0, 20, (0, 3), {}, 0.5, 0.5, 3, 0),
         (3, 6, 2, 24, 64, 2, 10, (0, 4, 10), {}, 0.5, 0.5, 3, 0),
@@ -104,12 +112,20 @@ STEP = HELPERS + textwrap.dedent('''
         (2, 4, 2, 16, 6, 2, 12, (0, 2), dict(global_cache_size=1, variant="gated_deltanet"), 0.5, 0.5, 4, 4),
         (2, 6, 2, 24, 5, 1, 12, (3, 0), dict(global_cache_size=1, variant="gated_deltanet", delta_write_strength=1.0),
          0.0, 1.0, 4, 3),
+        (3, 4, 2, 16, 6, 2, 20, (0, 4, 20), dict(global_cache_size=1, global_cache_pool=1), 0.5, 0.5, 4, 4),
+        (2, 4, 2, 16, 4, 2, 9, (0, 8), dict(global_cache_size=1, global_cache_pool=3, feature_map="relu"), 0.0, 1.0,
+         5, 3),
+        (2, 4, 2, 16, 1, 2, 3, (0, 3), dict(global_cache_size=1, global_cache_pool=2, variant="gated_deltanet"), 0.5,
+         0.5, 4, 2),
     ]
     expected_calls = 0
     for i, (B, HQ, H, D, W, S, T, pads, opts, lw, ww, steps, NG) in enumerate(cases):
+        opts = dict(opts)
+        P = opts.pop("global_cache_pool", 0)
         rec = recurrence(**opts)
         columns = D if opts.get("variant") == "gated_deltanet" else D + int(rec.normaliser_column)
-        caches = {name: layer_cache(B, H, D, W, S, T, pads, columns, seed=i, NG=NG) for name in ("torch", "triton")}
+        caches = {name: layer_cache(B, H, D, W, S, T, pads, columns, seed=i, NG=NG, P=P)
+                  for name in ("torch", "triton")}
         g = torch.Generator().manual_seed(100 + i)
         for step in range(steps):
             q, q_lin = torch.randn(B, 1, HQ, D, generator=g), torch.randn(B, 1, HQ, D, generator=g)
@@ -133,6 +149,9 @@ STEP = HELPERS + textwrap.dedent('''
                 changed = (caches["torch"].buffers.global_index != before).any(1)
                 replaced += int(changed.sum())
                 rejected += int((~changed).sum())
+                if P:
+                    pool_replaced += int(changed.sum())
+                    pool_rejected += int((~changed).sum())
             assert out["triton"].dtype == q.dtype and out["triton"].shape == (B, 1, HQ, D)
             worst["output"] = max(worst.get("output", 0), rel(out["triton"], out["torch"]))
             a, b = caches["triton"].buffers, caches["torch"].buffers
@@ -145,13 +164,14 @@ STEP = HELPERS + textwrap.dedent('''
                     x, y = x[0], y[0]
                 if y.dtype in (torch.bool, torch.long):
                     assert torch.equal(x, y), (i, step, field, x, y)
-                elif field == "global_score":
+                elif field in ("global_score", "global_recent"):  # (-inf: empty slots, no error)
                     assert torch.equal(x.isinf(), y.isinf()), (i, step, field, x, y)
                     finite = y.isfinite()
                     worst[field] = max(worst.get(field, 0), rel(x[finite], y[finite]))
                 else:
                     worst[field] = max(worst.get(field, 0), rel(x, y))
     assert replaced >= 10 and rejected >= 10, (replaced, rejected)  # the merge was exercised both ways
+    assert pool_replaced >= 5 and pool_rejected >= 5, (pool_replaced, pool_rejected)  # (with a pool too)
     assert len(calls) == expected_calls, (len(calls), expected_calls)
     print("WORST", worst)
 ''')
@@ -190,6 +210,9 @@ MODEL = textwrap.dedent('''
         "llama global": ("llama", dict(window_size=4, num_sink_tokens=2, global_cache_size=4)),
         "llama window-global": ("llama", dict(window_size=5, global_cache_size=3, linear_weight=0.0,
                                               window_weight=1.0, feature_map="relu")),
+        "llama pool": ("llama", dict(window_size=4, num_sink_tokens=2, global_cache_size=4, global_cache_pool=2)),
+        "llama window-pool": ("llama", dict(window_size=3, global_cache_size=3, global_cache_pool=3, linear_weight=0.0,
+                                            window_weight=1.0)),
     }
     for label, (family, options) in configs.items():
         teacher = tiny_teacher(family)
@@ -227,7 +250,7 @@ MODEL = textwrap.dedent('''
 def test_fused_decode_step_matches_the_pytorch_step_in_the_interpreter():
     worst = run_in_triton_interpreter(STEP)
     assert set(worst) == {"output", "state", "ring_k", "ring_v", "sink_k", "sink_v", "ring_k_lin", "global_k",
-                          "global_v", "global_score"}
+                          "global_v", "global_score", "global_pend_k", "global_pend_v", "global_recent"}
     for name, err in worst.items():
         assert err <= 1e-5, (name, err)
 
@@ -235,7 +258,7 @@ def test_fused_decode_step_matches_the_pytorch_step_in_the_interpreter():
 @needs_triton
 def test_model_decoding_with_decode_backend_triton_matches_torch_in_the_interpreter():
     worst = run_in_triton_interpreter(MODEL)
-    assert len(worst) == 12
+    assert len(worst) == 16
     for name, err in worst.items():
         assert err <= 1e-5, (name, err)
 
@@ -250,7 +273,6 @@ def _model_cache(model, T=6):
     (dict(variant="gsa"), "GSA"),
     (dict(variant="gsa", global_cache_size=4), "GSA"),
     (dict(gate_pool_size=4), "gate pooling"),
-    (dict(global_cache_size=4, global_cache_pool=2), "global_cache_pool"),
 ])
 def test_cases_outside_the_kernel_take_the_pytorch_step(monkeypatch, options, reason):
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # as if the kernel could run here: the reason is the case itself
