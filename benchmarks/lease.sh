@@ -109,10 +109,11 @@ pipeline)  # the background run (started by `start`)
       --device cuda > "$LEASE/out/longctx-baselines.log" 2>&1 &
     baselines=$!
   fi
-  TOKENIZERS_PARALLELISM=true python3 benchmarks/reproduce.py train --corpus "$corpus" --students "$students" --gpus 1 --per-gpu "$per_gpu" \
+  # STUDENTS "none": the tests (and baselines) only
+  [ "$students" = none ] || TOKENIZERS_PARALLELISM=true python3 benchmarks/reproduce.py train --corpus "$corpus" --students "$students" --gpus 1 --per-gpu "$per_gpu" \
     --out "$LEASE/runs" --scratch "$LEASE/scratch" --timeout "$(cat "$LEASE/time_limit")" || true
   # at most LONGCTX_S (default 360 s) for the students' measures: each model's part is kept as it ends
-  timeout "${LONGCTX_S:-360}" python3 benchmarks/reproduce.py longctx --corpus "$corpus" --runs "$LEASE/runs" \
+  [ "$students" = none ] || timeout "${LONGCTX_S:-360}" python3 benchmarks/reproduce.py longctx --corpus "$corpus" --runs "$LEASE/runs" \
     --models "$students" --scratch "$LEASE/scratch" --output "$LEASE/runs/longctx-students.json" --device cuda \
     ${LONGCTX_ARGS:-} || true
   [ -z "$baselines" ] || wait "$baselines" || true
