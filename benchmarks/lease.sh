@@ -9,6 +9,10 @@
 #   call 2:    bash benchmarks/lease.sh start part-b STUDENTS TIME_LIMIT_S [BASELINES [BENCH_S]]  # (carry part-b)
 #   call 3..:  bash benchmarks/lease.sh wait SECONDS       # progress; when done, the results land in $OUT
 #
+# or, for the speed measures and the GPU tier alone (random SmolLM2-shaped weights, no GGUF, one call):
+#   call 1:    bash benchmarks/lease.sh light .lease/wheels [BENCH_S]   # (carry .lease/wheels: the .whl files)
+#   call 2..:  bash benchmarks/lease.sh wait SECONDS
+#
 # The background run (`pipeline`): the GPU test tier and the long-context measures of the teacher and the
 # zero-training BASELINES (default teacher,swa:64:4; e.g. teacher,swa:64:4,swa:64:4:256) while `reproduce.py
 # train` trains every student at once (one process each, TIME_LIMIT_S each: a student stopped there keeps its
@@ -59,6 +63,7 @@ prepare)  # on the development machine: split what the lease needs into two carr
   tail -c +$((half + 1)) "$GGUF" > .lease/part-b/gguf.1
   cp .whl/*.whl .lease/part-a/
   cp "$CORPUS_ARCHIVE" .lease/part-b/corpus.tar.xz
+  mkdir -p .lease/wheels && cp .whl/*.whl .lease/wheels/
   sha256sum "$GGUF" | cut -d' ' -f1 > .lease/part-b/gguf.sha256
   du -sh .lease/part-a .lease/part-b
   ;;
@@ -78,6 +83,24 @@ start)  # call 2: assemble, install, then the pipeline in the background (it out
   echo "${5:-teacher,swa:64:4}" > "$LEASE/baselines" && echo "${6:-0}" > "$LEASE/bench_budget"
   setsid nohup bash benchmarks/lease.sh pipeline > "$LEASE/out/pipeline.log" 2>&1 < /dev/null &
   sleep 60; tail -n 20 "$LEASE/out/pipeline.log"
+  ;;
+light)  # one call, no GGUF and no corpus (random weights): wheels from $2, the speed measures, then the GPU tier
+  mkdir -p "$LEASE/out" "$LEASE/runs/gpu_check"
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$LEASE/site" \
+    "$2"/*.whl
+  echo "${3:-380}" > "$LEASE/bench_budget"
+  setsid nohup bash benchmarks/lease.sh light-pipeline > "$LEASE/out/pipeline.log" 2>&1 < /dev/null &
+  sleep 20; tail -n 20 "$LEASE/out/pipeline.log"
+  ;;
+light-pipeline)  # the background run of `light`
+  export PYTHONPATH="$LEASE/site:$PWD" TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$LEASE/out/gpu.txt" || true
+  python3 -c "import torch, transformers, triton, fla; print(torch.__version__, transformers.__version__, triton.__version__, fla.__version__)" \
+    >> "$LEASE/out/gpu.txt" || true
+  benches
+  python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu -rfE --durations=10 > "$LEASE/out/gpu_tests.log" 2>&1
+  echo "exit $?" >> "$LEASE/out/gpu_tests.log"
+  touch "$LEASE/out/done"
   ;;
 pipeline)  # the background run (started by `start`)
   export PYTHONPATH="$LEASE/site:$PWD" LIGER_CACHE="$LEASE/cache" TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
@@ -138,7 +161,7 @@ print(s['student'], s.get('status'), s.get('steps'), s.get('final_val_loss'), s.
   ;;
 *)
   echo "usage: bash benchmarks/lease.sh prepare | stash PART | start PART STUDENTS TIME_LIMIT_S [BASELINES [BENCH_S]]" \
-    "| wait SECONDS" >&2
+    "| light WHEELS [BENCH_S] | wait SECONDS" >&2
   exit 2
   ;;
 esac
