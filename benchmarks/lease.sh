@@ -97,6 +97,9 @@ light-pipeline)  # the background run of `light`
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$LEASE/out/gpu.txt" || true
   python3 -c "import torch, transformers, triton, fla; print(torch.__version__, transformers.__version__, triton.__version__, fla.__version__)" \
     >> "$LEASE/out/gpu.txt" || true
+  # ${SMOKE_TESTS}: a few GPU tests first (seconds), so a broken kernel shows before the measures spend the lease
+  [ -z "${SMOKE_TESTS:-}" ] || python3 -m pytest -q -p no:cacheprovider -m gpu $SMOKE_TESTS -x -rfE \
+    > "$LEASE/out/smoke.log" 2>&1 || true
   benches
   python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu -rfE --durations=10 > "$LEASE/out/gpu_tests.log" 2>&1
   echo "exit $?" >> "$LEASE/out/gpu_tests.log"
@@ -151,7 +154,7 @@ wait)  # call 3..: progress; what the runs folder holds now (summaries, adapters
   tail -n 25 "$LEASE/out/pipeline.log" || true
   for f in "$LEASE"/runs/*/summary.json; do [ -f "$f" ] && python3 -c "import json; s=json.load(open('$f')); \
 print(s['student'], s.get('status'), s.get('steps'), s.get('final_val_loss'), s.get('tokens_per_s'))"; done || true
-  tail -n 3 "$LEASE/out/gpu_tests.log" 2>/dev/null || true
+  tail -n 3 "$LEASE/out/smoke.log" "$LEASE/out/gpu_tests.log" 2>/dev/null || true
   if [ -n "${OUT:-}" ]; then
     cp "$LEASE/out/"*.txt "$LEASE/out/"*.log "$LEASE/runs/" 2>/dev/null || true
     tar -czf "$LEASE/out/now.tar.gz" -C "$LEASE" --exclude "*.lock" runs
