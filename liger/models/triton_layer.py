@@ -82,7 +82,31 @@ def unsupported_reason(model, hidden: torch.Tensor) -> str | None:
             return "a decoder layer's MLP is not down(silu(gate(x)) * up(x))"
     if not all(type(n).__name__ in RMS_NORMS for n in norms):
         return "a norm is not one of the families' RMSNorm"
-    return None
+    return _kernels_fail(hidden.dtype, hidden.device)
+
+
+_kernel_checks: dict = {}
+
+
+def _kernels_fail(dtype: torch.dtype, device: torch.device) -> str | None:
+    """Run each kernel once on small tensors of this dtype and device (once per process): a kernel that does not
+    compile or launch here is found before a decode step has written any cache (the layers' own forward runs
+    then, with the reason logged) instead of halfway through one."""
+    key = (dtype, str(device))
+    if key not in _kernel_checks:
+        try:
+            norm = SimpleNamespace(weight=torch.ones(32, dtype=dtype, device=device), variance_epsilon=1e-6)
+            x = torch.ones(2, 1, 32, dtype=dtype, device=device)
+            lin = torch.nn.Linear(32, 16, bias=False).to(device, dtype)
+            add_rms_norm(x, x, norm)
+            linear3(x, lin, lin, lin)
+            gate_up_silu(x, lin, lin)
+            silu_mul(x, x)
+            _kernel_checks[key] = None
+        except Exception as err:  # a compiler or driver problem on this machine
+            text = str(err).strip().splitlines()
+            _kernel_checks[key] = f"the layer kernels failed here ({type(err).__name__}: {text[0] if text else ''})"
+    return _kernel_checks[key]
 
 
 def add_rms_norm(h: torch.Tensor, a: torch.Tensor | None, norm) -> tuple[torch.Tensor, torch.Tensor]:

@@ -132,6 +132,7 @@ def test_layer_kernels_match_the_families_modules_in_the_interpreter():
 
 def test_layers_the_fused_step_does_not_cover_keep_their_own_forward(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # as if the kernels could run here: the reason is the model
+    monkeypatch.setattr(triton_layer, "_kernels_fail", lambda dtype, device: None)  # (and as if they ran here)
     x = torch.zeros(2, 1, 64)
     model = liger.convert(tiny_teacher("llama"), window_size=4, decode_backend="triton")
     if importlib.util.find_spec("triton") is not None:
@@ -154,4 +155,22 @@ def test_layers_the_fused_step_does_not_cover_keep_their_own_forward(monkeypatch
 def test_decode_layers_off_cuda_take_the_layers_own_forward(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     model = liger.convert(tiny_teacher("llama"), window_size=4, decode_backend="triton")
+    assert not model.model._fused_layers(torch.zeros(2, 1, 64))
+
+
+@needs_triton
+def test_kernels_that_fail_here_leave_the_layers_own_forward(monkeypatch):
+    """A layer kernel that does not compile or launch on this machine is found by a trial run before any cache is
+    written: the decode step then keeps the decoder layers' own forward, with the reason."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(triton_layer, "_kernel_checks", {})
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("PTX assembly failed")
+
+    monkeypatch.setattr(triton_layer, "add_rms_norm", lambda *args: None)  # (runs)
+    monkeypatch.setattr(triton_layer, "linear3", broken)
+    model = liger.convert(tiny_teacher("llama"), window_size=4, decode_backend="triton")
+    reason = triton_layer.unsupported_reason(model.model, torch.zeros(2, 1, 64))
+    assert "failed here" in reason and "PTX assembly failed" in reason
     assert not model.model._fused_layers(torch.zeros(2, 1, 64))
