@@ -33,13 +33,20 @@ def add_rms_norm(H, A, W, H_OUT, X_OUT, N, eps, s_h, s_a, s_ho, s_xo, HAS_ADD: t
 
 
 @triton.jit
+def _silu_times(g, u, dt):
+    """``silu(g) * u`` in ``dt`` from float32 ``g``, ``u`` already rounded to ``dt``: the SiLU rounded to ``dt``
+    before the product, the product rounded once (as ``F.silu(gate) * up`` in ``dt``)."""
+    s = (g / (1.0 + tl.exp(-g))).to(dt).to(tl.float32)
+    return (s * u).to(dt)
+
+
+@triton.jit
 def silu_mul(G, U, OUT, n, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < n
     g = tl.load(G + offs, mask=ok, other=0.0).to(tl.float32)
     u = tl.load(U + offs, mask=ok, other=0.0).to(tl.float32)
-    s = (g / (1.0 + tl.exp(-g))).to(OUT.dtype.element_ty).to(tl.float32)
-    tl.store(OUT + offs, (s * u).to(OUT.dtype.element_ty), mask=ok)
+    tl.store(OUT + offs, _silu_times(g, u, OUT.dtype.element_ty), mask=ok)
 
 
 @triton.jit
@@ -96,7 +103,6 @@ def gate_up_silu(X, WG, WU, BG, BU, OUT, M, K, N, s_xm, s_wg, s_wu, s_o, HAS_BIA
     g, offs_m, offs_n = _tile(X, WG, BG, M, N, K, s_xm, s_wg, pid_m, pid_n, HAS_BIAS, PRECISION, BM, BN, BK)
     u, offs_m, offs_n = _tile(X, WU, BU, M, N, K, s_xm, s_wu, pid_m, pid_n, HAS_BIAS, PRECISION, BM, BN, BK)
     dt = OUT.dtype.element_ty
-    g = g.to(dt).to(tl.float32)
-    s = (g / (1.0 + tl.exp(-g))).to(dt).to(tl.float32)
-    tl.store(OUT + offs_m[:, None] * s_o + offs_n[None, :], (s * u.to(dt).to(tl.float32)).to(dt),
+    tl.store(OUT + offs_m[:, None] * s_o + offs_n[None, :],
+             _silu_times(g.to(dt).to(tl.float32), u.to(dt).to(tl.float32), dt),
              mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
