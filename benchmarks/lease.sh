@@ -31,12 +31,21 @@ benches() {  # the speed measures, alone on the GPU (nothing else runs then)
   # the memory recipes' decode cost (issue 14): the same decode bench without and with their options, RECIPE_S
   # (default 120 s) each (with 50 s, `plain` and `memory-triton` spent it compiling: run H of docs/gpu.md)
   for recipe in ${RECIPES:-plain memory memory-triton decode-triton}; do
-    read -r -a opts <<< "$(recipe_options "$recipe")"
+    # (an unknown name is skipped: in a command substitution its `exit 2` would only end the subshell, and the
+    # bench would run the plain recipe under its name)
+    text=$(recipe_options "$recipe") || continue
+    read -r -a opts <<< "$text"
     python3 -m liger bench --model random:smollm2 --device cuda --dtype bfloat16 --batch-size 16 \
       --context 2048,32768 --decode-steps 16 --prefill-repeats 1 --teachers gqa_graph --time-budget "${RECIPE_S:-120}" \
       --train --train-batch-sizes 8 --train-length 1024 --train-steps 6 \
       --output "$LEASE/runs/gpu_check/bench_$recipe.json" "${opts[@]}" > "$LEASE/out/bench_$recipe.log" 2>&1 || true
   done
+}
+
+record_gpu() {  # the device and the versions that measured, into $LEASE/out/gpu.txt
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$LEASE/out/gpu.txt" || true
+  python3 -c "import torch, transformers, triton, fla; print(torch.__version__, transformers.__version__, triton.__version__, fla.__version__)" \
+    >> "$LEASE/out/gpu.txt" || true
 }
 
 recipe_options() {  # the liger_options of a bench recipe
@@ -51,7 +60,7 @@ recipe_options() {  # the liger_options of a bench recipe
     window-triton) echo "$window $fused" ;;  # window 64 + 4 sinks, no state: the control of the next two
     window-pool-triton) echo "$window liger_options.global_cache_size=256 liger_options.global_cache_pool=8 $fused" ;;
     window-pool1024-triton) echo "$window liger_options.global_cache_size=1024 liger_options.global_cache_pool=8 $fused" ;;
-    *) echo "lease.sh: unknown bench recipe '$1'" >&2; exit 2 ;;
+    *) echo "lease.sh: unknown bench recipe '$1' (skipped)" >&2; return 2 ;;
   esac
 }
 
@@ -94,9 +103,7 @@ light)  # one call, no GGUF and no corpus (random weights): wheels from $2, the 
   ;;
 light-pipeline)  # the background run of `light`
   export PYTHONPATH="$LEASE/site:$PWD" TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$LEASE/out/gpu.txt" || true
-  python3 -c "import torch, transformers, triton, fla; print(torch.__version__, transformers.__version__, triton.__version__, fla.__version__)" \
-    >> "$LEASE/out/gpu.txt" || true
+  record_gpu
   # ${SMOKE_TESTS}: a few GPU tests first (seconds), so a broken kernel shows before the measures spend the lease
   [ -z "${SMOKE_TESTS:-}" ] || python3 -m pytest -q -p no:cacheprovider -m gpu $SMOKE_TESTS -x -rfE \
     > "$LEASE/out/smoke.log" 2>&1 || true
@@ -110,9 +117,7 @@ pipeline)  # the background run (started by `start`)
   export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
   corpus=$(dirname "$(find "$LEASE" -maxdepth 3 -name manifest.json | head -1)")
   python3 -c "from liger.assets import smollm2_dir; print(smollm2_dir())"
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$LEASE/out/gpu.txt" || true
-  python3 -c "import torch, transformers, triton, fla; print(torch.__version__, transformers.__version__, triton.__version__, fla.__version__)" \
-    >> "$LEASE/out/gpu.txt" || true
+  record_gpu
   # BENCH_FIRST=1: the speed measures first (alone on the GPU), then the tests, the training and the measures
   [ -n "${BENCH_FIRST:-}" ] && benches
   (python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu -rfE --durations=10 \

@@ -284,4 +284,3 @@ def test_generate_with_the_fused_step_in_bf16():
         out[backend] = generate(model, "cuda_graph", compile=False, **kwargs)
     assert torch.equal(out["triton"].sequences[:, :25], out["torch"].sequences[:, :25])  # (from the prefill)
     assert_close(out["triton"].logits[1].float(), out["torch"].logits[1].float(), 2e-2)
-
