@@ -1,0 +1,116 @@
+"""The Triton kernel of :mod:`liger.models.triton_gla` (imported only when it is used; set ``TRITON_INTERPRET=1``
+before the first import to get Triton's CPU interpreter version).
+
+``chunk_gla_fwd``: the gated recurrence of ``gla_ops.naive_recurrent_gla`` (key-side gate) over a whole sequence,
+forward only, one program per (batch row, KV head, block of value columns). The program keeps its ``[K, BV]``
+state in registers and walks the sequence in chunks of ``BT`` tokens; each chunk reads the KV head's keys, values
+and log-decays once and serves the ``GROUP`` query heads that share them (grouped-query attention without
+repeating K/V). Per chunk, with ``b`` the cumulative log-decay inside the chunk (``b_t = Σ_{s ≤ t} g_s``)::
+
+    o_t = scale · (q_t ⊙ exp(b_t)) S  +  Σ_{j ≤ t} scale · (q_t · (k_j ⊙ exp(b_t − b_j))) v_j
+    S  ← diag(exp(b_last)) S + Σ_j (k_j ⊙ exp(b_last − b_j))ᵀ v_j
+
+Every ``exp`` takes an argument ≤ 0 (log-decays are ≤ 0), so strong gates underflow to 0 and never overflow: the
+intra-chunk scores are computed pairwise (a loop over the chunk's ``BT`` keys), not factored through
+``exp(−b_j)`` (which overflows once a channel decays by more than ~88 nats within a chunk).
+
+``LIGER_GLA``: the inputs are Liger-GLA's raw projections and the kernel applies its feature map and gate itself
+(softmax(q), softmax(k) rounded to the inputs' dtype, log-decay ``logsigmoid(k) / n`` in float32, padding
+zeroed: what ``triton_ops.gla_inputs`` computes); otherwise q/k/v/g are the recurrence's prepared inputs.
+Products of 16-bit inputs run on tensor cores in that dtype with float32 accumulation (as fla's kernels do);
+float32 inputs multiply exactly (``PRECISION`` "ieee").
+"""
+
+try:  # (transformers' trust_remote_code check skips imports in try blocks: CPU machines load checkpoints
+    import triton  # without Triton, and never import this module there)
+    import triton.language as tl
+except ImportError:
+    raise
+
+from ._triton_ops_kernels import _softmax_rows
+
+
+@triton.jit
+def _dot(a, b, dt, PRECISION: tl.constexpr):
+    """``a @ b`` with float32 accumulation: exact float32 products (PRECISION "ieee", float32 inputs), or the
+    operands rounded to ``dt``, the inputs' 16-bit dtype (PRECISION "half")."""
+    if PRECISION == "ieee":
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    return tl.dot(a.to(dt), b.to(dt))
+
+
+@triton.jit
+def chunk_gla_fwd(Q, K, V, G, VALID, H0, O, HT, T, HEADS, inv_norm, scale,
+                  s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_gb, s_gt, s_gh, s_gd, s_ob, s_ot, s_oh,
+                  DK: tl.constexpr, DV: tl.constexpr, GROUP: tl.constexpr, BG: tl.constexpr, BT: tl.constexpr,
+                  BK: tl.constexpr, BV: tl.constexpr, LIGER_GLA: tl.constexpr, HAS_VALID: tl.constexpr,
+                  HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, PRECISION: tl.constexpr):
+    pid_v = tl.program_id(0)
+    bh = tl.program_id(1)  # batch row * HEADS + KV head
+    b = bh // HEADS
+    h = bh % HEADS
+    dt = Q.dtype.element_ty
+    R: tl.constexpr = BG * BT  # query rows of a chunk: the group's heads stacked, BT tokens each
+    rows = tl.arange(0, R)
+    head = rows // BT  # query head within the group
+    ti = rows % BT  # token within the chunk
+    tk = tl.arange(0, BT)
+    ck = tl.arange(0, BK)
+    ok_k = ck < DK
+    cv = pid_v * BV + tl.arange(0, BV)
+    ok_v = cv < DV
+    q_base = Q + b * s_qb + (h * GROUP + head) * s_qh
+    o_base = O + b * s_ob + (h * GROUP + head) * s_oh
+    k_base = K + b * s_kb + h * s_kh
+    v_base = V + b * s_vb + h * s_vh
+    g_base = G + b * s_gb + h * s_gh
+    state_off = (bh * DK + ck)[:, None] * DV + cv[None, :]
+    state_ok = ok_k[:, None] & ok_v[None, :]
+    S = tl.zeros([BK, BV], tl.float32)
+    if HAS_H0:
+        S = tl.load(H0 + state_off, mask=state_ok, other=0.0).to(tl.float32)
+    for t0 in range(0, T, BT):
+        t_r = t0 + ti
+        ok_r = (t_r < T) & (head < GROUP)
+        t_c = t0 + tk
+        ok_t = t_c < T
+        q = tl.load(q_base[:, None] + t_r[:, None] * s_qt + ck[None, :], mask=ok_r[:, None] & ok_k[None, :],
+                    other=0.0).to(tl.float32)
+        kv_mask = ok_t[:, None] & ok_k[None, :]
+        k = tl.load(k_base + t_c[:, None] * s_kt + ck[None, :], mask=kv_mask, other=0.0).to(tl.float32)
+        v = tl.load(v_base + t_c[:, None] * s_vt + cv[None, :], mask=ok_t[:, None] & ok_v[None, :], other=0.0)
+        if LIGER_GLA:
+            q = _softmax_rows(q, ok_k).to(dt).to(tl.float32)
+            g = (tl.minimum(k, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(k)))) * inv_norm  # logsigmoid(k) / n, stable
+            k = _softmax_rows(k, ok_k).to(dt).to(tl.float32)
+            real = ok_t
+            if HAS_VALID:
+                real = real & (tl.load(VALID + b * T + t_c, mask=ok_t, other=0) != 0)
+            k = tl.where(real[:, None] & ok_k[None, :], k, 0.0)
+            g = tl.where(real[:, None] & ok_k[None, :], g, 0.0)
+            v = tl.where(real[:, None], v, 0.0)
+        else:
+            g = tl.load(g_base + t_c[:, None] * s_gt + ck[None, :] * s_gd, mask=kv_mask, other=0.0).to(tl.float32)
+        q = q * scale
+        bc = tl.cumsum(g, 0)  # [BT, BK] cumulative log-decay inside the chunk
+        b_last = tl.sum(g, 0)  # [BK]
+        b_rows = tl.reshape(tl.broadcast_to(bc[None, :, :], (BG, BT, BK)), (R, BK))
+        # the state's part: o = (q ⊙ exp(b)) S
+        o = _dot(q * tl.exp(b_rows), S, dt, PRECISION)
+        # the chunk's part: A[t, j] = q_t · (k_j ⊙ exp(b_t − b_j)) for j ≤ t, pairwise (every exponent ≤ 0)
+        A = tl.zeros([R, BT], tl.float32)
+        for j in range(BT):
+            pick = (tk == j)[:, None]
+            k_j = tl.sum(tl.where(pick, k, 0.0), 0)
+            b_j = tl.sum(tl.where(pick, bc, 0.0), 0)
+            decay = tl.exp(tl.where((ti >= j)[:, None], b_rows - b_j[None, :], float("-inf")))
+            a = tl.sum(q * k_j[None, :] * decay, 1)
+            A += tl.where((tk == j)[None, :], a[:, None], 0.0)
+        o += _dot(A, v, dt, PRECISION)
+        tl.store(o_base[:, None] + t_r[:, None] * s_ot + cv[None, :], o.to(O.dtype.element_ty),
+                 mask=ok_r[:, None] & ok_v[None, :])
+        # the state after the chunk
+        k_dec = k * tl.exp(b_last[None, :] - bc)
+        S = S * tl.exp(b_last)[:, None] + _dot(tl.trans(k_dec), v, dt, PRECISION)
+    if STORE_HT:
+        tl.store(HT + state_off, S, mask=state_ok)

@@ -1,0 +1,117 @@
+"""The recurrence's forward over a whole sequence in one Triton kernel, grouped-query aware
+(``linear_prefill_backend="triton"``).
+
+fla 0.6's ``chunk_gla`` takes keys, values and gates repeated to every query head (``fla_backend.kernel_inputs``),
+so for SmolLM2's 9 query heads over 3 KV heads it computes each state three times, and it is five launches behind
+Python wrappers (~0.8 ms of host time per layer call: at 16 × 2K tokens the prefill was bound by the host, run F
+of docs/gpu.md). :func:`chunk_gla_fwd` computes the same recurrence (``gla_ops.naive_recurrent_gla`` with a
+key-side gate) in one launch: one program per (batch row, KV head, block of value columns) walks the sequence in
+chunks of ``chunk`` tokens, with its state in registers, and serves every query head of the group from one read
+of the KV head's keys, values and gates (the kernel: ``_triton_gla_kernels.chunk_gla_fwd``).
+
+It is forward only: calls that need gradients (training) take fla's kernels. Its parallelism is batch × KV heads
+× value blocks (the sequence is walked in order), so it suits batched prefills; a single long sequence has few
+programs (:func:`worth_it`). ``liger_gla=True`` applies Liger-GLA's feature map and gate inside the kernel
+(softmax(q), softmax(k), ``logsigmoid(k) / normalizer``, padding zeroed: ``triton_ops.gla_inputs`` without the
+repeated copies).
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+
+from .triton_common import MAX_ELEMENTS, cdiv, next_power_of_2
+
+__all__ = ["chunk_gla_fwd", "supports", "worth_it"]
+
+CHUNK = 16
+"""Tokens per chunk: the intra-chunk scores are computed pairwise, CHUNK keys per query row."""
+
+MIN_PROGRAMS = 64
+"""Below this many programs (batch × KV heads × value blocks) :func:`worth_it` says no: the kernel walks the
+sequence in order, fla's chunk kernels are parallel over it."""
+
+
+def _kernels():
+    # (a `from .module import` line: transformers copies the modules named so into saved checkpoints)
+    from ._triton_gla_kernels import chunk_gla_fwd as kernel
+
+    return SimpleNamespace(chunk_gla_fwd=kernel)
+
+
+def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str | None:
+    """Why the kernel cannot take these inputs (None when it can): q ``[B,T,HQ,K]``, k ``[B,T,H,K]``, v
+    ``[B,T,H,V]`` of one dtype, CUDA (or Triton's interpreter), K ≤ 128, V ≤ 256."""
+    import os
+
+    if not (q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+        return "not on CUDA"
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32) or k.dtype != q.dtype or v.dtype != q.dtype:
+        return f"dtypes {q.dtype}/{k.dtype}/{v.dtype}"
+    if q.shape[-1] > 128 or v.shape[-1] > 256:
+        return f"head dims {q.shape[-1]}/{v.shape[-1]}"
+    if q.shape[2] % k.shape[2] or q.shape[2] // k.shape[2] > 8:
+        return f"{q.shape[2]} query heads over {k.shape[2]} KV heads"
+    if max(x.numel() for x in (q, k, v)) > MAX_ELEMENTS:
+        return "tensors of 2^31 elements or more"
+    return None
+
+
+def _value_block(B: int, H: int, V: int) -> int:
+    # 32 value columns per program; 16 when that leaves fewer programs than MIN_PROGRAMS
+    return 32 if B * H * cdiv(V, 32) >= MIN_PROGRAMS or V <= 16 else 16
+
+
+def worth_it(B: int, H: int, V: int) -> bool:
+    """Whether there are enough programs (batch × KV heads × value blocks) to fill a GPU: otherwise fla's kernels,
+    parallel over the sequence too, are the better choice."""
+    return B * H * cdiv(V, _value_block(B, H, V)) >= MIN_PROGRAMS
+
+
+@torch.no_grad()
+def chunk_gla_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor | None = None,
+                  scale: float = 1.0, initial_state: torch.Tensor | None = None, output_final_state: bool = False,
+                  liger_gla: bool = False, valid: torch.Tensor | None = None, normalizer: float = 1.0,
+                  chunk: int = CHUNK, value_block: int | None = None):
+    """The recurrence ``S_t = diag(exp(g_t)) S_{t-1} + k_tᵀ v_t``, ``o_t = scale · q_t S_t`` (query head
+    ``h·G + j`` reading KV head ``h``), forward only.
+
+    Args:
+        q: ``[B, T, HQ, K]``; k ``[B, T, H, K]``; v ``[B, T, H, V]``, one dtype (fp16/bf16/fp32).
+        g: log-decay per key channel ``[B, T, H, K]`` (float32; a stride-0 expansion of a per-head gate is
+            fine); ignored with ``liger_gla``.
+        initial_state: ``[B, H, K, V]`` float32 or None (zeros).
+        liger_gla: q and k are Liger-GLA's raw projections: the kernel takes softmax(q), softmax(k) and the
+            log-decay ``logsigmoid(k) / normalizer`` itself, with ``valid`` (``[B, T]`` bool, False = padding:
+            zero key, value and log-decay there) or None.
+
+    Returns:
+        ``o`` ``[B, T, HQ, V]`` in q's dtype, and the final state ``[B, H, K, V]`` float32 (or None).
+    """
+    B, T, HQ, DK = q.shape
+    H, DV = k.shape[2], v.shape[-1]
+    GROUP = HQ // H
+    o = torch.empty(B, T, HQ, DV, dtype=q.dtype, device=q.device)
+    ht = torch.empty(B, H, DK, DV, dtype=torch.float32, device=q.device) if output_final_state else None
+    h0 = initial_state.float().contiguous() if initial_state is not None else None
+    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
+    if liger_gla:
+        g = k  # (unused by the kernel)
+        valid = valid.to(torch.bool).contiguous() if valid is not None else None
+    elif g.stride(-1) not in (0, 1):
+        g = g.contiguous()
+    BV = value_block or _value_block(B, H, DV)
+    grid = (cdiv(DV, BV), B * H)
+    _kernels().chunk_gla_fwd[grid](
+        q, k, v, g, valid if valid is not None else q, h0 if h0 is not None else o, o, ht if ht is not None else o,
+        T, H, 1.0 / float(normalizer), float(scale),
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), g.stride(0), g.stride(1), g.stride(2), g.stride(3),
+        o.stride(0), o.stride(1), o.stride(2),
+        DK=DK, DV=DV, GROUP=GROUP, BG=next_power_of_2(GROUP), BT=chunk, BK=max(16, next_power_of_2(DK)), BV=BV,
+        LIGER_GLA=liger_gla, HAS_VALID=valid is not None, HAS_H0=h0 is not None, STORE_HT=ht is not None,
+        PRECISION="ieee" if q.dtype == torch.float32 else "half",
+    )
+    return o, ht

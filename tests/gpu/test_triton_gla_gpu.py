@@ -1,0 +1,78 @@
+"""The grouped-query chunk kernel (``prefill_backend="triton"``, ``models/triton_gla.py``) compiled on the GPU: the
+kernel against the float64 token-by-token reference at SmolLM2's head sizes, each gated variant's gradient-free
+prefill against its PyTorch recurrence (and the call really taking the kernel), and whole models whose
+prefill runs on it against the same models on fla's kernels, then decoding on from that prefill."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import liger
+from liger.models import triton_gla, variants
+from liger.models.gla_ops import naive_recurrent_gla
+from tests.conftest import assert_close
+from tests.gpu.conftest import gpu_teacher, left_padded, positions
+from tests.gpu.test_model_gpu import TOL, options
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("B,T,HQ,H", [(16, 300, 9, 3), (2, 1000, 4, 2), (8, 17, 8, 1)])
+def test_kernel_matches_reference(dtype, B, T, HQ, H):
+    torch.manual_seed(0)
+    D = 64
+    q, k, v = (torch.randn(B, T, h, D, device="cuda").to(dtype) for h in (HQ, H, H))
+    g = F.logsigmoid(torch.randn(B, T, H, D, device="cuda") * 4) / 4
+    h0 = torch.randn(B, H, D, D, device="cuda")
+    o, ht = triton_gla.chunk_gla_fwd(q, k, v, g, scale=0.125, initial_state=h0, output_final_state=True)
+    ro, rh = naive_recurrent_gla(q.double(), k.double(), v.double(), g.double(), scale=0.125,
+                                 initial_state=h0.double(), output_final_state=True)
+    assert o.dtype == dtype and ht.dtype == torch.float32
+    assert_close(o, ro, TOL.get(dtype, 1e-2), msg="output")
+    assert_close(ht, rh, TOL.get(dtype, 1e-2), msg="final state")
+
+
+@pytest.mark.parametrize("variant", ["gla", "hgrn2", "rwkv6", "mamba2", "gated_retention", "mlstm"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_variant_prefill_on_the_kernel(variant, dtype, monkeypatch):
+    calls = []
+    kernel = variants.triton_chunk_gla_fwd
+    monkeypatch.setattr(variants, "triton_chunk_gla_fwd", lambda *a, **kw: calls.append(1) or kernel(*a, **kw))
+    torch.manual_seed(0)
+    B, T, H, G, D = 16, 200, 3, 3, 64
+    rec = variants.get_recurrence(options(variant, prefill_backend="triton"))
+    q, k, v = (torch.randn(B, T, h, D, device="cuda").to(dtype) for h in (H * G, H, H))
+    valid = torch.ones(B, T, dtype=torch.bool, device="cuda")
+    valid[1, :17] = False
+    state = (torch.rand(B, H, D, D, device="cuda"),)
+    with torch.no_grad():
+        o, s = rec(q, k, v, valid, state, "chunk", "fla")
+        ref_state = tuple(x.double() for x in state)
+        o_ref, s_ref = rec(q.double(), k.double(), v.double(), valid, ref_state, "chunk", "torch")
+    assert calls, "the call did not take the kernel"
+    assert_close(o[valid], o_ref[valid], TOL[dtype], msg="output")
+    assert_close(s[0], s_ref[0], TOL[dtype], msg="final state")
+
+
+@pytest.mark.parametrize("dtype,sinks,cache", [(torch.float32, 4, 0), (torch.bfloat16, 4, 0), (torch.bfloat16, 0, 0),
+                                               (torch.float32, 4, 16)])
+def test_model_prefill_on_the_kernel_matches_fla_then_decodes(dtype, sinks, cache):
+    teacher = gpu_teacher("llama", dtype=dtype, num_attention_heads=6, num_key_value_heads=2, hidden_size=384)
+    common = dict(window_size=16, num_sink_tokens=sinks, global_cache_size=cache)
+    fast = liger.convert(teacher, prefill_backend="triton", **common)
+    reference = liger.convert(teacher, prefill_backend="fla", **common)
+    x, mask = left_padded(B=32, T=120, pads=tuple(range(0, 64, 2)))
+    pos = positions(mask)
+    real = mask.bool()
+    with torch.no_grad():
+        a = fast(x, attention_mask=mask, position_ids=pos).logits
+        b = reference(x, attention_mask=mask, position_ids=pos).logits
+        assert_close(a[real], b[real], TOL[dtype], msg="logits")
+        # a prefill on the kernel, then decoding (the fused or PyTorch step) from its state
+        out = fast(x[:, :100], attention_mask=mask[:, :100], position_ids=pos[:, :100], use_cache=True)
+        logits, past = [out.logits], out.past_key_values
+        for t in range(100, 120):
+            step = fast(x[:, t:t + 1], attention_mask=mask[:, :t + 1], position_ids=pos[:, t:t + 1],
+                        past_key_values=past)
+            logits.append(step.logits)
+    stepped = torch.cat(logits, 1)
+    assert_close(stepped[real], b[real], TOL[dtype], msg="prefill + decode")
