@@ -55,7 +55,7 @@ recipe_options() {  # the liger_options of a bench recipe
   case "$1" in
     plain) echo "" ;;  # Liger-GLA, the PyTorch decode step
     decode-triton) echo "$fused" ;;  # Liger-GLA, the fused decode step (and decoder layers)
-    prefill-triton) echo "$fused liger_options.prefill_backend=triton" ;;  # and the grouped-query prefill kernel
+    chunk-triton) echo "$fused liger_options.chunk_backend=triton" ;;  # and the grouped-query prefill kernel
     memory) echo "$memory" ;;  # GLA + 64 global keys + 4 sinks, the PyTorch step
     memory-triton) echo "$memory liger_options.window_backend=triton $fused" ;;
     window-triton) echo "$window $fused" ;;  # window 64 + 4 sinks, no state: the control of the next two

@@ -114,3 +114,117 @@ def chunk_gla_fwd(Q, K, V, G, VALID, H0, O, HT, T, HEADS, inv_norm, scale,
         S = S * tl.exp(b_last)[:, None] + _dot(tl.trans(k_dec), v, dt, PRECISION)
     if STORE_HT:
         tl.store(HT + state_off, S, mask=state_ok)
+
+
+@triton.jit
+def chunk_gla_bwd(Q, K, V, G, H0, DO, DHT, DQ, DK, DV, DH0, T, HEADS, scale,
+                  s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_gb, s_gt, s_gh, s_gd,
+                  s_dqv, s_dkv,
+                  DK_: tl.constexpr, DV_: tl.constexpr, GROUP: tl.constexpr, BG: tl.constexpr, BT: tl.constexpr,
+                  BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr,
+                  STORE_DH0: tl.constexpr, PRECISION: tl.constexpr):
+    """Gradients of :func:`chunk_gla_fwd` (prepared inputs) for one (batch row, KV head, block of value columns):
+    a forward walk that rebuilds the states and writes dq (this block's share: summed over the blocks
+    afterwards), then a backward walk over the state's gradient dS that writes dk (this block's share), dv and
+    dh0. ``DO`` is o's gradient laid out like ``O`` (contiguous ``[B, T, HQ, DV]``), ``DQ``/``DK`` float32
+    ``[blocks, B, T, heads, DK]``, ``DV`` like V (contiguous), ``DH0``/``DHT`` ``[B, H, DK, DV]`` float32. The
+    gradient of the log-decays follows from dq and dk outside (``triton_gla``)."""
+    pid_v = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // HEADS
+    h = bh % HEADS
+    dt = Q.dtype.element_ty
+    R: tl.constexpr = BG * BT
+    rows = tl.arange(0, R)
+    head = rows // BT
+    ti = rows % BT
+    tk = tl.arange(0, BT)
+    ck = tl.arange(0, BK)
+    ok_k = ck < DK_
+    cv = pid_v * BV + tl.arange(0, BV)
+    ok_v = cv < DV_
+    HQ = HEADS * GROUP
+    q_base = Q + b * s_qb + (h * GROUP + head) * s_qh
+    do_base = DO + (b * T * HQ + h * GROUP + head) * DV_
+    dq_base = DQ + pid_v * s_dqv + (b * T * HQ + h * GROUP + head) * DK_
+    k_base = K + b * s_kb + h * s_kh
+    v_base = V + b * s_vb + h * s_vh
+    g_base = G + b * s_gb + h * s_gh
+    dk_base = DK + pid_v * s_dkv + (b * T * HEADS + h) * DK_
+    dv_base = DV + (b * T * HEADS + h) * DV_
+    state_off = (bh * DK_ + ck)[:, None] * DV_ + cv[None, :]
+    state_ok = ok_k[:, None] & ok_v[None, :]
+    causal = ti[:, None] >= tk[None, :]
+    S = tl.zeros([BK, BV], tl.float32)
+    if HAS_H0:
+        S = tl.load(H0 + state_off, mask=state_ok, other=0.0).to(tl.float32)
+    # forward walk: dq = scale·[(do Sᵀ) ⊙ exp(b) + Σ_{j ≤ t} (do·v_j) k_j ⊙ exp(b_t − b_j)]
+    for t0 in range(0, T, BT):
+        t_r = t0 + ti
+        ok_r = (t_r < T) & (head < GROUP)
+        t_c = t0 + tk
+        ok_t = t_c < T
+        kv_mask = ok_t[:, None] & ok_k[None, :]
+        k = tl.load(k_base + t_c[:, None] * s_kt + ck[None, :], mask=kv_mask, other=0.0).to(tl.float32)
+        v = tl.load(v_base + t_c[:, None] * s_vt + cv[None, :], mask=ok_t[:, None] & ok_v[None, :], other=0.0)
+        g = tl.load(g_base + t_c[:, None] * s_gt + ck[None, :] * s_gd, mask=kv_mask, other=0.0).to(tl.float32)
+        do = tl.load(do_base[:, None] + t_r[:, None] * HQ * DV_ + cv[None, :], mask=ok_r[:, None] & ok_v[None, :],
+                     other=0.0)
+        bc = tl.cumsum(g, 0)
+        b_last = tl.sum(g, 0)
+        b_rows = tl.reshape(tl.broadcast_to(bc[None, :, :], (BG, BT, BK)), (R, BK))
+        dq = _dot(do, tl.trans(S), dt, PRECISION) * tl.exp(b_rows)
+        dA = tl.where(causal, _dot(do, tl.trans(v), dt, PRECISION), 0.0)  # [R, BT]: do_t · v_j, j ≤ t
+        for j in range(BT):
+            pick = (tk == j)[:, None]
+            k_j = tl.sum(tl.where(pick, k, 0.0), 0)
+            b_j = tl.sum(tl.where(pick, bc, 0.0), 0)
+            decay = tl.exp(tl.where((ti >= j)[:, None], b_rows - b_j[None, :], float("-inf")))
+            dA_j = tl.sum(tl.where((tk == j)[None, :], dA, 0.0), 1)
+            dq += dA_j[:, None] * k_j[None, :] * decay
+        tl.store(dq_base[:, None] + t_r[:, None] * HQ * DK_ + ck[None, :], dq * scale,
+                 mask=ok_r[:, None] & ok_k[None, :])
+        k_dec = k * tl.exp(b_last[None, :] - bc)
+        S = S * tl.exp(b_last)[:, None] + _dot(tl.trans(k_dec), v, dt, PRECISION)
+    # backward walk over dS (the gradient of the state after each chunk)
+    dS = tl.zeros([BK, BV], tl.float32)
+    if HAS_DHT:
+        dS = tl.load(DHT + state_off, mask=state_ok, other=0.0).to(tl.float32)
+    n_chunks = tl.cdiv(T, BT)
+    for i in range(0, n_chunks):
+        t0 = (n_chunks - 1 - i) * BT
+        t_r = t0 + ti
+        ok_r = (t_r < T) & (head < GROUP)
+        t_c = t0 + tk
+        ok_t = t_c < T
+        kv_mask = ok_t[:, None] & ok_k[None, :]
+        q = tl.load(q_base[:, None] + t_r[:, None] * s_qt + ck[None, :], mask=ok_r[:, None] & ok_k[None, :],
+                    other=0.0).to(tl.float32) * scale
+        k = tl.load(k_base + t_c[:, None] * s_kt + ck[None, :], mask=kv_mask, other=0.0).to(tl.float32)
+        v = tl.load(v_base + t_c[:, None] * s_vt + cv[None, :], mask=ok_t[:, None] & ok_v[None, :], other=0.0)
+        g = tl.load(g_base + t_c[:, None] * s_gt + ck[None, :] * s_gd, mask=kv_mask, other=0.0).to(tl.float32)
+        do = tl.load(do_base[:, None] + t_r[:, None] * HQ * DV_ + cv[None, :], mask=ok_r[:, None] & ok_v[None, :],
+                     other=0.0)
+        bc = tl.cumsum(g, 0)
+        b_last = tl.sum(g, 0)
+        b_rows = tl.reshape(tl.broadcast_to(bc[None, :, :], (BG, BT, BK)), (R, BK))
+        dA = tl.where(causal, _dot(do, tl.trans(v), dt, PRECISION), 0.0)
+        A = tl.zeros([R, BT], tl.float32)
+        dk = tl.zeros([BT, BK], tl.float32)
+        for j in range(BT):
+            pick = (tk == j)[:, None]
+            k_j = tl.sum(tl.where(pick, k, 0.0), 0)
+            b_j = tl.sum(tl.where(pick, bc, 0.0), 0)
+            decay = tl.exp(tl.where((ti >= j)[:, None], b_rows - b_j[None, :], float("-inf")))
+            A += tl.where((tk == j)[None, :], tl.sum(q * k_j[None, :] * decay, 1)[:, None], 0.0)
+            dA_j = tl.sum(tl.where((tk == j)[None, :], dA, 0.0), 1)
+            dk += tl.where(pick, tl.sum(dA_j[:, None] * q * decay, 0)[None, :], 0.0)
+        to_end = tl.exp(b_last[None, :] - bc)  # [BT, BK]
+        dk += _dot(v, tl.trans(dS), dt, PRECISION) * to_end
+        dv = _dot(tl.trans(A), do, dt, PRECISION) + _dot(k * to_end, dS, dt, PRECISION)
+        tl.store(dk_base + t_c[:, None] * HEADS * DK_ + ck[None, :], dk, mask=kv_mask)
+        tl.store(dv_base + t_c[:, None] * HEADS * DV_ + cv[None, :], dv.to(DV.dtype.element_ty),
+                 mask=ok_t[:, None] & ok_v[None, :])
+        dS = dS * tl.exp(b_last)[:, None] + _dot(tl.trans(q * tl.exp(b_rows)), do, dt, PRECISION)
+    if STORE_DH0:
+        tl.store(DH0 + state_off, dS, mask=state_ok)

@@ -60,9 +60,11 @@ def _softmax_rows(x, cols_ok):
 
 @triton.jit
 def gla_inputs_fwd(Q, K, V, VALID, QF, KF, VE, GE, n_tok, HQ, G, inv_norm,
-                   D: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr, HAS_VALID: tl.constexpr):
+                   D: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr, HAS_VALID: tl.constexpr,
+                   REPEAT: tl.constexpr):
     """Liger-GLA's recurrence inputs for one KV head and ``BT`` tokens: softmax(q) for the ``G`` query heads of
-    the group, and softmax(k), v and the log-decay logsigmoid(k)/n repeated to them, zero at padding."""
+    the group, and softmax(k), v and the log-decay logsigmoid(k)/n repeated to them (REPEAT) or once per KV head,
+    zero at padding."""
     pid_t = tl.program_id(0)
     h = tl.program_id(1)
     H = HQ // G
@@ -85,14 +87,20 @@ def gla_inputs_fwd(Q, K, V, VALID, QF, KF, VE, GE, n_tok, HQ, G, inv_norm,
         out_off = (tok * HQ + hq)[:, None] * D + cols[None, :]
         q = tl.load(Q + out_off, mask=mask, other=0.0).to(tl.float32)
         tl.store(QF + out_off, _softmax_rows(q, cols_ok).to(QF.dtype.element_ty), mask=mask)
-        tl.store(KF + out_off, kf.to(KF.dtype.element_ty), mask=mask)
-        tl.store(VE + out_off, v.to(VE.dtype.element_ty), mask=mask)
-        tl.store(GE + out_off, g, mask=mask)
+        if REPEAT:
+            tl.store(KF + out_off, kf.to(KF.dtype.element_ty), mask=mask)
+            tl.store(VE + out_off, v.to(VE.dtype.element_ty), mask=mask)
+            tl.store(GE + out_off, g, mask=mask)
+    if not REPEAT:
+        tl.store(KF + kv_off, kf.to(KF.dtype.element_ty), mask=mask)
+        tl.store(VE + kv_off, v.to(VE.dtype.element_ty), mask=mask)
+        tl.store(GE + kv_off, g, mask=mask)
 
 
 @triton.jit
 def gla_inputs_bwd(Q, K, VALID, DQF, DKF, DVE, DGE, DQ, DK, DV, n_tok, HQ, G, inv_norm,
-                   D: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr, HAS_VALID: tl.constexpr):
+                   D: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr, HAS_VALID: tl.constexpr,
+                   REPEAT: tl.constexpr):
     """Gradients of :func:`gla_inputs_fwd`: the repeated outputs' gradients are summed over the group."""
     pid_t = tl.program_id(0)
     h = tl.program_id(1)
@@ -104,18 +112,23 @@ def gla_inputs_bwd(Q, K, VALID, DQF, DKF, DVE, DGE, DQ, DK, DV, n_tok, HQ, G, in
     dkf = tl.zeros([BT, BD], tl.float32)
     dg = tl.zeros([BT, BD], tl.float32)
     dv = tl.zeros([BT, BD], tl.float32)
+    kv_off = (tok * H + h)[:, None] * D + cols[None, :]
+    if not REPEAT:
+        dkf += tl.load(DKF + kv_off, mask=mask, other=0.0).to(tl.float32)
+        dg += tl.load(DGE + kv_off, mask=mask, other=0.0).to(tl.float32)
+        dv += tl.load(DVE + kv_off, mask=mask, other=0.0).to(tl.float32)
     for gi in range(G):
         hq = h * G + gi
         off = (tok * HQ + hq)[:, None] * D + cols[None, :]
-        dkf += tl.load(DKF + off, mask=mask, other=0.0).to(tl.float32)
-        dg += tl.load(DGE + off, mask=mask, other=0.0).to(tl.float32)
-        dv += tl.load(DVE + off, mask=mask, other=0.0).to(tl.float32)
+        if REPEAT:
+            dkf += tl.load(DKF + off, mask=mask, other=0.0).to(tl.float32)
+            dg += tl.load(DGE + off, mask=mask, other=0.0).to(tl.float32)
+            dv += tl.load(DVE + off, mask=mask, other=0.0).to(tl.float32)
         q = tl.load(Q + off, mask=mask, other=0.0).to(tl.float32)
         qf = _softmax_rows(q, cols_ok)
         dqf = tl.load(DQF + off, mask=mask, other=0.0).to(tl.float32)
         dq = qf * (dqf - tl.sum(dqf * qf, 1)[:, None])
         tl.store(DQ + off, dq.to(DQ.dtype.element_ty), mask=mask)
-    kv_off = (tok * H + h)[:, None] * D + cols[None, :]
     k = tl.load(K + kv_off, mask=mask, other=0.0).to(tl.float32)
     kf = _softmax_rows(k, cols_ok)
     sig_neg = 1.0 / (1.0 + tl.exp(k))  # d logsigmoid(k) / dk = sigmoid(-k)

@@ -22,7 +22,7 @@ FeatureMap = Literal["softmax", "relu", "elu_plus_one", "identity"]
 LinearBackend = Literal["auto", "torch", "fla"]
 WindowBackend = Literal["auto", "torch", "triton", "sdpa", "flex"]
 DecodeBackend = Literal["auto", "torch", "triton"]
-PrefillBackend = Literal["auto", "fla", "triton"]
+ChunkBackend = Literal["auto", "fla", "triton"]
 LinearNormalizer = Literal["none", "sum"]
 
 VARIANTS = get_args(Variant)
@@ -30,7 +30,7 @@ FEATURE_MAPS = get_args(FeatureMap)
 BACKENDS = get_args(LinearBackend)
 WINDOW_BACKENDS = get_args(WindowBackend)
 DECODE_BACKENDS = get_args(DecodeBackend)
-PREFILL_BACKENDS = get_args(PrefillBackend)
+CHUNK_BACKENDS = get_args(ChunkBackend)
 LINEAR_NORMALIZERS = get_args(LinearNormalizer)
 
 
@@ -98,12 +98,12 @@ class LigerConfig(PretrainedConfig):
     "triton" (one fused Triton kernel per layer plus a bookkeeping launch, CUDA; the PyTorch step where it does
     not apply: gsa, gate pooling), or "auto" (torch until the kernel is measured on
     a GPU)."""
-    prefill_backend: PrefillBackend = "auto"
-    """With the fla backend, the recurrence of multi-token calls that need no gradient (prefill, evaluation, the
-    global cache's recall): "fla" (fla's chunk kernels, keys/values/gates repeated to every query head), "triton"
-    (Liger's grouped-query kernel: one launch per layer, each KV head's state computed once for its query group;
-    fla's where it does not apply: gsa, gated_deltanet, gate pooling, batches too small to fill the GPU), or
-    "auto" (fla until the kernel is measured on a GPU). Training always takes fla's kernels."""
+    chunk_backend: ChunkBackend = "auto"
+    """With the fla backend, the recurrence of multi-token calls (prefill, evaluation, training, the global cache's
+    recall): "fla" (fla's chunk kernels, keys/values/gates repeated to every query head), "triton" (Liger's
+    grouped-query kernels, ``models/triton_gla.py``: one launch for the forward, one for the backward, each KV
+    head's state computed once for its query group; fla's where they do not apply: gsa, gated_deltanet, gate
+    pooling, batches too small to fill the GPU), or "auto" (fla until the kernels are measured on a GPU)."""
     full_attention_layers: list[int] = field(default_factory=list)
     """Decoder layers that keep the teacher's full softmax attention (the inter-layer hybrid "-H")."""
     tie_word_embeddings: bool = False
@@ -136,8 +136,8 @@ class LigerConfig(PretrainedConfig):
             fail("linear_backend", f"must be one of {', '.join(BACKENDS)}", self.linear_backend)
         if self.window_backend not in WINDOW_BACKENDS:
             fail("window_backend", f"must be one of {', '.join(WINDOW_BACKENDS)}", self.window_backend)
-        if self.prefill_backend not in PREFILL_BACKENDS:
-            fail("prefill_backend", f"must be one of {', '.join(PREFILL_BACKENDS)}", self.prefill_backend)
+        if self.chunk_backend not in CHUNK_BACKENDS:
+            fail("chunk_backend", f"must be one of {', '.join(CHUNK_BACKENDS)}", self.chunk_backend)
         if self.decode_backend not in DECODE_BACKENDS:
             fail("decode_backend", f"must be one of {', '.join(DECODE_BACKENDS)}", self.decode_backend)
         if self.linear_normalizer not in LINEAR_NORMALIZERS:

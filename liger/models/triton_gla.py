@@ -1,19 +1,22 @@
-"""The recurrence's forward over a whole sequence in one Triton kernel, grouped-query aware
-(``linear_prefill_backend="triton"``).
+"""The recurrence over a whole sequence in one Triton kernel per direction, grouped-query aware
+(``chunk_backend="triton"``).
 
 fla 0.6's ``chunk_gla`` takes keys, values and gates repeated to every query head (``fla_backend.kernel_inputs``),
 so for SmolLM2's 9 query heads over 3 KV heads it computes each state three times, and it is five launches behind
-Python wrappers (~0.8 ms of host time per layer call: at 16 × 2K tokens the prefill was bound by the host, run F
-of docs/gpu.md). :func:`chunk_gla_fwd` computes the same recurrence (``gla_ops.naive_recurrent_gla`` with a
-key-side gate) in one launch: one program per (batch row, KV head, block of value columns) walks the sequence in
-chunks of ``chunk`` tokens, with its state in registers, and serves every query head of the group from one read
-of the KV head's keys, values and gates (the kernel: ``_triton_gla_kernels.chunk_gla_fwd``).
+Python wrappers forward and more backward (~0.8 ms of host time per layer call each way: at 16 × 2K tokens the
+prefill, and at batch 8 the LoRA step, were bound by the host, run F of docs/gpu.md). :func:`chunk_gla_fwd`
+computes the same recurrence (``gla_ops.naive_recurrent_gla`` with a key-side gate) in one launch: one program per
+(batch row, KV head, block of value columns) walks the sequence in chunks of ``chunk`` tokens, with its state in
+registers, and serves every query head of the group from one read of the KV head's keys, values and gates (the
+kernels: ``_triton_gla_kernels``). :func:`chunk_gla_bwd` is its backward in one launch (a forward walk rebuilding
+the states for dq, a backward walk over the state's gradient for dk, dv and dh0); the log-decays' gradient follows
+from dq and dk (:class:`_ChunkGLA`); :func:`chunk_gla` is the differentiable op.
 
-It is forward only: calls that need gradients (training) take fla's kernels. Its parallelism is batch × KV heads
-× value blocks (the sequence is walked in order), so it suits batched prefills; a single long sequence has few
-programs (:func:`worth_it`). ``liger_gla=True`` applies Liger-GLA's feature map and gate inside the kernel
-(softmax(q), softmax(k), ``logsigmoid(k) / normalizer``, padding zeroed: ``triton_ops.gla_inputs`` without the
-repeated copies).
+Parallelism is batch × KV heads × value blocks (the sequence is walked in order), so the kernels suit batched
+prefills and training steps; a single long sequence has few programs (:func:`worth_it`), and fla's kernels,
+parallel over the sequence, take it. ``liger_gla=True`` (forward only) applies Liger-GLA's feature map and gate
+inside the kernel (softmax(q), softmax(k), ``logsigmoid(k) / normalizer``, padding zeroed:
+``triton_ops.gla_inputs`` without the copies).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import torch
 
 from .triton_common import MAX_ELEMENTS, cdiv, next_power_of_2
 
-__all__ = ["chunk_gla_fwd", "supports", "worth_it"]
+__all__ = ["chunk_gla", "chunk_gla_fwd", "supports", "worth_it"]
 
 CHUNK = 16
 """Tokens per chunk: the intra-chunk scores are computed pairwise, CHUNK keys per query row."""
@@ -36,9 +39,9 @@ sequence in order, fla's chunk kernels are parallel over it."""
 
 def _kernels():
     # (a `from .module import` line: transformers copies the modules named so into saved checkpoints)
-    from ._triton_gla_kernels import chunk_gla_fwd as kernel
+    from ._triton_gla_kernels import chunk_gla_bwd, chunk_gla_fwd
 
-    return SimpleNamespace(chunk_gla_fwd=kernel)
+    return SimpleNamespace(chunk_gla_fwd=chunk_gla_fwd, chunk_gla_bwd=chunk_gla_bwd)
 
 
 def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str | None:
@@ -115,3 +118,65 @@ def chunk_gla_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Te
         PRECISION="ieee" if q.dtype == torch.float32 else "half",
     )
     return o, ht
+
+
+class _ChunkGLA(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, g, scale, initial_state, output_final_state, chunk):
+        o, ht = chunk_gla_fwd(q, k, v, g, scale, initial_state, True, chunk=chunk)
+        ctx.save_for_backward(q, k, v, g, initial_state, ht)
+        ctx.scale, ctx.chunk = scale, chunk
+        return o, (ht if output_final_state else None)
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        q, k, v, g, h0, ht = ctx.saved_tensors
+        dq, dk, dv, dh0 = chunk_gla_bwd(q, k, v, g, ctx.scale, h0, do, dht, ctx.chunk)
+        # the log-decays' gradient: dg_t = Σ_{s ≥ t} (Σ_group q_s ⊙ dq_s − k_s ⊙ dk_s) + Σ_v S_T ⊙ dS_T
+        B, T, HQ, DK = q.shape
+        H = k.shape[2]
+        x = (q.float() * dq).view(B, T, H, HQ // H, DK).sum(3) - k.float() * dk
+        dg = x.flip(1).cumsum(1).flip(1)
+        if dht is not None:
+            dg = dg + (ht * dht.float()).sum(-1)[:, None]
+        return (dq.to(q.dtype), dk.to(k.dtype), dv, dg.to(g.dtype),
+                None, dh0 if h0 is not None else None, None, None)
+
+
+@torch.no_grad()
+def chunk_gla_bwd(q, k, v, g, scale, initial_state, do, dht, chunk=CHUNK, value_block=None):
+    """The gradients of :func:`chunk_gla_fwd` (prepared inputs): ``(dq, dk, dv, dh0)``, dq and dk float32 (the
+    value blocks' shares summed), dv in v's dtype, dh0 float32 (None without an initial state)."""
+    B, T, HQ, DK = q.shape
+    H, DV = k.shape[2], v.shape[-1]
+    GROUP = HQ // H
+    BV = value_block or _value_block(B, H, DV)
+    nv = cdiv(DV, BV)
+    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
+    if g.stride(-1) not in (0, 1):
+        g = g.contiguous()
+    do = do.contiguous()
+    dq = torch.empty(nv, B, T, HQ, DK, dtype=torch.float32, device=q.device)
+    dk = torch.empty(nv, B, T, H, DK, dtype=torch.float32, device=q.device)
+    dv = torch.empty(B, T, H, DV, dtype=v.dtype, device=q.device)
+    h0 = initial_state.float().contiguous() if initial_state is not None else None
+    dh0 = torch.empty(B, H, DK, DV, dtype=torch.float32, device=q.device) if h0 is not None else None
+    dht = dht.float().contiguous() if dht is not None else None
+    _kernels().chunk_gla_bwd[(nv, B * H)](
+        q, k, v, g, h0 if h0 is not None else dq, do, dht if dht is not None else dq, dq, dk, dv,
+        dh0 if dh0 is not None else dq, T, H, float(scale),
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), g.stride(0), g.stride(1), g.stride(2), g.stride(3),
+        dq.stride(0), dk.stride(0),
+        DK_=DK, DV_=DV, GROUP=GROUP, BG=next_power_of_2(GROUP), BT=chunk, BK=max(16, next_power_of_2(DK)), BV=BV,
+        HAS_H0=h0 is not None, HAS_DHT=dht is not None, STORE_DH0=dh0 is not None,
+        PRECISION="ieee" if q.dtype == torch.float32 else "half",
+    )
+    return dq.sum(0) if nv > 1 else dq[0], dk.sum(0) if nv > 1 else dk[0], dv, dh0
+
+
+def chunk_gla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, scale: float = 1.0,
+              initial_state: torch.Tensor | None = None, output_final_state: bool = False, chunk: int = CHUNK):
+    """:func:`chunk_gla_fwd` on prepared inputs with gradients (q, k, v, g and the initial state): the backward
+    is :func:`chunk_gla_bwd` plus the log-decays' gradient from dq and dk. Same arguments and results."""
+    return _ChunkGLA.apply(q, k, v, g, float(scale), initial_state, output_final_state, chunk)

@@ -68,15 +68,16 @@ def rope_pair(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Te
 
 class _GLAInputs(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, valid, inv_norm, dtype):
+    def forward(ctx, q, k, v, valid, inv_norm, dtype, repeat):
         B, T, HQ, D = q.shape
         H = k.shape[2]
         qf = torch.empty(B, T, HQ, D, dtype=dtype, device=q.device)
-        kf, ve = torch.empty_like(qf), torch.empty_like(qf)
-        ge = torch.empty(B, T, HQ, D, dtype=torch.float32, device=q.device)
+        heads = HQ if repeat else H
+        kf, ve = (torch.empty(B, T, heads, D, dtype=dtype, device=q.device) for _ in range(2))
+        ge = torch.empty(B, T, heads, D, dtype=torch.float32, device=q.device)
         BD = max(16, next_power_of_2(D))
         BT = max(1, 2048 // BD)
-        meta = dict(D=D, BD=BD, BT=BT, HAS_VALID=valid is not None)
+        meta = dict(D=D, BD=BD, BT=BT, HAS_VALID=valid is not None, REPEAT=repeat)
         grid = (cdiv(B * T, BT), H)
         _kernels().gla_inputs_fwd[grid](q, k, v, valid if valid is not None else q, qf, kf, ve, ge, B * T, HQ,
                                         HQ // H, inv_norm, **meta)
@@ -95,17 +96,18 @@ class _GLAInputs(torch.autograd.Function):
         grid = (cdiv(B * T, ctx.meta["BT"]), H)
         _kernels().gla_inputs_bwd[grid](q, k, valid if valid is not None else q, *grads, dq, dk, dv, B * T, HQ,
                                         HQ // H, ctx.inv_norm, **ctx.meta)
-        return dq, dk, dv, None, None, None
+        return dq, dk, dv, None, None, None, None
 
 
 def gla_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor | None, normalizer: float,
-               dtype: torch.dtype):
+               dtype: torch.dtype, repeat: bool = True):
     """Liger-GLA's inputs to fla's kernels (softmax feature map, log-decay ``logsigmoid(k) / normalizer``):
     ``(softmax(q), softmax(k), v, log-decay)``, each ``[B, T, HQ, D]``; k, v and the log-decay repeated to the
-    query heads and zero at padding (``valid`` ``[B, T]`` bool, False = padding; None = no padding); the first
-    three in ``dtype``, the log-decay in float32. Same values as ``variants._fla_inputs`` for
-    :class:`~liger.models.variants.GLA` with the softmax feature map."""
+    query heads (``repeat``; else ``[B, T, H, D]``, once per KV head, for :mod:`liger.models.triton_gla`) and zero
+    at padding (``valid`` ``[B, T]`` bool, False = padding; None = no padding); the first three in ``dtype``, the
+    log-decay in float32. Same values as ``variants._fla_inputs`` for :class:`~liger.models.variants.GLA` with the
+    softmax feature map."""
     q, k, v = (x.contiguous() for x in (q, k, v))
     if valid is not None:
         valid = valid.to(torch.bool).contiguous()
-    return _GLAInputs.apply(q, k, v, valid, 1.0 / float(normalizer), dtype)
+    return _GLAInputs.apply(q, k, v, valid, 1.0 / float(normalizer), dtype, bool(repeat))

@@ -39,6 +39,7 @@ from .fla_backend import kernel_dtype as fla_kernel_dtype
 from .fla_backend import kernel_inputs as fla_kernel_inputs
 from .gla_ops import chunk_gla, naive_recurrent_gla, recurrent_gla_step_
 from .triton_common import supports as triton_supports
+from .triton_gla import chunk_gla as triton_chunk_gla
 from .triton_gla import chunk_gla_fwd as triton_chunk_gla_fwd
 from .triton_gla import supports as triton_gla_supports
 from .triton_gla import worth_it as triton_gla_worth_it
@@ -122,7 +123,7 @@ class Recurrence:
         self.num_slots = config.gsa_num_slots
         if config.linear_normalizer != "none":
             self.readout = config.linear_normalizer
-        self.prefill_backend = getattr(config, "prefill_backend", "auto")
+        self.chunk_backend = getattr(config, "chunk_backend", "auto")
         self.recall_reads = bool(config.global_cache_size)
         """The global cache scores tokens by how well the state recalls them (:meth:`recall`), which needs the
         normaliser column even when the readout does not use it."""
@@ -180,7 +181,7 @@ class Recurrence:
     def _run(self, q, k, v, valid, state, mode, backend, need_state):
         """The recurrence itself, on ``v`` as given (with the normaliser column when there is one)."""
         prev = state[0] if state else None
-        if backend == "fla" and mode == "chunk" and self.prefill_backend == "triton":
+        if backend == "fla" and mode == "chunk" and self.chunk_backend == "triton":
             out = self.triton_chunk(q, k, v, valid, prev, need_state)
             if out is not None:
                 return out
@@ -199,28 +200,35 @@ class Recurrence:
         return o, ((S,) if S is not None else None)
 
     def triton_chunk(self, q, k, v, valid, prev, need_state):
-        """``prefill_backend="triton"``: the recurrence of a gradient-free multi-token call on
-        :func:`liger.models.triton_gla.chunk_gla_fwd` (Liger-GLA's feature map and gate inside the kernel, other
-        variants' prepared inputs); ``(o, state tuple or None)``, or None where it does not apply (gradients
-        needed, gate pooling, too few programs to fill the GPU, inputs the kernel does not take)."""
-        grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
-        if grad or (self.pool_size or k.shape[-1]) != k.shape[-1] or triton_gla_supports(q, k, v) is not None:
+        """``chunk_backend="triton"``: the recurrence of a multi-token call on :mod:`liger.models.triton_gla`'s
+        grouped-query kernels — without gradients, Liger-GLA's feature map and gate inside the kernel (other
+        variants' prepared inputs); with gradients, the differentiable :func:`~liger.models.triton_gla.chunk_gla`
+        on the prepared inputs (Liger-GLA's from ``triton_ops.gla_inputs``, once per KV head). Returns ``(o,
+        state tuple or None)``, or None where it does not apply (gate pooling, too few programs to fill the GPU,
+        inputs the kernel does not take)."""
+        if (self.pool_size or k.shape[-1]) != k.shape[-1] or triton_gla_supports(q, k, v) is not None:
             return None
         B, _, H, _ = k.shape
         if not triton_gla_worth_it(B, H, v.shape[-1]):
             return None
         dtype = fla_kernel_dtype(q)
+        grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (q, k, v, prev))
         if self.triton_inputs(q, k, v):
-            o, S = triton_chunk_gla_fwd(q.to(dtype), k.to(dtype), v.to(dtype), scale=self.scale,
+            if not grad:
+                o, S = triton_chunk_gla_fwd(q.to(dtype), k.to(dtype), v.to(dtype), scale=self.scale,
                                             initial_state=prev, output_final_state=need_state, liger_gla=True,
                                             valid=valid, normalizer=self.normalizer)
+                return o, ((S,) if S is not None else None)
+            q, k, v, g = triton_gla_inputs(q, k, v, valid, self.normalizer, dtype, repeat=False)
         else:
             q, k, v, g = self.prepare(q, k, v, valid)
-            g = g.float()
+            q, k, v, g = q.to(dtype), k.to(dtype), v.to(dtype), g.float()
             if g.dim() == 3:  # a scalar gate: the same log-decay on every key channel (a stride-0 view)
                 g = g[..., None].expand(*k.shape)
-            o, S = triton_chunk_gla_fwd(q.to(dtype), k.to(dtype), v.to(dtype), g, scale=self.scale,
-                                            initial_state=prev, output_final_state=need_state)
+        if grad:
+            o, S = triton_chunk_gla(q, k, v, g, self.scale, prev, need_state)
+        else:
+            o, S = triton_chunk_gla_fwd(q, k, v, g, scale=self.scale, initial_state=prev, output_final_state=need_state)
         return o, ((S,) if S is not None else None)
 
     def _readout(self, o):
@@ -487,14 +495,14 @@ VARIANT_CLASSES: dict[str, type[Recurrence]] = {
 
 @functools.cache
 def _shared(variant, feature_map, gate_normalizer, linear_scale, gate_pool_size, hgrn2_lower_bound, gsa_num_slots,
-            linear_normalizer, global_cache_size, delta_write_strength, prefill_backend):
+            linear_normalizer, global_cache_size, delta_write_strength, chunk_backend):
     from types import SimpleNamespace
 
     options = SimpleNamespace(feature_map=feature_map, gate_normalizer=gate_normalizer, linear_scale=linear_scale,
                               gate_pool_size=gate_pool_size, hgrn2_lower_bound=hgrn2_lower_bound,
                               gsa_num_slots=gsa_num_slots, linear_normalizer=linear_normalizer,
                               global_cache_size=global_cache_size, delta_write_strength=delta_write_strength,
-                              prefill_backend=prefill_backend)
+                              chunk_backend=chunk_backend)
     return VARIANT_CLASSES[variant](options)
 
 
@@ -505,4 +513,4 @@ def get_recurrence(config) -> Recurrence:
     return _shared(config.variant, config.feature_map, float(config.gate_normalizer), float(config.linear_scale),
                    config.gate_pool_size, float(config.hgrn2_lower_bound), config.gsa_num_slots,
                    config.linear_normalizer, int(bool(config.global_cache_size)),
-                   None if strength is None else float(strength), getattr(config, "prefill_backend", "auto"))
+                   None if strength is None else float(strength), getattr(config, "chunk_backend", "auto"))

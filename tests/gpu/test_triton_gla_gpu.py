@@ -1,7 +1,7 @@
-"""The grouped-query chunk kernel (``prefill_backend="triton"``, ``models/triton_gla.py``) compiled on the GPU: the
-kernel against the float64 token-by-token reference at SmolLM2's head sizes, each gated variant's gradient-free
-prefill against its PyTorch recurrence (and the call really taking the kernel), and whole models whose
-prefill runs on it against the same models on fla's kernels, then decoding on from that prefill."""
+"""The grouped-query chunk kernels (``chunk_backend="triton"``, ``models/triton_gla.py``) compiled on the GPU: forward
+and backward against the float64 token-by-token reference at SmolLM2's head sizes, each gated variant's prefill
+and gradients against its PyTorch recurrence (and the calls really taking the kernels), and whole models on them
+against the same models on fla's kernels (logits and gradients), then decoding on from their prefill."""
 
 import pytest
 import torch
@@ -29,40 +29,68 @@ def test_kernel_matches_reference(dtype, B, T, HQ, H):
     assert o.dtype == dtype and ht.dtype == torch.float32
     assert_close(o, ro, TOL.get(dtype, 1e-2), msg="output")
     assert_close(ht, rh, TOL.get(dtype, 1e-2), msg="final state")
+    # gradients of q, k, v, the log-decays and the initial state through the backward kernel
+    leaves = [x.clone().requires_grad_() for x in (q, k, v, g, h0)]
+    ref_leaves = [x.double().requires_grad_() for x in (q, k, v, g, h0)]
+    o, _ = triton_gla.chunk_gla(*leaves[:4], 0.125, leaves[4])
+    ro, _ = naive_recurrent_gla(*ref_leaves[:4], scale=0.125, initial_state=ref_leaves[4])
+    w = torch.randn_like(ro)
+    grads = torch.autograd.grad((o.double() * w).sum(), leaves)
+    for name, a, b in zip(("dq", "dk", "dv", "dg", "dh0"), grads, torch.autograd.grad((ro * w).sum(), ref_leaves)):
+        assert_close(a, b, TOL.get(dtype, 1e-2), msg=name)
 
 
 @pytest.mark.parametrize("variant", ["gla", "hgrn2", "rwkv6", "mamba2", "gated_retention", "mlstm"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_variant_prefill_on_the_kernel(variant, dtype, monkeypatch):
-    calls = []
-    kernel = variants.triton_chunk_gla_fwd
+def test_variant_on_the_kernels(variant, dtype, monkeypatch):
+    calls, grad_calls = [], []
+    kernel, op = variants.triton_chunk_gla_fwd, variants.triton_chunk_gla
     monkeypatch.setattr(variants, "triton_chunk_gla_fwd", lambda *a, **kw: calls.append(1) or kernel(*a, **kw))
+    monkeypatch.setattr(variants, "triton_chunk_gla", lambda *a, **kw: grad_calls.append(1) or op(*a, **kw))
     torch.manual_seed(0)
     B, T, H, G, D = 16, 200, 3, 3, 64
-    rec = variants.get_recurrence(options(variant, prefill_backend="triton"))
+    rec = variants.get_recurrence(options(variant, chunk_backend="triton"))
     q, k, v = (torch.randn(B, T, h, D, device="cuda").to(dtype) for h in (H * G, H, H))
     valid = torch.ones(B, T, dtype=torch.bool, device="cuda")
     valid[1, :17] = False
     state = (torch.rand(B, H, D, D, device="cuda"),)
+    ref_state = tuple(x.double() for x in state)
     with torch.no_grad():
         o, s = rec(q, k, v, valid, state, "chunk", "fla")
-        ref_state = tuple(x.double() for x in state)
         o_ref, s_ref = rec(q.double(), k.double(), v.double(), valid, ref_state, "chunk", "torch")
     assert calls, "the call did not take the kernel"
     assert_close(o[valid], o_ref[valid], TOL[dtype], msg="output")
     assert_close(s[0], s_ref[0], TOL[dtype], msg="final state")
+    calls.clear()
+    leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+    ref_leaves = [x.double().requires_grad_() for x in (q, k, v)]
+    o, _ = rec(*leaves, valid, state, "chunk", "fla")
+    o_ref, _ = rec(*ref_leaves, valid, ref_state, "chunk", "torch")
+    assert grad_calls and not calls, "a call with gradients did not take the differentiable op"
+    w = torch.randn_like(o_ref) * valid[..., None, None]
+    grads = torch.autograd.grad((o.double() * w).sum(), leaves)
+    for name, a, b in zip("qkv", grads, torch.autograd.grad((o_ref * w).sum(), ref_leaves)):
+        assert_close(a, b, TOL[dtype], msg="d" + name)
 
 
 @pytest.mark.parametrize("dtype,sinks,cache", [(torch.float32, 4, 0), (torch.bfloat16, 4, 0), (torch.bfloat16, 0, 0),
                                                (torch.float32, 4, 16)])
-def test_model_prefill_on_the_kernel_matches_fla_then_decodes(dtype, sinks, cache):
+def test_model_on_the_kernels_matches_fla_then_decodes(dtype, sinks, cache):
     teacher = gpu_teacher("llama", dtype=dtype, num_attention_heads=6, num_key_value_heads=2, hidden_size=384)
     common = dict(window_size=16, num_sink_tokens=sinks, global_cache_size=cache)
-    fast = liger.convert(teacher, prefill_backend="triton", **common)
-    reference = liger.convert(teacher, prefill_backend="fla", **common)
+    fast = liger.convert(teacher, chunk_backend="triton", **common)
+    reference = liger.convert(teacher, chunk_backend="fla", **common)
     x, mask = left_padded(B=32, T=120, pads=tuple(range(0, 64, 2)))
     pos = positions(mask)
     real = mask.bool()
+    # a training step's gradients (every parameter trainable) on the kernels against fla's
+    after_padding = torch.cat([torch.zeros_like(mask[:, :1]), mask[:, :-1]], 1) == 0
+    labels = x.masked_fill((mask == 0) | after_padding, -100)
+    fast(x, attention_mask=mask, position_ids=pos, labels=labels).loss.backward()
+    reference(x, attention_mask=mask, position_ids=pos, labels=labels).loss.backward()
+    for (name, p), r in zip(fast.named_parameters(), reference.parameters()):
+        if p.grad is not None and "embed" not in name:
+            assert_close(p.grad, r.grad, 1e-4 if dtype == torch.float32 else 3e-2, msg=name)
     with torch.no_grad():
         a = fast(x, attention_mask=mask, position_ids=pos).logits
         b = reference(x, attention_mask=mask, position_ids=pos).logits

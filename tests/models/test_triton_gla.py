@@ -1,11 +1,12 @@
-"""The grouped-query chunk kernel of the recurrence (``prefill_backend="triton"``, ``models/triton_gla.py``) on CPU,
-through Triton's interpreter: against the token-by-token reference ``gla_ops.naive_recurrent_gla`` (float64) with
+"""The grouped-query chunk kernels of the recurrence (``chunk_backend="triton"``, ``models/triton_gla.py``) on CPU,
+through Triton's interpreter: forward and backward against the token-by-token reference
+``gla_ops.naive_recurrent_gla`` (float64; gradients of q, k, v, the log-decays and the initial state) with
 grouped heads (1, 3 and 4 query heads per KV head), head dims that are not powers of two, a value width of D + 1
 (the normaliser column), partial last chunks, initial and final states, gates strong enough to overflow a
 factored ``exp(−b)``, scalar gates as stride-0 views and float16; Liger-GLA's in-kernel feature map and gate
 against ``triton_ops.gla_inputs`` (padding included); and each variant's ``triton_chunk`` against its PyTorch
-recurrence, with the cases that must decline it. Skipped when Triton is not installed; the gpu tier checks the
-compiled kernel against fla's inside the model (tests/gpu)."""
+recurrence, outputs, states and gradients, with the cases that must decline it. Skipped when Triton is not
+installed; the gpu tier checks the compiled kernels against fla's inside the model (tests/gpu)."""
 
 import importlib.util
 import textwrap
@@ -54,6 +55,30 @@ SCRIPT = textwrap.dedent('''
         o2, none = triton_gla.chunk_gla_fwd(q, k, v, g, scale=0.7, initial_state=h0, chunk=chunk)
         assert none is None
         note("o", rel(o2, ro))
+
+    # gradients (chunk_gla: the backward kernel and the log-decays' gradient) against autograd through the reference,
+    # with and without initial and final states
+    for B, T, HQ, H, D, V, init, final in [(2, 37, 6, 2, 16, 16, True, True), (1, 40, 3, 3, 24, 25, False, False),
+                                           (2, 21, 4, 1, 32, 33, True, False)]:
+        x64 = [torch.randn(B, T, HQ, D), torch.randn(B, T, H, D), torch.randn(B, T, H, V),
+               F.logsigmoid(torch.randn(B, T, H, D) * 3) / 2]
+        if init:
+            x64.append(torch.randn(B, H, D, V))
+        x64 = [x.double() for x in x64]
+        leaves = [x.float().requires_grad_() for x in x64]
+        ref_leaves = [x.clone().requires_grad_() for x in x64]
+        h0, ref_h0 = (leaves[4], ref_leaves[4]) if init else (None, None)
+        o, ht = triton_gla.chunk_gla(*leaves[:4], 0.7, h0, final)
+        ro, rh = naive_recurrent_gla(*ref_leaves[:4], scale=0.7, initial_state=ref_h0, output_final_state=final)
+        w = torch.randn_like(ro)
+        loss, ref_loss = (o * w.float()).sum(), (ro * w).sum()
+        if final:
+            w2 = torch.randn_like(rh)
+            loss, ref_loss = loss + (ht * w2.float()).sum(), ref_loss + (rh * w2).sum()
+        note("grad o", rel(o, ro))
+        for name, a, b in zip(("dq", "dk", "dv", "dg", "dh0"), torch.autograd.grad(loss, leaves),
+                              torch.autograd.grad(ref_loss, ref_leaves)):
+            note(name, rel(a, b))
 
     # gates of up to 200 nats per token: pairwise decays underflow, nothing overflows
     B, T, HQ, H, D = 1, 40, 2, 1, 16
@@ -105,7 +130,7 @@ SCRIPT = textwrap.dedent('''
     def options(variant, **kw):
         base = dict(variant=variant, feature_map="softmax", linear_scale=1.0, gate_normalizer=16.0,
                     gate_pool_size=None, hgrn2_lower_bound=0.0, gsa_num_slots=None, linear_normalizer="none",
-                    global_cache_size=0, delta_write_strength=None, prefill_backend="triton")
+                    global_cache_size=0, delta_write_strength=None, chunk_backend="triton")
         base.update(kw)
         return SimpleNamespace(**base)
 
@@ -122,22 +147,32 @@ SCRIPT = textwrap.dedent('''
         q, k, v = torch.randn(B, T, HQ, D), torch.randn(B, T, H, D) * 2, torch.randn(B, T, H, D)
         width = D + rec.normaliser_column
         prev = (torch.randn(B, H, D, width).abs(),)
-        out = rec(q, k, v, valid, prev, "chunk", "fla")  # _run takes triton_chunk first
+        with torch.no_grad():
+            out = rec(q, k, v, valid, prev, "chunk", "fla")  # _run takes triton_chunk first
         ref = rec(q, k, v, valid, prev, "chunk", "torch")
         note("variant " + name, rel(out[0], ref[0]))
         note("variant state " + name, rel(out[1][0], ref[1][0]))
+        # with gradients (the backward kernel; Liger-GLA's inputs from gla_inputs once per KV head)
+        leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+        ref_leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+        out = rec(*leaves, valid, prev, "chunk", "fla")
+        ref = rec(*ref_leaves, valid, prev, "chunk", "torch")
+        note("variant " + name, rel(out[0], ref[0]))
+        w = torch.randn_like(ref[0]) * valid[..., None, None]
+        for x, a, b in zip("qkv", torch.autograd.grad((out[0] * w).sum(), leaves),
+                           torch.autograd.grad((ref[0] * w).sum(), ref_leaves)):
+            note(f"variant d{x} " + name, rel(a, b))
         if rec.recall_reads:
             read, _ = rec.recall(k, k, v, valid, prev, "chunk", "fla")
             note("variant recall " + name, rel(read, rec.recall(k, k, v, valid, prev, "chunk", "torch")[0]))
 
-    # where it must decline: gradients, gate pooling, too few programs
+    # where it must decline: gate pooling, too few programs
     rec = get_recurrence(options("gla"))
     q, k, v = torch.randn(B, T, HQ, D), torch.randn(B, T, H, D), torch.randn(B, T, H, D)
     assert rec.triton_chunk(q, k, v, None, None, True) is not None
-    assert rec.triton_chunk(q.requires_grad_(), k, v, None, None, True) is None
-    assert get_recurrence(options("gla", gate_pool_size=4)).triton_chunk(q.detach(), k, v, None, None, True) is None
+    assert get_recurrence(options("gla", gate_pool_size=4)).triton_chunk(q, k, v, None, None, True) is None
     triton_gla.MIN_PROGRAMS = 64
-    assert rec.triton_chunk(q.detach(), k, v, None, None, True) is None
+    assert rec.triton_chunk(q, k, v, None, None, True) is None
     print("WORST", worst)
 ''')
 
@@ -146,8 +181,9 @@ def test_triton_chunk_gla_matches_the_reference_in_the_interpreter():
     worst = run_in_triton_interpreter(SCRIPT)
     variants = ("gla", "gla relu", "gla sum", "gla cache", "hgrn2", "rwkv6", "mamba2", "gated_retention", "mlstm")
     expected = {"o", "state", "strong gates", "scalar gate", "float16 o", "float16 state", "liger-gla o",
-                "liger-gla state", "variant recall gla cache"}
+                "liger-gla state", "variant recall gla cache", "grad o", "dq", "dk", "dv", "dg", "dh0"}
     expected |= {f"variant {n}" for n in variants} | {f"variant state {n}" for n in variants}
+    expected |= {f"variant d{x} {n}" for n in variants for x in "qkv"}
     assert set(worst) == expected
     for name, err in worst.items():
         assert err < (2e-3 if name.startswith("float16") else 1e-5), (name, err)

@@ -64,6 +64,18 @@ SCRIPT = textwrap.dedent('''
         grads = torch.autograd.grad(out, (q, k, v), w), torch.autograd.grad(ref, (q, k, v), w)
         for name, a, b in zip(("dq", "dk", "dv"), *grads):
             note("inputs " + name, rel(a, b))
+        # once per KV head (repeat=False, for the grouped-query chunk kernels): the repeated tensors' first copies
+        G = HQ // H
+        once = triton_ops.gla_inputs(q, k, v, valid, 16.0, torch.float32, repeat=False)
+        ref = _fla_inputs(rec, q, k, v, valid)[:4]  # (a new graph: the one above was freed by its backward)
+        ref_once = (ref[0], *(x[:, :, ::G] for x in ref[1:4]))
+        for name, a, b in zip(("q", "k", "v", "g"), once, ref_once):
+            assert a.shape == b.shape, (name, a.shape, b.shape)
+            note("once " + name, rel(a, b))
+        w = [torch.randn_like(x) for x in ref_once]
+        grads = torch.autograd.grad(once, (q, k, v), w), torch.autograd.grad(ref_once, (q, k, v), w)
+        for name, a, b in zip(("dq", "dk", "dv"), *grads):
+            note("once " + name, rel(a, b))
     print("WORST", worst)
 ''')
 
@@ -71,7 +83,7 @@ SCRIPT = textwrap.dedent('''
 def test_triton_rope_and_gla_inputs_match_torch_in_the_interpreter():
     worst = run_in_triton_interpreter(SCRIPT)
     expected = {f"rope {n}" for n in ("q", "k", "dq", "dk")}
-    expected |= {f"inputs {n}" for n in ("q", "k", "v", "g", "dq", "dk", "dv")}
+    expected |= {f"{kind} {n}" for kind in ("inputs", "once") for n in ("q", "k", "v", "g", "dq", "dk", "dv")}
     assert set(worst) == expected
     for name, err in worst.items():
         assert err < 1e-5, (name, err)
