@@ -10,14 +10,18 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from .models import LigerConfig, LigerForCausalLM
 from .models.families import get_family
+from .recipes import recipe_options
 
 
-def convert(model_or_path: PreTrainedModel | str | os.PathLike, **options) -> LigerForCausalLM:
+def convert(model_or_path: PreTrainedModel | str | os.PathLike, recipe: str | None = None,
+            **options) -> LigerForCausalLM:
     """Convert a Hugging Face decoder (Llama, Mistral, Qwen2/2.5, Qwen3) into a Liger model.
 
     Args:
         model_or_path: a loaded causal LM (left unchanged: its weights are copied) or a local checkpoint
             directory (loaded with ``dtype="auto"``).
+        recipe: a named set of options (:data:`liger.recipes.RECIPES`: "paper", "memory"); ``options`` override
+            its values.
         **options: :class:`~liger.LigerConfig` fields, e.g. ``variant="gla"``, ``window_size=64``.
 
     Returns:
@@ -28,6 +32,7 @@ def convert(model_or_path: PreTrainedModel | str | os.PathLike, **options) -> Li
         ValueError: unsupported architecture, unknown or invalid option.
         FileNotFoundError: a path that does not exist.
     """
+    options = recipe_options(recipe, **options)
     if isinstance(model_or_path, (str, os.PathLike)):
         path = os.fspath(model_or_path)
         if not os.path.isdir(path):

@@ -16,7 +16,14 @@ _NOT_OPTIONS = {"base_model_type", "tie_word_embeddings", "use_cache"}
 
 def add_liger_options(parser: argparse.ArgumentParser) -> None:
     """One ``--kebab-case`` flag per LigerConfig field (help text: the field's docstring)."""
+    from ..recipes import RECIPES
+
     group = parser.add_argument_group("Liger options (unset = the paper's value)")
+    group.add_argument("--recipe", choices=list(RECIPES), default=None, dest="liger_recipe",
+                       help="a named set of the options below (the flags given override it): 'paper' (the defaults), "
+                       "'memory' (window 64 + 4 sinks + a 1,024-key cache of the tokens the state recalls worst, "
+                       "no recurrent output: long-range retrieval with constant decode memory, used without "
+                       "fine-tuning; liger/recipes.py)")
     for field in file_fields(_CONFIG_SOURCE, "LigerConfig"):
         if field.name in _NOT_OPTIONS:
             continue
@@ -38,8 +45,12 @@ def add_liger_options(parser: argparse.ArgumentParser) -> None:
 
 
 def liger_options(args: argparse.Namespace) -> dict:
-    """The Liger options given on the command line (unset ones are left to the config defaults)."""
-    return {k[len("liger_"):]: v for k, v in vars(args).items() if k.startswith("liger_") and v is not None}
+    """The Liger options given on the command line, over those of ``--recipe`` (unset ones are left to the config
+    defaults)."""
+    from ..recipes import recipe_options
+
+    given = {k[len("liger_"):]: v for k, v in vars(args).items() if k.startswith("liger_") and v is not None}
+    return recipe_options(given.pop("recipe", None), **given)
 
 
 def _parse_bool(text: str) -> bool:

@@ -41,6 +41,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: no tokenizer found next to '{base}'; saved the model only")
     cfg = model.config
     n_params = sum(p.numel() for p in model.parameters())
+    memory = f"window {cfg.window_size}, sinks {cfg.num_sink_tokens}"
+    if cfg.global_cache_size:
+        memory += f", global cache {cfg.global_cache_size}" + (f" (pool {cfg.global_cache_pool})"
+                                                              if cfg.global_cache_pool else "")
+    if cfg.linear_weight == 0:
+        memory += ", no recurrent output (window-only)"
     print(f"saved Liger-{cfg.variant} ({cfg.base_model_type}, {cfg.num_hidden_layers} layers, {n_params:,} parameters, "
-          f"window {cfg.window_size}, sinks {cfg.num_sink_tokens}) to {args.output} in {time.time() - start:.1f} s")
+          f"{memory}) to {args.output} in {time.time() - start:.1f} s")
     return 0

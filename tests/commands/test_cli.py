@@ -44,6 +44,24 @@ def test_convert_saves_a_loadable_checkpoint(tmp_path, capsys):
         assert torch.isfinite(model(torch.tensor([[1, 2, 3]])).logits).all()
 
 
+def test_convert_with_the_memory_recipe(tmp_path, capsys):
+    tiny_teacher("llama").save_pretrained(tmp_path / "base")
+    # the recipe's options, with a flag given beside it taking precedence
+    assert main(["convert", str(tmp_path / "base"), str(tmp_path / "out"), "--recipe", "memory",
+                 "--global-cache-size", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "global cache 16 (pool 8)" in out and "window-only" in out, out
+    c = AutoModelForCausalLM.from_pretrained(tmp_path / "out").config
+    assert (c.linear_weight, c.window_weight, c.num_sink_tokens, c.global_cache_size, c.global_cache_pool) == (
+        0.0, 1.0, 4, 16, 8)
+    # the library call takes the same recipe; an unknown one is a ValueError naming the choices
+    model = liger.convert(tiny_teacher("llama"), recipe="memory")
+    assert (model.config.global_cache_size, model.config.linear_weight) == (1024, 0.0)
+    assert liger.convert(tiny_teacher("llama"), recipe="paper").config.global_cache_size == 0
+    with pytest.raises(ValueError, match="paper, memory"):
+        liger.convert(tiny_teacher("llama"), recipe="fast")
+
+
 def test_convert_refuses_to_overwrite(tmp_path, capsys):
     tiny_teacher("llama").save_pretrained(tmp_path / "base")
     (tmp_path / "out").mkdir()
