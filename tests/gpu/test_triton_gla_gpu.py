@@ -37,7 +37,9 @@ def test_kernel_matches_reference(dtype, B, T, HQ, H):
     w = torch.randn_like(ro)
     grads = torch.autograd.grad((o.double() * w).sum(), leaves)
     for name, a, b in zip(("dq", "dk", "dv", "dg", "dh0"), grads, torch.autograd.grad((ro * w).sum(), ref_leaves)):
-        assert_close(a, b, TOL.get(dtype, 1e-2), msg=name)
+        # dg is a reverse cumulative sum over the sequence of differences of 16-bit products: at T = 1000 its
+        # bf16 error was 1.7e-2 on an H200 (float32: within 1e-4)
+        assert_close(a, b, 3e-2 if name == "dg" and dtype != torch.float32 else TOL.get(dtype, 1e-2), msg=name)
 
 
 @pytest.mark.parametrize("variant", ["gla", "hgrn2", "rwkv6", "mamba2", "gated_retention", "mlstm"])
@@ -53,7 +55,7 @@ def test_variant_on_the_kernels(variant, dtype, monkeypatch):
     q, k, v = (torch.randn(B, T, h, D, device="cuda").to(dtype) for h in (H * G, H, H))
     valid = torch.ones(B, T, dtype=torch.bool, device="cuda")
     valid[1, :17] = False
-    state = (torch.rand(B, H, D, D, device="cuda"),)
+    state = (torch.rand(B, H, D, D + rec.normaliser_column, device="cuda"),)  # (mlstm: the normaliser column)
     ref_state = tuple(x.double() for x in state)
     with torch.no_grad():
         o, s = rec(q, k, v, valid, state, "chunk", "fla")
