@@ -29,6 +29,7 @@ from torch import nn
 from .cache import LayerBuffers, LigerCache, write_decoded_token
 from .compiling import CompiledOrEager
 from .global_cache import ExtraKeys, block_visibility, merge_leaver_, pooled_scores, recall_error
+from .triton_common import auto_takes_kernels
 from .triton_common import is_available as triton_window_available
 from .triton_common import supports as triton_supports
 from .triton_decode import fused_decode_step, log_fallback_once, unsupported_reason
@@ -77,7 +78,7 @@ class DecodeSpec:
     scores when the branch is off."""
     backend: str = "auto"
     """``LigerConfig.decode_backend``: "triton" takes the fused kernel (:mod:`liger.models.triton_decode`) where
-    it covers the layer, "auto"/"torch" the PyTorch step below."""
+    it covers the layer, "auto" too on an Ampere-or-newer GPU, "torch" the PyTorch step below."""
 
 
 @functools.cache
@@ -86,12 +87,13 @@ def decode_spec(recurrence, scaling, linear_weight, window_weight, needs_state, 
 
 
 def uses_fused_step(spec: DecodeSpec, q, v, buffers: LayerBuffers) -> bool:
-    """Whether :func:`decode_step_core` takes the fused Triton step for these inputs (``decode_backend`` "triton"
-    and a case the kernel covers; otherwise the PyTorch step, with the reason logged once)."""
-    if spec.backend != "triton":
+    """Whether :func:`decode_step_core` takes the fused Triton step for these inputs: ``decode_backend`` "triton"
+    (or "auto" on an Ampere-or-newer GPU, :func:`~liger.models.triton_common.auto_takes_kernels`) and a case the
+    kernel covers; otherwise the PyTorch step (the reason logged once when "triton" was asked for)."""
+    if spec.backend == "torch" or (spec.backend == "auto" and not auto_takes_kernels(q)):
         return False
     reason = unsupported_reason(spec, q, v, buffers)
-    if reason is not None:
+    if reason is not None and spec.backend == "triton":
         log_fallback_once(reason)
     return reason is None
 

@@ -27,6 +27,7 @@ from .cache import LigerCache
 from .configuration_liger import LigerConfig
 from .decoding import DECODING_MODES, CUDAGraphDecoder
 from .families import FAMILIES, get_family
+from .triton_common import auto_takes_kernels
 from .triton_decode import log_fallback_once
 from .triton_layer import decode_layers, unsupported_reason
 
@@ -82,11 +83,13 @@ class LigerModel(LigerPreTrainedModel):
 
     def _fused_layers(self, hidden: torch.Tensor) -> bool:
         """Whether the static decode step runs its decoder layers through :func:`triton_layer.decode_layers`
-        (``decode_backend="triton"``, every layer a Liger layer, the families' pre-norm layer form)."""
-        if self.config.decode_backend != "triton" or self.full_attention_layers:
+        (``decode_backend="triton"``, or "auto" on an Ampere-or-newer GPU; every layer a Liger layer, the families'
+        pre-norm layer form)."""
+        backend = self.config.decode_backend
+        if backend == "torch" or self.full_attention_layers or (backend == "auto" and not auto_takes_kernels(hidden)):
             return False
         reason = unsupported_reason(self, hidden)
-        if reason is not None:
+        if reason is not None and backend == "triton":
             log_fallback_once(f"{reason} (the decoder layers around the step)")
         return reason is None
 

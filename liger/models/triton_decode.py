@@ -43,8 +43,8 @@ Triton's CPU interpreter is on, ``TRITON_INTERPRET=1``, which is how the CPU tes
 Numerics: everything in float32, rounded once to the buffers' and output's dtypes (the PyTorch step rounds the
 RoPE'd q/k and the window's scores to the model's dtype on the way); the window's output is rounded to the
 model's dtype before the mix, as the PyTorch step returns it; the recall error is computed in float32 from
-the float32 state (the PyTorch step feature-maps the leaver's key in the model's dtype first). Not the default
-(``decode_backend="auto"`` keeps the PyTorch step) until it is measured on a GPU.
+the float32 state (the PyTorch step feature-maps the leaver's key in the model's dtype first). ``decode_backend``
+"auto" takes it on Ampere-or-newer GPUs (measured: docs/gpu.md, run J).
 """
 
 from __future__ import annotations

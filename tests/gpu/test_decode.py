@@ -2,7 +2,8 @@
 tokens and logits, keeps memory constant, and survives beam-search reordering.
 
 The decode step is the same whatever ``linear_backend`` is; these models use the PyTorch ops for the eager
-reference (prefill and eager steps), which keeps the tier's compile time down. The full fast path (fla
+reference (prefill and eager steps), which keeps the tier's compile time down, and the PyTorch static step
+(``decode_backend="torch"``) unless a test names the fused one. The full fast path (fla
 prefill, FlexAttention, then graph decoding) is checked in test_model_gpu.py."""
 
 import pytest
@@ -16,6 +17,8 @@ from tests.gpu.conftest import gpu_teacher, left_padded, positions
 
 
 def reference_model(family="llama", **options):
+    # the PyTorch static step unless a test asks for the fused one ("auto" takes the fused step on these GPUs)
+    options.setdefault("decode_backend", "torch")
     return liger.convert(gpu_teacher(family), linear_backend="torch", **options)
 
 

@@ -303,10 +303,15 @@ def test_decode_backend_triton_off_cuda_decodes_as_torch(monkeypatch):
     assert torch.equal(out["triton"], out["torch"])
 
 
-def test_decode_backend_defaults_to_the_pytorch_step():
+def test_decode_backend_auto_takes_the_pytorch_step_off_cuda(monkeypatch):
     model = liger.convert(tiny_teacher("llama"))
     assert model.config.decode_backend == "auto"
     spec = model.model.layers[0].self_attn.decode_spec
     assert spec.backend == "auto"
-    # "auto" never takes the kernel (not yet measured on a GPU), whatever the tensors
+    # "auto" takes the kernels on Ampere-or-newer GPUs only: never on CPU tensors, not even under the interpreter
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    _, cache = _model_cache(model.set_decoding("static"))
+    q = torch.zeros(2, 1, 4, 16)
     assert not uses_fused_step(spec, None, None, None)
+    assert not uses_fused_step(spec, q, q[:, :, :2], cache.layers[0].buffers)
+    assert not model.model._fused_layers(torch.zeros(2, 1, model.config.hidden_size))
