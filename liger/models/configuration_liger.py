@@ -99,7 +99,8 @@ class LigerConfig(PretrainedConfig):
     six, CUDA; the PyTorch ops where they do not apply: gsa and gate pooling for the step, the hybrid's and
     non-Llama-form layers for the layers), or "auto" (triton on an Ampere-or-newer GPU — 1.43 ms per token for
     SmolLM2 at batch 16 on an H200, run J of docs/gpu.md, where the PyTorch step took 3.7–4.4 ms in runs A–G —,
-    torch elsewhere)."""
+    torch elsewhere). "triton" asked for explicitly also runs gradient-free multi-token calls (prefill, evaluation)
+    through the fused norms, residual adds and MLP activation (not yet measured on a GPU, hence not under "auto")."""
     chunk_backend: ChunkBackend = "auto"
     """With the fla backend, the recurrence of multi-token calls (prefill, evaluation, training, the global cache's
     recall): "fla" (fla's chunk kernels, keys/values/gates repeated to every query head), "triton" (Liger's

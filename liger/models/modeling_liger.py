@@ -27,7 +27,7 @@ from .cache import LigerCache
 from .configuration_liger import LigerConfig
 from .decoding import DECODING_MODES, CUDAGraphDecoder
 from .families import FAMILIES, get_family
-from .triton_common import auto_takes_kernels
+from .triton_common import MAX_ELEMENTS, auto_takes_kernels
 from .triton_decode import log_fallback_once
 from .triton_layer import decode_layers, unsupported_reason
 
@@ -93,6 +93,17 @@ class LigerModel(LigerPreTrainedModel):
             log_fallback_once(f"{reason} (the decoder layers around the step)")
         return reason is None
 
+    def _fused_prefill(self, hidden: torch.Tensor) -> bool:
+        """Whether a multi-token call runs its decoder layers through :func:`triton_layer.decode_layers` too:
+        ``decode_backend="triton"`` asked for explicitly (not "auto": not yet measured on a GPU), no gradient
+        (the kernels have no backward), tensors small enough for the kernels' 32-bit offsets, and the layers'
+        form :meth:`_fused_layers` checks."""
+        if self.config.decode_backend != "triton" or torch.is_grad_enabled():
+            return False
+        rows = hidden.numel() // hidden.shape[-1]
+        widest = max(hidden.shape[-1], getattr(self.config, "intermediate_size", 0) or 0)
+        return rows * widest <= MAX_ELEMENTS and self._fused_layers(hidden)
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -135,6 +146,12 @@ class LigerModel(LigerPreTrainedModel):
             hidden_states = decode_layers(self, hidden_states, position_embeddings, past_key_values, token_mask,
                                           decode_step)
             return BaseModelOutputWithPast(last_hidden_state=hidden_states, **{CACHE: past_key_values})
+        if decode_step is None and not output_hidden_states and self._fused_prefill(hidden_states):
+            # a gradient-free multi-token call (prefill, evaluation) with decode_backend="triton": the same layers
+            # with the norms, residual adds and the MLP's activation fused (the attention and GEMMs as always)
+            hidden_states = decode_layers(self, hidden_states, position_embeddings, past_key_values, token_mask, None)
+            return BaseModelOutputWithPast(last_hidden_state=hidden_states,
+                                           **{CACHE: past_key_values if use_cache else None})
         all_hidden_states = () if output_hidden_states else None
         for i, layer in enumerate(self.layers):
             if output_hidden_states:

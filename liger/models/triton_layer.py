@@ -1,4 +1,5 @@
-"""The decoder layers around the fused decode step, in few kernels (``decode_backend="triton"``).
+"""The decoder layers around the fused decode step, in few kernels (``decode_backend="triton"``; with "triton" asked
+for explicitly, gradient-free prefills too).
 
 With the attention step fused (:mod:`liger.models.triton_decode`), most of a decode step's kernels were the
 decoder layer's own: each RMSNorm is seven PyTorch kernels (cast, square, mean, add, rsqrt, multiply, cast and
@@ -190,9 +191,12 @@ def gate_up_silu(x: torch.Tensor, gate, up) -> torch.Tensor:
 
 
 def decode_layers(model, hidden, position_embeddings, cache, token_mask, decode_step) -> torch.Tensor:
-    """The static decode step through ``model``'s (a ``LigerModel`` whose layers are all Liger layers) decoder
-    layers and final norm, with the norms, residual adds and activations fused (check :func:`unsupported_reason`
-    first). ``hidden`` ``[B, 1, hidden]``: the token embeddings; returns the final norm's output."""
+    """``model``'s (a ``LigerModel`` whose layers are all Liger layers) decoder layers and final norm, with the
+    norms, residual adds and activations fused (check :func:`unsupported_reason` first): the static decode step
+    (``decode_step`` "eager"/"compiled", ``hidden`` ``[B, 1, hidden]``) or a gradient-free multi-token call
+    (``decode_step`` None: a prefill or an evaluation; the attention and, beyond :data:`SKINNY_MAX_ROWS` tokens,
+    cuBLAS's GEMMs as in the layers' own forward). ``hidden``: the token embeddings; returns the final norm's
+    output."""
     layers = model.layers
     h, x = add_rms_norm(hidden, None, layers[0].input_layernorm)
     for i, layer in enumerate(layers):

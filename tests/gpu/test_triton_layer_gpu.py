@@ -59,3 +59,27 @@ def test_projection_kernels_match_nn_linear(dtype, bias, rows):
             assert_close(out.float(), m(x).float(), tol)
         gate, up = (torch.nn.Linear(576, 1536, bias=bias).to("cuda", dtype) for _ in range(2))
         assert_close(gate_up_silu(x, gate, up).float(), (F.silu(gate(x)) * up(x)).float(), tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_prefill_through_the_fused_layers_matches_the_layers_own(dtype, monkeypatch):
+    """``decode_backend="triton"``: a gradient-free prefill (300 tokens × 4: the modules' GEMMs, the fused norms and
+    SiLU product) gives the logits of the layers' own forward, and decoding goes on from its cache."""
+    import liger
+    import liger.models.modeling_liger as modeling
+    from tests.gpu.conftest import gpu_teacher, left_padded, positions
+
+    calls = []
+    fused = modeling.decode_layers
+    monkeypatch.setattr(modeling, "decode_layers", lambda *a: calls.append(a[-1]) or fused(*a))
+    teacher = gpu_teacher("llama", dtype=dtype)
+    fast = liger.convert(teacher, window_size=16, num_sink_tokens=2, decode_backend="triton")
+    reference = liger.convert(teacher, window_size=16, num_sink_tokens=2, decode_backend="torch")
+    x, mask = left_padded(B=4, T=300, pads=(0, 9, 40, 120))
+    pos = positions(mask)
+    real = mask.bool()
+    with torch.no_grad():
+        a = fast(x, attention_mask=mask, position_ids=pos).logits
+        b = reference(x, attention_mask=mask, position_ids=pos).logits
+    assert calls == [None], "the prefill did not run through decode_layers"
+    assert_close(a[real], b[real], 1e-4 if dtype == torch.float32 else 1e-2, msg="logits")

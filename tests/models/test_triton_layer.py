@@ -174,3 +174,25 @@ def test_kernels_that_fail_here_leave_the_layers_own_forward(monkeypatch):
     reason = triton_layer.unsupported_reason(model.model, torch.zeros(2, 1, 64))
     assert "failed here" in reason and "PTX assembly failed" in reason
     assert not model.model._fused_layers(torch.zeros(2, 1, 64))
+
+
+def test_prefill_takes_the_fused_layers_only_without_gradients_and_when_asked(monkeypatch):
+    """Gradient-free multi-token calls run through decode_layers with decode_backend="triton" asked for (the
+    logits against the PyTorch layers: test_triton_decode.py's MODEL, prefill included); never with gradients,
+    never under "auto" (not yet measured on a GPU), never beyond the kernels' 32-bit offsets."""
+    x = torch.zeros(2, 5, 32)
+    for backend, grad, expected in [("triton", False, True), ("triton", True, False), ("auto", False, False),
+                                    ("torch", False, False)]:
+        model = liger.convert(tiny_teacher("llama"), decode_backend=backend)
+        monkeypatch.setattr(model.model, "_fused_layers", lambda hidden: True)
+        with torch.set_grad_enabled(grad):
+            assert model.model._fused_prefill(x) is expected, (backend, grad)
+    import liger.models.modeling_liger as modeling
+
+    model = liger.convert(tiny_teacher("llama"), decode_backend="triton")
+    monkeypatch.setattr(model.model, "_fused_layers", lambda hidden: True)
+    need = 2 * 5 * max(32, model.config.intermediate_size)  # rows × the widest of hidden and intermediate
+    with torch.no_grad():
+        for limit, expected in [(need, True), (need - 1, False)]:
+            monkeypatch.setattr(modeling, "MAX_ELEMENTS", limit)
+            assert model.model._fused_prefill(x) is expected, limit
