@@ -226,8 +226,12 @@ def _context_rows(model, kind, context, cfg, device, generator, report, runners=
         _reset_peak(device)
         steps = _decode_steps(model, kind, mode, cache, token, cfg.decode_steps, cfg.warmup_steps, device)
         if cfg.profile and context == max(cfg.contexts) and mode == "eager":
+            # (in the eager mode: _decode_steps leaves the model in "auto", whose first call captures a CUDA graph —
+            # two warm-up steps, the capture and the cache's save/restore around them, which run J's profile showed)
+            model.set_decoding("eager")
             _profile(report, f"decode liger eager step at {context} (batch {B})",
                      lambda c=cache: model(input_ids=token, **{CACHE: c}, use_cache=True), device)
+            model.set_decoding("auto")
         median = statistics.median(steps)
         report["decode"].append(dict(model=kind, mode=mode, context=context, batch_size=B, latency_s=median,
                                      latency_s_runs=steps, tokens_per_s=B / median,
