@@ -10,9 +10,10 @@ repeating K/V). Per chunk, with ``b`` the cumulative log-decay inside the chunk 
     o_t = scale · (q_t ⊙ exp(b_t)) S  +  Σ_{j ≤ t} scale · (q_t · (k_j ⊙ exp(b_t − b_j))) v_j
     S  ← diag(exp(b_last)) S + Σ_j (k_j ⊙ exp(b_last − b_j))ᵀ v_j
 
-Every ``exp`` takes an argument ≤ 0 (log-decays are ≤ 0), so strong gates underflow to 0 and never overflow: the
-intra-chunk scores are computed pairwise (a loop over the chunk's ``BT`` keys), not factored through
-``exp(−b_j)`` (which overflows once a channel decays by more than ~88 nats within a chunk).
+The intra-chunk scores are one tensor-core product ``(q ⊙ exp(b))(k ⊙ exp(−b))ᵀ`` when no channel decays by more
+than ``SAFE`` nats within the chunk (``exp(−b_j) ≤ exp(SAFE)``: 60 for float32/bfloat16 products, 8 for float16,
+whose range ends at 65504), else pairwise (a loop over the chunk's ``BT`` keys, every exponent ≤ 0): strong
+gates underflow to 0 and never overflow.
 
 ``LIGER_GLA``: the inputs are Liger-GLA's raw projections and the kernel applies its feature map and gate itself
 (softmax(q), softmax(k) rounded to the inputs' dtype, log-decay ``logsigmoid(k) / n`` in float32, padding
@@ -44,7 +45,7 @@ def chunk_gla_fwd(Q, K, V, G, VALID, H0, O, HT, T, HEADS, inv_norm, scale,
                   s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_gb, s_gt, s_gh, s_gd, s_ob, s_ot, s_oh,
                   DK: tl.constexpr, DV: tl.constexpr, GROUP: tl.constexpr, BG: tl.constexpr, BT: tl.constexpr,
                   BK: tl.constexpr, BV: tl.constexpr, LIGER_GLA: tl.constexpr, HAS_VALID: tl.constexpr,
-                  HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, PRECISION: tl.constexpr):
+                  HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, PRECISION: tl.constexpr, SAFE: tl.constexpr):
     pid_v = tl.program_id(0)
     bh = tl.program_id(1)  # batch row * HEADS + KV head
     b = bh // HEADS
@@ -66,6 +67,7 @@ def chunk_gla_fwd(Q, K, V, G, VALID, H0, O, HT, T, HEADS, inv_norm, scale,
     g_base = G + b * s_gb + h * s_gh
     state_off = (bh * DK + ck)[:, None] * DV + cv[None, :]
     state_ok = ok_k[:, None] & ok_v[None, :]
+    causal = ti[:, None] >= tk[None, :]
     S = tl.zeros([BK, BV], tl.float32)
     if HAS_H0:
         S = tl.load(H0 + state_off, mask=state_ok, other=0.0).to(tl.float32)
@@ -97,15 +99,18 @@ def chunk_gla_fwd(Q, K, V, G, VALID, H0, O, HT, T, HEADS, inv_norm, scale,
         b_rows = tl.reshape(tl.broadcast_to(bc[None, :, :], (BG, BT, BK)), (R, BK))
         # the state's part: o = (q ⊙ exp(b)) S
         o = _dot(q * tl.exp(b_rows), S, dt, PRECISION)
-        # the chunk's part: A[t, j] = q_t · (k_j ⊙ exp(b_t − b_j)) for j ≤ t, pairwise (every exponent ≤ 0)
-        A = tl.zeros([R, BT], tl.float32)
-        for j in range(BT):
-            pick = (tk == j)[:, None]
-            k_j = tl.sum(tl.where(pick, k, 0.0), 0)
-            b_j = tl.sum(tl.where(pick, bc, 0.0), 0)
-            decay = tl.exp(tl.where((ti >= j)[:, None], b_rows - b_j[None, :], float("-inf")))
-            a = tl.sum(q * k_j[None, :] * decay, 1)
-            A += tl.where((tk == j)[None, :], a[:, None], 0.0)
+        # the chunk's part: A[t, j] = q_t · (k_j ⊙ exp(b_t − b_j)) for j ≤ t
+        if tl.max(-b_last, 0) <= SAFE:  # factored through exp(−b_j) ≤ exp(SAFE): one product on tensor cores
+            A = tl.where(causal, _dot(q * tl.exp(b_rows), tl.trans(k * tl.exp(-bc)), dt, PRECISION), 0.0)
+        else:  # a channel decays by more than SAFE nats within the chunk: pairwise, every exponent ≤ 0
+            A = tl.zeros([R, BT], tl.float32)
+            for j in range(BT):
+                pick = (tk == j)[:, None]
+                k_j = tl.sum(tl.where(pick, k, 0.0), 0)
+                b_j = tl.sum(tl.where(pick, bc, 0.0), 0)
+                decay = tl.exp(tl.where((ti >= j)[:, None], b_rows - b_j[None, :], float("-inf")))
+                a = tl.sum(q * k_j[None, :] * decay, 1)
+                A += tl.where((tk == j)[None, :], a[:, None], 0.0)
         o += _dot(A, v, dt, PRECISION)
         tl.store(o_base[:, None] + t_r[:, None] * s_ot + cv[None, :], o.to(O.dtype.element_ty),
                  mask=ok_r[:, None] & ok_v[None, :])
@@ -122,7 +127,7 @@ def chunk_gla_bwd(Q, K, V, G, H0, DO, DHT, DQ, DK, DV, DH0, T, HEADS, scale,
                   s_dqv, s_dkv,
                   DK_: tl.constexpr, DV_: tl.constexpr, GROUP: tl.constexpr, BG: tl.constexpr, BT: tl.constexpr,
                   BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr,
-                  STORE_DH0: tl.constexpr, PRECISION: tl.constexpr):
+                  STORE_DH0: tl.constexpr, PRECISION: tl.constexpr, SAFE: tl.constexpr):
     """Gradients of :func:`chunk_gla_fwd` (prepared inputs) for one (batch row, KV head, block of value columns):
     a forward walk that rebuilds the states and writes dq (this block's share: summed over the blocks
     afterwards), then a backward walk over the state's gradient dS that writes dk (this block's share), dv and
@@ -173,15 +178,18 @@ def chunk_gla_bwd(Q, K, V, G, H0, DO, DHT, DQ, DK, DV, DH0, T, HEADS, scale,
         bc = tl.cumsum(g, 0)
         b_last = tl.sum(g, 0)
         b_rows = tl.reshape(tl.broadcast_to(bc[None, :, :], (BG, BT, BK)), (R, BK))
-        dq = _dot(do, tl.trans(S), dt, PRECISION) * tl.exp(b_rows)
         dA = tl.where(causal, _dot(do, tl.trans(v), dt, PRECISION), 0.0)  # [R, BT]: do_t · v_j, j ≤ t
-        for j in range(BT):
-            pick = (tk == j)[:, None]
-            k_j = tl.sum(tl.where(pick, k, 0.0), 0)
-            b_j = tl.sum(tl.where(pick, bc, 0.0), 0)
-            decay = tl.exp(tl.where((ti >= j)[:, None], b_rows - b_j[None, :], float("-inf")))
-            dA_j = tl.sum(tl.where((tk == j)[None, :], dA, 0.0), 1)
-            dq += dA_j[:, None] * k_j[None, :] * decay
+        if tl.max(-b_last, 0) <= SAFE:  # (as in the forward) dq = exp(b) ⊙ (do Sᵀ + dA (k ⊙ exp(−b)))
+            dq = (_dot(do, tl.trans(S), dt, PRECISION) + _dot(dA, k * tl.exp(-bc), dt, PRECISION)) * tl.exp(b_rows)
+        else:
+            dq = _dot(do, tl.trans(S), dt, PRECISION) * tl.exp(b_rows)
+            for j in range(BT):
+                pick = (tk == j)[:, None]
+                k_j = tl.sum(tl.where(pick, k, 0.0), 0)
+                b_j = tl.sum(tl.where(pick, bc, 0.0), 0)
+                decay = tl.exp(tl.where((ti >= j)[:, None], b_rows - b_j[None, :], float("-inf")))
+                dA_j = tl.sum(tl.where((tk == j)[None, :], dA, 0.0), 1)
+                dq += dA_j[:, None] * k_j[None, :] * decay
         tl.store(dq_base[:, None] + t_r[:, None] * HQ * DK_ + ck[None, :], dq * scale,
                  mask=ok_r[:, None] & ok_k[None, :])
         k_dec = k * tl.exp(b_last[None, :] - bc)
@@ -209,16 +217,22 @@ def chunk_gla_bwd(Q, K, V, G, H0, DO, DHT, DQ, DK, DV, DH0, T, HEADS, scale,
         b_last = tl.sum(g, 0)
         b_rows = tl.reshape(tl.broadcast_to(bc[None, :, :], (BG, BT, BK)), (R, BK))
         dA = tl.where(causal, _dot(do, tl.trans(v), dt, PRECISION), 0.0)
-        A = tl.zeros([R, BT], tl.float32)
-        dk = tl.zeros([BT, BK], tl.float32)
-        for j in range(BT):
-            pick = (tk == j)[:, None]
-            k_j = tl.sum(tl.where(pick, k, 0.0), 0)
-            b_j = tl.sum(tl.where(pick, bc, 0.0), 0)
-            decay = tl.exp(tl.where((ti >= j)[:, None], b_rows - b_j[None, :], float("-inf")))
-            A += tl.where((tk == j)[None, :], tl.sum(q * k_j[None, :] * decay, 1)[:, None], 0.0)
-            dA_j = tl.sum(tl.where((tk == j)[None, :], dA, 0.0), 1)
-            dk += tl.where(pick, tl.sum(dA_j[:, None] * q * decay, 0)[None, :], 0.0)
+        if tl.max(-b_last, 0) <= SAFE:  # A = (q ⊙ exp(b))(k ⊙ exp(−b))ᵀ, dk = exp(−b) ⊙ dAᵀ (q ⊙ exp(b))
+            q_dec = q * tl.exp(b_rows)
+            k_inc = tl.exp(-bc)
+            A = tl.where(causal, _dot(q_dec, tl.trans(k * k_inc), dt, PRECISION), 0.0)
+            dk = _dot(tl.trans(dA), q_dec, dt, PRECISION) * k_inc
+        else:
+            A = tl.zeros([R, BT], tl.float32)
+            dk = tl.zeros([BT, BK], tl.float32)
+            for j in range(BT):
+                pick = (tk == j)[:, None]
+                k_j = tl.sum(tl.where(pick, k, 0.0), 0)
+                b_j = tl.sum(tl.where(pick, bc, 0.0), 0)
+                decay = tl.exp(tl.where((ti >= j)[:, None], b_rows - b_j[None, :], float("-inf")))
+                A += tl.where((tk == j)[None, :], tl.sum(q * k_j[None, :] * decay, 1)[:, None], 0.0)
+                dA_j = tl.sum(tl.where((tk == j)[None, :], dA, 0.0), 1)
+                dk += tl.where(pick, tl.sum(dA_j[:, None] * q * decay, 0)[None, :], 0.0)
         to_end = tl.exp(b_last[None, :] - bc)  # [BT, BK]
         dk += _dot(v, tl.trans(dS), dt, PRECISION) * to_end
         dv = _dot(tl.trans(A), do, dt, PRECISION) + _dot(k * to_end, dS, dt, PRECISION)

@@ -62,6 +62,12 @@ def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str | None:
     return None
 
 
+def _safe_span(dtype: torch.dtype) -> float:
+    """The largest decay (nats) within a chunk for which the kernels factor the intra-chunk scores through
+    ``exp(−b_j)``: its products' operands must hold ``exp(span)`` (float16's range ends at 65504 ≈ exp(11))."""
+    return 8.0 if dtype == torch.float16 else 60.0
+
+
 def _value_block(B: int, H: int, V: int) -> int:
     # 32 value columns per program; 16 when that leaves fewer programs than MIN_PROGRAMS
     return 32 if B * H * cdiv(V, 32) >= MIN_PROGRAMS or V <= 16 else 16
@@ -115,7 +121,7 @@ def chunk_gla_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Te
         o.stride(0), o.stride(1), o.stride(2),
         DK=DK, DV=DV, GROUP=GROUP, BG=next_power_of_2(GROUP), BT=chunk, BK=max(16, next_power_of_2(DK)), BV=BV,
         LIGER_GLA=liger_gla, HAS_VALID=valid is not None, HAS_H0=h0 is not None, STORE_HT=ht is not None,
-        PRECISION="ieee" if q.dtype == torch.float32 else "half",
+        PRECISION="ieee" if q.dtype == torch.float32 else "half", SAFE=_safe_span(q.dtype),
     )
     return o, ht
 
@@ -170,7 +176,7 @@ def chunk_gla_bwd(q, k, v, g, scale, initial_state, do, dht, chunk=CHUNK, value_
         dq.stride(0), dk.stride(0),
         DK_=DK, DV_=DV, GROUP=GROUP, BG=next_power_of_2(GROUP), BT=chunk, BK=max(16, next_power_of_2(DK)), BV=BV,
         HAS_H0=h0 is not None, HAS_DHT=dht is not None, STORE_DH0=dh0 is not None,
-        PRECISION="ieee" if q.dtype == torch.float32 else "half",
+        PRECISION="ieee" if q.dtype == torch.float32 else "half", SAFE=_safe_span(q.dtype),
     )
     return dq.sum(0) if nv > 1 else dq[0], dk.sum(0) if nv > 1 else dk[0], dv, dh0
 

@@ -58,10 +58,19 @@ SCRIPT = textwrap.dedent('''
 
     # gradients (chunk_gla: the backward kernel and the log-decays' gradient) against autograd through the reference,
     # with and without initial and final states
-    for B, T, HQ, H, D, V, init, final in [(2, 37, 6, 2, 16, 16, True, True), (1, 40, 3, 3, 24, 25, False, False),
-                                           (2, 21, 4, 1, 32, 33, True, False)]:
-        x64 = [torch.randn(B, T, HQ, D), torch.randn(B, T, H, D), torch.randn(B, T, H, V),
-               F.logsigmoid(torch.randn(B, T, H, D) * 3) / 2]
+    # (gates of up to 12 nats per token: chunks on both sides of the kernels' SAFE span of 60 nats, so both the
+    # tensor-core and the pairwise form of the intra-chunk scores run, forward and backward)
+    for B, T, HQ, H, D, V, init, final, strong in [(2, 37, 6, 2, 16, 16, True, True, False),
+                                                   (1, 40, 3, 3, 24, 25, False, False, False),
+                                                   (2, 21, 4, 1, 32, 33, True, False, False),
+                                                   (2, 64, 6, 2, 16, 16, True, True, True)]:
+        g = F.logsigmoid(torch.randn(B, T, H, D) * 3) / 2
+        if strong:  # chunks of up to 12 nats per token and chunks of up to 2
+            g = -torch.rand(B, T, H, D) * torch.tensor([12.0, 2.0]).repeat_interleave(16).repeat(T // 32)[:, None, None]
+        if strong:
+            spans = -g.reshape(B, T // 16, 16, H, D).sum(2).amax(-1)  # each chunk's largest decay
+            assert (spans > 60).any() and (spans <= 60).any(), spans
+        x64 = [torch.randn(B, T, HQ, D), torch.randn(B, T, H, D), torch.randn(B, T, H, V), g]
         if init:
             x64.append(torch.randn(B, H, D, V))
         x64 = [x.double() for x in x64]
