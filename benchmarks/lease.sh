@@ -54,10 +54,10 @@ recipe_options() {  # the liger_options of a bench recipe
   local window="liger_options.linear_weight=0 liger_options.window_weight=1 liger_options.num_sink_tokens=4"
   local memory="liger_options.global_cache_size=64 liger_options.num_sink_tokens=4 liger_options.linear_normalizer=sum"
   case "$1" in
-    plain) echo "" ;;  # Liger-GLA, the PyTorch decode step
+    plain) echo "liger_options.decode_backend=torch" ;;  # Liger-GLA, the PyTorch decode step ("auto" is the fused one)
     decode-triton) echo "$fused" ;;  # Liger-GLA, the fused decode step (and decoder layers)
     chunk-triton) echo "$fused liger_options.chunk_backend=triton" ;;  # and the grouped-query prefill kernel
-    memory) echo "$memory" ;;  # GLA + 64 global keys + 4 sinks, the PyTorch step
+    memory) echo "$memory liger_options.decode_backend=torch" ;;  # GLA + 64 global keys + 4 sinks, the PyTorch step
     memory-triton) echo "$memory liger_options.window_backend=triton $fused" ;;
     window-triton) echo "$window $fused" ;;  # window 64 + 4 sinks, no state: the control of the next two
     window-pool-triton) echo "$window liger_options.global_cache_size=256 liger_options.global_cache_pool=8 $fused" ;;
