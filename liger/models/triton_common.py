@@ -50,7 +50,8 @@ def next_power_of_2(n: int) -> int:
 def auto_takes_kernels(x: torch.Tensor | None) -> bool:
     """Whether a backend left at "auto" takes the fused Triton kernels for ``x``: a CUDA tensor on a GPU of compute
     capability 8.0 or newer (Ampere, Hopper: where the kernels were measured and tested; older GPUs lack bfloat16
-    tensor cores, which the kernels' 16-bit products need) with Triton installed. Not under the CPU interpreter:
-    "auto" never interprets."""
-    return (x is not None and x.is_cuda and has_triton()
+    tensor cores, which the kernels' 16-bit products need) with Triton installed, on the current CUDA device (Triton
+    launches there: a layer placed on another GPU by a device map keeps the PyTorch ops). Not under the CPU
+    interpreter: "auto" never interprets."""
+    return (x is not None and x.is_cuda and has_triton() and x.device.index in (None, torch.cuda.current_device())
             and torch.cuda.get_device_capability(x.device) >= (8, 0))

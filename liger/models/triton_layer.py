@@ -83,6 +83,12 @@ def unsupported_reason(model, hidden: torch.Tensor) -> str | None:
             return "a decoder layer's MLP is not down(silu(gate(x)) * up(x))"
     if not all(type(n).__name__ in RMS_NORMS for n in norms):
         return "a norm is not one of the families' RMSNorm"
+    # decode_layers calls the layers' parts directly, past the hooks accelerate puts on modules to move inputs
+    # between devices or load offloaded weights (device_map): such models keep their layers' own forward
+    if any(hasattr(m, "_hf_hook") for m in model.layers.modules()) or hasattr(model.norm, "_hf_hook"):
+        return "accelerate hooks (a device map or offloading) on the decoder layers"
+    if any(p.device != hidden.device for p in (*model.layers.parameters(), *model.norm.parameters())):
+        return "the decoder layers' weights are not all on the input's device"
     return _kernels_fail(hidden.dtype, hidden.device)
 
 

@@ -159,6 +159,22 @@ def test_decode_layers_off_cuda_take_the_layers_own_forward(monkeypatch):
 
 
 @needs_triton
+def test_layers_split_or_hooked_by_accelerate_keep_their_own_forward(monkeypatch):
+    """decode_layers calls the layers' parts directly, so a model whose layers carry accelerate's hooks (a device
+    map, offloading) or whose weights sit on several devices keeps the layers' own forward."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # (past the CUDA check: the structural checks come first)
+    monkeypatch.setattr(triton_layer, "_kernels_fail", lambda dtype, device: None)
+    model = liger.convert(tiny_teacher("llama"), window_size=4, decode_backend="triton")
+    x = torch.zeros(2, 1, model.config.hidden_size)
+    assert triton_layer.unsupported_reason(model.model, x) is None
+    model.model.layers[1].mlp._hf_hook = object()
+    assert "accelerate hooks" in triton_layer.unsupported_reason(model.model, x)
+    del model.model.layers[1].mlp._hf_hook
+    model.model.layers[0].post_attention_layernorm.to("meta")
+    assert "not all on the input's device" in triton_layer.unsupported_reason(model.model, x)
+
+
+@needs_triton
 def test_kernels_that_fail_here_leave_the_layers_own_forward(monkeypatch):
     """A layer kernel that does not compile or launch on this machine is found by a trial run before any cache is
     written: the decode step then keeps the decoder layers' own forward, with the reason."""
