@@ -122,6 +122,20 @@ def chunk_gla_fwd(Q, K, V, G, VALID, H0, O, HT, T, HEADS, inv_norm, scale,
 
 
 @triton.jit
+def _bwd_chunk(k_base, v_base, g_base, do_base, t_c, t_r, ok_t, ok_r, kv_mask, ck, cv, ok_v, s_kt, s_vt, s_gt, s_gd,
+               s_dot, BG: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr):
+    """What both walks of :func:`chunk_gla_bwd` read of a chunk: keys (float32), values, o's gradient, and the
+    cumulative log-decays per token, at the chunk's end, and repeated for the group's stacked query rows."""
+    k = tl.load(k_base + t_c[:, None] * s_kt + ck[None, :], mask=kv_mask, other=0.0).to(tl.float32)
+    v = tl.load(v_base + t_c[:, None] * s_vt + cv[None, :], mask=ok_t[:, None] & ok_v[None, :], other=0.0)
+    g = tl.load(g_base + t_c[:, None] * s_gt + ck[None, :] * s_gd, mask=kv_mask, other=0.0).to(tl.float32)
+    do = tl.load(do_base[:, None] + t_r[:, None] * s_dot + cv[None, :], mask=ok_r[:, None] & ok_v[None, :], other=0.0)
+    bc = tl.cumsum(g, 0)
+    b_rows = tl.reshape(tl.broadcast_to(bc[None, :, :], (BG, BT, BK)), (BG * BT, BK))
+    return k, v, do, bc, tl.sum(g, 0), b_rows
+
+
+@triton.jit
 def chunk_gla_bwd(Q, K, V, G, H0, DO, DHT, DQ, DK, DV, DH0, T, HEADS, scale,
                   s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_gb, s_gt, s_gh, s_gd,
                   s_dqv, s_dkv,
@@ -170,14 +184,8 @@ def chunk_gla_bwd(Q, K, V, G, H0, DO, DHT, DQ, DK, DV, DH0, T, HEADS, scale,
         t_c = t0 + tk
         ok_t = t_c < T
         kv_mask = ok_t[:, None] & ok_k[None, :]
-        k = tl.load(k_base + t_c[:, None] * s_kt + ck[None, :], mask=kv_mask, other=0.0).to(tl.float32)
-        v = tl.load(v_base + t_c[:, None] * s_vt + cv[None, :], mask=ok_t[:, None] & ok_v[None, :], other=0.0)
-        g = tl.load(g_base + t_c[:, None] * s_gt + ck[None, :] * s_gd, mask=kv_mask, other=0.0).to(tl.float32)
-        do = tl.load(do_base[:, None] + t_r[:, None] * HQ * DV_ + cv[None, :], mask=ok_r[:, None] & ok_v[None, :],
-                     other=0.0)
-        bc = tl.cumsum(g, 0)
-        b_last = tl.sum(g, 0)
-        b_rows = tl.reshape(tl.broadcast_to(bc[None, :, :], (BG, BT, BK)), (R, BK))
+        k, v, do, bc, b_last, b_rows = _bwd_chunk(k_base, v_base, g_base, do_base, t_c, t_r, ok_t, ok_r, kv_mask,
+                                                  ck, cv, ok_v, s_kt, s_vt, s_gt, s_gd, HQ * DV_, BG, BT, BK)
         dA = tl.where(causal, _dot(do, tl.trans(v), dt, PRECISION), 0.0)  # [R, BT]: do_t · v_j, j ≤ t
         if tl.max(-b_last, 0) <= SAFE:  # (as in the forward) dq = exp(b) ⊙ (do Sᵀ + dA (k ⊙ exp(−b)))
             dq = (_dot(do, tl.trans(S), dt, PRECISION) + _dot(dA, k * tl.exp(-bc), dt, PRECISION)) * tl.exp(b_rows)
@@ -208,14 +216,8 @@ def chunk_gla_bwd(Q, K, V, G, H0, DO, DHT, DQ, DK, DV, DH0, T, HEADS, scale,
         kv_mask = ok_t[:, None] & ok_k[None, :]
         q = tl.load(q_base[:, None] + t_r[:, None] * s_qt + ck[None, :], mask=ok_r[:, None] & ok_k[None, :],
                     other=0.0).to(tl.float32) * scale
-        k = tl.load(k_base + t_c[:, None] * s_kt + ck[None, :], mask=kv_mask, other=0.0).to(tl.float32)
-        v = tl.load(v_base + t_c[:, None] * s_vt + cv[None, :], mask=ok_t[:, None] & ok_v[None, :], other=0.0)
-        g = tl.load(g_base + t_c[:, None] * s_gt + ck[None, :] * s_gd, mask=kv_mask, other=0.0).to(tl.float32)
-        do = tl.load(do_base[:, None] + t_r[:, None] * HQ * DV_ + cv[None, :], mask=ok_r[:, None] & ok_v[None, :],
-                     other=0.0)
-        bc = tl.cumsum(g, 0)
-        b_last = tl.sum(g, 0)
-        b_rows = tl.reshape(tl.broadcast_to(bc[None, :, :], (BG, BT, BK)), (R, BK))
+        k, v, do, bc, b_last, b_rows = _bwd_chunk(k_base, v_base, g_base, do_base, t_c, t_r, ok_t, ok_r, kv_mask,
+                                                  ck, cv, ok_v, s_kt, s_vt, s_gt, s_gd, HQ * DV_, BG, BT, BK)
         dA = tl.where(causal, _dot(do, tl.trans(v), dt, PRECISION), 0.0)
         if tl.max(-b_last, 0) <= SAFE:  # A = (q ⊙ exp(b))(k ⊙ exp(−b))ᵀ, dk = exp(−b) ⊙ dAᵀ (q ⊙ exp(b))
             q_dec = q * tl.exp(b_rows)
