@@ -62,6 +62,10 @@ recipe_options() {  # the liger_options of a bench recipe
     window-triton) echo "$window $fused" ;;  # window 64 + 4 sinks, no state: the control of the next two
     window-pool-triton) echo "$window liger_options.global_cache_size=256 liger_options.global_cache_pool=8 $fused" ;;
     window-pool1024-triton) echo "$window liger_options.global_cache_size=1024 liger_options.global_cache_pool=8 $fused" ;;
+    # the `memory` recipe of liger/recipes.py (window 512 + 4 sinks + 512 pooled keys) and its control without the
+    # global cache (issue 14: decode at 32K <= 1.2x the same model without the mechanism)
+    window512-triton) echo "$window liger_options.window_size=512 $fused" ;;
+    memory-recipe-triton) echo "$window liger_options.window_size=512 liger_options.global_cache_size=512 liger_options.global_cache_pool=8 $fused" ;;
     *) echo "lease.sh: unknown bench recipe '$1' (skipped)" >&2; return 2 ;;
   esac
 }

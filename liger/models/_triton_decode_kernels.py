@@ -53,6 +53,22 @@ def _rope(X, offs_d, partner, sign, dmask, cos, sin):
 
 
 @triton.jit
+def _attend(q, kb, vb, ok, m_i, l_i, acc, PRECISION: tl.constexpr):
+    """One block of keys ``kb``/values ``vb`` ``[BK, BD]`` (``ok``: the visible rows) into the online softmax
+    (running max ``m_i``, sum ``l_i``, output ``acc``) of the scaled queries ``q`` ``[BGP, BD]``; a row that sees
+    no key yet keeps ``m_i`` = −inf and adds nothing."""
+    s = tl.dot(q, tl.trans(kb.to(tl.float32)), input_precision=PRECISION)
+    s = tl.where(ok[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp(m_i - m_safe)
+    p = tl.exp(s - m_safe[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p, vb.to(tl.float32), input_precision=PRECISION)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def decode_step(
     Q, K, V, QL, KL, COS, SIN, VALID, STATE, RING_K, RING_V, RING_VALID, SEEN,
     SINK_K, SINK_V, SINK_POS, SINK_VALID, REAL_SEEN, OUT,
@@ -63,8 +79,9 @@ def decode_step(
     srklb, srkll, srklh, sgkb, sgkn, sgkh, sgvb, sgvn, sgvh, sgsb, sgsn, sgsh, sgib, sgin, sgih,
     spkb, spkn, spkh, spvb, spvn, spvh, srcb, srcn, srch,
     H, L, L_MOD, S, NGLOB, scale, lin_scale, inv_norm, gamma, beta_const, linear_weight, window_weight,
-    D: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr, G: tl.constexpr, BG: tl.constexpr, BL: tl.constexpr,
-    BS: tl.constexpr, BGL: tl.constexpr, VS: tl.constexpr, FMAP: tl.constexpr, GATE: tl.constexpr,
+    D: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr, G: tl.constexpr, BG: tl.constexpr,
+    BS: tl.constexpr, BGL: tl.constexpr, BGP: tl.constexpr, BK: tl.constexpr,
+    VS: tl.constexpr, PRECISION: tl.constexpr, FMAP: tl.constexpr, GATE: tl.constexpr,
     KEY_IS_GATE: tl.constexpr, DELTA: tl.constexpr, BETA_CONST: tl.constexpr, HAS_Z: tl.constexpr,
     READOUT: tl.constexpr, HAS_REC: tl.constexpr, REC_OUT: tl.constexpr, HAS_WIN: tl.constexpr,
     HAS_SINKS: tl.constexpr, HAS_GLOBAL: tl.constexpr, HAS_RING: tl.constexpr,
@@ -109,7 +126,6 @@ def decode_step(
         glmask = offs_gl < NGLOB
         g_score = tl.load(GLOB_SCORE + b * sgsb + offs_gl * sgsn + h * sgsh, mask=glmask, other=float("-inf"))
         g_index = tl.load(GLOB_INDEX + b * sgib + offs_gl * sgin + h * sgih, mask=glmask, other=0)
-        g_ok = glmask & (g_score > float("-inf"))
         # the leaver: its raw key (the recall query), post-RoPE key and value (for the cache) and whether it competes
         if HAS_RING:
             lk_lin = tl.load(RING_KL + b * srklb + slot * srkll + h * srklh + offs_d, mask=dmask,
@@ -148,56 +164,65 @@ def decode_step(
             c_own = tl.load(RECENT + b * srcb + POOL * srcn + h * srch)  # the decided token's own error
             r_max = tl.max(recent, 0)
 
-    # ---- the window's probabilities (ring, new token, sinks, global members) for each query head of the group
+    # ---- the window's output for each query head of the group: the ring, the global cache's members (blocks of
+    # BK keys, online softmax), the sinks and the new token; [BGP, BD] products on tensor cores (rows >= G unused)
     if HAS_WIN:
-        offs_l = tl.arange(0, BL)
-        lmask = offs_l < L
-        rk = tl.load(RING_K + b * srkb + offs_l[:, None] * srkl + h * srkh + offs_d[None, :],
-                     mask=lmask[:, None] & dmask[None, :], other=0.0).to(tl.float32)
-        ring_ok = lmask & (tl.load(RING_VALID + b * s_rvalid_b + offs_l, mask=lmask, other=0) != 0)
-        p_ring = tl.zeros([BG, BL], tl.float32)
-        p_new = tl.zeros([BG], tl.float32)
-        p_sink = tl.zeros([BG, BS], tl.float32)
-        p_glob = tl.zeros([BG, BGL], tl.float32)
+        offs_gp = tl.arange(0, BGP)
+        q_all = tl.zeros([BGP, BD], tl.float32)
+        for g in range(G):
+            q_rot = _rope(Q + b * sqb + (h * G + g) * sqh, offs_d, partner, sign, dmask, cos, sin)
+            q_all = tl.where((offs_gp == g)[:, None], q_rot[None, :], q_all)
+        q_all = q_all * scale
+        m_i = tl.full([BGP], float("-inf"), tl.float32)
+        l_i = tl.zeros([BGP], tl.float32)
+        acc = tl.zeros([BGP, BD], tl.float32)
+        offs_k = tl.arange(0, BK)
+        for k0 in range(0, L, BK):
+            rows = k0 + offs_k
+            rmask = rows < L
+            ok = rmask & (tl.load(RING_VALID + b * s_rvalid_b + rows, mask=rmask, other=0) != 0)
+            kb = tl.load(RING_K + b * srkb + rows[:, None] * srkl + h * srkh + offs_d[None, :],
+                         mask=rmask[:, None] & dmask[None, :], other=0.0)
+            vb = tl.load(RING_V + b * srvb + rows[:, None] * srvl + h * srvh + offs_d[None, :],
+                         mask=rmask[:, None] & dmask[None, :], other=0.0)
+            m_i, l_i, acc = _attend(q_all, kb, vb, ok, m_i, l_i, acc, PRECISION)
+        if HAS_GLOBAL:
+            for k0 in range(0, NGLOB, BK):
+                rows = k0 + offs_k
+                rmask = rows < NGLOB
+                ok = rmask & (tl.load(GLOB_SCORE + b * sgsb + rows * sgsn + h * sgsh, mask=rmask,
+                                      other=float("-inf")) > float("-inf"))
+                kb = tl.load(GLOB_K + b * sgkb + rows[:, None] * sgkn + h * sgkh + offs_d[None, :],
+                             mask=rmask[:, None] & dmask[None, :], other=0.0)
+                vb = tl.load(GLOB_V + b * sgvb + rows[:, None] * sgvn + h * sgvh + offs_d[None, :],
+                             mask=rmask[:, None] & dmask[None, :], other=0.0)
+                m_i, l_i, acc = _attend(q_all, kb, vb, ok, m_i, l_i, acc, PRECISION)
         if HAS_SINKS:
             smask = offs_s < S
-            sk = tl.load(SINK_K + b * sskb + offs_s[:, None] * sskn + h * sskh + offs_d[None, :],
-                         mask=smask[:, None] & dmask[None, :], other=0.0).to(tl.float32)
             spos = tl.load(SINK_POS + b * s_spos_b + offs_s, mask=smask, other=0)
             sink_ok = smask & (tl.load(SINK_VALID + b * s_svalid_b + offs_s, mask=smask, other=0) != 0)
             sink_ok = sink_ok & (spos < seen - L)  # a sink inside the window is counted once, as a window key
-        if HAS_GLOBAL:
-            gk = tl.load(GLOB_K + b * sgkb + offs_gl[:, None] * sgkn + h * sgkh + offs_d[None, :],
-                         mask=glmask[:, None] & dmask[None, :], other=0.0).to(tl.float32)
-        for g in range(G):
-            q_rot = _rope(Q + b * sqb + (h * G + g) * sqh, offs_d, partner, sign, dmask, cos, sin)
-            s_ring = tl.where(ring_ok, tl.sum(rk * q_rot[None, :], 1) * scale, float("-inf"))
-            s_new = tl.where(real, tl.sum(k_rot * q_rot, 0) * scale, float("-inf"))
-            m = tl.maximum(tl.max(s_ring, 0), s_new)
-            if HAS_SINKS:
-                s_sink = tl.where(sink_ok, tl.sum(sk * q_rot[None, :], 1) * scale, float("-inf"))
-                m = tl.maximum(m, tl.max(s_sink, 0))
-            if HAS_GLOBAL:
-                s_glob = tl.where(g_ok, tl.sum(gk * q_rot[None, :], 1) * scale, float("-inf"))
-                m = tl.maximum(m, tl.max(s_glob, 0))
-            m = tl.where(m == float("-inf"), 0.0, m)
-            e_ring = tl.exp(s_ring - m)
-            e_new = tl.exp(s_new - m)
-            den = tl.sum(e_ring, 0) + e_new
-            if HAS_SINKS:
-                e_sink = tl.exp(s_sink - m)
-                den += tl.sum(e_sink, 0)
-            if HAS_GLOBAL:
-                e_glob = tl.exp(s_glob - m)
-                den += tl.sum(e_glob, 0)
-            den = tl.where(den > 0, den, 1.0)  # no visible key (a padding query): zeros
-            row = offs_g == g
-            p_ring = tl.where(row[:, None], (e_ring / den)[None, :], p_ring)
-            p_new = tl.where(row, e_new / den, p_new)
-            if HAS_SINKS:
-                p_sink = tl.where(row[:, None], (e_sink / den)[None, :], p_sink)
-            if HAS_GLOBAL:
-                p_glob = tl.where(row[:, None], (e_glob / den)[None, :], p_glob)
+            kb = tl.load(SINK_K + b * sskb + offs_s[:, None] * sskn + h * sskh + offs_d[None, :],
+                         mask=smask[:, None] & dmask[None, :], other=0.0)
+            vb = tl.load(SINK_V + b * ssvb + offs_s[:, None] * ssvn + h * ssvh + offs_d[None, :],
+                         mask=smask[:, None] & dmask[None, :], other=0.0)
+            m_i, l_i, acc = _attend(q_all, kb, vb, sink_ok, m_i, l_i, acc, PRECISION)
+        # the new token (after the keys it may not see past: padding sees nothing, and gets zeros)
+        v_tok = tl.load(V + b * svb + h * svh + offs_d, mask=dmask, other=0.0).to(tl.float32)
+        s_new = tl.where(real, tl.sum(q_all * k_rot[None, :], 1), float("-inf"))
+        m_new = tl.maximum(m_i, s_new)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp(m_i - m_safe)
+        e_new = tl.exp(s_new - m_safe)
+        l_i = l_i * alpha + e_new
+        acc = acc * alpha[:, None] + e_new[:, None] * v_tok[None, :]
+        o_win = (acc / tl.where(l_i > 0, l_i, 1.0)[:, None]).to(OUT.dtype.element_ty)  # as the PyTorch step
+        out_rows = OUT + (b * G * H + h * G + offs_gp)[:, None] * D + offs_d[None, :]
+        out_mask = (offs_gp < G)[:, None] & dmask[None, :]
+        if REC_OUT:  # the window's output in the model's dtype, mixed below column block by column block
+            tl.store(out_rows, o_win, mask=out_mask)
+        else:
+            tl.store(out_rows, (window_weight * o_win.to(tl.float32)).to(OUT.dtype.element_ty), mask=out_mask)
 
     # ---- the recurrence's inputs: feature-mapped queries of the group, key, gate, the normaliser's readout
     if HAS_REC:
@@ -250,20 +275,13 @@ def decode_step(
                 l_den = tl.maximum(tl.sum(lf * z, 0) * lin_scale, 1e-12)
             err2 = tl.sum(tl.zeros([BD], tl.float32), 0)
 
-    # ---- value side, BV columns at a time: window output, state update and readout, the mix
+    # ---- value side, BV columns at a time: state update and readout, the mix with the window's output
+    if HAS_WIN and REC_OUT:
+        tl.debug_barrier()  # (the window's output rows, written above by other threads of the program)
     for c in range(0, D, BV):
         cols = c + tl.arange(0, BV)
         cmask = cols < D
         v_new = tl.load(V + b * svb + h * svh + cols, mask=cmask, other=0.0).to(tl.float32)
-        if HAS_WIN:
-            rv = tl.load(RING_V + b * srvb + offs_l[:, None] * srvl + h * srvh + cols[None, :],
-                         mask=lmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
-            if HAS_SINKS:
-                sv = tl.load(SINK_V + b * ssvb + offs_s[:, None] * ssvn + h * ssvh + cols[None, :],
-                             mask=smask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
-            if HAS_GLOBAL:
-                gv = tl.load(GLOB_V + b * sgvb + offs_gl[:, None] * sgvn + h * sgvh + cols[None, :],
-                             mask=glmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
         if HAS_REC:
             s_off = offs_d[:, None] * VS + cols[None, :]
             s_mask = dmask[:, None] & cmask[None, :]
@@ -286,27 +304,18 @@ def decode_step(
                 if HAS_Z:
                     read = read / l_den
                 err2 += tl.sum(tl.where(cmask, (lv - read) * (lv - read), 0.0), 0)
-        for g in range(G):
-            row = offs_g == g
-            o = tl.zeros([BV], tl.float32)
-            if HAS_WIN:
-                pr = tl.sum(tl.where(row[:, None], p_ring, 0.0), 0)
-                o_win = tl.sum(pr[:, None] * rv, 0) + tl.sum(tl.where(row, p_new, 0.0), 0) * v_new
-                if HAS_SINKS:
-                    ps = tl.sum(tl.where(row[:, None], p_sink, 0.0), 0)
-                    o_win += tl.sum(ps[:, None] * sv, 0)
-                if HAS_GLOBAL:
-                    pg = tl.sum(tl.where(row[:, None], p_glob, 0.0), 0)
-                    o_win += tl.sum(pg[:, None] * gv, 0)
-                # the window's output in the model's dtype, as the PyTorch step returns it
-                o += window_weight * o_win.to(OUT.dtype.element_ty).to(tl.float32)
-            if REC_OUT:
+        if REC_OUT:
+            for g in range(G):
+                row = offs_g == g
                 qg = tl.sum(tl.where(row[:, None], qf, 0.0), 0)
-                o_rec = tl.sum(qg[:, None] * st, 0) * lin_scale
+                o = tl.sum(qg[:, None] * st, 0) * lin_scale
                 if READOUT != 0:
-                    o_rec = o_rec / tl.sum(tl.where(row, norm, 0.0), 0)
-                o += linear_weight * o_rec
-            tl.store(OUT + (b * G * H + h * G + g) * D + cols, o.to(OUT.dtype.element_ty), mask=cmask)
+                    o = o / tl.sum(tl.where(row, norm, 0.0), 0)
+                o = linear_weight * o
+                out_ptr = OUT + (b * G * H + h * G + g) * D + cols
+                if HAS_WIN:
+                    o += window_weight * tl.load(out_ptr, mask=cmask, other=0.0).to(tl.float32)
+                tl.store(out_ptr, o.to(OUT.dtype.element_ty), mask=cmask)
 
     # ---- every thread of the program has read the ring, the sinks and the global members: now the writes
     tl.debug_barrier()
@@ -326,12 +335,9 @@ def decode_step(
         worst = tl.min(tl.where(is_min & (g_index == latest), offs_gl, BGL), 0)
         replace = (tl.zeros([BGL], tl.float32) + c_score) > worst_score
         take = (offs_gl == worst) & replace & glmask
-        tl.store(GLOB_K + b * sgkb + offs_gl[:, None] * sgkn + h * sgkh + offs_d[None, :],
-                 (tl.zeros([BGL, BD], tl.float32) + c_k.to(tl.float32)[None, :]).to(GLOB_K.dtype.element_ty),
-                 mask=take[:, None] & dmask[None, :])
-        tl.store(GLOB_V + b * sgvb + offs_gl[:, None] * sgvn + h * sgvh + offs_d[None, :],
-                 (tl.zeros([BGL, BD], tl.float32) + c_v.to(tl.float32)[None, :]).to(GLOB_V.dtype.element_ty),
-                 mask=take[:, None] & dmask[None, :])
+        take_row = dmask & ((tl.zeros([BD], tl.float32) + c_score) > worst_score) & ((offs_d * 0 + worst) < NGLOB)
+        tl.store(GLOB_K + b * sgkb + worst * sgkn + h * sgkh + offs_d, c_k.to(GLOB_K.dtype.element_ty), mask=take_row)
+        tl.store(GLOB_V + b * sgvb + worst * sgvn + h * sgvh + offs_d, c_v.to(GLOB_V.dtype.element_ty), mask=take_row)
         tl.store(GLOB_SCORE + b * sgsb + offs_gl * sgsn + h * sgsh, tl.zeros([BGL], tl.float32) + c_score,
                  mask=take)
         tl.store(GLOB_INDEX + b * sgib + offs_gl * sgin + h * sgih, tl.zeros([BGL], tl.int64) + c_index,

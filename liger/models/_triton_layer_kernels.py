@@ -71,12 +71,15 @@ def _tile(X, W, BIAS, M, N, K, s_xm, s_wn, pid_m, pid_n, HAS_BIAS: tl.constexpr,
 
 @triton.jit
 def linear3(X, W0, W1, W2, B0, B1, B2, O0, O1, O2, M, K, N0, N1, N2, s_xm, s_w0, s_w1, s_w2, s_o0, s_o1, s_o2,
-            P0, P1, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+            M_KEY, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
             BK: tl.constexpr):
     """Three linears of one input (q/k/v), one launch: programs ``[0, P0)`` compute ``x @ W0.T``, ``[P0, P0+P1)``
-    ``x @ W1.T``, the rest ``x @ W2.T``, each rounded once to its output's dtype (as ``F.linear``)."""
+    ``x @ W1.T``, the rest ``x @ W2.T`` (``Pi = ⌈Ni / BN⌉``), each rounded once to its output's dtype (as
+    ``F.linear``). ``M_KEY``: the row count's bucket, for the autotuner's key only."""
     pid = tl.program_id(0)
     pid_m = tl.program_id(1)
+    P0 = tl.cdiv(N0, BN)
+    P1 = tl.cdiv(N1, BN)
     if pid < P0:
         acc, offs_m, offs_n = _tile(X, W0, B0, M, N0, K, s_xm, s_w0, pid_m, pid, HAS_BIAS, PRECISION, BM, BN, BK)
         tl.store(O0 + offs_m[:, None] * s_o0 + offs_n[None, :], acc.to(O0.dtype.element_ty),
@@ -94,7 +97,7 @@ def linear3(X, W0, W1, W2, B0, B1, B2, O0, O1, O2, M, K, N0, N1, N2, s_xm, s_w0,
 
 
 @triton.jit
-def gate_up_silu(X, WG, WU, BG, BU, OUT, M, K, N, s_xm, s_wg, s_wu, s_o, HAS_BIAS: tl.constexpr,
+def gate_up_silu(X, WG, WU, BG, BU, OUT, M, K, N, s_xm, s_wg, s_wu, s_o, M_KEY, HAS_BIAS: tl.constexpr,
                  PRECISION: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     """The MLP's ``silu(x @ Wg.T) * (x @ Wu.T)``, one launch: both products rounded to the output's dtype, the SiLU
     rounded before the product (as ``act_fn(gate_proj(x)) * up_proj(x)``)."""
@@ -106,3 +109,17 @@ def gate_up_silu(X, WG, WU, BG, BU, OUT, M, K, N, s_xm, s_wg, s_wu, s_o, HAS_BIA
     tl.store(OUT + offs_m[:, None] * s_o + offs_n[None, :],
              _silu_times(g.to(dt).to(tl.float32), u.to(dt).to(tl.float32), dt),
              mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+
+
+def _tile_configs():
+    """The projection kernels' tile sizes and schedules, timed by Triton's autotuner on the first call of each
+    shape (outside any CUDA graph: the decoders warm up first): 16 token rows (``tl.dot``'s least), 16 to 64
+    output columns a program, 64 or 128 of the reduction a step — at decode batch sizes the kernels are bound by
+    reading the weights once, so the best split of the columns over the GPU's SMs depends on the GPU."""
+    return [triton.Config(dict(BM=16, BN=bn, BK=bk), num_warps=w, num_stages=st)
+            for bn in (16, 32, 64) for bk in (64, 128) for w, st in ((4, 3), (4, 4), (2, 4))]
+
+
+# the autotuned launchers (on a GPU; Triton's CPU interpreter takes the plain kernels with one tile size)
+linear3_tuned = triton.autotune(_tile_configs(), key=["M_KEY", "N0", "N1", "N2", "K"])(linear3)
+gate_up_silu_tuned = triton.autotune(_tile_configs(), key=["M_KEY", "N", "K"])(gate_up_silu)

@@ -66,6 +66,9 @@ __all__ = ["fused_decode_step", "unsupported_reason"]
 _GATES = {GLA: 0, HGRN2: 1, RWKV6: 2, Mamba2: 3, GatedRetention: 4, MLSTM: 4}
 _FEATURE_MAPS = ("softmax", "relu", "elu_plus_one", "identity")
 _READOUTS = {"none": 0, "sum": 1, "mlstm": 2}
+KEY_BLOCK = 4096
+"""Elements of one block of window / global-cache keys (``[keys, head dim]``, at least 16 keys): the window's
+online softmax walks the ring and the cache in blocks of ``KEY_BLOCK // head_dim`` keys."""
 
 
 def _kernels():
@@ -157,7 +160,9 @@ def fused_decode_step(spec, q, k, v, q_lin, k_lin, cos, sin, valid, buffers) -> 
     has_win = spec.window_weight != 0
     delta = has_rec and type(r) is GatedDeltaNet
     q, k, v, q_lin, k_lin, cos, sin = (_rows(x) for x in (q, k, v, q_lin, k_lin, cos, sin))
-    out = torch.empty(B, 1, HQ, D, dtype=q.dtype, device=q.device)
+    # (a layer with both branches weighted 0 outputs zeros; the kernel writes nothing then)
+    alloc = torch.empty if has_win or (has_rec and spec.linear_weight != 0) else torch.zeros
+    out = alloc(B, 1, HQ, D, dtype=q.dtype, device=q.device)
     valid8 = valid.to(torch.bool).contiguous().view(torch.uint8)
     ring_valid8 = b.ring_valid.view(torch.uint8)
     state = b.state[0] if has_rec else out  # (a placeholder pointer when the state is not stepped)
@@ -201,8 +206,10 @@ def fused_decode_step(spec, q, k, v, q_lin, k_lin, cos, sin, valid, buffers) -> 
         *global_strides, *pool_strides,
         H, L, max(L, 1), S, NG, float(spec.scaling), float(r.scale), 1.0 / float(r.normalizer),
         float(r.lower_bound), float(strength or 0.0), float(spec.linear_weight), float(spec.window_weight),
-        D=D, BD=BD, BV=BV, G=G, BG=max(2, next_power_of_2(G)), BL=max(2, next_power_of_2(L)),
-        BS=max(2, next_power_of_2(S)), BGL=max(2, next_power_of_2(NG)), VS=VS, FMAP=fmap,
+        D=D, BD=BD, BV=BV, G=G, BG=max(2, next_power_of_2(G)), BGP=max(16, next_power_of_2(G)),
+        BK=max(16, min(KEY_BLOCK // BD, next_power_of_2(max(L, NG)))),
+        PRECISION="ieee" if b.ring_k.dtype == torch.float32 else "tf32",
+        BS=max(16, next_power_of_2(S)), BGL=max(2, next_power_of_2(NG)), VS=VS, FMAP=fmap,
         GATE=gate, KEY_IS_GATE=has_rec and type(r) is HGRN2, DELTA=delta, BETA_CONST=strength is not None,
         HAS_Z=has_rec and VS > D, READOUT=readout, HAS_REC=has_rec, REC_OUT=has_rec and spec.linear_weight != 0,
         HAS_WIN=has_win, HAS_SINKS=S > 0, HAS_GLOBAL=NG > 0, HAS_RING=L > 0, POOL=P,

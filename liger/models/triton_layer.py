@@ -55,9 +55,10 @@ ones cuBLAS (a GEMM is then no longer bound by its launch)."""
 
 def _kernels():
     # (a `from .module import` line: transformers copies the modules named so into saved checkpoints)
-    from ._triton_layer_kernels import add_rms_norm, gate_up_silu, linear3, silu_mul
+    from ._triton_layer_kernels import add_rms_norm, gate_up_silu, gate_up_silu_tuned, linear3, linear3_tuned, silu_mul
 
-    return SimpleNamespace(add_rms_norm=add_rms_norm, silu_mul=silu_mul, linear3=linear3, gate_up_silu=gate_up_silu)
+    return SimpleNamespace(add_rms_norm=add_rms_norm, silu_mul=silu_mul, linear3=linear3, gate_up_silu=gate_up_silu,
+                           linear3_tuned=linear3_tuned, gate_up_silu_tuned=gate_up_silu_tuned)
 
 
 def _is_silu(act) -> bool:
@@ -157,11 +158,17 @@ def fusable_linears(x: torch.Tensor, *modules) -> bool:
                                     and m.weight.is_contiguous() for m in modules)
 
 
-def _blocks(x: torch.Tensor, n_total: int):
-    """Tile sizes of the projection kernels: 16 token rows (tl.dot's least), output columns so that about 128
-    programs share the weights' columns (the kernels are bound by reading the weights once)."""
-    return dict(BM=16, BN=min(64, max(16, next_power_of_2(max(1, n_total // 128)))), BK=64,
-                PRECISION="ieee" if x.dtype == torch.float32 else "tf32", num_warps=4)
+def _launch(kernel: str, x: torch.Tensor, n_total: int, M: int):
+    """The projection kernel ``kernel`` and its meta-parameters: on a GPU the autotuned launcher (tile sizes
+    timed on the first call of each shape; the row count enters its key in powers of two), in Triton's CPU
+    interpreter the plain kernel with 16 token rows and output columns so that about 128 programs share the
+    weights' columns."""
+    k = _kernels()
+    meta = dict(PRECISION="ieee" if x.dtype == torch.float32 else "tf32", M_KEY=next_power_of_2(max(1, M)))
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        tiles = dict(BM=16, BN=min(64, max(16, next_power_of_2(max(1, n_total // 128)))), BK=64, num_warps=4)
+        return getattr(k, kernel), {**meta, **tiles}
+    return getattr(k, kernel + "_tuned"), meta
 
 
 def linear3(x: torch.Tensor, m0, m1, m2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -170,13 +177,13 @@ def linear3(x: torch.Tensor, m0, m1, m2) -> tuple[torch.Tensor, torch.Tensor, to
     M, K = x2.shape
     outs = [torch.empty(M, m.out_features, dtype=x.dtype, device=x.device) for m in (m0, m1, m2)]
     N = [m.out_features for m in (m0, m1, m2)]
-    meta = _blocks(x, sum(N))
-    P = [-(-n // meta["BN"]) for n in N]
+    kernel, meta = _launch("linear3", x, sum(N), M)
     has_bias = m0.bias is not None
     bias = [m.bias if has_bias else m.weight for m in (m0, m1, m2)]
-    _kernels().linear3[(sum(P), -(-M // meta["BM"]))](
+    grid = lambda META: (sum(-(-n // META["BN"]) for n in N), -(-M // META["BM"]))  # noqa: E731
+    kernel[grid](
         x2, m0.weight, m1.weight, m2.weight, *bias, *outs, M, K, *N, x2.stride(0),
-        m0.weight.stride(0), m1.weight.stride(0), m2.weight.stride(0), *(o.stride(0) for o in outs), P[0], P[1],
+        m0.weight.stride(0), m1.weight.stride(0), m2.weight.stride(0), *(o.stride(0) for o in outs),
         HAS_BIAS=has_bias, **meta)
     return tuple(o.view(*x.shape[:-1], o.shape[-1]) for o in outs)
 
@@ -187,9 +194,10 @@ def gate_up_silu(x: torch.Tensor, gate, up) -> torch.Tensor:
     M, K = x2.shape
     N = gate.out_features
     out = torch.empty(M, N, dtype=x.dtype, device=x.device)
-    meta = _blocks(x, 2 * N)
+    kernel, meta = _launch("gate_up_silu", x, 2 * N, M)
     has_bias = gate.bias is not None
-    _kernels().gate_up_silu[(-(-N // meta["BN"]), -(-M // meta["BM"]))](
+    grid = lambda META: (-(-N // META["BN"]), -(-M // META["BM"]))  # noqa: E731
+    kernel[grid](
         x2, gate.weight, up.weight, gate.bias if has_bias else gate.weight, up.bias if has_bias else up.weight,
         out, M, K, N, x2.stride(0), gate.weight.stride(0), up.weight.stride(0), out.stride(0), HAS_BIAS=has_bias,
         **meta)

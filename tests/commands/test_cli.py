@@ -52,11 +52,11 @@ def test_convert_with_the_memory_recipe(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "global cache 16 (pool 8)" in out and "window-only" in out, out
     c = AutoModelForCausalLM.from_pretrained(tmp_path / "out").config
-    assert (c.linear_weight, c.window_weight, c.num_sink_tokens, c.global_cache_size, c.global_cache_pool) == (
-        0.0, 1.0, 4, 16, 8)
+    assert (c.linear_weight, c.window_weight, c.window_size, c.num_sink_tokens, c.global_cache_size,
+            c.global_cache_pool) == (0.0, 1.0, 512, 4, 16, 8)
     # the library call takes the same recipe; an unknown one is a ValueError naming the choices
     model = liger.convert(tiny_teacher("llama"), recipe="memory")
-    assert (model.config.global_cache_size, model.config.linear_weight) == (1024, 0.0)
+    assert (model.config.global_cache_size, model.config.window_size, model.config.linear_weight) == (512, 512, 0.0)
     assert liger.convert(tiny_teacher("llama"), recipe="paper").config.global_cache_size == 0
     with pytest.raises(ValueError, match="paper, memory"):
         liger.convert(tiny_teacher("llama"), recipe="fast")

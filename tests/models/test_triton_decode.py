@@ -89,7 +89,8 @@ STEP = HELPERS + textwrap.dedent('''
     # decoding; the gated delta rule (β from the key, a constant β); the global cache with and without the recurrent
     # branch's output, with sinks (one leaves the window and must not compete), a ring not yet full (invalid
     # leavers), a window of 1 (the new token leaves at once; in the second sequence it becomes a sink first);
-    # global_cache_pool P = 1, 2, 3 (the pending tokens shift through within the steps; with a window of 1 and sinks)
+    # global_cache_pool P = 1, 2, 3 (the pending tokens shift through within the steps; with a window of 1 and sinks);
+    # rings and global caches of several blocks of keys
     cases = [
         (2, 4, 2, 16, 8, 0, 20, (0, 3), {}, 0.5, 0.5, 3, 0),
         (3, 6, 2, 24, 64, 2, 10, (0, 4, 10), {}, 0.5, 0.5, 3, 0),
@@ -117,9 +118,14 @@ STEP = HELPERS + textwrap.dedent('''
          5, 3),
         (2, 4, 2, 16, 1, 2, 3, (0, 3), dict(global_cache_size=1, global_cache_pool=2, variant="gated_deltanet"), 0.5,
          0.5, 4, 2),
+        # rings and caches of several key blocks (16 keys a block on odd cases): the memory recipe's shape, small
+        (2, 4, 2, 16, 40, 2, 60, (0, 7), dict(global_cache_size=1, global_cache_pool=2), 0.0, 1.0, 3, 40),
+        (2, 6, 2, 16, 40, 0, 60, (0, 7), dict(global_cache_size=1), 0.5, 0.5, 3, 20),
     ]
     expected_calls = 0
+    from liger.models import triton_decode
     for i, (B, HQ, H, D, W, S, T, pads, opts, lw, ww, steps, NG) in enumerate(cases):
+        triton_decode.KEY_BLOCK = 256 if i % 2 else 4096  # the window's online softmax over one block or several
         opts = dict(opts)
         P = opts.pop("global_cache_pool", 0)
         rec = recurrence(**opts)
