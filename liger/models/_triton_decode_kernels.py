@@ -73,6 +73,7 @@ def decode_step(
     Q, K, V, QL, KL, COS, SIN, VALID, STATE, RING_K, RING_V, RING_VALID, SEEN,
     SINK_K, SINK_V, SINK_POS, SINK_VALID, REAL_SEEN, OUT,
     RING_KL, GLOB_K, GLOB_V, GLOB_SCORE, GLOB_INDEX, PEND_K, PEND_V, RECENT,
+    PART_M, PART_L, PART_ACC, REC, ERR, COUNT,
     sqb, sqh, skb, skh, svb, svh, sqlb, sqlh, sklb, sklh, scb,
     srkb, srkl, srkh, srvb, srvl, srvh, s_rvalid_b,
     sskb, sskn, sskh, ssvb, ssvn, ssvh, s_spos_b, s_svalid_b,
@@ -85,7 +86,7 @@ def decode_step(
     KEY_IS_GATE: tl.constexpr, DELTA: tl.constexpr, BETA_CONST: tl.constexpr, HAS_Z: tl.constexpr,
     READOUT: tl.constexpr, HAS_REC: tl.constexpr, REC_OUT: tl.constexpr, HAS_WIN: tl.constexpr,
     HAS_SINKS: tl.constexpr, HAS_GLOBAL: tl.constexpr, HAS_RING: tl.constexpr,
-    POOL: tl.constexpr, BP: tl.constexpr, B2P: tl.constexpr,
+    POOL: tl.constexpr, BP: tl.constexpr, B2P: tl.constexpr, NSPLIT: tl.constexpr, BVS: tl.constexpr,
 ):
     """Log-decay GATE: 0 logsigmoid(k)/n per channel (GLA; HGRN2 with γ = 0), 1 log(γ + (1−γ)σ(k))/n per channel
     (HGRN2), 2 −exp(min(k, 10))/n per channel (RWKV6), 3 −softplus(mean k)/n (Mamba2), 4 logsigmoid(mean k)/n
@@ -103,6 +104,7 @@ def decode_step(
     ``seen − L − P``) is merged, scored by the largest of the 2P + 1 errors, or −inf when its own (recent[P]) is
     −inf (``pooled_scores``)."""
     pid = tl.program_id(0)
+    j = tl.program_id(1)  # this program's share: key blocks j, j + NSPLIT, ...; state columns [j·BVS, (j+1)·BVS)
     b = pid // H
     h = pid % H
     offs_d = tl.arange(0, BD)
@@ -111,6 +113,7 @@ def decode_step(
     partner = tl.where(offs_d < D2, offs_d + D2, offs_d - D2)
     sign = tl.where(offs_d < D2, -1.0, 1.0)
     offs_g = tl.arange(0, BG)
+    offs_gp = tl.arange(0, BGP)
     seen = tl.load(SEEN)
     real = tl.load(VALID + b) != 0
     cos = tl.load(COS + b * scb + offs_d, mask=dmask, other=0.0).to(tl.float32)
@@ -119,55 +122,12 @@ def decode_step(
     slot = seen % L_MOD
     offs_s = tl.arange(0, BS)
     sink_at = tl.load(REAL_SEEN + b)  # the sink slot the new token takes (when < S and the token is real)
+    first = j == 0
 
-    # ---- the global cache's members (read before this program's merge writes them)
-    if HAS_GLOBAL:
-        offs_gl = tl.arange(0, BGL)
-        glmask = offs_gl < NGLOB
-        g_score = tl.load(GLOB_SCORE + b * sgsb + offs_gl * sgsn + h * sgsh, mask=glmask, other=float("-inf"))
-        g_index = tl.load(GLOB_INDEX + b * sgib + offs_gl * sgin + h * sgih, mask=glmask, other=0)
-        # the leaver: its raw key (the recall query), post-RoPE key and value (for the cache) and whether it competes
-        if HAS_RING:
-            lk_lin = tl.load(RING_KL + b * srklb + slot * srkll + h * srklh + offs_d, mask=dmask,
-                             other=0.0).to(tl.float32)
-            lk_row = tl.load(RING_K + b * srkb + slot * srkl + h * srkh + offs_d, mask=dmask, other=0.0)
-            lv_row = tl.load(RING_V + b * srvb + slot * srvl + h * srvh + offs_d, mask=dmask, other=0.0)
-            l_ok = tl.load(RING_VALID + b * s_rvalid_b + slot) != 0
-        else:  # a window of 1: the new token leaves at once
-            lk_lin = tl.load(KL + b * sklb + h * sklh + offs_d, mask=dmask, other=0.0).to(tl.float32)
-            lk_row = k_rot
-            lv_row = tl.load(V + b * svb + h * svh + offs_d, mask=dmask, other=0.0)
-            l_ok = real
-            if HAS_SINKS:  # nor when it becomes a sink on this step
-                l_ok = l_ok & (sink_at >= S)
-        l_index = seen - L
-        if HAS_SINKS:  # a sink never competes
-            smask_l = offs_s < S
-            spos_l = tl.load(SINK_POS + b * s_spos_b + offs_s, mask=smask_l, other=0)
-            sval_l = tl.load(SINK_VALID + b * s_svalid_b + offs_s, mask=smask_l, other=0) != 0
-            is_sink = tl.sum((smask_l & sval_l & (spos_l == l_index)).to(tl.int32), 0) > 0
-            l_ok = l_ok & (is_sink == 0)
-        if POOL > 0:  # the pending token decided now (row 0), the rows and errors that move down one place
-            offs_p = tl.arange(0, BP)
-            nxt_p = (offs_p + 1 < POOL)[:, None] & dmask[None, :]
-            c_k = tl.load(PEND_K + b * spkb + h * spkh + offs_d, mask=dmask, other=0.0)
-            c_v = tl.load(PEND_V + b * spvb + h * spvh + offs_d, mask=dmask, other=0.0)
-            pk_next = tl.load(PEND_K + b * spkb + (offs_p + 1)[:, None] * spkn + h * spkh + offs_d[None, :],
-                              mask=nxt_p, other=0.0)
-            pv_next = tl.load(PEND_V + b * spvb + (offs_p + 1)[:, None] * spvn + h * spvh + offs_d[None, :],
-                              mask=nxt_p, other=0.0)
-            offs_r = tl.arange(0, B2P)
-            recent = tl.load(RECENT + b * srcb + offs_r * srcn + h * srch, mask=offs_r < 2 * POOL,
-                             other=float("-inf"))
-            r_next = tl.load(RECENT + b * srcb + (offs_r + 1) * srcn + h * srch, mask=offs_r + 1 < 2 * POOL,
-                             other=float("-inf"))
-            c_own = tl.load(RECENT + b * srcb + POOL * srcn + h * srch)  # the decided token's own error
-            r_max = tl.max(recent, 0)
-
-    # ---- the window's output for each query head of the group: the ring, the global cache's members (blocks of
-    # BK keys, online softmax), the sinks and the new token; [BGP, BD] products on tensor cores (rows >= G unused)
+    # ---- the window's output for each query head of the group, this program's blocks of the ring and the global
+    # cache's members (BK keys a block, online softmax), program 0 the sinks and the new token too; [BGP, BD]
+    # products on tensor cores (rows >= G unused)
     if HAS_WIN:
-        offs_gp = tl.arange(0, BGP)
         q_all = tl.zeros([BGP, BD], tl.float32)
         for g in range(G):
             q_rot = _rope(Q + b * sqb + (h * G + g) * sqh, offs_d, partner, sign, dmask, cos, sin)
@@ -177,7 +137,7 @@ def decode_step(
         l_i = tl.zeros([BGP], tl.float32)
         acc = tl.zeros([BGP, BD], tl.float32)
         offs_k = tl.arange(0, BK)
-        for k0 in range(0, L, BK):
+        for k0 in range(j * BK, L, NSPLIT * BK):
             rows = k0 + offs_k
             rmask = rows < L
             ok = rmask & (tl.load(RING_VALID + b * s_rvalid_b + rows, mask=rmask, other=0) != 0)
@@ -187,7 +147,7 @@ def decode_step(
                          mask=rmask[:, None] & dmask[None, :], other=0.0)
             m_i, l_i, acc = _attend(q_all, kb, vb, ok, m_i, l_i, acc, PRECISION)
         if HAS_GLOBAL:
-            for k0 in range(0, NGLOB, BK):
+            for k0 in range(j * BK, NGLOB, NSPLIT * BK):
                 rows = k0 + offs_k
                 rmask = rows < NGLOB
                 ok = rmask & (tl.load(GLOB_SCORE + b * sgsb + rows * sgsn + h * sgsh, mask=rmask,
@@ -201,32 +161,32 @@ def decode_step(
             smask = offs_s < S
             spos = tl.load(SINK_POS + b * s_spos_b + offs_s, mask=smask, other=0)
             sink_ok = smask & (tl.load(SINK_VALID + b * s_svalid_b + offs_s, mask=smask, other=0) != 0)
-            sink_ok = sink_ok & (spos < seen - L)  # a sink inside the window is counted once, as a window key
+            sink_ok = sink_ok & (spos < seen - L) & first  # a sink inside the window counts once, as a window key
             kb = tl.load(SINK_K + b * sskb + offs_s[:, None] * sskn + h * sskh + offs_d[None, :],
                          mask=smask[:, None] & dmask[None, :], other=0.0)
             vb = tl.load(SINK_V + b * ssvb + offs_s[:, None] * ssvn + h * ssvh + offs_d[None, :],
                          mask=smask[:, None] & dmask[None, :], other=0.0)
             m_i, l_i, acc = _attend(q_all, kb, vb, sink_ok, m_i, l_i, acc, PRECISION)
-        # the new token (after the keys it may not see past: padding sees nothing, and gets zeros)
+        # the new token (padding sees no key and gets zeros)
         v_tok = tl.load(V + b * svb + h * svh + offs_d, mask=dmask, other=0.0).to(tl.float32)
-        s_new = tl.where(real, tl.sum(q_all * k_rot[None, :], 1), float("-inf"))
+        s_new = tl.where(real & first, tl.sum(q_all * k_rot[None, :], 1), float("-inf"))
         m_new = tl.maximum(m_i, s_new)
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.exp(m_i - m_safe)
         e_new = tl.exp(s_new - m_safe)
         l_i = l_i * alpha + e_new
         acc = acc * alpha[:, None] + e_new[:, None] * v_tok[None, :]
-        o_win = (acc / tl.where(l_i > 0, l_i, 1.0)[:, None]).to(OUT.dtype.element_ty)  # as the PyTorch step
-        out_rows = OUT + (b * G * H + h * G + offs_gp)[:, None] * D + offs_d[None, :]
-        out_mask = (offs_gp < G)[:, None] & dmask[None, :]
-        if REC_OUT:  # the window's output in the model's dtype, mixed below column block by column block
-            tl.store(out_rows, o_win, mask=out_mask)
-        else:
-            tl.store(out_rows, (window_weight * o_win.to(tl.float32)).to(OUT.dtype.element_ty), mask=out_mask)
+        m_i = m_new
+        if NSPLIT > 1:  # this program's part, combined by the last program of the (sequence, KV head) to arrive
+            part = pid * NSPLIT + j
+            tl.store(PART_M + part * BGP + offs_gp, m_i)
+            tl.store(PART_L + part * BGP + offs_gp, l_i)
+            tl.store(PART_ACC + (part * BGP + offs_gp)[:, None] * BD + offs_d[None, :], acc)
 
-    # ---- the recurrence's inputs: feature-mapped queries of the group, key, gate, the normaliser's readout
+    # ---- the recurrence: feature-mapped queries of the group, key, gate, the normaliser; then this program's
+    # state columns, BV at a time: update, readout (into REC, float32), the leaver's recall error
     if HAS_REC:
-        state = STATE + (b * H + h) * D * VS
+        state = STATE + pid * D * VS
         kl = tl.load(KL + b * sklb + h * sklh + offs_d, mask=dmask, other=0.0).to(tl.float32)
         if GATE >= 3:
             x = tl.sum(kl, 0) / D
@@ -258,10 +218,9 @@ def decode_step(
             for g in range(G):
                 ql = tl.load(QL + b * sqlb + (h * G + g) * sqlh + offs_d, mask=dmask, other=0.0).to(tl.float32)
                 qf = tl.where((offs_g == g)[:, None], _feature_map(ql, dmask, FMAP)[None, :], qf)
-        if HAS_Z:  # the normaliser z rides as column D: z ← α z + φ(k)
+        if HAS_Z:  # the normaliser z rides as column D: z ← α z + φ(k) (written by the last program to arrive)
             z = tl.load(state + offs_d * VS + D, mask=dmask, other=0.0)
             z = z * decay + kf
-            tl.store(state + offs_d * VS + D, z, mask=dmask)
             if REC_OUT:
                 if READOUT != 0:
                     norm = tl.sum(qf * z[None, :], 1) * lin_scale  # [BG]
@@ -270,19 +229,19 @@ def decode_step(
                     else:
                         norm = tl.maximum(tl.abs(norm), 1.0)
         if HAS_GLOBAL:  # the leaver's recall query φ(k) (k̂ for the delta rule), and its normaliser φ(k)·z
+            if HAS_RING:
+                lk_lin = tl.load(RING_KL + b * srklb + slot * srkll + h * srklh + offs_d, mask=dmask,
+                                 other=0.0).to(tl.float32)
+            else:  # a window of 1: the new token leaves at once
+                lk_lin = kl
             lf = _feature_map(lk_lin, dmask, FMAP)
             if HAS_Z:
                 l_den = tl.maximum(tl.sum(lf * z, 0) * lin_scale, 1e-12)
             err2 = tl.sum(tl.zeros([BD], tl.float32), 0)
-
-    # ---- value side, BV columns at a time: state update and readout, the mix with the window's output
-    if HAS_WIN and REC_OUT:
-        tl.debug_barrier()  # (the window's output rows, written above by other threads of the program)
-    for c in range(0, D, BV):
-        cols = c + tl.arange(0, BV)
-        cmask = cols < D
-        v_new = tl.load(V + b * svb + h * svh + cols, mask=cmask, other=0.0).to(tl.float32)
-        if HAS_REC:
+        for c in range(j * BVS, j * BVS + BVS, BV):
+            cols = c + tl.arange(0, BV)
+            cmask = cols < D
+            v_new = tl.load(V + b * svb + h * svh + cols, mask=cmask, other=0.0).to(tl.float32)
             s_off = offs_d[:, None] * VS + cols[None, :]
             s_mask = dmask[:, None] & cmask[None, :]
             st = tl.load(state + s_off, mask=s_mask, other=0.0)
@@ -304,70 +263,156 @@ def decode_step(
                 if HAS_Z:
                     read = read / l_den
                 err2 += tl.sum(tl.where(cmask, (lv - read) * (lv - read), 0.0), 0)
-        if REC_OUT:
-            for g in range(G):
-                row = offs_g == g
-                qg = tl.sum(tl.where(row[:, None], qf, 0.0), 0)
-                o = tl.sum(qg[:, None] * st, 0) * lin_scale
-                if READOUT != 0:
-                    o = o / tl.sum(tl.where(row, norm, 0.0), 0)
-                o = linear_weight * o
-                out_ptr = OUT + (b * G * H + h * G + g) * D + cols
-                if HAS_WIN:
-                    o += window_weight * tl.load(out_ptr, mask=cmask, other=0.0).to(tl.float32)
-                tl.store(out_ptr, o.to(OUT.dtype.element_ty), mask=cmask)
+            if REC_OUT:
+                for g in range(G):
+                    row = offs_g == g
+                    qg = tl.sum(tl.where(row[:, None], qf, 0.0), 0)
+                    o_rec = tl.sum(qg[:, None] * st, 0) * lin_scale
+                    if READOUT != 0:
+                        o_rec = o_rec / tl.sum(tl.where(row, norm, 0.0), 0)
+                    tl.store(REC + (pid * BGP + g) * BD + cols, o_rec, mask=cmask)
+        if HAS_GLOBAL:
+            if NSPLIT > 1:
+                tl.atomic_add(ERR + pid, err2)
 
-    # ---- every thread of the program has read the ring, the sinks and the global members: now the writes
+    # ---- every thread of every program of this (sequence, KV head) has read the ring, the sinks, the global
+    # members and z: the last program to arrive combines the parts, mixes, merges and writes
     tl.debug_barrier()
-    if HAS_GLOBAL:
-        # merge_leaver_: the worst member (lowest score; among equal scores the latest token, then the first
-        # slot) is replaced when the candidate's score beats it (strictly: on a tie the member stays); the
-        # candidate is the leaver, or with a pool the oldest pending token scored by pooled_scores
-        l_score = tl.where(l_ok, tl.sqrt(err2), float("-inf"))
-        if POOL > 0:
-            c_score = tl.where(c_own > float("-inf"), tl.maximum(r_max, l_score), float("-inf"))
-            c_index = l_index - POOL
-        else:
-            c_k, c_v, c_score, c_index = lk_row, lv_row, l_score, l_index
-        worst_score = tl.min(tl.where(glmask, g_score, float("inf")), 0)
-        is_min = glmask & (g_score == worst_score)
-        latest = tl.max(tl.where(is_min, g_index, -(2 ** 62)), 0)
-        worst = tl.min(tl.where(is_min & (g_index == latest), offs_gl, BGL), 0)
-        replace = (tl.zeros([BGL], tl.float32) + c_score) > worst_score
-        take = (offs_gl == worst) & replace & glmask
-        take_row = dmask & ((tl.zeros([BD], tl.float32) + c_score) > worst_score) & ((offs_d * 0 + worst) < NGLOB)
-        tl.store(GLOB_K + b * sgkb + worst * sgkn + h * sgkh + offs_d, c_k.to(GLOB_K.dtype.element_ty), mask=take_row)
-        tl.store(GLOB_V + b * sgvb + worst * sgvn + h * sgvh + offs_d, c_v.to(GLOB_V.dtype.element_ty), mask=take_row)
-        tl.store(GLOB_SCORE + b * sgsb + offs_gl * sgsn + h * sgsh, tl.zeros([BGL], tl.float32) + c_score,
-                 mask=take)
-        tl.store(GLOB_INDEX + b * sgib + offs_gl * sgin + h * sgih, tl.zeros([BGL], tl.int64) + c_index,
-                 mask=take)
-        if POOL > 0:  # the pending tokens and recent errors move down one place; the leaver and its error last
-            last_p = (offs_p == POOL - 1)[:, None]
-            p_mask = (offs_p < POOL)[:, None] & dmask[None, :]
-            tl.store(PEND_K + b * spkb + offs_p[:, None] * spkn + h * spkh + offs_d[None, :],
-                     tl.where(last_p, lk_row.to(tl.float32)[None, :], pk_next.to(tl.float32)).to(
-                         PEND_K.dtype.element_ty), mask=p_mask)
-            tl.store(PEND_V + b * spvb + offs_p[:, None] * spvn + h * spvh + offs_d[None, :],
-                     tl.where(last_p, lv_row.to(tl.float32)[None, :], pv_next.to(tl.float32)).to(
-                         PEND_V.dtype.element_ty), mask=p_mask)
-            tl.store(RECENT + b * srcb + offs_r * srcn + h * srch,
-                     tl.where(offs_r == 2 * POOL - 1, l_score, r_next), mask=offs_r < 2 * POOL)
-    # the new token into its ring slot and, while the sequence has fewer than S real tokens, a sink slot
-    v_row = tl.load(V + b * svb + h * svh + offs_d, mask=dmask, other=0.0)
-    if HAS_RING:
-        tl.store(RING_K + b * srkb + slot * srkl + h * srkh + offs_d, k_rot.to(RING_K.dtype.element_ty), mask=dmask)
-        tl.store(RING_V + b * srvb + slot * srvl + h * srvh + offs_d, v_row.to(RING_V.dtype.element_ty), mask=dmask)
-        if HAS_GLOBAL:  # and its raw key, the recall query when it leaves
-            kl_row = tl.load(KL + b * sklb + h * sklh + offs_d, mask=dmask, other=0.0)
-            tl.store(RING_KL + b * srklb + slot * srkll + h * srklh + offs_d, kl_row.to(RING_KL.dtype.element_ty),
+    if NSPLIT > 1:
+        last = tl.atomic_add(COUNT + pid, 1) == NSPLIT - 1  # (acq_rel: the others' parts are visible to it)
+        tl.debug_barrier()
+    else:
+        last = pid >= 0
+    if last:
+        if NSPLIT > 1:
+            tl.store(COUNT + pid, 0)  # (for the next call)
+        out_rows = OUT + (b * G * H + h * G + offs_gp)[:, None] * D + offs_d[None, :]
+        out_mask = (offs_gp < G)[:, None] & dmask[None, :]
+        o = tl.zeros([BGP, BD], tl.float32)
+        if HAS_WIN:
+            if NSPLIT > 1:
+                m_all = tl.full([BGP], float("-inf"), tl.float32)
+                for jj in tl.static_range(NSPLIT):
+                    m_all = tl.maximum(m_all, tl.load(PART_M + (pid * NSPLIT + jj) * BGP + offs_gp,
+                                                      cache_modifier=".cg"))
+                m_all = tl.where(m_all == float("-inf"), 0.0, m_all)
+                l_all = tl.zeros([BGP], tl.float32)
+                acc_all = tl.zeros([BGP, BD], tl.float32)
+                for jj in tl.static_range(NSPLIT):
+                    part = pid * NSPLIT + jj
+                    w = tl.exp(tl.load(PART_M + part * BGP + offs_gp, cache_modifier=".cg") - m_all)
+                    l_all += w * tl.load(PART_L + part * BGP + offs_gp, cache_modifier=".cg")
+                    acc_all += w[:, None] * tl.load(PART_ACC + (part * BGP + offs_gp)[:, None] * BD
+                                                    + offs_d[None, :], cache_modifier=".cg")
+            else:
+                l_all = l_i
+                acc_all = acc
+            # the window's output in the model's dtype, as the PyTorch step returns it
+            o_win = (acc_all / tl.where(l_all > 0, l_all, 1.0)[:, None]).to(OUT.dtype.element_ty)
+            o += window_weight * o_win.to(tl.float32)
+        if REC_OUT:
+            o += linear_weight * tl.load(REC + (pid * BGP + offs_gp)[:, None] * BD + offs_d[None, :],
+                                         mask=out_mask, other=0.0, cache_modifier=".cg")
+        tl.store(out_rows, o.to(OUT.dtype.element_ty), mask=out_mask)
+        if HAS_Z:
+            tl.store(state + offs_d * VS + D, z, mask=dmask)
+
+        if HAS_GLOBAL:
+            if NSPLIT > 1:
+                err2 = tl.atomic_add(ERR + pid, 0.0)  # the parts' sum (read at L2), then 0 for the next call
+                tl.store(ERR + pid, 0.0)
+            offs_gl = tl.arange(0, BGL)
+            glmask = offs_gl < NGLOB
+            g_score = tl.load(GLOB_SCORE + b * sgsb + offs_gl * sgsn + h * sgsh, mask=glmask,
+                              other=float("-inf"))
+            g_index = tl.load(GLOB_INDEX + b * sgib + offs_gl * sgin + h * sgih, mask=glmask, other=0)
+            # the leaver: its post-RoPE key and value (for the cache) and whether it competes
+            if HAS_RING:
+                lk_row = tl.load(RING_K + b * srkb + slot * srkl + h * srkh + offs_d, mask=dmask, other=0.0)
+                lv_row = tl.load(RING_V + b * srvb + slot * srvl + h * srvh + offs_d, mask=dmask, other=0.0)
+                l_ok = tl.load(RING_VALID + b * s_rvalid_b + slot) != 0
+            else:  # a window of 1: the new token leaves at once
+                lk_row = k_rot
+                lv_row = tl.load(V + b * svb + h * svh + offs_d, mask=dmask, other=0.0)
+                l_ok = real
+                if HAS_SINKS:  # nor when it becomes a sink on this step
+                    l_ok = l_ok & (sink_at >= S)
+            l_index = seen - L
+            if HAS_SINKS:  # a sink never competes
+                smask_l = offs_s < S
+                spos_l = tl.load(SINK_POS + b * s_spos_b + offs_s, mask=smask_l, other=0)
+                sval_l = tl.load(SINK_VALID + b * s_svalid_b + offs_s, mask=smask_l, other=0) != 0
+                is_sink = tl.sum((smask_l & sval_l & (spos_l == l_index)).to(tl.int32), 0) > 0
+                l_ok = l_ok & (is_sink == 0)
+            l_score = tl.where(l_ok, tl.sqrt(err2), float("-inf"))
+            # merge_leaver_: the worst member (lowest score; among equal scores the latest token, then the first
+            # slot) is replaced when the candidate's score beats it (strictly: on a tie the member stays); the
+            # candidate is the leaver, or with a pool the oldest pending token scored by pooled_scores
+            if POOL > 0:  # the pending token decided now (row 0), the rows and errors that move down one place
+                offs_p = tl.arange(0, BP)
+                nxt_p = (offs_p + 1 < POOL)[:, None] & dmask[None, :]
+                c_k = tl.load(PEND_K + b * spkb + h * spkh + offs_d, mask=dmask, other=0.0)
+                c_v = tl.load(PEND_V + b * spvb + h * spvh + offs_d, mask=dmask, other=0.0)
+                pk_next = tl.load(PEND_K + b * spkb + (offs_p + 1)[:, None] * spkn + h * spkh + offs_d[None, :],
+                                  mask=nxt_p, other=0.0)
+                pv_next = tl.load(PEND_V + b * spvb + (offs_p + 1)[:, None] * spvn + h * spvh + offs_d[None, :],
+                                  mask=nxt_p, other=0.0)
+                offs_r = tl.arange(0, B2P)
+                recent = tl.load(RECENT + b * srcb + offs_r * srcn + h * srch, mask=offs_r < 2 * POOL,
+                                 other=float("-inf"))
+                r_next = tl.load(RECENT + b * srcb + (offs_r + 1) * srcn + h * srch, mask=offs_r + 1 < 2 * POOL,
+                                 other=float("-inf"))
+                c_own = tl.load(RECENT + b * srcb + POOL * srcn + h * srch)  # the decided token's own error
+                r_max = tl.max(recent, 0)
+                c_score = tl.where(c_own > float("-inf"), tl.maximum(r_max, l_score), float("-inf"))
+                c_index = l_index - POOL
+            else:
+                c_k, c_v, c_score, c_index = lk_row, lv_row, l_score, l_index
+            tl.debug_barrier()  # (the pending rows are read before they move)
+            worst_score = tl.min(tl.where(glmask, g_score, float("inf")), 0)
+            is_min = glmask & (g_score == worst_score)
+            latest = tl.max(tl.where(is_min, g_index, -(2 ** 62)), 0)
+            worst = tl.min(tl.where(is_min & (g_index == latest), offs_gl, BGL), 0)
+            replace = (tl.zeros([BGL], tl.float32) + c_score) > worst_score
+            take = (offs_gl == worst) & replace & glmask
+            take_row = dmask & ((tl.zeros([BD], tl.float32) + c_score) > worst_score) & ((offs_d * 0 + worst) < NGLOB)
+            tl.store(GLOB_K + b * sgkb + worst * sgkn + h * sgkh + offs_d, c_k.to(GLOB_K.dtype.element_ty),
+                     mask=take_row)
+            tl.store(GLOB_V + b * sgvb + worst * sgvn + h * sgvh + offs_d, c_v.to(GLOB_V.dtype.element_ty),
+                     mask=take_row)
+            tl.store(GLOB_SCORE + b * sgsb + offs_gl * sgsn + h * sgsh, tl.zeros([BGL], tl.float32) + c_score,
+                     mask=take)
+            tl.store(GLOB_INDEX + b * sgib + offs_gl * sgin + h * sgih, tl.zeros([BGL], tl.int64) + c_index,
+                     mask=take)
+            if POOL > 0:  # the pending tokens and recent errors move down one place; the leaver and its error last
+                last_p = (offs_p == POOL - 1)[:, None]
+                p_mask = (offs_p < POOL)[:, None] & dmask[None, :]
+                tl.store(PEND_K + b * spkb + offs_p[:, None] * spkn + h * spkh + offs_d[None, :],
+                         tl.where(last_p, lk_row.to(tl.float32)[None, :], pk_next.to(tl.float32)).to(
+                             PEND_K.dtype.element_ty), mask=p_mask)
+                tl.store(PEND_V + b * spvb + offs_p[:, None] * spvn + h * spvh + offs_d[None, :],
+                         tl.where(last_p, lv_row.to(tl.float32)[None, :], pv_next.to(tl.float32)).to(
+                             PEND_V.dtype.element_ty), mask=p_mask)
+                tl.store(RECENT + b * srcb + offs_r * srcn + h * srch,
+                         tl.where(offs_r == 2 * POOL - 1, l_score, r_next), mask=offs_r < 2 * POOL)
+        tl.debug_barrier()  # (the leaver's ring slot is read before the new token takes it)
+        # the new token into its ring slot and, while the sequence has fewer than S real tokens, a sink slot
+        v_row = tl.load(V + b * svb + h * svh + offs_d, mask=dmask, other=0.0)
+        if HAS_RING:
+            tl.store(RING_K + b * srkb + slot * srkl + h * srkh + offs_d, k_rot.to(RING_K.dtype.element_ty),
                      mask=dmask)
-    if HAS_SINKS:
-        take_sink = dmask & ((offs_d * 0 + sink_at) < S) & ((tl.zeros([BD], tl.int32) + real.to(tl.int32)) != 0)
-        tl.store(SINK_K + b * sskb + sink_at * sskn + h * sskh + offs_d, k_rot.to(SINK_K.dtype.element_ty),
-                 mask=take_sink)
-        tl.store(SINK_V + b * ssvb + sink_at * ssvn + h * ssvh + offs_d, v_row.to(SINK_V.dtype.element_ty),
-                 mask=take_sink)
+            tl.store(RING_V + b * srvb + slot * srvl + h * srvh + offs_d, v_row.to(RING_V.dtype.element_ty),
+                     mask=dmask)
+            if HAS_GLOBAL:  # and its raw key, the recall query when it leaves
+                kl_row = tl.load(KL + b * sklb + h * sklh + offs_d, mask=dmask, other=0.0)
+                tl.store(RING_KL + b * srklb + slot * srkll + h * srklh + offs_d,
+                         kl_row.to(RING_KL.dtype.element_ty), mask=dmask)
+        if HAS_SINKS:
+            take_sink = dmask & ((offs_d * 0 + sink_at) < S) & ((tl.zeros([BD], tl.int32) + real.to(tl.int32)) != 0)
+            tl.store(SINK_K + b * sskb + sink_at * sskn + h * sskh + offs_d, k_rot.to(SINK_K.dtype.element_ty),
+                     mask=take_sink)
+            tl.store(SINK_V + b * ssvb + sink_at * ssvn + h * ssvh + offs_d, v_row.to(SINK_V.dtype.element_ty),
+                     mask=take_sink)
 
 
 @triton.jit

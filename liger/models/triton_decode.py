@@ -7,26 +7,27 @@ PyTorch kernels per layer (fewer once ``torch.compile`` fuses them), and a captu
 is bound by their number rather than by memory traffic. :func:`fused_decode_step` computes the same thing in two
 launches:
 
-* ``decode_step``, one program per (sequence, KV head), serving the ``HQ / H`` query heads of its group: it reads
-  the ring's keys and values once for the whole group, computes the window's softmax over the valid ring slots,
-  the visible sinks, the new token and the global cache's members (exactly
-  :func:`liger.models.window.window_decode_attention`'s mask; a member is visible while its score is above
-  −inf), updates the float32 state in place (``S ← diag(α) S + φ(k)ᵀ v``, with the normaliser column when the
-  readout divides by it or the global cache recalls through it; the gated delta rule's ``S' = α S``,
-  ``S ← S' + k̂ᵀ β (v − k̂ S')`` with L2-normalised q̂/k̂) and reads it out for each query head, mixes
-  ``linear_weight · o_rec + window_weight · o_win`` and writes ``[B, 1, HQ, D]`` in q's dtype. With a global
-  cache it then scores the token leaving the window (the ring's oldest, whose slot the new token takes; the new
-  token itself for a window of 1; padding and sinks — the new token too, for a window of 1, when it becomes
-  a sink on this step — never compete) by its self-recall error against the state
-  after this step — the state and the cache of a (sequence, KV head) belong to one program, so this needs no
-  further launch — and merges it into the cache as :func:`liger.models.global_cache.merge_leaver_` does (it
-  replaces the worst member, the latest among equal lowest scores, when its score is strictly higher). With
-  ``global_cache_pool`` P the leaver joins the P pending tokens instead and the oldest pending token is merged,
-  scored by the largest self-recall error of the 2P + 1 leavers around it, or −inf when it does not compete
-  itself (:func:`liger.models.global_cache.pooled_scores`); the pending tokens and recent errors shift by one
-  place, after every read of them. Last it
-  writes the new token's rotated key and value (and raw key, for the global cache) into its ring slot (and sink
-  slot) — after its own reads, since the slot it takes is the oldest of the window it just attended.
+* ``decode_step``, ``split`` programs per (sequence, KV head) (:data:`SPLIT`: enough for about two programs per SM;
+  one in the CPU tests' default), serving the ``HQ / H`` query heads of its group: program ``j`` walks every
+  ``split``-th block of the ring's and the global cache's keys (:data:`KEY_BLOCK`) in an online softmax whose
+  products run on tensor cores — program 0 adds the visible sinks and the new token — (exactly
+  :func:`liger.models.window.window_decode_attention`'s mask; a member is visible while its score is above −inf),
+  and updates its ``head_dim / split`` columns of the float32 state in place (``S ← diag(α) S + φ(k)ᵀ v``, with the
+  normaliser column when the readout divides by it or the global cache recalls through it; the gated delta rule's
+  ``S' = α S``, ``S ← S' + k̂ᵀ β (v − k̂ S')`` with L2-normalised q̂/k̂) and reads them out for each query head. The
+  last of the ``split`` programs to finish (an atomic arrival count; none with one program) combines their softmax
+  parts, mixes ``linear_weight · o_rec + window_weight · o_win`` and writes ``[B, 1, HQ, D]`` in q's dtype. With a
+  global cache the same program then scores the token leaving the window (the ring's oldest, whose slot the new
+  token takes; the new token itself for a window of 1; padding and sinks — the new token too, for a window of 1,
+  when it becomes a sink on this step — never compete) by its self-recall error against the state after this step —
+  the programs' parts of the error summed atomically — and merges it into the cache as
+  :func:`liger.models.global_cache.merge_leaver_` does (it replaces the worst member, the latest among equal lowest
+  scores, when its score is strictly higher). With ``global_cache_pool`` P the leaver joins the P pending tokens
+  instead and the oldest pending token is merged, scored by the largest self-recall error of the 2P + 1 leavers
+  around it, or −inf when it does not compete itself (:func:`liger.models.global_cache.pooled_scores`); the pending
+  tokens and recent errors shift by one place, after every read of them. Last the same program writes the new
+  token's rotated key and value (and raw key, for the global cache) into its ring slot (and sink slot) — after its
+  own reads, since the slot it takes is the oldest of the window it just attended.
 * ``decode_bookkeeping``, one program: the ring slot's valid flag, the new sink's position and flag, the
   real-token counts and the token count. These are read by every head's program of the first launch, so they are
   written after it.
@@ -141,6 +142,52 @@ def log_fallback_once(reason: str) -> None:
         logger.warning("liger: decode_backend='triton' runs the PyTorch decode step here: %s", reason)
 
 
+SPLIT: int | None = None
+"""Programs per (sequence, KV head) of the decode step (a power of two; at most head_dim / 4 columns of the state
+each); None: as many as bring the launch to about two programs per SM of the GPU, at most 8 and head_dim / 16
+(1 off CUDA). Tests set it."""
+
+_sm_counts: dict = {}
+_scratches: dict = {}
+_retired: list = []  # outgrown work spaces: a captured CUDA graph may still point at them
+
+
+def _split(q: torch.Tensor, heads: int, BD: int) -> int:
+    """Programs per (sequence, KV head): each takes its share of the window's key blocks and of the state's
+    columns, and the last to finish combines them (see the kernel)."""
+    if SPLIT is not None:
+        return max(1, min(SPLIT, BD // 4))
+    most = max(1, min(8, BD // 16))
+    if not q.is_cuda:
+        return 1
+    if q.device not in _sm_counts:
+        _sm_counts[q.device] = torch.cuda.get_device_properties(q.device).multi_processor_count
+    want = -(-2 * _sm_counts[q.device] // heads)
+    split = 1
+    while split * 2 <= min(want, most):
+        split *= 2
+    return split
+
+
+def _scratch(device: torch.device, heads: int, split: int, BGP: int, BD: int) -> tuple[torch.Tensor, ...]:
+    """The decode step's work space on ``device``, kept between calls (allocated in the decoders' warm-up, before
+    a CUDA graph captures the step; the kernel leaves the counters and error sums at 0): the programs' parts of
+    the window's softmax (running max, sum, output), the recurrent readout (float32), the global cache's recall
+    error sums and the arrival counters, per (sequence, KV head). Shared by every layer: the steps of one device
+    run one after another on its stream."""
+    need = (heads * split * BGP, heads * split * BGP * BD, heads * BGP * BD, heads)
+    have = _scratches.get(device)
+    if have is None or any(t.numel() < n for t, n in zip((have[0], have[2], have[3], have[4]), need)):
+        f32 = dict(dtype=torch.float32, device=device)
+        have = (torch.empty(need[0], **f32), torch.empty(need[0], **f32), torch.empty(need[1], **f32),
+                torch.empty(need[2], **f32), torch.zeros(need[3], **f32),
+                torch.zeros(need[3], dtype=torch.int32, device=device))
+        if device in _scratches:
+            _retired.append(_scratches[device])
+        _scratches[device] = have
+    return have
+
+
 def _rows(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
@@ -160,9 +207,7 @@ def fused_decode_step(spec, q, k, v, q_lin, k_lin, cos, sin, valid, buffers) -> 
     has_win = spec.window_weight != 0
     delta = has_rec and type(r) is GatedDeltaNet
     q, k, v, q_lin, k_lin, cos, sin = (_rows(x) for x in (q, k, v, q_lin, k_lin, cos, sin))
-    # (a layer with both branches weighted 0 outputs zeros; the kernel writes nothing then)
-    alloc = torch.empty if has_win or (has_rec and spec.linear_weight != 0) else torch.zeros
-    out = alloc(B, 1, HQ, D, dtype=q.dtype, device=q.device)
+    out = torch.empty(B, 1, HQ, D, dtype=q.dtype, device=q.device)
     valid8 = valid.to(torch.bool).contiguous().view(torch.uint8)
     ring_valid8 = b.ring_valid.view(torch.uint8)
     state = b.state[0] if has_rec else out  # (a placeholder pointer when the state is not stepped)
@@ -193,12 +238,16 @@ def fused_decode_step(spec, q, k, v, q_lin, k_lin, cos, sin, valid, buffers) -> 
     VS = _state_columns(r, D) if has_rec else D
     strength = getattr(r, "write_strength", None) if delta else None
     BD = max(16, next_power_of_2(D))
-    BV = max(4, min(BD, 4096 // BD))
+    BGP = max(16, next_power_of_2(G))
+    split = _split(q, B * H, BD)
+    BVS = BD // split
+    BV = min(BVS, max(4, 4096 // BD))
+    scratch = _scratch(q.device, B * H, split, BGP, BD)
     ssb = cos.stride(0) if cos.shape[0] > 1 else 0
-    _kernels().decode_step[(B * H,)](
+    _kernels().decode_step[(B * H, split)](
         q, k, v, q_lin, k_lin, cos, sin, valid8, state, b.ring_k, b.ring_v, ring_valid8, b.seen_t,
         sink_k, sink_v, sink_pos, sink_valid8, b.real_seen, out,
-        ring_kl, glob_k, glob_v, glob_score, glob_index, pend_k, pend_v, recent,
+        ring_kl, glob_k, glob_v, glob_score, glob_index, pend_k, pend_v, recent, *scratch,
         q.stride(0), q.stride(2), k.stride(0), k.stride(2), v.stride(0), v.stride(2),
         q_lin.stride(0), q_lin.stride(2), k_lin.stride(0), k_lin.stride(2), ssb,
         *b.ring_k.stride()[:3], *b.ring_v.stride()[:3], ring_valid8.stride(0),
@@ -206,8 +255,8 @@ def fused_decode_step(spec, q, k, v, q_lin, k_lin, cos, sin, valid, buffers) -> 
         *global_strides, *pool_strides,
         H, L, max(L, 1), S, NG, float(spec.scaling), float(r.scale), 1.0 / float(r.normalizer),
         float(r.lower_bound), float(strength or 0.0), float(spec.linear_weight), float(spec.window_weight),
-        D=D, BD=BD, BV=BV, G=G, BG=max(2, next_power_of_2(G)), BGP=max(16, next_power_of_2(G)),
-        BK=max(16, min(KEY_BLOCK // BD, next_power_of_2(max(L, NG)))),
+        D=D, BD=BD, BV=BV, G=G, BG=max(2, next_power_of_2(G)), BGP=BGP,
+        BK=max(16, min(KEY_BLOCK // BD, next_power_of_2(max(L, NG)) // split)), NSPLIT=split, BVS=BVS,
         PRECISION="ieee" if b.ring_k.dtype == torch.float32 else "tf32",
         BS=max(16, next_power_of_2(S)), BGL=max(2, next_power_of_2(NG)), VS=VS, FMAP=fmap,
         GATE=gate, KEY_IS_GATE=has_rec and type(r) is HGRN2, DELTA=delta, BETA_CONST=strength is not None,

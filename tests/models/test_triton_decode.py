@@ -126,6 +126,7 @@ STEP = HELPERS + textwrap.dedent('''
     from liger.models import triton_decode
     for i, (B, HQ, H, D, W, S, T, pads, opts, lw, ww, steps, NG) in enumerate(cases):
         triton_decode.KEY_BLOCK = 256 if i % 2 else 4096  # the window's online softmax over one block or several
+        triton_decode.SPLIT = (1, 2, 4)[i % 3]  # one program per (sequence, KV head), or parts combined by the last
         opts = dict(opts)
         P = opts.pop("global_cache_pool", 0)
         rec = recurrence(**opts)
@@ -220,7 +221,9 @@ MODEL = textwrap.dedent('''
         "llama window-pool": ("llama", dict(window_size=3, global_cache_size=3, global_cache_pool=3, linear_weight=0.0,
                                             window_weight=1.0)),
     }
-    for label, (family, options) in configs.items():
+    from liger.models import triton_decode
+    for n, (label, (family, options)) in enumerate(configs.items()):
+        triton_decode.SPLIT = (1, 2)[n % 2]  # (two programs per KV head, their parts combined, on every other)
         teacher = tiny_teacher(family)
         logits, caches = {}, {}
         for backend in ("torch", "triton"):
