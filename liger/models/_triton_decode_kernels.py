@@ -1,14 +1,15 @@
 """The Triton kernels of :mod:`liger.models.triton_decode` (imported only when they are used; set
 ``TRITON_INTERPRET=1`` before the first import to get Triton's CPU interpreter versions).
 
-``decode_step``: one program per (sequence, KV head) does the whole attention step of the ``G`` query heads of
+``decode_step``: ``NSPLIT`` programs per (sequence, KV head) — each its share of the window's key blocks and of the
+state's columns, the last to finish combining them — do the whole attention step of the ``G`` query heads of
 its group — RoPE of q and k, the window's scores over the ring, the sinks, the new token and the global cache's
 members, the recurrent state's update (generic gated form or gated delta rule) and readout, the mix, the global
 cache's merge of the token leaving the window (with ``global_cache_pool``: of the pending token it decides, and
 the shift of the pending tokens and recent errors) — and writes the new token's key/value into its ring slot (and its
 sink slot).
-``decode_bookkeeping``: one program writes what every head of a sequence reads in ``decode_step`` (the ring's
-valid flags, the sinks' positions and flags) and the token counts, after it.
+The last program of the launch to finish (an atomic count) then writes what every program reads (the ring's valid
+flags, the sinks' positions and flags) and the token counts.
 Everything is computed in float32; bool tensors are passed as ``uint8`` views.
 """
 
@@ -79,7 +80,7 @@ def decode_step(
     sskb, sskn, sskh, ssvb, ssvn, ssvh, s_spos_b, s_svalid_b,
     srklb, srkll, srklh, sgkb, sgkn, sgkh, sgvb, sgvn, sgvh, sgsb, sgsn, sgsh, sgib, sgin, sgih,
     spkb, spkn, spkh, spvb, spvn, spvh, srcb, srcn, srch,
-    H, L, L_MOD, S, NGLOB, scale, lin_scale, inv_norm, gamma, beta_const, linear_weight, window_weight,
+    B, H, L, L_MOD, S, NGLOB, scale, lin_scale, inv_norm, gamma, beta_const, linear_weight, window_weight,
     D: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr, G: tl.constexpr, BG: tl.constexpr,
     BS: tl.constexpr, BGL: tl.constexpr, BGP: tl.constexpr, BK: tl.constexpr,
     VS: tl.constexpr, PRECISION: tl.constexpr, FMAP: tl.constexpr, GATE: tl.constexpr,
@@ -87,6 +88,7 @@ def decode_step(
     READOUT: tl.constexpr, HAS_REC: tl.constexpr, REC_OUT: tl.constexpr, HAS_WIN: tl.constexpr,
     HAS_SINKS: tl.constexpr, HAS_GLOBAL: tl.constexpr, HAS_RING: tl.constexpr,
     POOL: tl.constexpr, BP: tl.constexpr, B2P: tl.constexpr, NSPLIT: tl.constexpr, BVS: tl.constexpr,
+    BB: tl.constexpr,
 ):
     """Log-decay GATE: 0 logsigmoid(k)/n per channel (GLA; HGRN2 with γ = 0), 1 log(γ + (1−γ)σ(k))/n per channel
     (HGRN2), 2 −exp(min(k, 10))/n per channel (RWKV6), 3 −softplus(mean k)/n (Mamba2), 4 logsigmoid(mean k)/n
@@ -413,14 +415,21 @@ def decode_step(
                      mask=take_sink)
             tl.store(SINK_V + b * ssvb + sink_at * ssvn + h * ssvh + offs_d, v_row.to(SINK_V.dtype.element_ty),
                      mask=take_sink)
+        # the last (sequence, KV head) of the launch to finish writes what every program read: the flags, counts
+        tl.debug_barrier()
+        if tl.atomic_add(COUNT + B * H, 1) == B * H - 1:
+            tl.debug_barrier()
+            tl.store(COUNT + B * H, 0)  # (for the next call)
+            _bookkeeping(VALID, RING_VALID, SEEN, SINK_POS, SINK_VALID, REAL_SEEN, B, L, L_MOD, S, s_rvalid_b,
+                         s_spos_b, s_svalid_b, BB, BS, HAS_SINKS)
 
 
 @triton.jit
-def decode_bookkeeping(VALID, RING_VALID, SEEN, SINK_POS, SINK_VALID, REAL_SEEN,
-                       B, L, L_MOD, S, s_rvalid_b, s_spos_b, s_svalid_b,
-                       BB: tl.constexpr, BS: tl.constexpr, HAS_SINKS: tl.constexpr):
-    """After :func:`decode_step`: the new token's valid flag in its ring slot, the sink it becomes (position and
-    flag), the real-token counts and the token count (``write_decoded_token``'s bookkeeping), in one program."""
+def _bookkeeping(VALID, RING_VALID, SEEN, SINK_POS, SINK_VALID, REAL_SEEN, B, L, L_MOD, S, s_rvalid_b, s_spos_b,
+                 s_svalid_b, BB: tl.constexpr, BS: tl.constexpr, HAS_SINKS: tl.constexpr):
+    """After every program of :func:`decode_step` has read them: the new token's valid flag in its ring slot, the
+    sink it becomes (position and flag), the real-token counts and the token count (``write_decoded_token``'s
+    bookkeeping), by the last program of the launch."""
     offs_b = tl.arange(0, BB)
     bmask = offs_b < B
     seen = tl.load(SEEN)

@@ -1,11 +1,11 @@
-"""The static decode step of one Liger layer fused into two Triton launches (``decode_backend="triton"``).
+"""The static decode step of one Liger layer fused into one Triton launch (``decode_backend="triton"``).
 
 :func:`liger.models.attention.decode_step_core` computes one token's attention step — the recurrent state's
 update and readout, RoPE of q and k, the window over the ring buffer, the sinks, the new token and the global
 cache, the global cache's merge, the ring and sink writes, the mix of both branches — as dozens of small
 PyTorch kernels per layer (fewer once ``torch.compile`` fuses them), and a captured decode step of a small model
-is bound by their number rather than by memory traffic. :func:`fused_decode_step` computes the same thing in two
-launches:
+is bound by their number rather than by memory traffic. :func:`fused_decode_step` computes the same thing in one
+launch:
 
 * ``decode_step``, ``split`` programs per (sequence, KV head) (:data:`SPLIT`: enough for about two programs per SM;
   one in the CPU tests' default), serving the ``HQ / H`` query heads of its group: program ``j`` walks every
@@ -28,9 +28,8 @@ launches:
   tokens and recent errors shift by one place, after every read of them. Last the same program writes the new
   token's rotated key and value (and raw key, for the global cache) into its ring slot (and sink slot) — after its
   own reads, since the slot it takes is the oldest of the window it just attended.
-* ``decode_bookkeeping``, one program: the ring slot's valid flag, the new sink's position and flag, the
-  real-token counts and the token count. These are read by every head's program of the first launch, so they are
-  written after it.
+  The last (sequence, KV head) of the launch to finish (an atomic count) writes what every program reads: the
+  ring slot's valid flag, the new sink's position and flag, the real-token counts and the token count.
 
 Covered: the generic gated form of :class:`~liger.models.variants.Recurrence` — gla (the default), hgrn2, rwkv6,
 mamba2, gated_retention, mlstm — with any feature map, the ``"sum"`` readout and mLSTM's normaliser, the gate
@@ -74,9 +73,9 @@ online softmax walks the ring and the cache in blocks of ``KEY_BLOCK // head_dim
 
 def _kernels():
     # (a `from .module import` line: transformers copies the modules named so into saved checkpoints)
-    from ._triton_decode_kernels import decode_bookkeeping, decode_step
+    from ._triton_decode_kernels import decode_step
 
-    return SimpleNamespace(decode_bookkeeping=decode_bookkeeping, decode_step=decode_step)
+    return SimpleNamespace(decode_step=decode_step)
 
 
 def _feature_map_index(recurrence) -> int | None:
@@ -173,9 +172,9 @@ def _scratch(device: torch.device, heads: int, split: int, BGP: int, BD: int) ->
     """The decode step's work space on ``device``, kept between calls (allocated in the decoders' warm-up, before
     a CUDA graph captures the step; the kernel leaves the counters and error sums at 0): the programs' parts of
     the window's softmax (running max, sum, output), the recurrent readout (float32), the global cache's recall
-    error sums and the arrival counters, per (sequence, KV head). Shared by every layer: the steps of one device
-    run one after another on its stream."""
-    need = (heads * split * BGP, heads * split * BGP * BD, heads * BGP * BD, heads)
+    error sums and the arrival counters, per (sequence, KV head), and the launch's count of finished heads.
+    Shared by every layer: the steps of one device run one after another on its stream."""
+    need = (heads * split * BGP, heads * split * BGP * BD, heads * BGP * BD, heads + 1)
     have = _scratches.get(device)
     if have is None or any(t.numel() < n for t, n in zip((have[0], have[2], have[3], have[4]), need)):
         f32 = dict(dtype=torch.float32, device=device)
@@ -193,7 +192,7 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def fused_decode_step(spec, q, k, v, q_lin, k_lin, cos, sin, valid, buffers) -> torch.Tensor:
-    """:func:`liger.models.attention.decode_step_core` in two Triton launches (same arguments; check
+    """:func:`liger.models.attention.decode_step_core` in one Triton launch (same arguments; check
     :func:`unsupported_reason` first). Updates ``buffers`` in place and returns ``[B, 1, HQ, D]`` in q's dtype."""
     b = buffers
     B, _, HQ, D = q.shape
@@ -253,7 +252,7 @@ def fused_decode_step(spec, q, k, v, q_lin, k_lin, cos, sin, valid, buffers) -> 
         *b.ring_k.stride()[:3], *b.ring_v.stride()[:3], ring_valid8.stride(0),
         *sink_k.stride()[:3], *sink_v.stride()[:3], sink_pos.stride(0), sink_valid8.stride(0),
         *global_strides, *pool_strides,
-        H, L, max(L, 1), S, NG, float(spec.scaling), float(r.scale), 1.0 / float(r.normalizer),
+        B, H, L, max(L, 1), S, NG, float(spec.scaling), float(r.scale), 1.0 / float(r.normalizer),
         float(r.lower_bound), float(strength or 0.0), float(spec.linear_weight), float(spec.window_weight),
         D=D, BD=BD, BV=BV, G=G, BG=max(2, next_power_of_2(G)), BGP=BGP,
         BK=max(16, min(KEY_BLOCK // BD, next_power_of_2(max(L, NG)) // split)), NSPLIT=split, BVS=BVS,
@@ -262,9 +261,6 @@ def fused_decode_step(spec, q, k, v, q_lin, k_lin, cos, sin, valid, buffers) -> 
         GATE=gate, KEY_IS_GATE=has_rec and type(r) is HGRN2, DELTA=delta, BETA_CONST=strength is not None,
         HAS_Z=has_rec and VS > D, READOUT=readout, HAS_REC=has_rec, REC_OUT=has_rec and spec.linear_weight != 0,
         HAS_WIN=has_win, HAS_SINKS=S > 0, HAS_GLOBAL=NG > 0, HAS_RING=L > 0, POOL=P,
-        BP=max(2, next_power_of_2(P)), B2P=max(2, next_power_of_2(2 * P)), num_warps=4 if D <= 64 else 8)
-    _kernels().decode_bookkeeping[(1,)](
-        valid8, ring_valid8, b.seen_t, sink_pos, sink_valid8, b.real_seen, B, L, max(L, 1), S,
-        ring_valid8.stride(0), sink_pos.stride(0), sink_valid8.stride(0),
-        BB=max(2, next_power_of_2(B)), BS=max(2, next_power_of_2(S)), HAS_SINKS=S > 0)
+        BP=max(2, next_power_of_2(P)), B2P=max(2, next_power_of_2(2 * P)), BB=max(2, next_power_of_2(B)),
+        num_warps=4 if D <= 64 else 8)
     return out
