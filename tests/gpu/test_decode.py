@@ -150,7 +150,8 @@ def _layer_cache(B, H, D, W, S, T, pads, columns, dtype, seed, NG=0):
         klin = torch.cat([cache.ring_k_lin(), torch.randn(B, T, H, D, generator=g).to("cuda", dtype)], 1)
         score = D ** 0.5 * (0.7 + 0.6 * torch.rand(B, NG, H, generator=g))
         score[:, 0] = score[:, 1] = 0.5 * D ** 0.5
-        index = torch.stack([torch.randperm(100, generator=g)[:NG] for _ in range(B * H)]).view(B, H, NG)
+        index = torch.stack([torch.randperm(max(100, 2 * NG), generator=g)[:NG] for _ in range(B * H)])
+        index = index.view(B, H, NG)
         index = index.transpose(1, 2).contiguous()
         score[0, -1], index[0, -1] = float("-inf"), -1
         mk, mv = (torch.randn(B, NG, H, D, generator=g) for _ in range(2))
@@ -175,13 +176,18 @@ def _layer_cache(B, H, D, W, S, T, pads, columns, dtype, seed, NG=0):
     (2, 4, 2, 64, 6, 2, 20, (0, 16), dict(global_cache_size=1, feature_map="relu"), 0.0, 1.0, 4),
     (3, 6, 2, 128, 8, 1, 20, (0, 4, 20), dict(global_cache_size=1, variant="gated_deltanet"), 0.5, 0.5, 4),
     (2, 4, 2, 64, 1, 2, 5, (0, 5), dict(global_cache_size=1, linear_normalizer="sum"), 0.5, 0.5, 3),
+    # the memory recipe's shape: a 512-key window, 4 sinks and 512 global members, window-only
+    (2, 6, 2, 64, 512, 4, 700, (0, 30), dict(global_cache_size=1), 0.0, 1.0, 512),
 ])
-def test_fused_decode_step_matches_the_pytorch_step(dtype, tol, case):
+@pytest.mark.parametrize("split", [None, 1])  # programs per KV head: as many as fill the GPU, and one
+def test_fused_decode_step_matches_the_pytorch_step(dtype, tol, case, split, monkeypatch):
     from types import SimpleNamespace
 
+    from liger.models import triton_decode
     from liger.models.attention import decode_spec, decode_step_core, uses_fused_step
     from liger.models.variants import VARIANT_CLASSES
 
+    monkeypatch.setattr(triton_decode, "SPLIT", split)
     B, HQ, H, D, W, S, T, pads, opts, lw, ww, NG = case
     options = dict(variant="gla", feature_map="softmax", gate_normalizer=16.0, linear_scale=1.0, gate_pool_size=None,
                    hgrn2_lower_bound=0.0, gsa_num_slots=None, linear_normalizer="none", global_cache_size=0,
