@@ -114,7 +114,9 @@ light-pipeline)  # the background run of `light`
   [ -z "${SMOKE_TESTS:-}" ] || python3 -m pytest -q -p no:cacheprovider -m gpu $SMOKE_TESTS -x -rfE \
     > "$LEASE/out/smoke.log" 2>&1 || true
   benches
-  python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu -rfE --durations=10 > "$LEASE/out/gpu_tests.log" 2>&1
+  # ${GPU_TESTS}: the tier's files to run after the measures (default: all of tests/gpu)
+  python3 -m pytest -q -p no:cacheprovider -m gpu ${GPU_TESTS:-tests/gpu} -rfE --durations=10 \
+    > "$LEASE/out/gpu_tests.log" 2>&1
   echo "exit $?" >> "$LEASE/out/gpu_tests.log"
   touch "$LEASE/out/done"
   ;;
