@@ -26,8 +26,10 @@ GGUF=${GGUF:-$HOME/.cache/liger/gguf/SmolLM2-135M-Instruct.Q4_1.gguf}
 
 benches() {  # the speed measures, alone on the GPU (nothing else runs then)
   [ "$(cat "$LEASE/bench_budget")" -gt 0 ] || return 0
-  python3 benchmarks/gpu_check.py --out "$LEASE/runs/gpu_check" --skip-tests --budget "$(cat "$LEASE/bench_budget")" \
-    ${GPU_CHECK_ARGS:---skip-batch1 --serve-budget 150} > "$LEASE/out/gpu_check.log" 2>&1 || true
+  # (GPU_CHECK=0: the recipes' benches alone)
+  [ "${GPU_CHECK:-1}" = 0 ] || python3 benchmarks/gpu_check.py --out "$LEASE/runs/gpu_check" --skip-tests \
+    --budget "$(cat "$LEASE/bench_budget")" ${GPU_CHECK_ARGS:---skip-batch1 --serve-budget 150} \
+    > "$LEASE/out/gpu_check.log" 2>&1 || true
   # the memory recipes' decode cost (issue 14): the same decode bench without and with their options, RECIPE_S
   # (default 120 s) each (with 50 s, `plain` and `memory-triton` spent it compiling: run H of docs/gpu.md; with
   # fla's full autotuning, the default, `window-pool1024-triton` spent its 90 s before its first measure: run J)
