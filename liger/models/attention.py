@@ -32,7 +32,7 @@ from .global_cache import ExtraKeys, block_visibility, merge_leaver_, pooled_sco
 from .triton_common import auto_takes_kernels
 from .triton_common import is_available as triton_window_available
 from .triton_common import supports as triton_supports
-from .triton_decode import fused_decode_step, log_fallback_once, unsupported_reason
+from .triton_decode import KernelUnavailable, fused_decode_step, log_fallback_once, unsupported_reason
 from .triton_ops import rope_pair as triton_rope_pair
 from .variants import Recurrence, at_least_fp32, get_recurrence, resolve_backend
 from .window import first_real_tokens, sliding_window_attention, window_attention, window_decode_attention
@@ -111,12 +111,15 @@ def decode_step_core(spec: DecodeSpec, q, k, v, q_lin, k_lin, cos, sin, valid, b
         beyond temporaries and nothing is read back to the host, so the step can be captured in a CUDA graph;
         it computes what the eager path (window concatenation + recurrent step) computes.
 
-    With ``decode_backend="triton"`` the fused kernel (:func:`liger.models.triton_decode.fused_decode_step`, two
-    launches) computes the step where it covers the layer; the PyTorch code below is the reference it is tested
-    against, and what runs otherwise.
+    With ``decode_backend="triton"`` the fused kernel (:func:`liger.models.triton_decode.fused_decode_step`, one
+    launch) computes the step where it covers the layer and compiles on this machine; the PyTorch code below is
+    the reference it is tested against, and what runs otherwise.
     """
     if uses_fused_step(spec, q, v, buffers):
-        return fused_decode_step(spec, q, k, v, q_lin, k_lin, cos, sin, valid, buffers)
+        try:
+            return fused_decode_step(spec, q, k, v, q_lin, k_lin, cos, sin, valid, buffers)
+        except KernelUnavailable as err:  # (raised before the launch: no buffer was written)
+            log_fallback_once(str(err))
     b = buffers
     o_rec = o_win = None
     if spec.needs_state:

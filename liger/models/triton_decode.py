@@ -60,7 +60,7 @@ from .variants import FEATURE_MAPS, GLA, HGRN2, MLSTM, RWKV6, GatedDeltaNet, Gat
 
 logger = logging.getLogger("liger")
 
-__all__ = ["fused_decode_step", "unsupported_reason"]
+__all__ = ["KernelUnavailable", "fused_decode_step", "unsupported_reason"]
 
 # log-decay form of each covered variant (see the kernel's docstring)
 _GATES = {GLA: 0, HGRN2: 1, RWKV6: 2, Mamba2: 3, GatedRetention: 4, MLSTM: 4}
@@ -133,6 +133,25 @@ def unsupported_reason(spec, q: torch.Tensor, v: torch.Tensor, buffers) -> str |
 
 
 _logged: set = set()
+_compile_failures: dict = {}
+
+
+class KernelUnavailable(RuntimeError):
+    """The fused step's kernel did not compile for this case on this machine (raised before any launch, so no
+    buffer was written): :func:`liger.models.attention.decode_step_core` runs the PyTorch step instead."""
+
+
+def _is_compile_error(err: Exception) -> bool:
+    """Whether ``err`` was raised while compiling the kernel (Triton's front end, MLIR's passes, ptxas, a
+    resource limit), i.e. before the launch."""
+    try:
+        from triton.compiler.errors import CompilationError
+        from triton.runtime.errors import OutOfResources
+    except ImportError:  # (another Triton layout: judge by the message)
+        CompilationError = OutOfResources = ()
+    if isinstance(err, (CompilationError, OutOfResources)):
+        return True
+    return any(s in str(err) for s in ("PassManager", "ptxas", "failed to legalize"))
 
 
 def log_fallback_once(reason: str) -> None:
@@ -243,17 +262,7 @@ def fused_decode_step(spec, q, k, v, q_lin, k_lin, cos, sin, valid, buffers) -> 
     BV = min(BVS, max(4, 4096 // BD))
     scratch = _scratch(q.device, B * H, split, BGP, BD)
     ssb = cos.stride(0) if cos.shape[0] > 1 else 0
-    _kernels().decode_step[(B * H, split)](
-        q, k, v, q_lin, k_lin, cos, sin, valid8, state, b.ring_k, b.ring_v, ring_valid8, b.seen_t,
-        sink_k, sink_v, sink_pos, sink_valid8, b.real_seen, out,
-        ring_kl, glob_k, glob_v, glob_score, glob_index, pend_k, pend_v, recent, *scratch,
-        q.stride(0), q.stride(2), k.stride(0), k.stride(2), v.stride(0), v.stride(2),
-        q_lin.stride(0), q_lin.stride(2), k_lin.stride(0), k_lin.stride(2), ssb,
-        *b.ring_k.stride()[:3], *b.ring_v.stride()[:3], ring_valid8.stride(0),
-        *sink_k.stride()[:3], *sink_v.stride()[:3], sink_pos.stride(0), sink_valid8.stride(0),
-        *global_strides, *pool_strides,
-        B, H, L, max(L, 1), S, NG, float(spec.scaling), float(r.scale), 1.0 / float(r.normalizer),
-        float(r.lower_bound), float(strength or 0.0), float(spec.linear_weight), float(spec.window_weight),
+    meta = dict(
         D=D, BD=BD, BV=BV, G=G, BG=max(2, next_power_of_2(G)), BGP=BGP,
         BK=max(16, min(KEY_BLOCK // BD, next_power_of_2(max(L, NG)) // split)), NSPLIT=split, BVS=BVS,
         PRECISION="ieee" if b.ring_k.dtype == torch.float32 else "tf32",
@@ -263,4 +272,27 @@ def fused_decode_step(spec, q, k, v, q_lin, k_lin, cos, sin, valid, buffers) -> 
         HAS_WIN=has_win, HAS_SINKS=S > 0, HAS_GLOBAL=NG > 0, HAS_RING=L > 0, POOL=P,
         BP=max(2, next_power_of_2(P)), B2P=max(2, next_power_of_2(2 * P)), BB=max(2, next_power_of_2(B)),
         num_warps=4 if D <= 64 else 8)
+    key = (str(q.device), q.dtype, split, *sorted(meta.items()))
+    if key in _compile_failures:
+        raise KernelUnavailable(_compile_failures[key])
+    try:
+        _kernels().decode_step[(B * H, split)](
+            q, k, v, q_lin, k_lin, cos, sin, valid8, state, b.ring_k, b.ring_v, ring_valid8, b.seen_t,
+            sink_k, sink_v, sink_pos, sink_valid8, b.real_seen, out,
+            ring_kl, glob_k, glob_v, glob_score, glob_index, pend_k, pend_v, recent, *scratch,
+            q.stride(0), q.stride(2), k.stride(0), k.stride(2), v.stride(0), v.stride(2),
+            q_lin.stride(0), q_lin.stride(2), k_lin.stride(0), k_lin.stride(2), ssb,
+            *b.ring_k.stride()[:3], *b.ring_v.stride()[:3], ring_valid8.stride(0),
+            *sink_k.stride()[:3], *sink_v.stride()[:3], sink_pos.stride(0), sink_valid8.stride(0),
+            *global_strides, *pool_strides,
+            B, H, L, max(L, 1), S, NG, float(spec.scaling), float(r.scale), 1.0 / float(r.normalizer),
+            float(r.lower_bound), float(strength or 0.0), float(spec.linear_weight), float(spec.window_weight),
+            **meta)
+    except Exception as err:
+        if not _is_compile_error(err):
+            raise
+        text = str(err).strip().splitlines()
+        first = text[0] if text else ""
+        _compile_failures[key] = f"the fused step does not compile here ({type(err).__name__}: {first})"
+        raise KernelUnavailable(_compile_failures[key]) from err
     return out

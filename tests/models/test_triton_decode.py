@@ -7,6 +7,7 @@ kernels are checked on the GPU tier (tests/gpu/test_decode.py)."""
 
 import importlib.util
 import textwrap
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -311,6 +312,46 @@ def test_decode_backend_triton_off_cuda_decodes_as_torch(monkeypatch):
         q = torch.zeros(2, 1, 4, 16)
         assert spec.backend == backend and not uses_fused_step(spec, q, q[:, :, :2], cache.layers[0].buffers)
     assert torch.equal(out["triton"], out["torch"])
+
+
+@needs_triton
+def test_a_kernel_that_does_not_compile_falls_back_to_the_pytorch_step(monkeypatch, caplog):
+    """A compile failure (raised before the launch) is remembered for that case, logged once, and the step runs on
+    PyTorch: the same logits as the "torch" backend; a failure at run time is not swallowed."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # (the kernel is replaced below: nothing runs in the interpreter)
+    launches = []
+
+    def failing(message):
+        class Launcher:
+            def __getitem__(self, grid):
+                def launch(*args, **kwargs):
+                    launches.append(grid)
+                    raise RuntimeError(message)
+                return launch
+        return lambda: SimpleNamespace(decode_step=Launcher())
+
+    from liger.models import triton_layer
+
+    teacher = tiny_teacher("llama")
+    monkeypatch.setattr(triton_decode, "_compile_failures", {})
+    monkeypatch.setattr(triton_layer, "_kernel_checks", {})  # (the layer kernels' check fails in-process: kept here)
+    monkeypatch.setattr(triton_decode, "_kernels", failing("PassManager::run failed"))
+    out = {}
+    for backend in ("torch", "triton"):
+        model = liger.convert(teacher, window_size=4, num_sink_tokens=1, decode_backend=backend)
+        model.set_decoding("static")
+        x, cache = _model_cache(model)
+        with torch.no_grad(), caplog.at_level("WARNING", logger="liger"):
+            out[backend] = torch.cat([model(x[:, t:t + 1], past_key_values=cache).logits for t in range(3)], 1)
+    assert torch.equal(out["triton"], out["torch"])
+    assert len(launches) == 1  # tried once, then remembered (the model's layers share the case)
+    assert "does not compile here" in caplog.text
+    monkeypatch.setattr(triton_decode, "_kernels", failing("an illegal memory access was encountered"))
+    monkeypatch.setattr(triton_decode, "_compile_failures", {})
+    model = liger.convert(teacher, window_size=4, num_sink_tokens=1, decode_backend="triton").set_decoding("static")
+    x, cache = _model_cache(model)
+    with pytest.raises(RuntimeError, match="illegal memory access"), torch.no_grad():
+        model(x[:, :1], past_key_values=cache)
 
 
 def test_decode_backend_auto_takes_the_pytorch_step_off_cuda(monkeypatch):
