@@ -366,3 +366,19 @@ def test_decode_backend_auto_takes_the_pytorch_step_off_cuda(monkeypatch):
     assert not uses_fused_step(spec, None, None, None)
     assert not uses_fused_step(spec, q, q[:, :, :2], cache.layers[0].buffers)
     assert not model.model._fused_layers(torch.zeros(2, 1, model.config.hidden_size))
+
+
+def test_split_fills_the_gpu_within_its_bounds(monkeypatch):
+    """Programs per (sequence, KV head): about two per SM, a power of two, at most 8 and head_dim / 16; 1 off CUDA;
+    the tests' override is clamped to head_dim / 4 columns a program."""
+    monkeypatch.setattr(triton_decode, "SPLIT", None)
+    monkeypatch.setattr(triton_decode, "_sm_counts", {"gpu": 132})
+    gpu = SimpleNamespace(is_cuda=True, device="gpu")
+    assert triton_decode._split(gpu, 16 * 3, 64) == 4  # SmolLM2 at batch 16: 48 heads, 264 wanted -> 4 (D/16)
+    assert triton_decode._split(gpu, 1 * 3, 128) == 8  # batch 1, head dim 128: capped at 8
+    assert triton_decode._split(gpu, 64 * 3, 64) == 2  # 192 heads: 264 programs want 2 each
+    assert triton_decode._split(gpu, 256 * 8, 64) == 1
+    assert triton_decode._split(gpu, 3, 16) == 1  # head dim 16: one column block of 16
+    assert triton_decode._split(SimpleNamespace(is_cuda=False, device="cpu"), 3, 64) == 1
+    monkeypatch.setattr(triton_decode, "SPLIT", 8)
+    assert triton_decode._split(gpu, 3, 16) == 4  # (at least 4 state columns a program)
