@@ -54,9 +54,25 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol
     assert err <= rtol or max_abs <= atol, f"{msg} relative error {err:.3e} > {rtol:.1e} (max abs {max_abs:.3e})"
 
 
+INTERPRETER_PREAMBLE = """
+import torch
+
+def rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+worst = {}
+
+def note(name, err):
+    worst[name] = max(worst.get(name, 0.0), err)
+"""
+"""What every interpreter script starts with: ``rel(a, b)`` (relative error in float64) and ``note(name, err)``,
+which keeps the worst error of each name in ``worst`` (printed after "WORST" at the end of a script)."""
+
+
 def run_in_triton_interpreter(script: str):
-    """Run ``script`` in a fresh interpreter with Triton's CPU interpreter on (it must be on before Triton is
-    imported) and return what it printed after "WORST" (a Python literal: its worst errors)."""
+    """Run :data:`INTERPRETER_PREAMBLE` + ``script`` in a fresh interpreter with Triton's CPU interpreter on (it
+    must be on before Triton is imported) and return what it printed after "WORST" (a Python literal: its worst
+    errors)."""
     import ast
     import os
     import subprocess
@@ -66,7 +82,8 @@ def run_in_triton_interpreter(script: str):
     # this checkout first, then the caller's path (e.g. a folder holding fla when it is not installed)
     path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=path)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    out = subprocess.run([sys.executable, "-c", INTERPRETER_PREAMBLE + script], capture_output=True, text=True,
+                         env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     return ast.literal_eval(out.stdout.split("WORST")[1].strip())
 

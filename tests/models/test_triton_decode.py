@@ -27,9 +27,6 @@ HELPERS = textwrap.dedent('''
     from liger.models.cache import LigerLayerCache
     from liger.models.variants import VARIANT_CLASSES
 
-    def rel(a, b):
-        return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
-
     def recurrence(**kw):
         options = dict(variant="gla", feature_map="softmax", gate_normalizer=16.0, linear_scale=1.0,
                        gate_pool_size=None, hgrn2_lower_bound=0.0, gsa_num_slots=None, linear_normalizer="none",
@@ -190,9 +187,6 @@ MODEL = textwrap.dedent('''
     import liger.models.attention as attention
     from liger.models.cache import LigerCache
     from tests.conftest import tiny_teacher
-
-    def rel(a, b):
-        return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 
     import liger.models.modeling_liger as modeling
     calls, layer_calls = [], []

@@ -25,14 +25,8 @@ SCRIPT = textwrap.dedent('''
     from liger.models.gla_ops import naive_recurrent_gla
     from liger.models.variants import get_recurrence
 
-    def rel(a, b):
-        return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
-
     torch.manual_seed(0)
     worst = {}
-
-    def note(name, err):
-        worst[name] = max(worst.get(name, 0.0), err)
 
     # the kernel on prepared inputs against the token-by-token reference
     cases = [  # B, T, HQ, H, D, V, chunk, value block, initial state

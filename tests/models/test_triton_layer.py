@@ -22,9 +22,6 @@ KERNELS = textwrap.dedent('''
     from transformers.models.qwen3.modeling_qwen3 import Qwen3RMSNorm
     from liger.models.triton_layer import add_rms_norm, silu_mul
 
-    def rel(a, b):
-        return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
-
     g = torch.Generator().manual_seed(0)
     worst = {}
     exact = {}
@@ -66,9 +63,6 @@ PROJECTIONS = textwrap.dedent('''
     import torch
     import torch.nn.functional as F
     from liger.models.triton_layer import gate_up_silu, linear3
-
-    def rel(a, b):
-        return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 
     g = torch.Generator().manual_seed(0)
     worst = {}

@@ -19,14 +19,8 @@ SCRIPT = textwrap.dedent('''
     from liger.models.attention import rope_pair
     from liger.models.variants import _fla_inputs, get_recurrence
 
-    def rel(a, b):
-        return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
-
     torch.manual_seed(0)
     worst = {}
-
-    def note(name, err):
-        worst[name] = max(worst.get(name, 0.0), err)
 
     for B, T, HQ, H, D, cos_batch in [(2, 37, 6, 2, 16, 2), (1, 50, 3, 3, 24, 1), (3, 9, 4, 1, 64, 1)]:
         q = torch.randn(B, T, HQ, D, requires_grad=True)

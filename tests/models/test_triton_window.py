@@ -22,9 +22,6 @@ SCRIPT = textwrap.dedent('''
     from liger.models.triton_window import triton_window_attention
     from tests.conftest import tiny_teacher
 
-    def rel(a, b):
-        return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
-
     torch.manual_seed(0)
     worst = {}
     # B, Tq, Tk, HQ, H, D, W, padded: grouped heads, a cached prefix (Tk > Tq), head dims that are not powers of
@@ -96,9 +93,6 @@ OUTSIDE_KEYS = textwrap.dedent('''
     from liger.models.window import Sinks, window_attention
     from liger.models.triton_window import triton_window_attention
     from tests.conftest import tiny_teacher
-
-    def rel(a, b):
-        return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 
     torch.manual_seed(0)
     worst = {}
