@@ -139,6 +139,8 @@ def triton_window_attention(
 def _merge_outside_keys(q, o, lse, Tk, window_size, scale, sinks, extra) -> torch.Tensor:
     """The window's output ``o`` (log-sum-exp ``lse`` ``[B, HQ, Tq]``) merged with the sinks and extra keys
     visible to each query (scored here in float32, as :func:`liger.models.window.window_attention` does)."""
+    from .window import blocked_sink_visibility  # (window.py imports this module)
+
     B, Tq, HQ, D = q.shape
     H = (sinks.k if sinks is not None and sinks.k.shape[1] else extra.k).shape[-2]
     G, L, W = HQ // H, Tk - Tq, window_size
@@ -147,8 +149,7 @@ def _merge_outside_keys(q, o, lse, Tk, window_size, scale, sinks, extra) -> torc
     qpad = torch.nn.functional.pad(q.float(), (0, 0, 0, 0, 0, nb * bq - Tq)).reshape(B, nb, bq, H, G, D)
     scores, masks, values, eqs = [], [], [], []
     if sinks is not None and sinks.k.shape[1]:
-        p = L + torch.arange(nb * bq, device=q.device).reshape(nb, bq)
-        visible = sinks.valid[:, None, None, :] & (sinks.index[:, None, None, :] <= p[None, :, :, None] - W)
+        visible = blocked_sink_visibility(sinks, L, nb, bq, W)
         scores.append(torch.einsum("bnqhgd,bshd->bnqhgs", qpad, sinks.k.float()) * scale)
         masks.append(visible[:, :, :, None, None, :])  # [B, nb, bq, 1, 1, S]
         values.append(sinks.v.float())

@@ -163,8 +163,7 @@ def window_attention(
     scores = [torch.einsum("bnqhgd,bnhdj->bhgnqj", qpad, kb) * scale]
     masks, values, eqs = [mask], [vb], ["bhgnqj,bnhdj->bnqhgd"]
     if sinks is not None:
-        p = L + torch.arange(nb * bq, device=q.device).reshape(nb, bq)
-        visible = sinks.valid[:, None, None, :] & (sinks.index[:, None, None, :] <= p[None, :, :, None] - W)
+        visible = blocked_sink_visibility(sinks, L, nb, bq, W)
         scores.append(torch.einsum("bnqhgd,bshd->bhgnqs", qpad, sinks.k) * scale)
         masks.append(visible[:, None, None])  # [B,1,1,nb,bq,S]
         values.append(sinks.v)
@@ -177,6 +176,13 @@ def window_attention(
         eqs.append("bhgnqe,bnehd->bnqhgd")
     out = _masked_softmax_av(scores, masks, values, eqs)
     return out.reshape(B, nb * bq, HQ, D)[:, :Tq].to(q.dtype)
+
+
+def blocked_sink_visibility(sinks: Sinks, first: int, nb: int, bq: int, window_size: int) -> torch.Tensor:
+    """``[B, nb, bq, S]``: which sinks the queries of ``nb`` blocks of ``bq`` (positions ``first``, ``first + 1``,
+    ...) see — the valid ones outside their windows (a sink inside a window is counted once, as a window key)."""
+    p = first + torch.arange(nb * bq, device=sinks.index.device).reshape(nb, bq)
+    return sinks.valid[:, None, None, :] & (sinks.index[:, None, None, :] <= p[None, :, :, None] - window_size)
 
 
 def _check_extra(extra: ExtraKeys, bq: int, nb: int) -> None:
@@ -227,8 +233,7 @@ def sdpa_window_attention(
     mask = (band & key_blocks(key_valid)[:, :, None, :]) | (jj == qq + W - 1)  # [B, nb, bq, span]
     if sinks is not None and sinks.k.shape[1]:
         S = sinks.k.shape[1]
-        p = L + torch.arange(nb * bq, device=q.device).reshape(nb, bq)
-        visible = sinks.valid[:, None, None, :] & (sinks.index[:, None, None, :] <= p[None, :, :, None] - W)
+        visible = blocked_sink_visibility(sinks, L, nb, bq, W)
         mask = torch.cat([visible, mask], dim=-1)
         kb = torch.cat([sinks.k.to(kb.dtype)[:, None].expand(B, nb, S, H, D), kb], dim=2)
         vb = torch.cat([sinks.v.to(vb.dtype)[:, None].expand(B, nb, S, H, D), vb], dim=2)
