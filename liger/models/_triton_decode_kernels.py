@@ -54,10 +54,13 @@ def _rope(X, offs_d, partner, sign, dmask, cos, sin):
 
 
 @triton.jit
-def _attend(q, kb, vb, ok, m_i, l_i, acc, PRECISION: tl.constexpr):
-    """One block of keys ``kb``/values ``vb`` ``[BK, BD]`` (``ok``: the visible rows) into the online softmax
-    (running max ``m_i``, sum ``l_i``, output ``acc``) of the scaled queries ``q`` ``[BGP, BD]``; a row that sees
-    no key yet keeps ``m_i`` = −inf and adds nothing."""
+def _attend(q, KP, VP, s_kn, s_vn, rows, load, ok, offs_d, dmask, m_i, l_i, acc, PRECISION: tl.constexpr):
+    """One block of keys/values — rows ``rows`` of ``KP``/``VP`` (row strides ``s_kn``/``s_vn``; ``load``: the rows
+    to read, ``ok``: the visible ones) — into the online softmax (running max ``m_i``, sum ``l_i``, output ``acc``)
+    of the scaled queries ``q`` ``[BGP, BD]``; a row that sees no key yet keeps ``m_i`` = −inf and adds nothing."""
+    mask = load[:, None] & dmask[None, :]
+    kb = tl.load(KP + rows[:, None] * s_kn + offs_d[None, :], mask=mask, other=0.0)
+    vb = tl.load(VP + rows[:, None] * s_vn + offs_d[None, :], mask=mask, other=0.0)
     s = tl.dot(q, tl.trans(kb.to(tl.float32)), input_precision=PRECISION)
     s = tl.where(ok[None, :], s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -143,32 +146,23 @@ def decode_step(
             rows = k0 + offs_k
             rmask = rows < L
             ok = rmask & (tl.load(RING_VALID + b * s_rvalid_b + rows, mask=rmask, other=0) != 0)
-            kb = tl.load(RING_K + b * srkb + rows[:, None] * srkl + h * srkh + offs_d[None, :],
-                         mask=rmask[:, None] & dmask[None, :], other=0.0)
-            vb = tl.load(RING_V + b * srvb + rows[:, None] * srvl + h * srvh + offs_d[None, :],
-                         mask=rmask[:, None] & dmask[None, :], other=0.0)
-            m_i, l_i, acc = _attend(q_all, kb, vb, ok, m_i, l_i, acc, PRECISION)
+            m_i, l_i, acc = _attend(q_all, RING_K + b * srkb + h * srkh, RING_V + b * srvb + h * srvh, srkl, srvl,
+                                    rows, rmask, ok, offs_d, dmask, m_i, l_i, acc, PRECISION)
         if HAS_GLOBAL:
             for k0 in range(j * BK, NGLOB, NSPLIT * BK):
                 rows = k0 + offs_k
                 rmask = rows < NGLOB
                 ok = rmask & (tl.load(GLOB_SCORE + b * sgsb + rows * sgsn + h * sgsh, mask=rmask,
                                       other=float("-inf")) > float("-inf"))
-                kb = tl.load(GLOB_K + b * sgkb + rows[:, None] * sgkn + h * sgkh + offs_d[None, :],
-                             mask=rmask[:, None] & dmask[None, :], other=0.0)
-                vb = tl.load(GLOB_V + b * sgvb + rows[:, None] * sgvn + h * sgvh + offs_d[None, :],
-                             mask=rmask[:, None] & dmask[None, :], other=0.0)
-                m_i, l_i, acc = _attend(q_all, kb, vb, ok, m_i, l_i, acc, PRECISION)
+                m_i, l_i, acc = _attend(q_all, GLOB_K + b * sgkb + h * sgkh, GLOB_V + b * sgvb + h * sgvh, sgkn,
+                                        sgvn, rows, rmask, ok, offs_d, dmask, m_i, l_i, acc, PRECISION)
         if HAS_SINKS:
             smask = offs_s < S
             spos = tl.load(SINK_POS + b * s_spos_b + offs_s, mask=smask, other=0)
             sink_ok = smask & (tl.load(SINK_VALID + b * s_svalid_b + offs_s, mask=smask, other=0) != 0)
             sink_ok = sink_ok & (spos < seen - L) & first  # a sink inside the window counts once, as a window key
-            kb = tl.load(SINK_K + b * sskb + offs_s[:, None] * sskn + h * sskh + offs_d[None, :],
-                         mask=smask[:, None] & dmask[None, :], other=0.0)
-            vb = tl.load(SINK_V + b * ssvb + offs_s[:, None] * ssvn + h * ssvh + offs_d[None, :],
-                         mask=smask[:, None] & dmask[None, :], other=0.0)
-            m_i, l_i, acc = _attend(q_all, kb, vb, sink_ok, m_i, l_i, acc, PRECISION)
+            m_i, l_i, acc = _attend(q_all, SINK_K + b * sskb + h * sskh, SINK_V + b * ssvb + h * ssvh, sskn, ssvn,
+                                    offs_s, smask, sink_ok, offs_d, dmask, m_i, l_i, acc, PRECISION)
         # the new token (padding sees no key and gets zeros)
         v_tok = tl.load(V + b * svb + h * svh + offs_d, mask=dmask, other=0.0).to(tl.float32)
         s_new = tl.where(real & first, tl.sum(q_all * k_rot[None, :], 1), float("-inf"))
