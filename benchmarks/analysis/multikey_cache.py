@@ -26,7 +26,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import liger
 from liger.assets import smollm2_dir
 from liger.eval.longtext import as_long_text
-from liger.eval.multikey import NEEDLE, WORDS, multikey_prompt
+from liger.eval.multikey import NEEDLE, draw_trial, multikey_prompt
 from liger.eval.passkey import NEEDLE as PASSKEY_NEEDLE
 from liger.eval.passkey import n_tokens, passkey_prompt
 from liger.models.cache import LigerCache
@@ -54,14 +54,7 @@ def main() -> None:
             pos = n_tokens(tok, prompt[:prompt.index(PASSKEY_NEEDLE.format(key=key))].rstrip())
             words, text = [""], " " + PASSKEY_NEEDLE.format(key=key)
         else:
-            words = rng.sample(WORDS, 4)
-            numbers: list[int] = []
-            while len(numbers) < 4:
-                n = rng.randint(1_000_000, 9_999_999)
-                if n not in numbers:
-                    numbers.append(n)
-            depth = (i + rng.random()) / args.trials
-            depths = [(depth + j / 4) % 1.0 for j in range(4)]
+            words, numbers, _, depths = draw_trial(rng, i, args.trials, 4)
             built = multikey_prompt(tok, corpus, args.length, list(zip(words, numbers)), depths, 0,
                                     rng.randrange(len(corpus.paragraphs)))
             prompt, pos = built["prompt"], built["positions"][0]

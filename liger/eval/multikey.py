@@ -152,6 +152,19 @@ def multikey_prompt(tokenizer, corpus: LongText, length: int, pairs: list[tuple[
     return {"prompt": prompt, "tokens": lo_n, "positions": positions, "filler": filler}
 
 
+def draw_trial(rng: random.Random, i: int, trials: int, pairs: int) -> tuple[list[str], list[int], float, list[float]]:
+    """Trial ``i`` of ``trials``: ``pairs`` distinct words and 7-digit numbers, the asked pair's depth (stratified:
+    drawn in ``[i/trials, (i+1)/trials)``) and every pair's depth (the others at multiples of 1/pairs from it)."""
+    words = rng.sample(WORDS, pairs)
+    numbers: list[int] = []
+    while len(numbers) < pairs:
+        n = rng.randint(1_000_000, 9_999_999)
+        if n not in numbers:
+            numbers.append(n)
+    depth = (i + rng.random()) / trials
+    return words, numbers, depth, [(depth + j / pairs) % 1.0 for j in range(pairs)]
+
+
 def multikey(model, tokenizer, texts, lengths: list[int] = (1024, 2048, 4096, 8192), trials: int = 20,
              pairs: int = 4, seed: int = 0, max_new_tokens: int = 12) -> dict:
     """Accuracy of greedy multi-key retrieval at each prompt length (see the module docstring).
@@ -185,14 +198,7 @@ def multikey(model, tokenizer, texts, lengths: list[int] = (1024, 2048, 4096, 81
             rng = random.Random(f"multikey-{seed}-{length}")
             records = []
             for i in range(trials):
-                words = rng.sample(WORDS, pairs)
-                numbers: list[int] = []
-                while len(numbers) < pairs:
-                    n = rng.randint(1_000_000, 9_999_999)
-                    if n not in numbers:
-                        numbers.append(n)
-                depth = (i + rng.random()) / trials
-                depths = [(depth + j / pairs) % 1.0 for j in range(pairs)]
+                words, numbers, depth, depths = draw_trial(rng, i, trials, pairs)
                 built = multikey_prompt(tokenizer, corpus, length, list(zip(words, numbers)), depths, 0,
                                         rng.randrange(len(corpus.paragraphs)))
                 answer, tokens = greedy_answer(model, tokenizer, built["prompt"], max_new_tokens)
