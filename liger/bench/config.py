@@ -64,6 +64,9 @@ class BenchConfig:
     """Sequences per training step, one measurement each."""
     train_length: int = 1024
     """Tokens per training sequence."""
+    train_modes: list[str] = field(default_factory=lambda: ["eager", "cuda_graph"])
+    """How each training step runs: ``eager``, and ``cuda_graph`` (forward, loss and backward captured once and
+    replayed, as ``train.cuda_graph`` trains; CUDA only), one measurement each, for both models."""
     train_steps: int = 10
     """Timed training steps (after 3 untimed ones)."""
     serve: bool = False
@@ -118,6 +121,8 @@ def check(cfg: BenchConfig) -> None:
     need(bool(cfg.contexts) and min(cfg.contexts) >= 1, "contexts", "must be positive integers", cfg.contexts)
     need(bool(cfg.train_batch_sizes) and min(cfg.train_batch_sizes) >= 1, "train_batch_sizes",
          "must be positive integers", cfg.train_batch_sizes)
+    need(bool(cfg.train_modes) and set(cfg.train_modes) <= {"eager", "cuda_graph"}, "train_modes",
+         "must be eager and/or cuda_graph", cfg.train_modes)
     need(bool(cfg.serve_contexts) and min(cfg.serve_contexts) >= 1, "serve_contexts", "must be positive integers",
          cfg.serve_contexts)
     need(cfg.serve_start_batch <= cfg.serve_max_batch, "serve_start_batch", "must be <= serve_max_batch",

@@ -225,12 +225,15 @@ def _context_rows(model, kind, context, cfg, device, generator, report, runners=
     for mode in _decode_modes(kind, device):
         _reset_peak(device)
         steps = _decode_steps(model, kind, mode, cache, token, cfg.decode_steps, cfg.warmup_steps, device)
-        if cfg.profile and context == max(cfg.contexts) and mode == "eager":
-            # (in the eager mode: _decode_steps leaves the model in "auto", whose first call captures a CUDA graph —
-            # two warm-up steps, the capture and the cache's save/restore around them, which run J's profile showed)
-            model.set_decoding("eager")
-            _profile(report, f"decode liger eager step at {context} (batch {B})",
-                     lambda c=cache: model(input_ids=token, **{CACHE: c}, use_cache=True), device)
+        if cfg.profile and context == max(cfg.contexts) and mode == _decode_modes(kind, device)[-1]:
+            # the kernels of the mode that serves (the CUDA graph's replay on a GPU: the profiler lists the kernels
+            # inside it), over 4 steps (a kernel's "# of Calls" / 4 per step)
+            model.set_decoding(mode)
+
+            def four_steps(c=cache):
+                for _ in range(4):
+                    model(input_ids=token, **{CACHE: c}, use_cache=True)
+            _profile(report, f"decode liger {mode} step at {context} (batch {B}), 4 steps", four_steps, device)
             model.set_decoding("auto")
         median = statistics.median(steps)
         report["decode"].append(dict(model=kind, mode=mode, context=context, batch_size=B, latency_s=median,
@@ -397,6 +400,10 @@ def _graph_rows(model, cfg, device, generator, report):
 
 
 def _train_rows(base, kind, cfg, device, generator, report, budget):
+    """LoRA training steps per batch size and mode: ``eager``, and ``cuda_graph`` (the forward, loss and backward
+    captured once and replayed, :class:`liger.train.graphed.GraphedStep`, as ``train.cuda_graph`` trains; CUDA
+    only); the optimizer step eager in both."""
+    from ..train.graphed import GraphedStep, GraphUnavailable
     from ..train.lora import adamw, add_adapters
 
     model = add_adapters(copy.deepcopy(base), cfg.lora)
@@ -405,8 +412,11 @@ def _train_rows(base, kind, cfg, device, generator, report, budget):
     optimizer = adamw(params, OptimConfig())
     vocab = base.config.vocab_size
 
-    def step(ids):
-        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+    def loss_of(ids):
+        return model(input_ids=ids, labels=ids, use_cache=False).loss
+
+    def eager_step(ids):
+        loss = loss_of(ids)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -414,27 +424,47 @@ def _train_rows(base, kind, cfg, device, generator, report, budget):
 
     try:
         for B in cfg.train_batch_sizes:
-            if budget.left() <= 0:
-                report["skipped"].append(f"train {kind} batch {B}: time budget")
-                continue
             ids = torch.randint(0, vocab, (B, cfg.train_length), device=device, generator=generator)
-            try:
-                _reset_peak(device)
-                for _ in range(3):
-                    step(ids)
-                times = [_timed(lambda x=ids: step(x), device)[1] for _ in range(cfg.train_steps)]
-                median = statistics.median(times)
-                report["train"].append(dict(model=kind, batch_size=B, length=cfg.train_length, step_s=median,
-                                            step_s_runs=times, tokens_per_s=B * cfg.train_length / median,
-                                            peak_memory_bytes=_peak(device),
-                                            trainable_parameters=sum(p.numel() for p in params)))
-                if cfg.profile and B == max(cfg.train_batch_sizes):
-                    _profile(report, f"train {kind} batch {B} x {cfg.train_length}", lambda x=ids: step(x), device)
-            except Exception as err:
-                if not _is_oom(err):
-                    raise
-                report["train"].append(dict(model=kind, batch_size=B, length=cfg.train_length, error="out of memory"))
-                optimizer.zero_grad(set_to_none=True)
+            for mode in cfg.train_modes:
+                label = f"train {kind} batch {B} ({mode})"
+                if mode == "cuda_graph" and device.type != "cuda":
+                    report["skipped"].append(f"{label}: CUDA graphs need a CUDA device")
+                    continue
+                if budget.left() <= 0:
+                    report["skipped"].append(f"{label}: time budget")
+                    continue
+                row = dict(model=kind, mode=mode, batch_size=B, length=cfg.train_length)
+                graphed = None
+                try:
+                    _reset_peak(device)
+                    step = eager_step
+                    if mode == "cuda_graph":
+                        graphed = GraphedStep(loss_of, params, (ids,))
+
+                        def step(x, g=graphed):
+                            loss = g(x)
+                            optimizer.step()
+                            optimizer.zero_grad(set_to_none=True)
+                            return loss
+                    for _ in range(3):
+                        step(ids)
+                    times = [_timed(lambda x=ids, f=step: f(x), device)[1] for _ in range(cfg.train_steps)]
+                    median = statistics.median(times)
+                    report["train"].append(dict(row, step_s=median, step_s_runs=times,
+                                                tokens_per_s=B * cfg.train_length / median,
+                                                peak_memory_bytes=_peak(device),
+                                                trainable_parameters=sum(p.numel() for p in params)))
+                    if cfg.profile and B == max(cfg.train_batch_sizes):
+                        _profile(report, label, lambda x=ids, f=step: f(x), device)
+                except GraphUnavailable as err:
+                    report["train"].append(dict(row, error=f"not captured: {err}"))
+                except Exception as err:
+                    if not _is_oom(err):
+                        raise
+                    report["train"].append(dict(row, error="out of memory"))
+                finally:
+                    optimizer.zero_grad(set_to_none=True)
+                    del graphed
     finally:
         model.to("cpu")
         optimizer.state.clear()

@@ -203,10 +203,11 @@ def format_report(report) -> str:
     if report["train"]:
         lines.append("")
         for r in report["train"]:
+            head = f"train {r['model']:>7} batch {r['batch_size']:>2} x {r['length']} {r.get('mode', 'eager'):>10}"
             if "error" in r:
-                lines.append(f"train {r['model']:>7} batch {r['batch_size']:>2} x {r['length']}: {r['error']}")
+                lines.append(f"{head}: {r['error']}")
             else:
-                lines.append(f"train {r['model']:>7} batch {r['batch_size']:>2} x {r['length']}: "
+                lines.append(f"{head}: "
                              f"{r['tokens_per_s']:,.0f} tokens/s, step {_ms(r['step_s'])} ms, "
                              f"peak {_gib(r['peak_memory_bytes'])} GiB")
     fb = report.get("fallbacks") or {}

@@ -36,6 +36,8 @@ FLAGS = {
     "--train-batch-sizes": ("train_batch_sizes", dict(type=positive_int_list, metavar="B1,B2,...")),
     "--train-length": ("train_length", dict(type=int, metavar="T")),
     "--train-steps": ("train_steps", dict(type=int, metavar="N")),
+    "--train-modes": ("train_modes", dict(type=lambda text: [t for t in text.replace(" ", "").split(",") if t],
+                                          metavar="M1,M2")),
     "--profile": ("profile", dict(action="store_const", const=True)),
     "--autotune": ("autotune", dict(choices=["full", "fast"])),
     "--time-budget": ("time_budget", dict(type=float, metavar="SECONDS")),

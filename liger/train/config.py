@@ -123,6 +123,12 @@ class TrainSettings:
     """Base weights' dtype: ``auto`` = bfloat16 on GPU, float32 on CPU. LoRA weights stay float32."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, more compute)."""
+    cuda_graph: bool = False
+    """Capture each micro-batch's forward, loss and backward in a CUDA graph once and replay it at every step
+    (:mod:`liger.train.graphed`; beyond the paper): a small model's step is bound by kernel launches, not by the GPU
+    (docs/gpu.md measures both). The optimizer step, clipping and the schedule stay eager, so results are the
+    eager loop's. Needs one process on a CUDA GPU; attention-transfer steps, and a loss that cannot be captured
+    (logged once), run eagerly."""
     fsdp: bool = False
     """Shard the model over the GPUs (accelerate's FSDP2, one shard group per decoder layer) instead of DDP,
     for models that do not fit one GPU. Needs ``accelerate launch`` on CUDA GPUs; ``accelerate launch

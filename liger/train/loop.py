@@ -42,6 +42,7 @@ from .checkpoint import (
 from .config import TrainConfig
 from .data import PackedData, build_data
 from .errors import TrainingError
+from .graphed import GradientSum, GraphedStep, GraphUnavailable
 from .lora import adamw, add_adapters
 from .metrics import MetricsLog, peak_rss_bytes, plot_metrics, read_metrics, truncate_metrics
 from .objective import attention_transfer_loss, kl_to_teacher, teacher_context, token_losses, validation_loss
@@ -112,6 +113,11 @@ class _Run:
     start_step: int = 0
     metrics: MetricsLog | None = None
     summary: dict = field(default_factory=dict)
+    graphed: GraphedStep | None = None
+    """The captured micro-batch step (``train.cuda_graph``), built at the first next-token step."""
+    graph_failed: bool = False
+    """The capture failed: the eager step runs (logged once)."""
+    grad_sum: GradientSum | None = None
 
     @property
     def main(self) -> bool:
@@ -168,6 +174,11 @@ def _start(cfg: TrainConfig) -> _Run:
     if t.batch_size % (world * t.micro_batch_size):
         raise TrainingError(f"train.batch_size={t.batch_size} is not divisible by {world} processes x "
                             f"train.micro_batch_size={t.micro_batch_size}")
+    if t.cuda_graph and device != "cuda":
+        raise TrainingError(f"train.cuda_graph needs a CUDA GPU (this run's device is {device})")
+    if t.cuda_graph and world > 1:
+        raise TrainingError(f"train.cuda_graph runs in one process ({world} here: DDP and FSDP reduce gradients "
+                            "inside the backward); turn it off under accelerate launch")
     return _Run(cfg, accelerator, device, dtype, accumulation=t.batch_size // (world * t.micro_batch_size),
                 output=Path(cfg.output))
 
@@ -350,20 +361,18 @@ def _train(run: _Run, on_step) -> None:
         for micro in range(run.accumulation):
             idx = batch[micro * t.micro_batch_size:(micro + 1) * t.micro_batch_size]
             x, y = data.train_ids[idx].to(accelerator.device), data.train_labels[idx].to(accelerator.device)
-            with accelerator.no_sync(model) if micro < run.accumulation - 1 else nullcontext():
-                if transfer:
-                    loss = attention_transfer_loss(model, core, x)
-                else:
-                    logits = model(input_ids=x, use_cache=False).logits
-                    s, n = token_losses(logits, y)
-                    loss = s / n.clamp_min(1)
-                if t.loss != "ce" and not transfer:
-                    with torch.no_grad(), teacher_context(core):
-                        teacher_logits = core(input_ids=x, use_cache=False).logits
-                    kl = kl_to_teacher(logits, teacher_logits, y, t.kl_temperature)
-                    loss = kl if t.loss == "kl" else loss + t.kl_weight * kl
-                accelerator.backward(loss / run.accumulation)
+            graphed = None if transfer else _graphed_step(run, model, core, x, y)
+            if graphed is not None:
+                loss = graphed(x, y)
+                if run.grad_sum is not None:
+                    run.grad_sum.add()
+            else:
+                with accelerator.no_sync(model) if micro < run.accumulation - 1 else nullcontext():
+                    loss = _micro_loss(run, model, core, x, y, transfer)
+                    accelerator.backward(loss / run.accumulation)
             step_loss += loss.detach() / run.accumulation
+        if run.graphed is not None and run.grad_sum is not None and not transfer:
+            run.grad_sum.attach()
         step_loss = accelerator.reduce(step_loss, "mean")
         if not torch.isfinite(step_loss):
             progress.close()
@@ -401,8 +410,43 @@ def _train(run: _Run, on_step) -> None:
             on_step(step + 1, entry)
     progress.close()
     run.metrics.close()
-    run.summary.update(trained_steps=trained_steps, train_seconds=train_seconds,
+    run.summary.update(trained_steps=trained_steps, train_seconds=train_seconds, cuda_graph=run.graphed is not None,
                        tokens_per_s=tokens_per_step * trained_steps / train_seconds if train_seconds else None)
+
+
+def _micro_loss(run: _Run, model, core, x, y, transfer: bool) -> torch.Tensor:
+    """One micro-batch's loss: attention transfer, or ``train.loss`` (next-token CE, the KL to the teacher)."""
+    t = run.cfg.train
+    if transfer:
+        return attention_transfer_loss(model, core, x)
+    logits = model(input_ids=x, use_cache=False).logits
+    s, n = token_losses(logits, y)
+    loss = s / n.clamp_min(1)
+    if t.loss != "ce":
+        with torch.no_grad(), teacher_context(core):
+            teacher_logits = core(input_ids=x, use_cache=False).logits
+        kl = kl_to_teacher(logits, teacher_logits, y, t.kl_temperature)
+        loss = kl if t.loss == "kl" else loss + t.kl_weight * kl
+    return loss
+
+
+def _graphed_step(run: _Run, model, core, x, y) -> GraphedStep | None:
+    """The captured micro-batch step (``train.cuda_graph``), captured on the first call with this batch; None:
+    the eager step (the option is off, or the capture failed, logged once)."""
+    if not run.cfg.train.cuda_graph or run.graph_failed:
+        return None
+    if run.graphed is None:
+        try:
+            run.graphed = GraphedStep(lambda a, b: _micro_loss(run, model, core, a, b, False), run.trainable,
+                                      (x, y), scale=1.0 / run.accumulation)
+        except GraphUnavailable as err:
+            run.graph_failed = True
+            logger.warning("train.cuda_graph: the step could not be captured (%s); training eagerly", err)
+            return None
+        if run.accumulation > 1:
+            run.grad_sum = GradientSum(run.trainable)
+        logger.info("train.cuda_graph: the micro-batch step is captured in a CUDA graph")
+    return run.graphed
 
 
 def _finish(run: _Run) -> None:

@@ -28,8 +28,13 @@ def test_bench_writes_report_plot_and_table(tmp_path, capsys, train):
     targets = load_benchmark("targets")
     assert targets.format_targets(targets.evaluate_targets(report)).startswith("targets (issue 5):")
     if train:
-        assert {(r["model"], r["batch_size"]) for r in report["train"]} == {("teacher", 1), ("liger", 1)}
+        assert {(r["model"], r["batch_size"], r["mode"]) for r in report["train"]} == {("teacher", 1, "eager"),
+                                                                                       ("liger", 1, "eager")}
         assert all(r["tokens_per_s"] > 0 for r in report["train"])
+        # the CUDA-graph step (train_modes' default includes it) is measured on CUDA only, and says so
+        assert {s for s in report["skipped"] if "cuda_graph" in s} == {
+            f"train {m} batch 1 (cuda_graph): CUDA graphs need a CUDA device" for m in ("teacher", "liger")}
+        assert "train   liger batch  1 x 16      eager:" in printed
         return
     assert (tmp_path / "bench.png").stat().st_size > 0
     assert report["checks"]["passed"] and report["checks"]["prefill_logits_rel_err"] < 1e-4

@@ -273,3 +273,13 @@ def test_attention_transfer_needs_a_liger_model(tiny_base, alpaca_file, tmp_path
                                 "train.transfer_steps": 1, "train.device": "cpu", "output": str(tmp_path / "r")})
     with pytest.raises(TrainingError, match="train.transfer_steps needs a Liger model"):
         finetune(cfg, model=Auto.from_pretrained(tiny_base))
+
+
+def test_cuda_graph_needs_a_cuda_device(tiny_base, alpaca_file, tmp_path, capsys):
+    """``train.cuda_graph`` on the CPU: a one-line error and a non-zero exit, before anything is written (the
+    captured step itself is tested against the eager one in tests/gpu/test_train_graph_gpu.py)."""
+    out = tmp_path / "run"
+    assert main(["finetune", *tiny_args(tiny_base, alpaca_file, out), "--max-steps", "1", "train.cuda_graph=true"]) != 0
+    err = capsys.readouterr().err
+    assert "train.cuda_graph needs a CUDA GPU (this run's device is cpu)" in err and "Traceback" not in err
+    assert not out.exists() or not any(out.iterdir())
