@@ -1,13 +1,13 @@
 """The Triton kernels of :mod:`liger.models.triton_decode` (imported only when they are used; set
 ``TRITON_INTERPRET=1`` before the first import to get Triton's CPU interpreter versions).
 
-``decode_step``: ``NSPLIT`` programs per (sequence, KV head) — each its share of the window's key blocks and of the
-state's columns, the last to finish combining them — do the whole attention step of the ``G`` query heads of
-its group — RoPE of q and k, the window's scores over the ring, the sinks, the new token and the global cache's
-members, the recurrent state's update (generic gated form or gated delta rule) and readout, the mix, the global
-cache's merge of the token leaving the window (with ``global_cache_pool``: of the pending token it decides, and
-the shift of the pending tokens and recent errors) — and writes the new token's key/value into its ring slot (and its
-sink slot).
+``decode_step``: per (sequence, KV head), ``NA`` window programs — each its share of the window's key blocks —
+and ``NR`` state programs — each its share of the state's columns —, the last to finish combining them, do the
+whole attention step of the ``G`` query heads of its group — RoPE of q and k, the window's scores over the ring,
+the sinks, the new token and the global cache's members, the recurrent state's update (generic gated form or
+gated delta rule) and readout, the mix, the global cache's merge of the token leaving the window (with
+``global_cache_pool``: of the pending token it decides, and the shift of the pending tokens and recent errors) —
+and writes the new token's key/value into its ring slot (and its sink slot).
 The last program of the launch to finish (an atomic count) then writes what every program reads (the ring's valid
 flags, the sinks' positions and flags) and the token counts.
 Everything is computed in float32; bool tensors are passed as ``uint8`` views.
@@ -77,7 +77,7 @@ def decode_step(
     Q, K, V, QL, KL, COS, SIN, VALID, STATE, RING_K, RING_V, RING_VALID, SEEN,
     SINK_K, SINK_V, SINK_POS, SINK_VALID, REAL_SEEN, OUT,
     RING_KL, GLOB_K, GLOB_V, GLOB_SCORE, GLOB_INDEX, PEND_K, PEND_V, RECENT,
-    PART_M, PART_L, PART_ACC, REC, ERR, COUNT,
+    PART_M, PART_L, PART_ACC, REC, ERRP, ZBUF, COUNT,
     sqb, sqh, skb, skh, svb, svh, sqlb, sqlh, sklb, sklh, scb,
     srkb, srkl, srkh, srvb, srvl, srvh, s_rvalid_b,
     sskb, sskn, sskh, ssvb, ssvn, ssvh, s_spos_b, s_svalid_b,
@@ -90,7 +90,8 @@ def decode_step(
     KEY_IS_GATE: tl.constexpr, DELTA: tl.constexpr, BETA_CONST: tl.constexpr, HAS_Z: tl.constexpr,
     READOUT: tl.constexpr, HAS_REC: tl.constexpr, REC_OUT: tl.constexpr, HAS_WIN: tl.constexpr,
     HAS_SINKS: tl.constexpr, HAS_GLOBAL: tl.constexpr, HAS_RING: tl.constexpr,
-    POOL: tl.constexpr, BP: tl.constexpr, B2P: tl.constexpr, NSPLIT: tl.constexpr, BVS: tl.constexpr,
+    POOL: tl.constexpr, BP: tl.constexpr, B2P: tl.constexpr, NA: tl.constexpr, NR: tl.constexpr,
+    BVS: tl.constexpr,
     BB: tl.constexpr,
 ):
     """Log-decay GATE: 0 logsigmoid(k)/n per channel (GLA; HGRN2 with γ = 0), 1 log(γ + (1−γ)σ(k))/n per channel
@@ -109,7 +110,10 @@ def decode_step(
     ``seen − L − P``) is merged, scored by the largest of the 2P + 1 errors, or −inf when its own (recent[P]) is
     −inf (``pooled_scores``)."""
     pid = tl.program_id(0)
-    j = tl.program_id(1)  # this program's share: key blocks j, j + NSPLIT, ...; state columns [j·BVS, (j+1)·BVS)
+    # this program's role: j < NA the window's key blocks j, j + NA, ...; j >= NA the state's columns
+    # [(j − NA)·BVS, (j − NA + 1)·BVS) (NA = 0 without a window, NR = 0 without a stepped state)
+    j = tl.program_id(1)
+    NPROG: tl.constexpr = NA + NR
     b = pid // H
     h = pid % H
     offs_d = tl.arange(0, BD)
@@ -133,48 +137,49 @@ def decode_step(
     # cache's members (BK keys a block, online softmax), program 0 the sinks and the new token too; [BGP, BD]
     # products on tensor cores (rows >= G unused)
     if HAS_WIN:
-        q_all = tl.zeros([BGP, BD], tl.float32)
-        for g in range(G):
-            q_rot = _rope(Q + b * sqb + (h * G + g) * sqh, offs_d, partner, sign, dmask, cos, sin)
-            q_all = tl.where((offs_gp == g)[:, None], q_rot[None, :], q_all)
-        q_all = q_all * scale
-        m_i = tl.full([BGP], float("-inf"), tl.float32)
-        l_i = tl.zeros([BGP], tl.float32)
-        acc = tl.zeros([BGP, BD], tl.float32)
-        offs_k = tl.arange(0, BK)
-        for k0 in range(j * BK, L, NSPLIT * BK):
-            rows = k0 + offs_k
-            rmask = rows < L
-            ok = rmask & (tl.load(RING_VALID + b * s_rvalid_b + rows, mask=rmask, other=0) != 0)
-            m_i, l_i, acc = _attend(q_all, RING_K + b * srkb + h * srkh, RING_V + b * srvb + h * srvh, srkl, srvl,
-                                    rows, rmask, ok, offs_d, dmask, m_i, l_i, acc, PRECISION)
-        if HAS_GLOBAL:
-            for k0 in range(j * BK, NGLOB, NSPLIT * BK):
+        if j < NA:
+            q_all = tl.zeros([BGP, BD], tl.float32)
+            for g in range(G):
+                q_rot = _rope(Q + b * sqb + (h * G + g) * sqh, offs_d, partner, sign, dmask, cos, sin)
+                q_all = tl.where((offs_gp == g)[:, None], q_rot[None, :], q_all)
+            q_all = q_all * scale
+            m_i = tl.full([BGP], float("-inf"), tl.float32)
+            l_i = tl.zeros([BGP], tl.float32)
+            acc = tl.zeros([BGP, BD], tl.float32)
+            offs_k = tl.arange(0, BK)
+            for k0 in range(j * BK, L, NA * BK):
                 rows = k0 + offs_k
-                rmask = rows < NGLOB
-                ok = rmask & (tl.load(GLOB_SCORE + b * sgsb + rows * sgsn + h * sgsh, mask=rmask,
-                                      other=float("-inf")) > float("-inf"))
-                m_i, l_i, acc = _attend(q_all, GLOB_K + b * sgkb + h * sgkh, GLOB_V + b * sgvb + h * sgvh, sgkn,
-                                        sgvn, rows, rmask, ok, offs_d, dmask, m_i, l_i, acc, PRECISION)
-        if HAS_SINKS:
-            smask = offs_s < S
-            spos = tl.load(SINK_POS + b * s_spos_b + offs_s, mask=smask, other=0)
-            sink_ok = smask & (tl.load(SINK_VALID + b * s_svalid_b + offs_s, mask=smask, other=0) != 0)
-            sink_ok = sink_ok & (spos < seen - L) & first  # a sink inside the window counts once, as a window key
-            m_i, l_i, acc = _attend(q_all, SINK_K + b * sskb + h * sskh, SINK_V + b * ssvb + h * ssvh, sskn, ssvn,
-                                    offs_s, smask, sink_ok, offs_d, dmask, m_i, l_i, acc, PRECISION)
-        # the new token (padding sees no key and gets zeros)
-        v_tok = tl.load(V + b * svb + h * svh + offs_d, mask=dmask, other=0.0).to(tl.float32)
-        s_new = tl.where(real & first, tl.sum(q_all * k_rot[None, :], 1), float("-inf"))
-        m_new = tl.maximum(m_i, s_new)
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp(m_i - m_safe)
-        e_new = tl.exp(s_new - m_safe)
-        l_i = l_i * alpha + e_new
-        acc = acc * alpha[:, None] + e_new[:, None] * v_tok[None, :]
-        m_i = m_new
-        if NSPLIT > 1:  # this program's part, combined by the last program of the (sequence, KV head) to arrive
-            part = pid * NSPLIT + j
+                rmask = rows < L
+                ok = rmask & (tl.load(RING_VALID + b * s_rvalid_b + rows, mask=rmask, other=0) != 0)
+                m_i, l_i, acc = _attend(q_all, RING_K + b * srkb + h * srkh, RING_V + b * srvb + h * srvh, srkl, srvl,
+                                        rows, rmask, ok, offs_d, dmask, m_i, l_i, acc, PRECISION)
+            if HAS_GLOBAL:
+                for k0 in range(j * BK, NGLOB, NA * BK):
+                    rows = k0 + offs_k
+                    rmask = rows < NGLOB
+                    ok = rmask & (tl.load(GLOB_SCORE + b * sgsb + rows * sgsn + h * sgsh, mask=rmask,
+                                          other=float("-inf")) > float("-inf"))
+                    m_i, l_i, acc = _attend(q_all, GLOB_K + b * sgkb + h * sgkh, GLOB_V + b * sgvb + h * sgvh, sgkn,
+                                            sgvn, rows, rmask, ok, offs_d, dmask, m_i, l_i, acc, PRECISION)
+            if HAS_SINKS:
+                smask = offs_s < S
+                spos = tl.load(SINK_POS + b * s_spos_b + offs_s, mask=smask, other=0)
+                sink_ok = smask & (tl.load(SINK_VALID + b * s_svalid_b + offs_s, mask=smask, other=0) != 0)
+                sink_ok = sink_ok & (spos < seen - L) & first  # a sink inside the window counts once, as a window key
+                m_i, l_i, acc = _attend(q_all, SINK_K + b * sskb + h * sskh, SINK_V + b * ssvb + h * ssvh, sskn, ssvn,
+                                        offs_s, smask, sink_ok, offs_d, dmask, m_i, l_i, acc, PRECISION)
+            # the new token (padding sees no key and gets zeros)
+            v_tok = tl.load(V + b * svb + h * svh + offs_d, mask=dmask, other=0.0).to(tl.float32)
+            s_new = tl.where(real & first, tl.sum(q_all * k_rot[None, :], 1), float("-inf"))
+            m_new = tl.maximum(m_i, s_new)
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.exp(m_i - m_safe)
+            e_new = tl.exp(s_new - m_safe)
+            l_i = l_i * alpha + e_new
+            acc = acc * alpha[:, None] + e_new[:, None] * v_tok[None, :]
+            m_i = m_new
+            # this program's part, combined by the last program of the (sequence, KV head) to arrive
+            part = pid * NA + j
             tl.store(PART_M + part * BGP + offs_gp, m_i)
             tl.store(PART_L + part * BGP + offs_gp, l_i)
             tl.store(PART_ACC + (part * BGP + offs_gp)[:, None] * BD + offs_d[None, :], acc)
@@ -182,127 +187,126 @@ def decode_step(
     # ---- the recurrence: feature-mapped queries of the group, key, gate, the normaliser; then this program's
     # state columns, BV at a time: update, readout (into REC, float32), the leaver's recall error
     if HAS_REC:
-        state = STATE + pid * D * VS
-        kl = tl.load(KL + b * sklb + h * sklh + offs_d, mask=dmask, other=0.0).to(tl.float32)
-        if GATE >= 3:
-            x = tl.sum(kl, 0) / D
-            if GATE == 3:
-                gate = -(tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))) * inv_norm
-            else:
-                gate = _logsigmoid(x) * inv_norm
-            decay = tl.zeros([BD], tl.float32) + tl.exp(tl.where(real, gate, 0.0))
-            if DELTA:  # the write strength β (0 for padding: no write)
-                if BETA_CONST:
-                    beta = tl.where(real, beta_const, 0.0)
+        if j >= NA:
+            jr = j - NA
+            state = STATE + pid * D * VS
+            kl = tl.load(KL + b * sklb + h * sklh + offs_d, mask=dmask, other=0.0).to(tl.float32)
+            if GATE >= 3:
+                x = tl.sum(kl, 0) / D
+                if GATE == 3:
+                    gate = -(tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))) * inv_norm
                 else:
-                    beta = tl.where(real, 1.0 / (1.0 + tl.exp(-x)), 0.0)
-        else:
-            if GATE == 0:
-                gate = _logsigmoid(kl) * inv_norm
-            elif GATE == 1:
-                gate = tl.log(gamma + (1 - gamma) / (1.0 + tl.exp(-kl))) * inv_norm
-            else:
-                gate = -tl.exp(tl.minimum(kl, 10.0)) * inv_norm
-            decay = tl.where(real & dmask, tl.exp(gate), 1.0)
-        if KEY_IS_GATE:  # HGRN2: the key is 1 − α
-            kf = tl.where(dmask, 1.0 - tl.exp(gate), 0.0)
-        else:
-            kf = _feature_map(kl, dmask, FMAP)
-        kf = tl.where(real, kf, 0.0)
-        if REC_OUT:
-            qf = tl.zeros([BG, BD], tl.float32)
-            for g in range(G):
-                ql = tl.load(QL + b * sqlb + (h * G + g) * sqlh + offs_d, mask=dmask, other=0.0).to(tl.float32)
-                qf = tl.where((offs_g == g)[:, None], _feature_map(ql, dmask, FMAP)[None, :], qf)
-        if HAS_Z:  # the normaliser z rides as column D: z ← α z + φ(k) (written by the last program to arrive)
-            z = tl.load(state + offs_d * VS + D, mask=dmask, other=0.0)
-            z = z * decay + kf
-            if REC_OUT:
-                if READOUT != 0:
-                    norm = tl.sum(qf * z[None, :], 1) * lin_scale  # [BG]
-                    if READOUT == 1:
-                        norm = tl.maximum(norm, 1e-12)
+                    gate = _logsigmoid(x) * inv_norm
+                decay = tl.zeros([BD], tl.float32) + tl.exp(tl.where(real, gate, 0.0))
+                if DELTA:  # the write strength β (0 for padding: no write)
+                    if BETA_CONST:
+                        beta = tl.where(real, beta_const, 0.0)
                     else:
-                        norm = tl.maximum(tl.abs(norm), 1.0)
-        if HAS_GLOBAL:  # the leaver's recall query φ(k) (k̂ for the delta rule), and its normaliser φ(k)·z
-            if HAS_RING:
-                lk_lin = tl.load(RING_KL + b * srklb + slot * srkll + h * srklh + offs_d, mask=dmask,
-                                 other=0.0).to(tl.float32)
-            else:  # a window of 1: the new token leaves at once
-                lk_lin = kl
-            lf = _feature_map(lk_lin, dmask, FMAP)
-            if HAS_Z:
-                l_den = tl.maximum(tl.sum(lf * z, 0) * lin_scale, 1e-12)
-            err2 = tl.sum(tl.zeros([BD], tl.float32), 0)
-        for c in range(j * BVS, j * BVS + BVS, BV):
-            cols = c + tl.arange(0, BV)
-            cmask = cols < D
-            v_new = tl.load(V + b * svb + h * svh + cols, mask=cmask, other=0.0).to(tl.float32)
-            s_off = offs_d[:, None] * VS + cols[None, :]
-            s_mask = dmask[:, None] & cmask[None, :]
-            st = tl.load(state + s_off, mask=s_mask, other=0.0)
-            v_in = tl.where(real, v_new, 0.0)
-            if DELTA:  # S' = α S;  u = β (v − k̂ S');  S = S' + k̂ᵀ u
-                st = st * decay[:, None]
-                u = beta * (v_in - tl.sum(kf[:, None] * st, 0))
-                st = st + kf[:, None] * u[None, :]
+                        beta = tl.where(real, 1.0 / (1.0 + tl.exp(-x)), 0.0)
             else:
-                st = st * decay[:, None] + kf[:, None] * v_in[None, :]
-            tl.store(state + s_off, st, mask=s_mask)
-            if HAS_GLOBAL:  # the leaver's self-recall error against the updated state, these columns of it
-                if HAS_RING:
-                    lv = tl.load(RING_V + b * srvb + slot * srvl + h * srvh + cols, mask=cmask,
-                                 other=0.0).to(tl.float32)
+                if GATE == 0:
+                    gate = _logsigmoid(kl) * inv_norm
+                elif GATE == 1:
+                    gate = tl.log(gamma + (1 - gamma) / (1.0 + tl.exp(-kl))) * inv_norm
                 else:
-                    lv = v_new
-                read = tl.sum(lf[:, None] * st, 0) * lin_scale
-                if HAS_Z:
-                    read = read / l_den
-                err2 += tl.sum(tl.where(cmask, (lv - read) * (lv - read), 0.0), 0)
+                    gate = -tl.exp(tl.minimum(kl, 10.0)) * inv_norm
+                decay = tl.where(real & dmask, tl.exp(gate), 1.0)
+            if KEY_IS_GATE:  # HGRN2: the key is 1 − α
+                kf = tl.where(dmask, 1.0 - tl.exp(gate), 0.0)
+            else:
+                kf = _feature_map(kl, dmask, FMAP)
+            kf = tl.where(real, kf, 0.0)
             if REC_OUT:
+                qf = tl.zeros([BG, BD], tl.float32)
                 for g in range(G):
-                    row = offs_g == g
-                    qg = tl.sum(tl.where(row[:, None], qf, 0.0), 0)
-                    o_rec = tl.sum(qg[:, None] * st, 0) * lin_scale
+                    ql = tl.load(QL + b * sqlb + (h * G + g) * sqlh + offs_d, mask=dmask, other=0.0).to(tl.float32)
+                    qf = tl.where((offs_g == g)[:, None], _feature_map(ql, dmask, FMAP)[None, :], qf)
+            if HAS_Z:  # the normaliser z rides as column D: z ← α z + φ(k) (written by the last program to arrive)
+                z = tl.load(state + offs_d * VS + D, mask=dmask, other=0.0)
+                z = z * decay + kf
+                if REC_OUT:
                     if READOUT != 0:
-                        o_rec = o_rec / tl.sum(tl.where(row, norm, 0.0), 0)
-                    tl.store(REC + (pid * BGP + g) * BD + cols, o_rec, mask=cmask)
-        if HAS_GLOBAL:
-            if NSPLIT > 1:
-                tl.atomic_add(ERR + pid, err2)
+                        norm = tl.sum(qf * z[None, :], 1) * lin_scale  # [BG]
+                        if READOUT == 1:
+                            norm = tl.maximum(norm, 1e-12)
+                        else:
+                            norm = tl.maximum(tl.abs(norm), 1.0)
+            if HAS_GLOBAL:  # the leaver's recall query φ(k) (k̂ for the delta rule), and its normaliser φ(k)·z
+                if HAS_RING:
+                    lk_lin = tl.load(RING_KL + b * srklb + slot * srkll + h * srklh + offs_d, mask=dmask,
+                                     other=0.0).to(tl.float32)
+                else:  # a window of 1: the new token leaves at once
+                    lk_lin = kl
+                lf = _feature_map(lk_lin, dmask, FMAP)
+                if HAS_Z:
+                    l_den = tl.maximum(tl.sum(lf * z, 0) * lin_scale, 1e-12)
+                err2 = tl.sum(tl.zeros([BD], tl.float32), 0)
+            for c in range(jr * BVS, jr * BVS + BVS, BV):
+                cols = c + tl.arange(0, BV)
+                cmask = cols < D
+                v_new = tl.load(V + b * svb + h * svh + cols, mask=cmask, other=0.0).to(tl.float32)
+                s_off = offs_d[:, None] * VS + cols[None, :]
+                s_mask = dmask[:, None] & cmask[None, :]
+                st = tl.load(state + s_off, mask=s_mask, other=0.0)
+                v_in = tl.where(real, v_new, 0.0)
+                if DELTA:  # S' = α S;  u = β (v − k̂ S');  S = S' + k̂ᵀ u
+                    st = st * decay[:, None]
+                    u = beta * (v_in - tl.sum(kf[:, None] * st, 0))
+                    st = st + kf[:, None] * u[None, :]
+                else:
+                    st = st * decay[:, None] + kf[:, None] * v_in[None, :]
+                tl.store(state + s_off, st, mask=s_mask)
+                if HAS_GLOBAL:  # the leaver's self-recall error against the updated state, these columns of it
+                    if HAS_RING:
+                        lv = tl.load(RING_V + b * srvb + slot * srvl + h * srvh + cols, mask=cmask,
+                                     other=0.0).to(tl.float32)
+                    else:
+                        lv = v_new
+                    read = tl.sum(lf[:, None] * st, 0) * lin_scale
+                    if HAS_Z:
+                        read = read / l_den
+                    err2 += tl.sum(tl.where(cmask, (lv - read) * (lv - read), 0.0), 0)
+                if REC_OUT:
+                    for g in range(G):
+                        row = offs_g == g
+                        qg = tl.sum(tl.where(row[:, None], qf, 0.0), 0)
+                        o_rec = tl.sum(qg[:, None] * st, 0) * lin_scale
+                        if READOUT != 0:
+                            o_rec = o_rec / tl.sum(tl.where(row, norm, 0.0), 0)
+                        tl.store(REC + (pid * BGP + g) * BD + cols, o_rec, mask=cmask)
+            if HAS_GLOBAL:  # this program's share of the leaver's squared error
+                tl.store(ERRP + pid * NR + jr, err2)
+            if HAS_Z:  # the new normaliser (every state program computed it from the old one; the last one writes it)
+                if jr == 0:
+                    tl.store(ZBUF + pid * BD + offs_d, z, mask=dmask)
 
     # ---- every thread of every program of this (sequence, KV head) has read the ring, the sinks, the global
     # members and z: the last program to arrive combines the parts, mixes, merges and writes
     tl.debug_barrier()
-    if NSPLIT > 1:
-        last = tl.atomic_add(COUNT + pid, 1) == NSPLIT - 1  # (acq_rel: the others' parts are visible to it)
+    if NPROG > 1:
+        last = tl.atomic_add(COUNT + pid, 1) == NPROG - 1  # (acq_rel: the others' parts are visible to it)
         tl.debug_barrier()
     else:
         last = pid >= 0
     if last:
-        if NSPLIT > 1:
+        if NPROG > 1:
             tl.store(COUNT + pid, 0)  # (for the next call)
         out_rows = OUT + (b * G * H + h * G + offs_gp)[:, None] * D + offs_d[None, :]
         out_mask = (offs_gp < G)[:, None] & dmask[None, :]
         o = tl.zeros([BGP, BD], tl.float32)
         if HAS_WIN:
-            if NSPLIT > 1:
-                m_all = tl.full([BGP], float("-inf"), tl.float32)
-                for jj in tl.static_range(NSPLIT):
-                    m_all = tl.maximum(m_all, tl.load(PART_M + (pid * NSPLIT + jj) * BGP + offs_gp,
-                                                      cache_modifier=".cg"))
-                m_all = tl.where(m_all == float("-inf"), 0.0, m_all)
-                l_all = tl.zeros([BGP], tl.float32)
-                acc_all = tl.zeros([BGP, BD], tl.float32)
-                for jj in tl.static_range(NSPLIT):
-                    part = pid * NSPLIT + jj
-                    w = tl.exp(tl.load(PART_M + part * BGP + offs_gp, cache_modifier=".cg") - m_all)
-                    l_all += w * tl.load(PART_L + part * BGP + offs_gp, cache_modifier=".cg")
-                    acc_all += w[:, None] * tl.load(PART_ACC + (part * BGP + offs_gp)[:, None] * BD
-                                                    + offs_d[None, :], cache_modifier=".cg")
-            else:
-                l_all = l_i
-                acc_all = acc
+            m_all = tl.full([BGP], float("-inf"), tl.float32)
+            for jj in tl.static_range(NA):
+                m_all = tl.maximum(m_all, tl.load(PART_M + (pid * NA + jj) * BGP + offs_gp, cache_modifier=".cg"))
+            m_all = tl.where(m_all == float("-inf"), 0.0, m_all)
+            l_all = tl.zeros([BGP], tl.float32)
+            acc_all = tl.zeros([BGP, BD], tl.float32)
+            for jj in tl.static_range(NA):
+                part = pid * NA + jj
+                w = tl.exp(tl.load(PART_M + part * BGP + offs_gp, cache_modifier=".cg") - m_all)
+                l_all += w * tl.load(PART_L + part * BGP + offs_gp, cache_modifier=".cg")
+                acc_all += w[:, None] * tl.load(PART_ACC + (part * BGP + offs_gp)[:, None] * BD + offs_d[None, :],
+                                                cache_modifier=".cg")
             # the window's output in the model's dtype, as the PyTorch step returns it
             o_win = (acc_all / tl.where(l_all > 0, l_all, 1.0)[:, None]).to(OUT.dtype.element_ty)
             o += window_weight * o_win.to(tl.float32)
@@ -311,12 +315,13 @@ def decode_step(
                                          mask=out_mask, other=0.0, cache_modifier=".cg")
         tl.store(out_rows, o.to(OUT.dtype.element_ty), mask=out_mask)
         if HAS_Z:
-            tl.store(state + offs_d * VS + D, z, mask=dmask)
+            tl.store(STATE + pid * D * VS + offs_d * VS + D,
+                     tl.load(ZBUF + pid * BD + offs_d, mask=dmask, other=0.0, cache_modifier=".cg"), mask=dmask)
 
         if HAS_GLOBAL:
-            if NSPLIT > 1:
-                err2 = tl.atomic_add(ERR + pid, 0.0)  # the parts' sum (read at L2), then 0 for the next call
-                tl.store(ERR + pid, 0.0)
+            err2 = tl.sum(tl.zeros([BD], tl.float32), 0)
+            for jj in tl.static_range(NR):
+                err2 += tl.load(ERRP + pid * NR + jj, cache_modifier=".cg")
             offs_gl = tl.arange(0, BGL)
             glmask = offs_gl < NGLOB
             g_score = tl.load(GLOB_SCORE + b * sgsb + offs_gl * sgsn + h * sgsh, mask=glmask,

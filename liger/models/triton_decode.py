@@ -7,26 +7,29 @@ PyTorch kernels per layer (fewer once ``torch.compile`` fuses them), and a captu
 is bound by their number rather than by memory traffic. :func:`fused_decode_step` computes the same thing in one
 launch:
 
-* ``decode_step``, ``split`` programs per (sequence, KV head) (:data:`SPLIT`: enough for about two programs per SM;
-  one in the CPU tests' default), serving the ``HQ / H`` query heads of its group: program ``j`` walks every
-  ``split``-th block of the ring's and the global cache's keys (:data:`KEY_BLOCK`) in an online softmax whose
-  products run on tensor cores — program 0 adds the visible sinks and the new token — (exactly
-  :func:`liger.models.window.window_decode_attention`'s mask; a member is visible while its score is above −inf),
-  and updates its ``head_dim / split`` columns of the float32 state in place (``S ← diag(α) S + φ(k)ᵀ v``, with the
-  normaliser column when the readout divides by it or the global cache recalls through it; the gated delta rule's
-  ``S' = α S``, ``S ← S' + k̂ᵀ β (v − k̂ S')`` with L2-normalised q̂/k̂) and reads them out for each query head. The
-  last of the ``split`` programs to finish (an atomic arrival count; none with one program) combines their softmax
-  parts, mixes ``linear_weight · o_rec + window_weight · o_win`` and writes ``[B, 1, HQ, D]`` in q's dtype. With a
-  global cache the same program then scores the token leaving the window (the ring's oldest, whose slot the new
-  token takes; the new token itself for a window of 1; padding and sinks — the new token too, for a window of 1,
-  when it becomes a sink on this step — never compete) by its self-recall error against the state after this step —
-  the programs' parts of the error summed atomically — and merges it into the cache as
+* ``decode_step``, ``split`` window programs and ``split`` state programs per (sequence, KV head) (:data:`SPLIT`:
+  enough for about two programs per SM; one of each in the CPU tests' default), serving the ``HQ / H`` query heads
+  of its group. Window program ``j`` walks every ``split``-th block of the ring's and the global cache's keys
+  (:data:`KEY_BLOCK`) in an online softmax whose products run on tensor cores — program 0 adds the visible sinks and
+  the new token — (exactly :func:`liger.models.window.window_decode_attention`'s mask; a member is visible while its
+  score is above −inf). State program ``j`` updates its ``head_dim / split`` columns of the float32 state in place
+  (``S ← diag(α) S + φ(k)ᵀ v``, with the normaliser column when the readout divides by it or the global cache
+  recalls through it; the gated delta rule's ``S' = α S``, ``S ← S' + k̂ᵀ β (v − k̂ S')`` with L2-normalised q̂/k̂),
+  reads them out for each query head and, with a global cache, its share of the leaving token's squared recall
+  error. The two roles run side by side, so a program's path is one of them, not both (run K's step did both in
+  every program: the memory recipe's state work, needed only for the recall errors, lengthened every program's
+  path). The last program of the (sequence, KV head) to finish (an atomic arrival count) combines the window
+  parts, mixes ``linear_weight · o_rec + window_weight · o_win``, writes ``[B, 1, HQ, D]`` in q's dtype and the new
+  normaliser column. With a global cache the same program then scores the token leaving the window (the ring's
+  oldest, whose slot the new token takes; the new token itself for a window of 1; padding and sinks — the new token
+  too, for a window of 1, when it becomes a sink on this step — never compete) by its self-recall error against the
+  state after this step — the sum of the state programs' shares — and merges it into the cache as
   :func:`liger.models.global_cache.merge_leaver_` does (it replaces the worst member, the latest among equal lowest
   scores, when its score is strictly higher). With ``global_cache_pool`` P the leaver joins the P pending tokens
   instead and the oldest pending token is merged, scored by the largest self-recall error of the 2P + 1 leavers
   around it, or −inf when it does not compete itself (:func:`liger.models.global_cache.pooled_scores`); the pending
   tokens and recent errors shift by one place, after every read of them. Last the same program writes the new
-  token's rotated key and value (and raw key, for the global cache) into its ring slot (and sink slot) — after its
+  token's rotated key and value (and raw key, for the global cache) into its ring slot (and sink slot) — after the
   own reads, since the slot it takes is the oldest of the window it just attended.
   The last (sequence, KV head) of the launch to finish (an atomic count) writes what every program reads: the
   ring slot's valid flag, the new sink's position and flag, the real-token counts and the token count.
@@ -161,8 +164,8 @@ def log_fallback_once(reason: str) -> None:
 
 
 SPLIT: int | None = None
-"""Programs per (sequence, KV head) of the decode step (a power of two; at most head_dim / 4 columns of the state
-each); None: as many as bring the launch to about two programs per SM of the GPU, at most 8 and head_dim / 16
+"""Window programs, and state programs, per (sequence, KV head) of the decode step (a power of two; at most
+head_dim / 4 columns of the state each); None: as many as bring the launch to about two programs per SM of the GPU, at most 8 and head_dim / 16
 (1 off CUDA). Tests set it."""
 
 _sm_counts: dict = {}
@@ -187,19 +190,21 @@ def _split(q: torch.Tensor, heads: int, BD: int) -> int:
     return split
 
 
-def _scratch(device: torch.device, heads: int, split: int, BGP: int, BD: int) -> tuple[torch.Tensor, ...]:
+def _scratch(device: torch.device, heads: int, NA: int, NR: int, BGP: int, BD: int) -> tuple[torch.Tensor, ...]:
     """The decode step's work space on ``device``, kept between calls (allocated in the decoders' warm-up, before
-    a CUDA graph captures the step; the kernel leaves the counters and error sums at 0): the programs' parts of
-    the window's softmax (running max, sum, output), the recurrent readout (float32), the global cache's recall
-    error sums and the arrival counters, per (sequence, KV head), and the launch's count of finished heads.
-    Shared by every layer: the steps of one device run one after another on its stream."""
-    need = (heads * split * BGP, heads * split * BGP * BD, heads * BGP * BD, heads + 1)
+    a CUDA graph captures the step; the kernel leaves the counters at 0): the window programs' parts of the
+    softmax (running max, sum, output), the recurrent readout (float32), the state programs' shares of the
+    leaver's squared recall error, the new normaliser column, the arrival counters, per (sequence, KV head), and
+    the launch's count of finished heads. Shared by every layer: the steps of one device run one after another
+    on its stream."""
+    need = (heads * max(NA, 1) * BGP, heads * max(NA, 1) * BGP * BD, heads * BGP * BD, heads * max(NR, 1),
+            heads * BD, heads + 1)
     have = _scratches.get(device)
-    if have is None or any(t.numel() < n for t, n in zip((have[0], have[2], have[3], have[4]), need)):
+    if have is None or any(t.numel() < n for t, n in zip((have[0], *have[2:]), need)):
         f32 = dict(dtype=torch.float32, device=device)
         have = (torch.empty(need[0], **f32), torch.empty(need[0], **f32), torch.empty(need[1], **f32),
-                torch.empty(need[2], **f32), torch.zeros(need[3], **f32),
-                torch.zeros(need[3], dtype=torch.int32, device=device))
+                torch.empty(need[2], **f32), torch.empty(need[3], **f32), torch.empty(need[4], **f32),
+                torch.zeros(need[5], dtype=torch.int32, device=device))
         if device in _scratches:
             _retired.append(_scratches[device])
         _scratches[device] = have
@@ -258,13 +263,14 @@ def fused_decode_step(spec, q, k, v, q_lin, k_lin, cos, sin, valid, buffers) -> 
     BD = max(16, next_power_of_2(D))
     BGP = max(16, next_power_of_2(G))
     split = _split(q, B * H, BD)
-    BVS = BD // split
+    NA, NR = (split if has_win else 0), (split if has_rec else 0)  # window programs, state programs
+    BVS = BD // max(NR, 1)
     BV = min(BVS, max(4, 4096 // BD))
-    scratch = _scratch(q.device, B * H, split, BGP, BD)
+    scratch = _scratch(q.device, B * H, NA, NR, BGP, BD)
     ssb = cos.stride(0) if cos.shape[0] > 1 else 0
     meta = dict(
         D=D, BD=BD, BV=BV, G=G, BG=max(2, next_power_of_2(G)), BGP=BGP,
-        BK=max(16, min(KEY_BLOCK // BD, next_power_of_2(max(L, NG)) // split)), NSPLIT=split, BVS=BVS,
+        BK=max(16, min(KEY_BLOCK // BD, next_power_of_2(max(L, NG)) // max(NA, 1))), NA=NA, NR=NR, BVS=BVS,
         PRECISION="ieee" if b.ring_k.dtype == torch.float32 else "tf32",
         BS=max(16, next_power_of_2(S)), BGL=max(2, next_power_of_2(NG)), VS=VS, FMAP=fmap,
         GATE=gate, KEY_IS_GATE=has_rec and type(r) is HGRN2, DELTA=delta, BETA_CONST=strength is not None,
@@ -276,7 +282,7 @@ def fused_decode_step(spec, q, k, v, q_lin, k_lin, cos, sin, valid, buffers) -> 
     if key in _compile_failures:
         raise KernelUnavailable(_compile_failures[key])
     try:
-        _kernels().decode_step[(B * H, split)](
+        _kernels().decode_step[(B * H, NA + NR)](
             q, k, v, q_lin, k_lin, cos, sin, valid8, state, b.ring_k, b.ring_v, ring_valid8, b.seen_t,
             sink_k, sink_v, sink_pos, sink_valid8, b.real_seen, out,
             ring_kl, glob_k, glob_v, glob_score, glob_index, pend_k, pend_v, recent, *scratch,
