@@ -29,8 +29,8 @@ launch:
   instead and the oldest pending token is merged, scored by the largest self-recall error of the 2P + 1 leavers
   around it, or −inf when it does not compete itself (:func:`liger.models.global_cache.pooled_scores`); the pending
   tokens and recent errors shift by one place, after every read of them. Last the same program writes the new
-  token's rotated key and value (and raw key, for the global cache) into its ring slot (and sink slot) — after the
-  own reads, since the slot it takes is the oldest of the window it just attended.
+  token's rotated key and value (and raw key, for the global cache) into its ring slot (and sink slot) — after every
+  program's reads, since the slot it takes is the oldest of the window they attended.
   The last (sequence, KV head) of the launch to finish (an atomic count) writes what every program reads: the
   ring slot's valid flag, the new sink's position and flag, the real-token counts and the token count.
 
@@ -165,8 +165,8 @@ def log_fallback_once(reason: str) -> None:
 
 SPLIT: int | None = None
 """Window programs, and state programs, per (sequence, KV head) of the decode step (a power of two; at most
-head_dim / 4 columns of the state each); None: as many as bring the launch to about two programs per SM of the GPU, at most 8 and head_dim / 16
-(1 off CUDA). Tests set it."""
+head_dim / 4 columns of the state each); None: as many as bring the launch to about two programs per SM of the
+GPU, at most 8 and head_dim / 16 (1 off CUDA). Tests set it."""
 
 _sm_counts: dict = {}
 _scratches: dict = {}
