@@ -22,10 +22,13 @@ def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
 
 def kl_to_teacher(logits, teacher_logits, labels, temperature: float) -> torch.Tensor:
     """Mean over labelled positions of T²·KL(softmax(teacher/T) ‖ softmax(student/T))."""
+    # (weighted by the mask rather than indexed by it: no shape that depends on the labels, so the step can be
+    # captured in a CUDA graph, train.cuda_graph)
     mask = (labels[:, 1:] != IGNORE_INDEX).flatten()
-    student = (logits[:, :-1].flatten(0, 1)[mask].float() / temperature).log_softmax(-1)
-    teacher = (teacher_logits[:, :-1].flatten(0, 1)[mask].float() / temperature).log_softmax(-1)
-    kl = F.kl_div(student, teacher, log_target=True, reduction="sum") / mask.sum().clamp_min(1)
+    student = (logits[:, :-1].flatten(0, 1).float() / temperature).log_softmax(-1)
+    teacher = (teacher_logits[:, :-1].flatten(0, 1).float() / temperature).log_softmax(-1)
+    per_token = F.kl_div(student, teacher, log_target=True, reduction="none").sum(-1)
+    kl = (per_token * mask).sum() / mask.sum().clamp_min(1)
     return kl * temperature**2
 
 
