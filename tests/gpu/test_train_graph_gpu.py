@@ -73,9 +73,10 @@ def test_graphed_step_trains_as_the_eager_step(variant, options, accumulate):
     assert eager[-1][0] < eager[0][0]  # (it trains)
 
 
-@pytest.mark.parametrize("micro", [1, 4])
-def test_finetune_with_cuda_graph_logs_the_eager_losses(tiny_base, alpaca_file, tmp_path, micro):
-    """``liger finetune`` with ``train.cuda_graph``: the metrics of an eager run (accumulation 4 and 1)."""
+@pytest.mark.parametrize("micro,loss", [(1, "ce"), (4, "ce"), (4, "ce+kl")])
+def test_finetune_with_cuda_graph_logs_the_eager_losses(tiny_base, alpaca_file, tmp_path, micro, loss):
+    """``liger finetune`` with ``train.cuda_graph``: the metrics of an eager run (accumulation 4 and 1; the KL
+    term's teacher forward inside the graph too)."""
     losses = {}
     for graph in (False, True):
         out = tmp_path / f"run-{graph}"
@@ -83,7 +84,7 @@ def test_finetune_with_cuda_graph_logs_the_eager_losses(tiny_base, alpaca_file, 
                                     "data.val_records": 8, "train.batch_size": 4, "train.micro_batch_size": micro,
                                     "train.max_steps": 4, "train.eval_every": 2, "model.liger": {"window_size": 8},
                                     "train.device": "cuda", "train.dtype": "float32", "train.cuda_graph": graph,
-                                    "output": str(out)})
+                                    "train.loss": loss, "output": str(out)})
         summary = finetune(cfg)
         assert summary["cuda_graph"] is graph
         losses[graph] = [e["loss"] for e in read_metrics(out / "metrics.jsonl") if e["type"] == "train"]
