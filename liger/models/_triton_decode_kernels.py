@@ -291,34 +291,13 @@ def decode_step(
     if last:
         if NPROG > 1:
             tl.store(COUNT + pid, 0)  # (for the next call)
-        out_rows = OUT + (b * G * H + h * G + offs_gp)[:, None] * D + offs_d[None, :]
-        out_mask = (offs_gp < G)[:, None] & dmask[None, :]
-        o = tl.zeros([BGP, BD], tl.float32)
-        if HAS_WIN:
-            m_all = tl.full([BGP], float("-inf"), tl.float32)
-            for jj in tl.static_range(NA):
-                m_all = tl.maximum(m_all, tl.load(PART_M + (pid * NA + jj) * BGP + offs_gp, cache_modifier=".cg"))
-            m_all = tl.where(m_all == float("-inf"), 0.0, m_all)
-            l_all = tl.zeros([BGP], tl.float32)
-            acc_all = tl.zeros([BGP, BD], tl.float32)
-            for jj in tl.static_range(NA):
-                part = pid * NA + jj
-                w = tl.exp(tl.load(PART_M + part * BGP + offs_gp, cache_modifier=".cg") - m_all)
-                l_all += w * tl.load(PART_L + part * BGP + offs_gp, cache_modifier=".cg")
-                acc_all += w[:, None] * tl.load(PART_ACC + (part * BGP + offs_gp)[:, None] * BD + offs_d[None, :],
-                                                cache_modifier=".cg")
-            # the window's output in the model's dtype, as the PyTorch step returns it
-            o_win = (acc_all / tl.where(l_all > 0, l_all, 1.0)[:, None]).to(OUT.dtype.element_ty)
-            o += window_weight * o_win.to(tl.float32)
-        if REC_OUT:
-            o += linear_weight * tl.load(REC + (pid * BGP + offs_gp)[:, None] * BD + offs_d[None, :],
-                                         mask=out_mask, other=0.0, cache_modifier=".cg")
-        tl.store(out_rows, o.to(OUT.dtype.element_ty), mask=out_mask)
+        # every read of this section first, so that they overlap: the new normaliser, the global cache's scores and
+        # indices, the leaver and the pending tokens, the window's parts
+        v_row = tl.load(V + b * svb + h * svh + offs_d, mask=dmask, other=0.0)
         if HAS_Z:
-            tl.store(STATE + pid * D * VS + offs_d * VS + D,
-                     tl.load(ZBUF + pid * BD + offs_d, mask=dmask, other=0.0, cache_modifier=".cg"), mask=dmask)
-
+            z_new = tl.load(ZBUF + pid * BD + offs_d, mask=dmask, other=0.0, cache_modifier=".cg")
         if HAS_GLOBAL:
+            kl_row = tl.load(KL + b * sklb + h * sklh + offs_d, mask=dmask, other=0.0)
             err2 = tl.sum(tl.zeros([BD], tl.float32), 0)
             for jj in tl.static_range(NR):
                 err2 += tl.load(ERRP + pid * NR + jj, cache_modifier=".cg")
@@ -334,7 +313,7 @@ def decode_step(
                 l_ok = tl.load(RING_VALID + b * s_rvalid_b + slot) != 0
             else:  # a window of 1: the new token leaves at once
                 lk_row = k_rot
-                lv_row = tl.load(V + b * svb + h * svh + offs_d, mask=dmask, other=0.0)
+                lv_row = v_row
                 l_ok = real
                 if HAS_SINKS:  # nor when it becomes a sink on this step
                     l_ok = l_ok & (sink_at >= S)
@@ -369,6 +348,33 @@ def decode_step(
                 c_index = l_index - POOL
             else:
                 c_k, c_v, c_score, c_index = lk_row, lv_row, l_score, l_index
+        out_rows = OUT + (b * G * H + h * G + offs_gp)[:, None] * D + offs_d[None, :]
+        out_mask = (offs_gp < G)[:, None] & dmask[None, :]
+        o = tl.zeros([BGP, BD], tl.float32)
+        if HAS_WIN:
+            m_all = tl.full([BGP], float("-inf"), tl.float32)
+            for jj in tl.static_range(NA):
+                m_all = tl.maximum(m_all, tl.load(PART_M + (pid * NA + jj) * BGP + offs_gp, cache_modifier=".cg"))
+            m_all = tl.where(m_all == float("-inf"), 0.0, m_all)
+            l_all = tl.zeros([BGP], tl.float32)
+            acc_all = tl.zeros([BGP, BD], tl.float32)
+            for jj in tl.static_range(NA):
+                part = pid * NA + jj
+                w = tl.exp(tl.load(PART_M + part * BGP + offs_gp, cache_modifier=".cg") - m_all)
+                l_all += w * tl.load(PART_L + part * BGP + offs_gp, cache_modifier=".cg")
+                acc_all += w[:, None] * tl.load(PART_ACC + (part * BGP + offs_gp)[:, None] * BD + offs_d[None, :],
+                                                cache_modifier=".cg")
+            # the window's output in the model's dtype, as the PyTorch step returns it
+            o_win = (acc_all / tl.where(l_all > 0, l_all, 1.0)[:, None]).to(OUT.dtype.element_ty)
+            o += window_weight * o_win.to(tl.float32)
+        if REC_OUT:
+            o += linear_weight * tl.load(REC + (pid * BGP + offs_gp)[:, None] * BD + offs_d[None, :],
+                                         mask=out_mask, other=0.0, cache_modifier=".cg")
+        tl.store(out_rows, o.to(OUT.dtype.element_ty), mask=out_mask)
+        if HAS_Z:
+            tl.store(STATE + pid * D * VS + offs_d * VS + D, z_new, mask=dmask)
+
+        if HAS_GLOBAL:  # the merge (its reads, above, came first: one round trip with the parts')
             tl.debug_barrier()  # (the pending rows are read before they move)
             worst_score = tl.min(tl.where(glmask, g_score, float("inf")), 0)
             is_min = glmask & (g_score == worst_score)
@@ -398,14 +404,12 @@ def decode_step(
                          tl.where(offs_r == 2 * POOL - 1, l_score, r_next), mask=offs_r < 2 * POOL)
         tl.debug_barrier()  # (the leaver's ring slot is read before the new token takes it)
         # the new token into its ring slot and, while the sequence has fewer than S real tokens, a sink slot
-        v_row = tl.load(V + b * svb + h * svh + offs_d, mask=dmask, other=0.0)
         if HAS_RING:
             tl.store(RING_K + b * srkb + slot * srkl + h * srkh + offs_d, k_rot.to(RING_K.dtype.element_ty),
                      mask=dmask)
             tl.store(RING_V + b * srvb + slot * srvl + h * srvh + offs_d, v_row.to(RING_V.dtype.element_ty),
                      mask=dmask)
             if HAS_GLOBAL:  # and its raw key, the recall query when it leaves
-                kl_row = tl.load(KL + b * sklb + h * sklh + offs_d, mask=dmask, other=0.0)
                 tl.store(RING_KL + b * srklb + slot * srkll + h * srklh + offs_d,
                          kl_row.to(RING_KL.dtype.element_ty), mask=dmask)
         if HAS_SINKS:
