@@ -57,18 +57,25 @@ def _rope(X, offs_d, partner, sign, dmask, cos, sin):
 def _attend(q, KP, VP, s_kn, s_vn, rows, load, ok, offs_d, dmask, m_i, l_i, acc, PRECISION: tl.constexpr):
     """One block of keys/values — rows ``rows`` of ``KP``/``VP`` (row strides ``s_kn``/``s_vn``; ``load``: the rows
     to read, ``ok``: the visible ones) — into the online softmax (running max ``m_i``, sum ``l_i``, output ``acc``)
-    of the scaled queries ``q`` ``[BGP, BD]``; a row that sees no key yet keeps ``m_i`` = −inf and adds nothing."""
+    of the scaled queries ``q`` ``[BGP, BD]`` (float32, or the keys' 16-bit dtype with PRECISION "lowp"); a row that
+    sees no key yet keeps ``m_i`` = −inf and adds nothing."""
     mask = load[:, None] & dmask[None, :]
     kb = tl.load(KP + rows[:, None] * s_kn + offs_d[None, :], mask=mask, other=0.0)
     vb = tl.load(VP + rows[:, None] * s_vn + offs_d[None, :], mask=mask, other=0.0)
-    s = tl.dot(q, tl.trans(kb.to(tl.float32)), input_precision=PRECISION)
+    if PRECISION == "lowp":  # 16-bit keys/values: products on 16-bit operands (q and p rounded), float32 sums
+        s = tl.dot(q, tl.trans(kb.to(q.dtype)))
+    else:
+        s = tl.dot(q, tl.trans(kb.to(tl.float32)), input_precision=PRECISION)
     s = tl.where(ok[None, :], s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     alpha = tl.exp(m_i - m_safe)
     p = tl.exp(s - m_safe[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + tl.dot(p, vb.to(tl.float32), input_precision=PRECISION)
+    if PRECISION == "lowp":
+        acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), vb.to(q.dtype))
+    else:
+        acc = acc * alpha[:, None] + tl.dot(p, vb.to(tl.float32), input_precision=PRECISION)
     return m_new, l_i, acc
 
 
@@ -143,6 +150,10 @@ def decode_step(
                 q_rot = _rope(Q + b * sqb + (h * G + g) * sqh, offs_d, partner, sign, dmask, cos, sin)
                 q_all = tl.where((offs_gp == g)[:, None], q_rot[None, :], q_all)
             q_all = q_all * scale
+            if PRECISION == "lowp":  # (the scores' operands in the cache's 16-bit dtype, as SDPA takes them)
+                q_mma = q_all.to(RING_K.dtype.element_ty)
+            else:
+                q_mma = q_all
             m_i = tl.full([BGP], float("-inf"), tl.float32)
             l_i = tl.zeros([BGP], tl.float32)
             acc = tl.zeros([BGP, BD], tl.float32)
@@ -151,7 +162,7 @@ def decode_step(
                 rows = k0 + offs_k
                 rmask = rows < L
                 ok = rmask & (tl.load(RING_VALID + b * s_rvalid_b + rows, mask=rmask, other=0) != 0)
-                m_i, l_i, acc = _attend(q_all, RING_K + b * srkb + h * srkh, RING_V + b * srvb + h * srvh, srkl, srvl,
+                m_i, l_i, acc = _attend(q_mma, RING_K + b * srkb + h * srkh, RING_V + b * srvb + h * srvh, srkl, srvl,
                                         rows, rmask, ok, offs_d, dmask, m_i, l_i, acc, PRECISION)
             if HAS_GLOBAL:
                 for k0 in range(j * BK, NGLOB, NA * BK):
@@ -159,14 +170,14 @@ def decode_step(
                     rmask = rows < NGLOB
                     ok = rmask & (tl.load(GLOB_SCORE + b * sgsb + rows * sgsn + h * sgsh, mask=rmask,
                                           other=float("-inf")) > float("-inf"))
-                    m_i, l_i, acc = _attend(q_all, GLOB_K + b * sgkb + h * sgkh, GLOB_V + b * sgvb + h * sgvh, sgkn,
+                    m_i, l_i, acc = _attend(q_mma, GLOB_K + b * sgkb + h * sgkh, GLOB_V + b * sgvb + h * sgvh, sgkn,
                                             sgvn, rows, rmask, ok, offs_d, dmask, m_i, l_i, acc, PRECISION)
             if HAS_SINKS:
                 smask = offs_s < S
                 spos = tl.load(SINK_POS + b * s_spos_b + offs_s, mask=smask, other=0)
                 sink_ok = smask & (tl.load(SINK_VALID + b * s_svalid_b + offs_s, mask=smask, other=0) != 0)
                 sink_ok = sink_ok & (spos < seen - L) & first  # a sink inside the window counts once, as a window key
-                m_i, l_i, acc = _attend(q_all, SINK_K + b * sskb + h * sskh, SINK_V + b * ssvb + h * ssvh, sskn, ssvn,
+                m_i, l_i, acc = _attend(q_mma, SINK_K + b * sskb + h * sskh, SINK_V + b * ssvb + h * ssvh, sskn, ssvn,
                                         offs_s, smask, sink_ok, offs_d, dmask, m_i, l_i, acc, PRECISION)
             # the new token (padding sees no key and gets zeros)
             v_tok = tl.load(V + b * svb + h * svh + offs_d, mask=dmask, other=0.0).to(tl.float32)

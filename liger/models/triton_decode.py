@@ -271,7 +271,7 @@ def fused_decode_step(spec, q, k, v, q_lin, k_lin, cos, sin, valid, buffers) -> 
     meta = dict(
         D=D, BD=BD, BV=BV, G=G, BG=max(2, next_power_of_2(G)), BGP=BGP,
         BK=max(16, min(KEY_BLOCK // BD, next_power_of_2(max(L, NG)) // max(NA, 1))), NA=NA, NR=NR, BVS=BVS,
-        PRECISION="ieee" if b.ring_k.dtype == torch.float32 else "tf32",
+        PRECISION="ieee" if b.ring_k.dtype == torch.float32 else "lowp",
         BS=max(16, next_power_of_2(S)), BGL=max(2, next_power_of_2(NG)), VS=VS, FMAP=fmap,
         GATE=gate, KEY_IS_GATE=has_rec and type(r) is HGRN2, DELTA=delta, BETA_CONST=strength is not None,
         HAS_Z=has_rec and VS > D, READOUT=readout, HAS_REC=has_rec, REC_OUT=has_rec and spec.linear_weight != 0,
