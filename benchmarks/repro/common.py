@@ -7,6 +7,8 @@ import json
 import os
 from pathlib import Path
 
+from liger.recipes import RECIPES  # (reproduce.py puts the checkout on the path; no torch import there)
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "reproduce.py"
 """The entry script: student and long-context processes run it again (``_student``, ``_longctx``)."""
@@ -36,6 +38,12 @@ STUDENTS: dict[str, dict] = {
                         train={"data.max_length": 4096}),
     "memory": dict(liger={"variant": "gla", "linear_normalizer": "sum", "global_cache_size": 256,
                           "num_sink_tokens": 4}, train={"data.max_length": 4096}),
+    # liger/recipes.py's `memory` recipe (window 512 + 4 sinks + 512 pooled global keys, window-only) trained on
+    # 4,096-token sequences, and its control without the global cache (issue 14's 20 M-token matrix)
+    "memory-recipe": dict(liger={"variant": "gla", **RECIPES["memory"]}, train={"data.max_length": 4096}),
+    "window512": dict(liger={"variant": "gla", **{k: v for k, v in RECIPES["memory"].items()
+                                                   if not k.startswith("global_cache")}},
+                      train={"data.max_length": 4096}),
     # attention transfer (LoLCATs' stage 1) for the first quarter of the steps, then the usual LoRA objective
     "gla-at": dict(liger={"variant": "gla"}, transfer_fraction=0.25),
     "memory-at": dict(liger={"variant": "gla", "linear_normalizer": "sum", "global_cache_size": 256,
