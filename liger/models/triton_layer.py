@@ -7,21 +7,23 @@ weight), the residual adds two more and the MLP's activation two, about 25 launc
 token is bound by the number of its launches (docs/gpu.md, run H). :func:`decode_layers` runs the same layers
 for one token as
 
-    x = norm₀(h)
-    for each layer:   a = attention(x);  h, x = h + a, post_norm(h + a)
-                      m = down(silu(gate(x)) · up(x));  h, x = h + m, next_norm(h + m)
+    for each layer:   h, x = h + a, in_norm(h + a);  a = attention(x)          (a = 0 before the first layer)
+                      h, x = h + a, post_norm(h + a);  a = down(silu(gate(x)) · up(x))
+    return final_norm(h + a)
 
-with ``add_rms_norm`` (the residual add and the next RMSNorm in one kernel), ``linear3`` (q, k and v in one
-launch) and ``gate_up_silu`` (gate and up with the activation and the product in one), so a layer is eight
-launches: two norms, the q/k/v kernel, the two of the attention step, ``o_proj``, the gate/up kernel and
-``down_proj``. At decode batch sizes a GEMM is bound by its launch, not by its weights (3.6 µs per cuBLAS call at
-batch 16 in run H of docs/gpu.md), so fewer, fatter launches are what counts. The projection kernels take plain
+where each residual add and the norm after it run inside the projection kernel that reads the norm's output —
+``linear3`` (q, k and v in one launch) and ``gate_up_silu`` (gate and up with the activation and the product in
+one), given ``residual=(h, a, norm)``: every program recomputes its rows' statistics (a row is 576 numbers for
+SmolLM2) and the first program of each row block writes ``h + a``. A layer is then five launches: the q/k/v
+kernel, the attention step, ``o_proj``, the gate/up kernel and ``down_proj`` (run M of docs/gpu.md had seven, two
+of them the norms: 1.6 µs each plus the gap between kernels in the CUDA graph; the model's final norm is
+``add_rms_norm``, one kernel). At decode batch sizes a GEMM is bound by its launch, not by its weights (3.6 µs per
+cuBLAS call at batch 16 in run H), so fewer, fatter launches are what counts. The projection kernels take plain
 ``nn.Linear`` modules and at most :data:`SKINNY_MAX_ROWS` tokens; a peft-wrapped projection (LoRA not merged)
-or a larger batch takes the modules' own calls (cuBLAS), with ``silu_mul`` for the activation. The last
-``next_norm`` is the model's final norm. Same arithmetic as the families' decoder layers (the sum rounded to
-the residual stream's dtype, the norm in float32 rounded to the input's dtype before its weight, the SiLU
-rounded before the product), checked against them by the CPU tests through Triton's interpreter and by the GPU
-tier.
+or a larger batch takes ``add_rms_norm`` and the modules' own calls (cuBLAS), with ``silu_mul`` for the
+activation. Same arithmetic as the families' decoder layers (the sum rounded to the residual stream's dtype, the
+norm in float32 rounded to the input's dtype before its weight, the SiLU rounded before the product), checked
+against them by the CPU tests through Triton's interpreter and by the GPU tier.
 
 :func:`unsupported_reason` says when the model's layers are not the pre-norm Llama form this assumes (norms that
 are not the families' RMSNorm, an MLP other than gate/up/down with SiLU); the decoder layers' own forward runs
@@ -109,6 +111,9 @@ def _kernels_fail(dtype: torch.dtype, device: torch.device) -> str | None:
             add_rms_norm(x, x, norm)
             linear3(x, lin, lin, lin)
             gate_up_silu(x, lin, lin)
+            for a in (x, None):  # (the norm inside the projections)
+                linear3(None, lin, lin, lin, residual=(x, a, norm))
+                gate_up_silu(None, lin, lin, residual=(x, a, norm))
             silu_mul(x, x)
             _kernel_checks[key] = None
         except Exception as err:  # a compiler or driver problem on this machine
@@ -151,57 +156,96 @@ def fusable_linears(x: torch.Tensor, *modules) -> bool:
     """Whether ``modules`` can be computed from ``x`` by the fused projection kernels: plain ``nn.Linear`` (not
     wrapped by peft: a LoRA adapter's delta is not in the kernels) with ``x``'s dtype and contiguous weights, all
     with biases or none, on at most :data:`SKINNY_MAX_ROWS` tokens."""
-    if x.numel() // x.shape[-1] > SKINNY_MAX_ROWS:
-        return False
+    return x.numel() // x.shape[-1] <= SKINNY_MAX_ROWS and _plain_linears(x.dtype, *modules)
+
+
+def _plain_linears(dtype: torch.dtype, *modules) -> bool:
     biases = {m.bias is None for m in modules if type(m) is torch.nn.Linear}
-    return len(biases) == 1 and all(type(m) is torch.nn.Linear and m.weight.dtype == x.dtype
+    return len(biases) == 1 and all(type(m) is torch.nn.Linear and m.weight.dtype == dtype
                                     and m.weight.is_contiguous() for m in modules)
 
 
-def _launch(kernel: str, x: torch.Tensor, n_total: int, M: int):
+def fusable_norm(h: torch.Tensor, a: torch.Tensor | None, norm, *modules) -> bool:
+    """Whether ``norm(h + a)`` can be computed inside the projection kernels of ``modules`` (:func:`linear3`,
+    :func:`gate_up_silu` with ``residual``): one of the families' RMSNorms over ``h``'s rows, the norm's output
+    dtype (its weight's with the residual stream's) that of the modules' weights, and what
+    :func:`fusable_linears` asks."""
+    stream = torch.promote_types(h.dtype, a.dtype) if a is not None else h.dtype
+    return (type(norm).__name__ in RMS_NORMS and norm.weight.shape == h.shape[-1:]
+            and h.numel() // h.shape[-1] <= SKINNY_MAX_ROWS
+            and _plain_linears(torch.promote_types(norm.weight.dtype, stream), *modules))
+
+
+def _launch(kernel: str, dtype: torch.dtype, n_total: int, M: int):
     """The projection kernel ``kernel`` and its meta-parameters: on a GPU the autotuned launcher (tile sizes
     timed on the first call of each shape; the row count enters its key in powers of two), in Triton's CPU
     interpreter the plain kernel with 16 token rows and output columns so that about 128 programs share the
     weights' columns."""
     k = _kernels()
-    meta = dict(PRECISION="ieee" if x.dtype == torch.float32 else "tf32", M_KEY=next_power_of_2(max(1, M)))
+    meta = dict(PRECISION="ieee" if dtype == torch.float32 else "tf32", M_KEY=next_power_of_2(max(1, M)))
     if os.environ.get("TRITON_INTERPRET") == "1":
         tiles = dict(BM=16, BN=min(64, max(16, next_power_of_2(max(1, n_total // 128)))), BK=64, num_warps=4)
         return getattr(k, kernel), {**meta, **tiles}
     return getattr(k, kernel + "_tuned"), meta
 
 
-def linear3(x: torch.Tensor, m0, m1, m2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(m0(x), m1(x), m2(x))`` of three ``nn.Linear`` in one launch (check :func:`fusable_linears` first)."""
-    x2 = x.reshape(-1, x.shape[-1]).contiguous()
+def _norm_inputs(x, residual):
+    """The kernels' input arguments: ``x`` itself, or with ``residual = (h, a, norm)`` (``a`` may be None) the
+    rows of ``h`` and ``a``, the norm's weight and epsilon and the new residual stream ``h + a`` to fill (``h``
+    itself without ``a``) — ``x = norm(h + a)`` is then computed inside the kernel."""
+    if residual is None:
+        x2 = x.reshape(-1, x.shape[-1]).contiguous()
+        return x2, dict(H=x2, A=x2, NW=x2, HO=x2, eps=0.0, s_h=0, s_a=0, s_ho=0, NORM=False, HAS_ADD=False), None
+    h, a, norm = residual
+    h2 = h.reshape(-1, h.shape[-1]).contiguous()
+    a2 = a.reshape(-1, a.shape[-1]).contiguous() if a is not None else None
+    ho = torch.empty(h2.shape, dtype=torch.promote_types(h2.dtype, a2.dtype), device=h.device) if a2 is not None else h2
+    args = dict(H=h2, A=a2 if a2 is not None else h2, NW=norm.weight, HO=ho, eps=float(norm.variance_epsilon),
+                s_h=h2.stride(0), s_a=(a2 if a2 is not None else h2).stride(0), s_ho=ho.stride(0), NORM=True,
+                HAS_ADD=a2 is not None)
+    return h2, args, ho.view(h.shape)
+
+
+def linear3(x: torch.Tensor | None, m0, m1, m2, residual=None):
+    """``(m0(x), m1(x), m2(x))`` of three ``nn.Linear`` in one launch (check :func:`fusable_linears` first). With
+    ``residual = (h, a, norm)`` (``x`` None; check :func:`fusable_norm`): ``x = norm(h + a)`` computed inside the
+    kernel — the residual add, the RMSNorm and the projections in one launch — and ``h + a`` returned fourth."""
+    dtype = m0.weight.dtype
+    x2, norm_args, h_new = _norm_inputs(x, residual)
     M, K = x2.shape
-    outs = [torch.empty(M, m.out_features, dtype=x.dtype, device=x.device) for m in (m0, m1, m2)]
+    outs = [torch.empty(M, m.out_features, dtype=dtype, device=x2.device) for m in (m0, m1, m2)]
     N = [m.out_features for m in (m0, m1, m2)]
-    kernel, meta = _launch("linear3", x, sum(N), M)
+    kernel, meta = _launch("linear3", dtype, sum(N), M)
     has_bias = m0.bias is not None
     bias = [m.bias if has_bias else m.weight for m in (m0, m1, m2)]
     grid = lambda META: (sum(-(-n // META["BN"]) for n in N), -(-M // META["BM"]))  # noqa: E731
     kernel[grid](
         x2, m0.weight, m1.weight, m2.weight, *bias, *outs, M, K, *N, x2.stride(0),
         m0.weight.stride(0), m1.weight.stride(0), m2.weight.stride(0), *(o.stride(0) for o in outs),
-        HAS_BIAS=has_bias, **meta)
-    return tuple(o.view(*x.shape[:-1], o.shape[-1]) for o in outs)
+        **norm_args, HAS_BIAS=has_bias, **meta)
+    shape = (x if x is not None else residual[0]).shape[:-1]
+    outs = tuple(o.view(*shape, o.shape[-1]) for o in outs)
+    return outs if residual is None else (*outs, h_new)
 
 
-def gate_up_silu(x: torch.Tensor, gate, up) -> torch.Tensor:
-    """``silu(gate(x)) * up(x)`` of two ``nn.Linear`` in one launch (check :func:`fusable_linears` first)."""
-    x2 = x.reshape(-1, x.shape[-1]).contiguous()
+def gate_up_silu(x: torch.Tensor | None, gate, up, residual=None):
+    """``silu(gate(x)) * up(x)`` of two ``nn.Linear`` in one launch (check :func:`fusable_linears` first). With
+    ``residual = (h, a, norm)`` (``x`` None; check :func:`fusable_norm`): ``x = norm(h + a)`` computed inside the
+    kernel, and ``(out, h + a)`` returned."""
+    dtype = gate.weight.dtype
+    x2, norm_args, h_new = _norm_inputs(x, residual)
     M, K = x2.shape
     N = gate.out_features
-    out = torch.empty(M, N, dtype=x.dtype, device=x.device)
-    kernel, meta = _launch("gate_up_silu", x, 2 * N, M)
+    out = torch.empty(M, N, dtype=dtype, device=x2.device)
+    kernel, meta = _launch("gate_up_silu", dtype, 2 * N, M)
     has_bias = gate.bias is not None
     grid = lambda META: (-(-N // META["BN"]), -(-M // META["BM"]))  # noqa: E731
     kernel[grid](
         x2, gate.weight, up.weight, gate.bias if has_bias else gate.weight, up.bias if has_bias else up.weight,
-        out, M, K, N, x2.stride(0), gate.weight.stride(0), up.weight.stride(0), out.stride(0), HAS_BIAS=has_bias,
-        **meta)
-    return out.view(*x.shape[:-1], N)
+        out, M, K, N, x2.stride(0), gate.weight.stride(0), up.weight.stride(0), out.stride(0), **norm_args,
+        HAS_BIAS=has_bias, **meta)
+    out = out.view(*(x if x is not None else residual[0]).shape[:-1], N)
+    return out if residual is None else (out, h_new)
 
 
 def decode_layers(model, hidden, position_embeddings, cache, token_mask, decode_step) -> torch.Tensor:
@@ -212,17 +256,25 @@ def decode_layers(model, hidden, position_embeddings, cache, token_mask, decode_
     cuBLAS's GEMMs as in the layers' own forward). ``hidden``: the token embeddings; returns the final norm's
     output."""
     layers = model.layers
-    h, x = add_rms_norm(hidden, None, layers[0].input_layernorm)
-    for i, layer in enumerate(layers):
+    h, a = hidden, None  # the residual stream and what the last sublayer adds to it
+    for layer in layers:
         attn, mlp = layer.self_attn, layer.mlp
         qkv = (attn.q_proj, attn.k_proj, attn.v_proj)
-        projections = linear3(x, *qkv) if fusable_linears(x, *qkv) else None
+        if fusable_norm(h, a, layer.input_layernorm, *qkv):  # the add, the norm and q/k/v in one launch
+            *projections, h = linear3(None, *qkv, residual=(h, a, layer.input_layernorm))
+            x = h  # (the attention reads its input's shape only when given the projections)
+        else:
+            h, x = add_rms_norm(h, a, layer.input_layernorm)
+            projections = linear3(x, *qkv) if fusable_linears(x, *qkv) else None
         a, _ = attn(x, position_embeddings=position_embeddings, past_key_values=cache, token_mask=token_mask,
                     decode_step=decode_step, projections=projections)
-        h, x = add_rms_norm(h, a, layer.post_attention_layernorm)
-        if fusable_linears(x, mlp.gate_proj, mlp.up_proj):
-            m = mlp.down_proj(gate_up_silu(x, mlp.gate_proj, mlp.up_proj))
+        if fusable_norm(h, a, layer.post_attention_layernorm, mlp.gate_proj, mlp.up_proj):
+            act, h = gate_up_silu(None, mlp.gate_proj, mlp.up_proj, residual=(h, a, layer.post_attention_layernorm))
         else:
-            m = mlp.down_proj(silu_mul(mlp.gate_proj(x), mlp.up_proj(x)))
-        h, x = add_rms_norm(h, m, layers[i + 1].input_layernorm if i + 1 < len(layers) else model.norm)
-    return x
+            h, x = add_rms_norm(h, a, layer.post_attention_layernorm)
+            if fusable_linears(x, mlp.gate_proj, mlp.up_proj):
+                act = gate_up_silu(x, mlp.gate_proj, mlp.up_proj)
+            else:
+                act = silu_mul(mlp.gate_proj(x), mlp.up_proj(x))
+        a = mlp.down_proj(act)
+    return add_rms_norm(h, a, model.norm)[1]

@@ -61,6 +61,34 @@ def test_projection_kernels_match_nn_linear(dtype, bias, rows):
         assert_close(gate_up_silu(x, gate, up).float(), (F.silu(gate(x)) * up(x)).float(), tol)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("rows", [1, 16, 40])
+def test_projection_kernels_with_the_norm_inside_match_the_modules(dtype, rows):
+    """``residual=(h, a, norm)``: the residual add and LlamaRMSNorm computed inside the q/k/v and gate/up kernels
+    (decode_layers' five launches a layer) against ``h + a``, the module and ``nn.Linear`` (cuBLAS)."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    torch.manual_seed(0)
+    norm = LlamaRMSNorm(576, eps=1e-5).to("cuda", dtype)
+    with torch.no_grad():
+        norm.weight.copy_(1 + 0.3 * torch.randn(576, device="cuda"))
+    mods = [torch.nn.Linear(576, n, bias=False).to("cuda", dtype) for n in (576, 192, 192)]
+    gate, up = (torch.nn.Linear(576, 1536, bias=False).to("cuda", dtype) for _ in range(2))
+    h = (3 * torch.randn(rows, 1, 576, device="cuda")).to(dtype)
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    with torch.no_grad():
+        for a in (torch.randn(rows, 1, 576, device="cuda").to(dtype), None):
+            ref_h = h + a if a is not None else h
+            x = norm(ref_h)
+            *outs, h_new = linear3(None, *mods, residual=(h, a, norm))
+            assert torch.equal(h_new, ref_h)
+            for out, m in zip(outs, mods):
+                assert_close(out.float(), m(x).float(), tol)
+            out, h_new = gate_up_silu(None, gate, up, residual=(h, a, norm))
+            assert torch.equal(h_new, ref_h)
+            assert_close(out.float(), (F.silu(gate(x)) * up(x)).float(), tol)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_prefill_through_the_fused_layers_matches_the_layers_own(dtype, monkeypatch):
     """``decode_backend="triton"``: a gradient-free prefill (300 tokens × 4: the modules' GEMMs, the fused norms and

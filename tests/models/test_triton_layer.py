@@ -62,6 +62,7 @@ KERNELS = textwrap.dedent('''
 PROJECTIONS = textwrap.dedent('''
     import torch
     import torch.nn.functional as F
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
     from liger.models.triton_layer import gate_up_silu, linear3
 
     g = torch.Generator().manual_seed(0)
@@ -84,6 +85,25 @@ PROJECTIONS = textwrap.dedent('''
         out, ref = gate_up_silu(x, gate, up), F.silu(gate(x)) * up(x)
         assert out.shape == ref.shape and out.dtype == ref.dtype
         worst[f"gate_up {M} {dtype} {bias}"] = rel(out, ref)
+        # the residual add and the RMSNorm inside the same launch (residual=(h, a, norm); a None: the norm of h)
+        norm = LlamaRMSNorm(K, eps=1e-5).to(dtype)
+        with torch.no_grad():
+            norm.weight.copy_(1 + 0.3 * torch.randn(K, generator=g))
+        h = (3 * torch.randn(M, 1, K, generator=g)).to(dtype)
+        for a in (torch.randn(M, 1, K, generator=g).to(dtype), None):
+            ref_h = h + a if a is not None else h
+            xn = norm(ref_h)
+            key = f"{M} {dtype} {bias} add={a is not None}"
+            *outs, h_new = linear3(None, *mods, residual=(h, a, norm))
+            assert torch.equal(h_new, ref_h) and h_new.dtype == ref_h.dtype
+            for o, m in zip(outs, mods):
+                ref = m(xn)
+                assert o.shape == ref.shape and o.dtype == ref.dtype
+                worst["norm linear3 " + key] = max(worst.get("norm linear3 " + key, 0), rel(o, ref))
+            out, h_new = gate_up_silu(None, gate, up, residual=(h, a, norm))
+            ref = F.silu(gate(xn)) * up(xn)
+            assert torch.equal(h_new, ref_h) and out.shape == ref.shape and out.dtype == ref.dtype
+            worst["norm gate_up " + key] = rel(out, ref)
     print("WORST", worst)
 ''')
 
@@ -91,7 +111,7 @@ PROJECTIONS = textwrap.dedent('''
 @needs_triton
 def test_projection_kernels_match_nn_linear_in_the_interpreter():
     worst = run_in_triton_interpreter(PROJECTIONS)
-    assert len(worst) == 8, worst
+    assert len(worst) == 24, worst
     for name, err in worst.items():
         assert err <= (1e-6 if "float32" in name else 1e-2), (name, err)
 
