@@ -84,7 +84,7 @@ def decode_step(
     Q, K, V, QL, KL, COS, SIN, VALID, STATE, RING_K, RING_V, RING_VALID, SEEN,
     SINK_K, SINK_V, SINK_POS, SINK_VALID, REAL_SEEN, OUT,
     RING_KL, GLOB_K, GLOB_V, GLOB_SCORE, GLOB_INDEX, PEND_K, PEND_V, RECENT,
-    PART_M, PART_L, PART_ACC, REC, ERRP, ZBUF, COUNT,
+    PART_M, PART_L, PART_ACC, REC, ERRP, ZBUF, WORST_S, WORST_I, COUNT,
     sqb, sqh, skb, skh, svb, svh, sqlb, sqlh, sklb, sklh, scb,
     srkb, srkl, srkh, srvb, srvl, srvh, s_rvalid_b,
     sskb, sskn, sskh, ssvb, ssvn, ssvh, s_spos_b, s_svalid_b,
@@ -287,6 +287,20 @@ def decode_step(
                         tl.store(REC + (pid * BGP + g) * BD + cols, o_rec, mask=cmask)
             if HAS_GLOBAL:  # this program's share of the leaver's squared error
                 tl.store(ERRP + pid * NR + jr, err2)
+                # and (the first state program) the member a merge would replace, found here, beside the window
+                # programs, rather than by the last program after them: the lowest score; among equal scores the
+                # latest token, then the first slot (merge_leaver_'s order; the scores change only in the merge)
+                if jr == 0:
+                    offs_gl = tl.arange(0, BGL)
+                    glmask = offs_gl < NGLOB
+                    g_score = tl.load(GLOB_SCORE + b * sgsb + offs_gl * sgsn + h * sgsh, mask=glmask,
+                                      other=float("-inf"))
+                    g_index = tl.load(GLOB_INDEX + b * sgib + offs_gl * sgin + h * sgih, mask=glmask, other=0)
+                    worst_score = tl.min(tl.where(glmask, g_score, float("inf")), 0)
+                    is_min = glmask & (g_score == worst_score)
+                    latest = tl.max(tl.where(is_min, g_index, -(2 ** 62)), 0)
+                    tl.store(WORST_S + pid, worst_score)
+                    tl.store(WORST_I + pid, tl.min(tl.where(is_min & (g_index == latest), offs_gl, BGL), 0))
             if HAS_Z:  # the new normaliser (every state program computed it from the old one; the last one writes it)
                 if jr == 0:
                     tl.store(ZBUF + pid * BD + offs_d, z, mask=dmask)
@@ -312,11 +326,8 @@ def decode_step(
             err2 = tl.sum(tl.zeros([BD], tl.float32), 0)
             for jj in tl.static_range(NR):
                 err2 += tl.load(ERRP + pid * NR + jj, cache_modifier=".cg")
-            offs_gl = tl.arange(0, BGL)
-            glmask = offs_gl < NGLOB
-            g_score = tl.load(GLOB_SCORE + b * sgsb + offs_gl * sgsn + h * sgsh, mask=glmask,
-                              other=float("-inf"))
-            g_index = tl.load(GLOB_INDEX + b * sgib + offs_gl * sgin + h * sgih, mask=glmask, other=0)
+            worst_score = tl.load(WORST_S + pid, cache_modifier=".cg")
+            worst = tl.load(WORST_I + pid, cache_modifier=".cg")
             # the leaver: its post-RoPE key and value (for the cache) and whether it competes
             if HAS_RING:
                 lk_row = tl.load(RING_K + b * srkb + slot * srkl + h * srkh + offs_d, mask=dmask, other=0.0)
@@ -387,21 +398,14 @@ def decode_step(
 
         if HAS_GLOBAL:  # the merge (its reads, above, came first: one round trip with the parts')
             tl.debug_barrier()  # (the pending rows are read before they move)
-            worst_score = tl.min(tl.where(glmask, g_score, float("inf")), 0)
-            is_min = glmask & (g_score == worst_score)
-            latest = tl.max(tl.where(is_min, g_index, -(2 ** 62)), 0)
-            worst = tl.min(tl.where(is_min & (g_index == latest), offs_gl, BGL), 0)
-            replace = (tl.zeros([BGL], tl.float32) + c_score) > worst_score
-            take = (offs_gl == worst) & replace & glmask
+            take = (c_score > worst_score) & (worst < NGLOB)
             take_row = dmask & ((tl.zeros([BD], tl.float32) + c_score) > worst_score) & ((offs_d * 0 + worst) < NGLOB)
             tl.store(GLOB_K + b * sgkb + worst * sgkn + h * sgkh + offs_d, c_k.to(GLOB_K.dtype.element_ty),
                      mask=take_row)
             tl.store(GLOB_V + b * sgvb + worst * sgvn + h * sgvh + offs_d, c_v.to(GLOB_V.dtype.element_ty),
                      mask=take_row)
-            tl.store(GLOB_SCORE + b * sgsb + offs_gl * sgsn + h * sgsh, tl.zeros([BGL], tl.float32) + c_score,
-                     mask=take)
-            tl.store(GLOB_INDEX + b * sgib + offs_gl * sgin + h * sgih, tl.zeros([BGL], tl.int64) + c_index,
-                     mask=take)
+            tl.store(GLOB_SCORE + b * sgsb + worst * sgsn + h * sgsh, c_score, mask=take)
+            tl.store(GLOB_INDEX + b * sgib + worst * sgin + h * sgih, c_index.to(tl.int64), mask=take)
             if POOL > 0:  # the pending tokens and recent errors move down one place; the leaver and its error last
                 last_p = (offs_p == POOL - 1)[:, None]
                 p_mask = (offs_p < POOL)[:, None] & dmask[None, :]

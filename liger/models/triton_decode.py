@@ -194,17 +194,19 @@ def _scratch(device: torch.device, heads: int, NA: int, NR: int, BGP: int, BD: i
     """The decode step's work space on ``device``, kept between calls (allocated in the decoders' warm-up, before
     a CUDA graph captures the step; the kernel leaves the counters at 0): the window programs' parts of the
     softmax (running max, sum, output), the recurrent readout (float32), the state programs' shares of the
-    leaver's squared recall error, the new normaliser column, the arrival counters, per (sequence, KV head), and
+    leaver's squared recall error, the new normaliser column, the global cache's worst member (score, slot), the
+    arrival counters, per (sequence, KV head), and
     the launch's count of finished heads. Shared by every layer: the steps of one device run one after another
     on its stream."""
     need = (heads * max(NA, 1) * BGP, heads * max(NA, 1) * BGP * BD, heads * BGP * BD, heads * max(NR, 1),
-            heads * BD, heads + 1)
+            heads * BD, heads, heads, heads + 1)
     have = _scratches.get(device)
     if have is None or any(t.numel() < n for t, n in zip((have[0], *have[2:]), need)):
         f32 = dict(dtype=torch.float32, device=device)
         have = (torch.empty(need[0], **f32), torch.empty(need[0], **f32), torch.empty(need[1], **f32),
                 torch.empty(need[2], **f32), torch.empty(need[3], **f32), torch.empty(need[4], **f32),
-                torch.zeros(need[5], dtype=torch.int32, device=device))
+                torch.empty(need[5], **f32), torch.empty(need[6], dtype=torch.int32, device=device),
+                torch.zeros(need[7], dtype=torch.int32, device=device))
         if device in _scratches:
             _retired.append(_scratches[device])
         _scratches[device] = have
