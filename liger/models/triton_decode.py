@@ -16,7 +16,7 @@ launch:
   (``S ← diag(α) S + φ(k)ᵀ v``, with the normaliser column when the readout divides by it or the global cache
   recalls through it; the gated delta rule's ``S' = α S``, ``S ← S' + k̂ᵀ β (v − k̂ S')`` with L2-normalised q̂/k̂),
   reads them out for each query head and, with a global cache, its share of the leaving token's squared recall
-  error. The two roles run side by side, so a program's path is one of them, not both (run K's step did both in
+  error (the first state program also finds the member a merge would replace). The two roles run side by side, so a program's path is one of them, not both (run K's step did both in
   every program: the memory recipe's state work, needed only for the recall errors, lengthened every program's
   path). The last program of the (sequence, KV head) to finish (an atomic arrival count) combines the window
   parts, mixes ``linear_weight · o_rec + window_weight · o_win``, writes ``[B, 1, HQ, D]`` in q's dtype and the new
