@@ -80,6 +80,48 @@ def _attend(q, KP, VP, s_kn, s_vn, rows, load, ok, offs_d, dmask, m_i, l_i, acc,
 
 
 @triton.jit
+def _group_queries(Q, b, h, sqb, sqh, offs_d, partner, sign, dmask, cos, sin, offs_gp, scale, G: tl.constexpr,
+                   BGP: tl.constexpr, BD: tl.constexpr):
+    """The ``G`` query heads of KV head ``h`` after RoPE, scaled, as the rows of a ``[BGP, BD]`` float32 tile (rows
+    >= G zero)."""
+    q_all = tl.zeros([BGP, BD], tl.float32)
+    for g in range(G):
+        q_rot = _rope(Q + b * sqb + (h * G + g) * sqh, offs_d, partner, sign, dmask, cos, sin)
+        q_all = tl.where((offs_gp == g)[:, None], q_rot[None, :], q_all)
+    return q_all * scale
+
+
+@triton.jit
+def _sinks_and_token(q_all, q_mma, k_rot, V, SINK_K, SINK_V, SINK_POS, SINK_VALID, b, h, svb, svh, sskb, sskn, sskh,
+                     ssvb, ssvn, ssvh, s_spos_b, s_svalid_b, seen, real, L, S, offs_s, offs_d, dmask, m_i, l_i, acc,
+                     HAS_SINKS: tl.constexpr, PRECISION: tl.constexpr):
+    """The visible sinks (a sink still inside the window counts once, as a window key) and the new token (padding
+    sees no key and gets zeros) into the online softmax ``m_i, l_i, acc``."""
+    if HAS_SINKS:
+        smask = offs_s < S
+        spos = tl.load(SINK_POS + b * s_spos_b + offs_s, mask=smask, other=0)
+        sink_ok = smask & (tl.load(SINK_VALID + b * s_svalid_b + offs_s, mask=smask, other=0) != 0)
+        sink_ok = sink_ok & (spos < seen - L)
+        m_i, l_i, acc = _attend(q_mma, SINK_K + b * sskb + h * sskh, SINK_V + b * ssvb + h * ssvh, sskn, ssvn,
+                                offs_s, smask, sink_ok, offs_d, dmask, m_i, l_i, acc, PRECISION)
+    v_tok = tl.load(V + b * svb + h * svh + offs_d, mask=dmask, other=0.0).to(tl.float32)
+    s_new = tl.where(real, tl.sum(q_all * k_rot[None, :], 1), float("-inf"))
+    m_new = tl.maximum(m_i, s_new)
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp(m_i - m_safe)
+    e_new = tl.exp(s_new - m_safe)
+    return m_new, l_i * alpha + e_new, acc * alpha[:, None] + e_new[:, None] * v_tok[None, :]
+
+
+@triton.jit
+def _store_part(PART_M, PART_L, PART_ACC, part, offs_gp, offs_d, m_i, l_i, acc, BGP: tl.constexpr, BD: tl.constexpr):
+    """A program's part of the window's softmax, combined by the last program of its (sequence, KV head)."""
+    tl.store(PART_M + part * BGP + offs_gp, m_i)
+    tl.store(PART_L + part * BGP + offs_gp, l_i)
+    tl.store(PART_ACC + (part * BGP + offs_gp)[:, None] * BD + offs_d[None, :], acc)
+
+
+@triton.jit
 def decode_step(
     Q, K, V, QL, KL, COS, SIN, VALID, STATE, RING_K, RING_V, RING_VALID, SEEN,
     SINK_K, SINK_V, SINK_POS, SINK_VALID, REAL_SEEN, OUT,
@@ -98,7 +140,7 @@ def decode_step(
     READOUT: tl.constexpr, HAS_REC: tl.constexpr, REC_OUT: tl.constexpr, HAS_WIN: tl.constexpr,
     HAS_SINKS: tl.constexpr, HAS_GLOBAL: tl.constexpr, HAS_RING: tl.constexpr,
     POOL: tl.constexpr, BP: tl.constexpr, B2P: tl.constexpr, NA: tl.constexpr, NR: tl.constexpr,
-    BVS: tl.constexpr,
+    NPART: tl.constexpr, BVS: tl.constexpr,
     BB: tl.constexpr,
 ):
     """Log-decay GATE: 0 logsigmoid(k)/n per channel (GLA; HGRN2 with γ = 0), 1 log(γ + (1−γ)σ(k))/n per channel
@@ -138,18 +180,14 @@ def decode_step(
     slot = seen % L_MOD
     offs_s = tl.arange(0, BS)
     sink_at = tl.load(REAL_SEEN + b)  # the sink slot the new token takes (when < S and the token is real)
-    first = j == 0
-
     # ---- the window's output for each query head of the group, this program's blocks of the ring and the global
-    # cache's members (BK keys a block, online softmax), program 0 the sinks and the new token too; [BGP, BD]
-    # products on tensor cores (rows >= G unused)
+    # cache's members (BK keys a block, online softmax); the sinks and the new token in a part of their own, by the
+    # last state program (NPART = NA + 1: its path is the shorter one), or by window program 0 without state
+    # programs; [BGP, BD] products on tensor cores (rows >= G unused)
     if HAS_WIN:
         if j < NA:
-            q_all = tl.zeros([BGP, BD], tl.float32)
-            for g in range(G):
-                q_rot = _rope(Q + b * sqb + (h * G + g) * sqh, offs_d, partner, sign, dmask, cos, sin)
-                q_all = tl.where((offs_gp == g)[:, None], q_rot[None, :], q_all)
-            q_all = q_all * scale
+            q_all = _group_queries(Q, b, h, sqb, sqh, offs_d, partner, sign, dmask, cos, sin, offs_gp, scale, G, BGP,
+                                   BD)
             if PRECISION == "lowp":  # (the scores' operands in the cache's 16-bit dtype, as SDPA takes them)
                 q_mma = q_all.to(RING_K.dtype.element_ty)
             else:
@@ -172,34 +210,33 @@ def decode_step(
                                           other=float("-inf")) > float("-inf"))
                     m_i, l_i, acc = _attend(q_mma, GLOB_K + b * sgkb + h * sgkh, GLOB_V + b * sgvb + h * sgvh, sgkn,
                                             sgvn, rows, rmask, ok, offs_d, dmask, m_i, l_i, acc, PRECISION)
-            if HAS_SINKS:
-                smask = offs_s < S
-                spos = tl.load(SINK_POS + b * s_spos_b + offs_s, mask=smask, other=0)
-                sink_ok = smask & (tl.load(SINK_VALID + b * s_svalid_b + offs_s, mask=smask, other=0) != 0)
-                sink_ok = sink_ok & (spos < seen - L) & first  # a sink inside the window counts once, as a window key
-                m_i, l_i, acc = _attend(q_mma, SINK_K + b * sskb + h * sskh, SINK_V + b * ssvb + h * ssvh, sskn, ssvn,
-                                        offs_s, smask, sink_ok, offs_d, dmask, m_i, l_i, acc, PRECISION)
-            # the new token (padding sees no key and gets zeros)
-            v_tok = tl.load(V + b * svb + h * svh + offs_d, mask=dmask, other=0.0).to(tl.float32)
-            s_new = tl.where(real & first, tl.sum(q_all * k_rot[None, :], 1), float("-inf"))
-            m_new = tl.maximum(m_i, s_new)
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            alpha = tl.exp(m_i - m_safe)
-            e_new = tl.exp(s_new - m_safe)
-            l_i = l_i * alpha + e_new
-            acc = acc * alpha[:, None] + e_new[:, None] * v_tok[None, :]
-            m_i = m_new
-            # this program's part, combined by the last program of the (sequence, KV head) to arrive
-            part = pid * NA + j
-            tl.store(PART_M + part * BGP + offs_gp, m_i)
-            tl.store(PART_L + part * BGP + offs_gp, l_i)
-            tl.store(PART_ACC + (part * BGP + offs_gp)[:, None] * BD + offs_d[None, :], acc)
+            if NPART == NA:  # no state programs: window program 0 takes the sinks and the new token
+                if j == 0:
+                    m_i, l_i, acc = _sinks_and_token(
+                        q_all, q_mma, k_rot, V, SINK_K, SINK_V, SINK_POS, SINK_VALID, b, h, svb, svh, sskb, sskn,
+                        sskh, ssvb, ssvn, ssvh, s_spos_b, s_svalid_b, seen, real, L, S, offs_s, offs_d, dmask, m_i,
+                        l_i, acc, HAS_SINKS, PRECISION)
+            _store_part(PART_M, PART_L, PART_ACC, pid * NPART + j, offs_gp, offs_d, m_i, l_i, acc, BGP, BD)
 
     # ---- the recurrence: feature-mapped queries of the group, key, gate, the normaliser; then this program's
     # state columns, BV at a time: update, readout (into REC, float32), the leaver's recall error
     if HAS_REC:
         if j >= NA:
             jr = j - NA
+            if NPART > NA:  # the sinks and the new token, the window's last part
+                if jr == NR - 1:
+                    q_all = _group_queries(Q, b, h, sqb, sqh, offs_d, partner, sign, dmask, cos, sin, offs_gp, scale,
+                                           G, BGP, BD)
+                    if PRECISION == "lowp":
+                        q_mma = q_all.to(RING_K.dtype.element_ty)
+                    else:
+                        q_mma = q_all
+                    m_i, l_i, acc = _sinks_and_token(
+                        q_all, q_mma, k_rot, V, SINK_K, SINK_V, SINK_POS, SINK_VALID, b, h, svb, svh, sskb, sskn,
+                        sskh, ssvb, ssvn, ssvh, s_spos_b, s_svalid_b, seen, real, L, S, offs_s, offs_d, dmask,
+                        tl.full([BGP], float("-inf"), tl.float32), tl.zeros([BGP], tl.float32),
+                        tl.zeros([BGP, BD], tl.float32), HAS_SINKS, PRECISION)
+                    _store_part(PART_M, PART_L, PART_ACC, pid * NPART + NA, offs_gp, offs_d, m_i, l_i, acc, BGP, BD)
             state = STATE + pid * D * VS
             kl = tl.load(KL + b * sklb + h * sklh + offs_d, mask=dmask, other=0.0).to(tl.float32)
             if GATE >= 3:
@@ -375,13 +412,13 @@ def decode_step(
         o = tl.zeros([BGP, BD], tl.float32)
         if HAS_WIN:
             m_all = tl.full([BGP], float("-inf"), tl.float32)
-            for jj in tl.static_range(NA):
-                m_all = tl.maximum(m_all, tl.load(PART_M + (pid * NA + jj) * BGP + offs_gp, cache_modifier=".cg"))
+            for jj in tl.static_range(NPART):
+                m_all = tl.maximum(m_all, tl.load(PART_M + (pid * NPART + jj) * BGP + offs_gp, cache_modifier=".cg"))
             m_all = tl.where(m_all == float("-inf"), 0.0, m_all)
             l_all = tl.zeros([BGP], tl.float32)
             acc_all = tl.zeros([BGP, BD], tl.float32)
-            for jj in tl.static_range(NA):
-                part = pid * NA + jj
+            for jj in tl.static_range(NPART):
+                part = pid * NPART + jj
                 w = tl.exp(tl.load(PART_M + part * BGP + offs_gp, cache_modifier=".cg") - m_all)
                 l_all += w * tl.load(PART_L + part * BGP + offs_gp, cache_modifier=".cg")
                 acc_all += w[:, None] * tl.load(PART_ACC + (part * BGP + offs_gp)[:, None] * BD + offs_d[None, :],

@@ -10,17 +10,20 @@ launch:
 * ``decode_step``, ``split`` window programs and ``split`` state programs per (sequence, KV head) (:data:`SPLIT`:
   enough for about two programs per SM; one of each in the CPU tests' default), serving the ``HQ / H`` query heads
   of its group. Window program ``j`` walks every ``split``-th block of the ring's and the global cache's keys
-  (:data:`KEY_BLOCK`) in an online softmax whose products run on tensor cores — program 0 adds the visible sinks and
-  the new token — (exactly :func:`liger.models.window.window_decode_attention`'s mask; a member is visible while its
-  score is above −inf). State program ``j`` updates its ``head_dim / split`` columns of the float32 state in place
-  (``S ← diag(α) S + φ(k)ᵀ v``, with the normaliser column when the readout divides by it or the global cache
-  recalls through it; the gated delta rule's ``S' = α S``, ``S ← S' + k̂ᵀ β (v − k̂ S')`` with L2-normalised q̂/k̂),
-  reads them out for each query head and, with a global cache, its share of the leaving token's squared recall
-  error (the first state program also finds the member a merge would replace). The two roles run side by side, so a program's path is one of them, not both (run K's step did both in
-  every program: the memory recipe's state work, needed only for the recall errors, lengthened every program's
-  path). The last program of the (sequence, KV head) to finish (an atomic arrival count) combines the window
-  parts, mixes ``linear_weight · o_rec + window_weight · o_win``, writes ``[B, 1, HQ, D]`` in q's dtype and the new
-  normaliser column. With a global cache the same program then scores the token leaving the window (the ring's
+  (:data:`KEY_BLOCK`) in an online softmax whose products run on tensor cores (exactly
+  :func:`liger.models.window.window_decode_attention`'s mask; a member is visible while its score is above −inf).
+  State program ``j`` updates its ``head_dim / split`` columns of the float32 state in place (``S ← diag(α) S +
+  φ(k)ᵀ v``, with the normaliser column when the readout divides by it or the global cache recalls through it; the
+  gated delta rule's ``S' = α S``, ``S ← S' + k̂ᵀ β (v − k̂ S')`` with L2-normalised q̂/k̂), reads them out for each
+  query head and, with a global cache, its share of the leaving token's squared recall error; the first state
+  program also finds the member a merge would replace, the last one attends the visible sinks and the new token
+  as one more window part (window program 0 does, without state programs). The two roles run side by side, so a
+  program's path is one of them, not both (run K's step did both in every program: the memory recipe's state
+  work, needed only for the recall errors, lengthened every program's path; its sinks and new token now ride on
+  the shorter state path too). The last program of the (sequence, KV head) to finish (an atomic arrival count)
+  combines the window parts, mixes ``linear_weight · o_rec + window_weight · o_win``, writes ``[B, 1, HQ, D]`` in
+  q's dtype and the new normaliser column. With a global cache the same program then scores the token leaving the
+  window (the ring's
   oldest, whose slot the new token takes; the new token itself for a window of 1; padding and sinks — the new token
   too, for a window of 1, when it becomes a sink on this step — never compete) by its self-recall error against the
   state after this step — the sum of the state programs' shares — and merges it into the cache as
@@ -190,7 +193,7 @@ def _split(q: torch.Tensor, heads: int, BD: int) -> int:
     return split
 
 
-def _scratch(device: torch.device, heads: int, NA: int, NR: int, BGP: int, BD: int) -> tuple[torch.Tensor, ...]:
+def _scratch(device: torch.device, heads: int, parts: int, NR: int, BGP: int, BD: int) -> tuple[torch.Tensor, ...]:
     """The decode step's work space on ``device``, kept between calls (allocated in the decoders' warm-up, before
     a CUDA graph captures the step; the kernel leaves the counters at 0): the window programs' parts of the
     softmax (running max, sum, output), the recurrent readout (float32), the state programs' shares of the
@@ -198,7 +201,7 @@ def _scratch(device: torch.device, heads: int, NA: int, NR: int, BGP: int, BD: i
     arrival counters, per (sequence, KV head), and
     the launch's count of finished heads. Shared by every layer: the steps of one device run one after another
     on its stream."""
-    need = (heads * max(NA, 1) * BGP, heads * max(NA, 1) * BGP * BD, heads * BGP * BD, heads * max(NR, 1),
+    need = (heads * max(parts, 1) * BGP, heads * max(parts, 1) * BGP * BD, heads * BGP * BD, heads * max(NR, 1),
             heads * BD, heads, heads, heads + 1)
     have = _scratches.get(device)
     if have is None or any(t.numel() < n for t, n in zip((have[0], *have[2:]), need)):
@@ -266,13 +269,14 @@ def fused_decode_step(spec, q, k, v, q_lin, k_lin, cos, sin, valid, buffers) -> 
     BGP = max(16, next_power_of_2(G))
     split = _split(q, B * H, BD)
     NA, NR = (split if has_win else 0), (split if has_rec else 0)  # window programs, state programs
+    NPART = NA + (1 if NA and NR else 0)  # the window's parts: with state programs, one of them adds the last
     BVS = BD // max(NR, 1)
     BV = min(BVS, max(4, 4096 // BD))
-    scratch = _scratch(q.device, B * H, NA, NR, BGP, BD)
+    scratch = _scratch(q.device, B * H, NPART, NR, BGP, BD)
     ssb = cos.stride(0) if cos.shape[0] > 1 else 0
     meta = dict(
         D=D, BD=BD, BV=BV, G=G, BG=max(2, next_power_of_2(G)), BGP=BGP,
-        BK=max(16, min(KEY_BLOCK // BD, next_power_of_2(max(L, NG)) // max(NA, 1))), NA=NA, NR=NR, BVS=BVS,
+        BK=max(16, min(KEY_BLOCK // BD, next_power_of_2(max(L, NG)) // max(NA, 1))), NA=NA, NR=NR, NPART=NPART, BVS=BVS,
         PRECISION="ieee" if b.ring_k.dtype == torch.float32 else "lowp",
         BS=max(16, next_power_of_2(S)), BGL=max(2, next_power_of_2(NG)), VS=VS, FMAP=fmap,
         GATE=gate, KEY_IS_GATE=has_rec and type(r) is HGRN2, DELTA=delta, BETA_CONST=strength is not None,
