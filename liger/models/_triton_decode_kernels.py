@@ -181,9 +181,9 @@ def decode_step(
     offs_s = tl.arange(0, BS)
     sink_at = tl.load(REAL_SEEN + b)  # the sink slot the new token takes (when < S and the token is real)
     # ---- the window's output for each query head of the group, this program's blocks of the ring and the global
-    # cache's members (BK keys a block, online softmax); the sinks and the new token in a part of their own, by the
-    # last state program (NPART = NA + 1: its path is the shorter one), or by window program 0 without state
-    # programs; [BGP, BD] products on tensor cores (rows >= G unused)
+    # cache's members (BK keys a block, online softmax); the sinks and the new token by window program 0, or in a
+    # part of their own by the last state program (NPART = NA + 1: the launcher's choice when the window programs'
+    # path is the longer one); [BGP, BD] products on tensor cores (rows >= G unused)
     if HAS_WIN:
         if j < NA:
             q_all = _group_queries(Q, b, h, sqb, sqh, offs_d, partner, sign, dmask, cos, sin, offs_gp, scale, G, BGP,
@@ -210,7 +210,7 @@ def decode_step(
                                           other=float("-inf")) > float("-inf"))
                     m_i, l_i, acc = _attend(q_mma, GLOB_K + b * sgkb + h * sgkh, GLOB_V + b * sgvb + h * sgvh, sgkn,
                                             sgvn, rows, rmask, ok, offs_d, dmask, m_i, l_i, acc, PRECISION)
-            if NPART == NA:  # no state programs: window program 0 takes the sinks and the new token
+            if NPART == NA:  # window program 0 takes the sinks and the new token
                 if j == 0:
                     m_i, l_i, acc = _sinks_and_token(
                         q_all, q_mma, k_rot, V, SINK_K, SINK_V, SINK_POS, SINK_VALID, b, h, svb, svh, sskb, sskn,

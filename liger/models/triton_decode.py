@@ -8,32 +8,31 @@ is bound by their number rather than by memory traffic. :func:`fused_decode_step
 launch:
 
 * ``decode_step``, ``split`` window programs and ``split`` state programs per (sequence, KV head) (:data:`SPLIT`:
-  enough for about two programs per SM; one of each in the CPU tests' default), serving the ``HQ / H`` query heads
-  of its group. Window program ``j`` walks every ``split``-th block of the ring's and the global cache's keys
+  enough for about two programs per SM; one of each in the CPU tests' default), serving the ``HQ / H`` query heads of
+  its group. Window program ``j`` walks every ``split``-th block of the ring's and the global cache's keys
   (:data:`KEY_BLOCK`) in an online softmax whose products run on tensor cores (exactly
   :func:`liger.models.window.window_decode_attention`'s mask; a member is visible while its score is above −inf).
-  State program ``j`` updates its ``head_dim / split`` columns of the float32 state in place (``S ← diag(α) S +
-  φ(k)ᵀ v``, with the normaliser column when the readout divides by it or the global cache recalls through it; the
-  gated delta rule's ``S' = α S``, ``S ← S' + k̂ᵀ β (v − k̂ S')`` with L2-normalised q̂/k̂), reads them out for each
-  query head and, with a global cache, its share of the leaving token's squared recall error; the first state
-  program also finds the member a merge would replace, the last one attends the visible sinks and the new token
-  as one more window part (window program 0 does, without state programs). The two roles run side by side, so a
-  program's path is one of them, not both (run K's step did both in every program: the memory recipe's state
-  work, needed only for the recall errors, lengthened every program's path; its sinks and new token now ride on
-  the shorter state path too). The last program of the (sequence, KV head) to finish (an atomic arrival count)
-  combines the window parts, mixes ``linear_weight · o_rec + window_weight · o_win``, writes ``[B, 1, HQ, D]`` in
-  q's dtype and the new normaliser column. With a global cache the same program then scores the token leaving the
-  window (the ring's
-  oldest, whose slot the new token takes; the new token itself for a window of 1; padding and sinks — the new token
-  too, for a window of 1, when it becomes a sink on this step — never compete) by its self-recall error against the
-  state after this step — the sum of the state programs' shares — and merges it into the cache as
+  State program ``j`` updates its ``head_dim / split`` columns of the float32 state in place (``S ← diag(α) S + φ(k)ᵀ
+  v``, with the normaliser column when the readout divides by it or the global cache recalls through it; the gated
+  delta rule's ``S' = α S``, ``S ← S' + k̂ᵀ β (v − k̂ S')`` with L2-normalised q̂/k̂), reads them out for each query
+  head and, with a global cache, its share of the leaving token's squared recall error; the first state program also
+  finds the member a merge would replace and, when the window programs walk more than one key block each, the last one
+  attends the visible sinks and the new token as one more window part (else window program 0 does). The two roles run
+  side by side, so a program's path is one of them, not both (run K's step did both in every program: the memory
+  recipe's state work, needed only for the recall errors, lengthened every program's path; its sinks and new token now
+  ride on the shorter state path too). The last program of the (sequence, KV head) to finish (an atomic arrival count)
+  combines the window parts, mixes ``linear_weight · o_rec + window_weight · o_win``, writes ``[B, 1, HQ, D]`` in q's
+  dtype and the new normaliser column. With a global cache the same program then scores the token leaving the window
+  (the ring's oldest, whose slot the new token takes; the new token itself for a window of 1; padding and sinks — the
+  new token too, for a window of 1, when it becomes a sink on this step — never compete) by its self-recall error
+  against the state after this step — the sum of the state programs' shares — and merges it into the cache as
   :func:`liger.models.global_cache.merge_leaver_` does (it replaces the worst member, the latest among equal lowest
   scores, when its score is strictly higher). With ``global_cache_pool`` P the leaver joins the P pending tokens
-  instead and the oldest pending token is merged, scored by the largest self-recall error of the 2P + 1 leavers
-  around it, or −inf when it does not compete itself (:func:`liger.models.global_cache.pooled_scores`); the pending
-  tokens and recent errors shift by one place, after every read of them. Last the same program writes the new
-  token's rotated key and value (and raw key, for the global cache) into its ring slot (and sink slot) — after every
-  program's reads, since the slot it takes is the oldest of the window they attended.
+  instead and the oldest pending token is merged, scored by the largest self-recall error of the 2P + 1 leavers around
+  it, or −inf when it does not compete itself (:func:`liger.models.global_cache.pooled_scores`); the pending tokens
+  and recent errors shift by one place, after every read of them. Last the same program writes the new token's rotated
+  key and value (and raw key, for the global cache) into its ring slot (and sink slot) — after every program's reads,
+  since the slot it takes is the oldest of the window they attended.
   The last (sequence, KV head) of the launch to finish (an atomic count) writes what every program reads: the
   ring slot's valid flag, the new sink's position and flag, the real-token counts and the token count.
 
@@ -269,14 +268,18 @@ def fused_decode_step(spec, q, k, v, q_lin, k_lin, cos, sin, valid, buffers) -> 
     BGP = max(16, next_power_of_2(G))
     split = _split(q, B * H, BD)
     NA, NR = (split if has_win else 0), (split if has_rec else 0)  # window programs, state programs
-    NPART = NA + (1 if NA and NR else 0)  # the window's parts: with state programs, one of them adds the last
     BVS = BD // max(NR, 1)
     BV = min(BVS, max(4, 4096 // BD))
+    BK = max(16, min(KEY_BLOCK // BD, next_power_of_2(max(L, NG)) // max(NA, 1)))
+    # the sinks and the new token: one more window part, attended by the last state program when the window
+    # programs walk more than one key block each (the memory recipe: four, against a state program's one pass
+    # over its columns), else by window program 0 (Liger-GLA: one block of 16 keys a program, the shorter path)
+    NPART = NA + (1 if NA and NR and -(-L // BK) + -(-NG // BK) > NA else 0)
     scratch = _scratch(q.device, B * H, NPART, NR, BGP, BD)
     ssb = cos.stride(0) if cos.shape[0] > 1 else 0
     meta = dict(
         D=D, BD=BD, BV=BV, G=G, BG=max(2, next_power_of_2(G)), BGP=BGP,
-        BK=max(16, min(KEY_BLOCK // BD, next_power_of_2(max(L, NG)) // max(NA, 1))), NA=NA, NR=NR, NPART=NPART, BVS=BVS,
+        BK=BK, NA=NA, NR=NR, NPART=NPART, BVS=BVS,
         PRECISION="ieee" if b.ring_k.dtype == torch.float32 else "lowp",
         BS=max(16, next_power_of_2(S)), BGL=max(2, next_power_of_2(NG)), VS=VS, FMAP=fmap,
         GATE=gate, KEY_IS_GATE=has_rec and type(r) is HGRN2, DELTA=delta, BETA_CONST=strength is not None,
