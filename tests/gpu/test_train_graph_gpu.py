@@ -55,8 +55,11 @@ def _steps(model, batches, graphed: bool, accumulate: int = 1):
 
 
 @pytest.mark.parametrize("accumulate", [1, 2])
-@pytest.mark.parametrize("variant,options", [("gla", {}), ("gla", {"num_sink_tokens": 4, "global_cache_size": 8}),
-                                             ("gated_deltanet", {})])
+@pytest.mark.parametrize("variant,options", [
+    ("gla", {}), ("gla", {"num_sink_tokens": 4, "global_cache_size": 8}), ("gated_deltanet", {}),
+    # the memory recipe's form (window-only, sinks, a pooled global cache), as the reproduction trains it
+    ("gla", {"linear_weight": 0.0, "window_weight": 1.0, "num_sink_tokens": 4, "global_cache_size": 8,
+             "global_cache_pool": 2})])
 def test_graphed_step_trains_as_the_eager_step(variant, options, accumulate):
     model = _liger_with_adapters(variant, **options)
     twin = copy.deepcopy(model)
