@@ -50,32 +50,28 @@ def silu_mul(G, U, OUT, n, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _residual(H, A, HO, offs_m, kk, M, K, s_h, s_a, s_ho, HAS_ADD: tl.constexpr, WRITE: tl.constexpr):
-    """Rows ``offs_m``, columns ``kk`` of the residual stream ``h + a`` rounded to its dtype (``h`` without
-    ``a``), as float32; WRITE: also stored into ``HO`` (the new residual stream)."""
+def _residual(H, A, HO, offs_m, kk, M, K, s_h, s_a, HAS_ADD: tl.constexpr):
+    """Rows ``offs_m``, columns ``kk`` of the residual stream ``h + a`` rounded to its dtype (``HO``'s; ``h``
+    without ``a``), as float32."""
     mask = (offs_m[:, None] < M) & (kk[None, :] < K)
-    h = tl.load(H + offs_m[:, None] * s_h + kk[None, :], mask=mask, other=0.0)
+    r = tl.load(H + offs_m[:, None] * s_h + kk[None, :], mask=mask, other=0.0)
     if HAS_ADD:
         a = tl.load(A + offs_m[:, None] * s_a + kk[None, :], mask=mask, other=0.0)
-        r = (h.to(tl.float32) + a.to(tl.float32)).to(HO.dtype.element_ty)
-        if WRITE:
-            tl.store(HO + offs_m[:, None] * s_ho + kk[None, :], r, mask=mask)
-    else:
-        r = h
+        r = (r.to(tl.float32) + a.to(tl.float32)).to(HO.dtype.element_ty)
     return r.to(tl.float32)
 
 
 @triton.jit
-def _tile(X, W, BIAS, M, N, K, s_xm, s_wn, pid_m, pid_n, H, A, NW, HO, eps, s_h, s_a, s_ho,
-          NORM: tl.constexpr, HAS_ADD: tl.constexpr, WRITE: tl.constexpr, HAS_BIAS: tl.constexpr,
-          PRECISION: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, W2=None, BIAS2=None,
-          s_wn2=0, TWO: tl.constexpr = False):
+def _tile(X, W, BIAS, M, N, K, s_xm, s_wn, pid_m, pid_n, H, A, NW, HO, eps, s_h, s_a, s_ho, M_WRITE,
+          NORM: tl.constexpr, HAS_ADD: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+          BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, W2=None, BIAS2=None, s_wn2=0,
+          TWO: tl.constexpr = False):
     """``x @ W.T (+ bias)`` for a ``[BM, BN]`` tile, float32 (rows pid_m·BM.., output columns pid_n·BN..); TWO: and
     ``x @ W2.T (+ bias2)`` from the same ``x`` tiles (the MLP's gate and up; else the second is zeros). NORM:
     ``x`` is not read but computed, ``norm(h + a)`` (``add_rms_norm``'s arithmetic: the sum rounded to the
     residual stream's dtype, the RMSNorm in float32 rounded to it before the weight ``NW``, the product rounded to
-    ``W``'s dtype), the row statistics from a first pass over the row; WRITE: this program also stores its rows
-    of ``h + a`` into ``HO``."""
+    ``W``'s dtype), the row statistics from a first pass over the row, which also stores the rows of ``h + a``
+    below ``M_WRITE`` into ``HO`` (M in one program per row block, 0 in the others)."""
     offs_m = pid_m * BM + tl.arange(0, BM)
     offs_n = pid_n * BN + tl.arange(0, BN)
     offs_k = tl.arange(0, BK)
@@ -84,17 +80,18 @@ def _tile(X, W, BIAS, M, N, K, s_xm, s_wn, pid_m, pid_n, H, A, NW, HO, eps, s_h,
     if NORM:
         ss = tl.zeros([BM], tl.float32)
         for k0 in range(0, K, BK):
-            r = _residual(H, A, HO, offs_m, k0 + offs_k, M, K, s_h, s_a, s_ho, HAS_ADD, False)
+            kk = k0 + offs_k
+            r = _residual(H, A, HO, offs_m, kk, M, K, s_h, s_a, HAS_ADD)
+            if HAS_ADD:
+                tl.store(HO + offs_m[:, None] * s_ho + kk[None, :], r.to(HO.dtype.element_ty),
+                         mask=(offs_m[:, None] < M_WRITE) & (kk[None, :] < K))
             ss += tl.sum(r * r, 1)
         rstd = tl.rsqrt(ss / K + eps)
     for k0 in range(0, K, BK):
         kk = k0 + offs_k
         if NORM:
-            r = _residual(H, A, HO, offs_m, kk, M, K, s_h, s_a, s_ho, HAS_ADD, WRITE)
-            if HAS_ADD:
-                y = (r * rstd[:, None]).to(HO.dtype.element_ty).to(tl.float32)
-            else:
-                y = (r * rstd[:, None]).to(H.dtype.element_ty).to(tl.float32)
+            r = _residual(H, A, HO, offs_m, kk, M, K, s_h, s_a, HAS_ADD)
+            y = (r * rstd[:, None]).to(HO.dtype.element_ty).to(tl.float32)
             wn = tl.load(NW + kk, mask=kk < K, other=0.0).to(tl.float32)
             x = (wn[None, :] * y).to(W.dtype.element_ty)
         else:
@@ -125,24 +122,20 @@ def linear3(X, W0, W1, W2, B0, B1, B2, O0, O1, O2, M, K, N0, N1, N2, s_xm, s_w0,
     pid_m = tl.program_id(1)
     P0 = tl.cdiv(N0, BN)
     P1 = tl.cdiv(N1, BN)
-    if pid == 0:  # (the program that writes the new residual stream, with NORM and HAS_ADD)
+    m_write = tl.where(pid == 0, M, 0)  # (the program that writes the new residual stream, with NORM and HAS_ADD)
+    if pid < P0:
         acc, _, offs_m, offs_n = _tile(X, W0, B0, M, N0, K, s_xm, s_w0, pid_m, pid, H, A, NW, HO, eps, s_h, s_a, s_ho,
-                                    NORM, HAS_ADD, True, HAS_BIAS, PRECISION, BM, BN, BK)
-        tl.store(O0 + offs_m[:, None] * s_o0 + offs_n[None, :], acc.to(O0.dtype.element_ty),
-                 mask=(offs_m[:, None] < M) & (offs_n[None, :] < N0))
-    elif pid < P0:
-        acc, _, offs_m, offs_n = _tile(X, W0, B0, M, N0, K, s_xm, s_w0, pid_m, pid, H, A, NW, HO, eps, s_h, s_a, s_ho,
-                                    NORM, HAS_ADD, False, HAS_BIAS, PRECISION, BM, BN, BK)
+                                       m_write, NORM, HAS_ADD, HAS_BIAS, PRECISION, BM, BN, BK)
         tl.store(O0 + offs_m[:, None] * s_o0 + offs_n[None, :], acc.to(O0.dtype.element_ty),
                  mask=(offs_m[:, None] < M) & (offs_n[None, :] < N0))
     elif pid < P0 + P1:
         acc, _, offs_m, offs_n = _tile(X, W1, B1, M, N1, K, s_xm, s_w1, pid_m, pid - P0, H, A, NW, HO, eps, s_h, s_a,
-                                    s_ho, NORM, HAS_ADD, False, HAS_BIAS, PRECISION, BM, BN, BK)
+                                       s_ho, m_write, NORM, HAS_ADD, HAS_BIAS, PRECISION, BM, BN, BK)
         tl.store(O1 + offs_m[:, None] * s_o1 + offs_n[None, :], acc.to(O1.dtype.element_ty),
                  mask=(offs_m[:, None] < M) & (offs_n[None, :] < N1))
     else:
         acc, _, offs_m, offs_n = _tile(X, W2, B2, M, N2, K, s_xm, s_w2, pid_m, pid - P0 - P1, H, A, NW, HO, eps, s_h,
-                                    s_a, s_ho, NORM, HAS_ADD, False, HAS_BIAS, PRECISION, BM, BN, BK)
+                                       s_a, s_ho, m_write, NORM, HAS_ADD, HAS_BIAS, PRECISION, BM, BN, BK)
         tl.store(O2 + offs_m[:, None] * s_o2 + offs_n[None, :], acc.to(O2.dtype.element_ty),
                  mask=(offs_m[:, None] < M) & (offs_n[None, :] < N2))
 
@@ -156,12 +149,9 @@ def gate_up_silu(X, WG, WU, BG, BU, OUT, M, K, N, s_xm, s_wg, s_wu, s_o, H, A, N
     the tiles (see ``_tile``), the first column block writing ``h + a``."""
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
-    if pid_n == 0:  # (the program that writes the new residual stream, with NORM and HAS_ADD)
-        g, u, offs_m, offs_n = _tile(X, WG, BG, M, N, K, s_xm, s_wg, pid_m, pid_n, H, A, NW, HO, eps, s_h, s_a, s_ho,
-                                     NORM, HAS_ADD, True, HAS_BIAS, PRECISION, BM, BN, BK, WU, BU, s_wu, True)
-    else:
-        g, u, offs_m, offs_n = _tile(X, WG, BG, M, N, K, s_xm, s_wg, pid_m, pid_n, H, A, NW, HO, eps, s_h, s_a, s_ho,
-                                     NORM, HAS_ADD, False, HAS_BIAS, PRECISION, BM, BN, BK, WU, BU, s_wu, True)
+    m_write = tl.where(pid_n == 0, M, 0)  # (the column block that writes the new residual stream, with NORM)
+    g, u, offs_m, offs_n = _tile(X, WG, BG, M, N, K, s_xm, s_wg, pid_m, pid_n, H, A, NW, HO, eps, s_h, s_a, s_ho,
+                                 m_write, NORM, HAS_ADD, HAS_BIAS, PRECISION, BM, BN, BK, WU, BU, s_wu, True)
     dt = OUT.dtype.element_ty
     tl.store(OUT + offs_m[:, None] * s_o + offs_n[None, :],
              _silu_times(g.to(dt).to(tl.float32), u.to(dt).to(tl.float32), dt),

@@ -198,11 +198,10 @@ def _norm_inputs(x, residual):
         return x2, dict(H=x2, A=x2, NW=x2, HO=x2, eps=0.0, s_h=0, s_a=0, s_ho=0, NORM=False, HAS_ADD=False), None
     h, a, norm = residual
     h2 = h.reshape(-1, h.shape[-1]).contiguous()
-    a2 = a.reshape(-1, a.shape[-1]).contiguous() if a is not None else None
-    ho = torch.empty(h2.shape, dtype=torch.promote_types(h2.dtype, a2.dtype), device=h.device) if a2 is not None else h2
-    args = dict(H=h2, A=a2 if a2 is not None else h2, NW=norm.weight, HO=ho, eps=float(norm.variance_epsilon),
-                s_h=h2.stride(0), s_a=(a2 if a2 is not None else h2).stride(0), s_ho=ho.stride(0), NORM=True,
-                HAS_ADD=a2 is not None)
+    a2 = a.reshape(-1, a.shape[-1]).contiguous() if a is not None else h2
+    ho = torch.empty(h2.shape, dtype=torch.promote_types(h2.dtype, a2.dtype), device=h.device) if a is not None else h2
+    args = dict(H=h2, A=a2, NW=norm.weight, HO=ho, eps=float(norm.variance_epsilon), s_h=h2.stride(0),
+                s_a=a2.stride(0), s_ho=ho.stride(0), NORM=True, HAS_ADD=a is not None)
     return h2, args, ho.view(h.shape)
 
 
