@@ -80,15 +80,21 @@ def _attend(q, KP, VP, s_kn, s_vn, rows, load, ok, offs_d, dmask, m_i, l_i, acc,
 
 
 @triton.jit
-def _group_queries(Q, b, h, sqb, sqh, offs_d, partner, sign, dmask, cos, sin, offs_gp, scale, G: tl.constexpr,
-                   BGP: tl.constexpr, BD: tl.constexpr):
+def _group_queries(Q, KEYS, b, h, sqb, sqh, offs_d, partner, sign, dmask, cos, sin, offs_gp, scale, G: tl.constexpr,
+                   BGP: tl.constexpr, BD: tl.constexpr, PRECISION: tl.constexpr):
     """The ``G`` query heads of KV head ``h`` after RoPE, scaled, as the rows of a ``[BGP, BD]`` float32 tile (rows
-    >= G zero)."""
+    >= G zero), and the same tile as the window's products take it: in the keys' (``KEYS``) 16-bit dtype with
+    PRECISION "lowp", as SDPA takes its operands."""
     q_all = tl.zeros([BGP, BD], tl.float32)
     for g in range(G):
         q_rot = _rope(Q + b * sqb + (h * G + g) * sqh, offs_d, partner, sign, dmask, cos, sin)
         q_all = tl.where((offs_gp == g)[:, None], q_rot[None, :], q_all)
-    return q_all * scale
+    q_all = q_all * scale
+    if PRECISION == "lowp":
+        q_mma = q_all.to(KEYS.dtype.element_ty)
+    else:
+        q_mma = q_all
+    return q_all, q_mma
 
 
 @triton.jit
@@ -186,12 +192,8 @@ def decode_step(
     # path is the longer one); [BGP, BD] products on tensor cores (rows >= G unused)
     if HAS_WIN:
         if j < NA:
-            q_all = _group_queries(Q, b, h, sqb, sqh, offs_d, partner, sign, dmask, cos, sin, offs_gp, scale, G, BGP,
-                                   BD)
-            if PRECISION == "lowp":  # (the scores' operands in the cache's 16-bit dtype, as SDPA takes them)
-                q_mma = q_all.to(RING_K.dtype.element_ty)
-            else:
-                q_mma = q_all
+            q_all, q_mma = _group_queries(Q, RING_K, b, h, sqb, sqh, offs_d, partner, sign, dmask, cos, sin, offs_gp,
+                                          scale, G, BGP, BD, PRECISION)
             m_i = tl.full([BGP], float("-inf"), tl.float32)
             l_i = tl.zeros([BGP], tl.float32)
             acc = tl.zeros([BGP, BD], tl.float32)
@@ -225,12 +227,8 @@ def decode_step(
             jr = j - NA
             if NPART > NA:  # the sinks and the new token, the window's last part
                 if jr == NR - 1:
-                    q_all = _group_queries(Q, b, h, sqb, sqh, offs_d, partner, sign, dmask, cos, sin, offs_gp, scale,
-                                           G, BGP, BD)
-                    if PRECISION == "lowp":
-                        q_mma = q_all.to(RING_K.dtype.element_ty)
-                    else:
-                        q_mma = q_all
+                    q_all, q_mma = _group_queries(Q, RING_K, b, h, sqb, sqh, offs_d, partner, sign, dmask, cos, sin,
+                                                  offs_gp, scale, G, BGP, BD, PRECISION)
                     m_i, l_i, acc = _sinks_and_token(
                         q_all, q_mma, k_rot, V, SINK_K, SINK_V, SINK_POS, SINK_VALID, b, h, svb, svh, sskb, sskn,
                         sskh, ssvb, ssvn, ssvh, s_spos_b, s_svalid_b, seen, real, L, S, offs_s, offs_d, dmask,

@@ -197,9 +197,8 @@ def _scratch(device: torch.device, heads: int, parts: int, NR: int, BGP: int, BD
     a CUDA graph captures the step; the kernel leaves the counters at 0): the window programs' parts of the
     softmax (running max, sum, output), the recurrent readout (float32), the state programs' shares of the
     leaver's squared recall error, the new normaliser column, the global cache's worst member (score, slot), the
-    arrival counters, per (sequence, KV head), and
-    the launch's count of finished heads. Shared by every layer: the steps of one device run one after another
-    on its stream."""
+    arrival counters, per (sequence, KV head), and the launch's count of finished heads. Shared by every layer: the
+    steps of one device run one after another on its stream."""
     need = (heads * max(parts, 1) * BGP, heads * max(parts, 1) * BGP * BD, heads * BGP * BD, heads * max(NR, 1),
             heads * BD, heads, heads, heads + 1)
     have = _scratches.get(device)

@@ -56,7 +56,6 @@ class GraphedStep:
             raise GraphUnavailable("CUDA graphs need the batch on a CUDA device")
         self.params = list(params)
         self.inputs = tuple(t.detach().clone() for t in example)
-        self.scale = scale
         side = torch.cuda.Stream()  # (an error here would be the eager step's own: it propagates)
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):

@@ -371,7 +371,7 @@ def _train(run: _Run, on_step) -> None:
                     loss = _micro_loss(run, model, core, x, y, transfer)
                     accelerator.backward(loss / run.accumulation)
             step_loss += loss.detach() / run.accumulation
-        if run.graphed is not None and run.grad_sum is not None and not transfer:
+        if graphed is not None and run.grad_sum is not None:  # (the step's micro-batches ran on the graph)
             run.grad_sum.attach()
         step_loss = accelerator.reduce(step_loss, "mean")
         if not torch.isfinite(step_loss):
