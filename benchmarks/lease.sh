@@ -93,6 +93,7 @@ stash)  # call 1: keep the first part on the device
 start)  # call 2: assemble, install, then the pipeline in the background (it outlives this call)
   cp -r ".lease/$2/." "$LEASE/"
   mkdir -p "$LEASE/cache/gguf" "$LEASE/out"
+  rm -f "$LEASE/out/done"  # (a `light` run earlier in the same lease left its own)
   cat "$LEASE/gguf.0" "$LEASE/gguf.1" > "$LEASE/cache/gguf/SmolLM2-135M-Instruct.Q4_1.gguf"
   echo "$(cat "$LEASE/gguf.sha256")  $LEASE/cache/gguf/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$LEASE/site" \
