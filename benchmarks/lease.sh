@@ -31,7 +31,7 @@ benches() {  # the speed measures, alone on the GPU (nothing else runs then)
     --budget "$(cat "$LEASE/bench_budget")" ${GPU_CHECK_ARGS:---skip-batch1 --serve-budget 150} \
     > "$LEASE/out/gpu_check.log" 2>&1 || true
   # the memory recipes' decode cost (issue 14): the same decode bench without and with their options (RECIPE_ARGS:
-  # more bench flags, e.g. --profile), RECIPE_S
+  # more bench flags, e.g. --profile; RECIPE_TRAIN: the training measure's flags, " " for none), RECIPE_S
   # (default 120 s) each (with 50 s, `plain` and `memory-triton` spent it compiling: run H of docs/gpu.md; with
   # fla's full autotuning, the default, `window-pool1024-triton` spent its 90 s before its first measure: run J)
   for recipe in ${RECIPES:-plain memory memory-triton decode-triton}; do
@@ -41,7 +41,7 @@ benches() {  # the speed measures, alone on the GPU (nothing else runs then)
     read -r -a opts <<< "$text"
     python3 -m liger bench --model random:smollm2 --device cuda --dtype bfloat16 --batch-size 16 --autotune fast \
       --context 2048,32768 --decode-steps 16 --prefill-repeats 1 --teachers gqa_graph --time-budget "${RECIPE_S:-120}" \
-      --train --train-batch-sizes 8 --train-length 1024 --train-steps 6 \
+      ${RECIPE_TRAIN:---train --train-batch-sizes 8 --train-length 1024 --train-steps 6} \
       --output "$LEASE/runs/gpu_check/bench_$recipe.json" ${RECIPE_ARGS:-} "${opts[@]}" \
       > "$LEASE/out/bench_$recipe.log" 2>&1 || true
   done
