@@ -67,12 +67,18 @@ def test_graphed_step_trains_as_the_eager_step(variant, options, accumulate):
     batches = [[torch.randint(0, 256, (2, 48), generator=g).cuda() for _ in range(accumulate)] for _ in range(4)]
     eager, eager_weights = _steps(model, batches, graphed=False, accumulate=accumulate)
     graphed, graphed_weights = _steps(twin, batches, graphed=True, accumulate=accumulate)
-    for (le, ge), (lg, gg) in zip(eager, graphed):
+    # A global cache keeps the tokens its (discrete) ranking picks, so once the two models' weights differ by rounding
+    # (after the first optimizer step) a near-tie may pick another token: on the CPU, weights perturbed by 1e-6 give
+    # gradients 1e-6 apart at the first step in every form, but 2.6e-4 apart at the second in the memory recipe's form
+    # (6e-5 with the recurrent branch; 2e-6 without a cache), and final weights 9e-5 apart. The graphed step's own
+    # error is what the first step shows (same weights): 1e-4 there in every form, 1e-3 after it with a cache.
+    later = 1e-3 if options.get("global_cache_size") else 1e-4
+    for i, ((le, ge), (lg, gg)) in enumerate(zip(eager, graphed)):
         assert abs(le - lg) <= 1e-4 * abs(le), (le, lg)
         worst = max(((a - b).norm() / b.norm().clamp_min(1e-12)).item() for a, b in zip(gg, ge))
-        assert worst < 1e-4, worst
+        assert worst < (1e-4 if i == 0 else later), (i, worst)
     worst = max(((a - b).norm() / b.norm().clamp_min(1e-12)).item() for a, b in zip(graphed_weights, eager_weights))
-    assert worst < 1e-4, worst
+    assert worst < later, worst
     assert eager[-1][0] < eager[0][0]  # (it trains)
 
 

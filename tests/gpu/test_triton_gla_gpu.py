@@ -8,11 +8,17 @@ import torch
 import torch.nn.functional as F
 
 import liger
-from liger.models import triton_gla, variants
+from liger.models import fla_backend, triton_gla, variants
 from liger.models.gla_ops import naive_recurrent_gla
 from tests.conftest import assert_close
 from tests.gpu.conftest import gpu_teacher, left_padded, positions
 from tests.gpu.test_model_gpu import TOL, options
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """assert_close's measure: the relative RMS error of ``a`` against ``b``."""
+    a, b = a.detach().double(), b.detach().double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -36,10 +42,19 @@ def test_kernel_matches_reference(dtype, B, T, HQ, H):
     ro, _ = naive_recurrent_gla(*ref_leaves[:4], scale=0.125, initial_state=ref_leaves[4])
     w = torch.randn_like(ro)
     grads = torch.autograd.grad((o.double() * w).sum(), leaves)
-    for name, a, b in zip(("dq", "dk", "dv", "dg", "dh0"), grads, torch.autograd.grad((ro * w).sum(), ref_leaves)):
-        # dg is a reverse cumulative sum over the sequence of differences of 16-bit products: at T = 1000 its
-        # bf16 error was 1.7e-2 on an H200 (float32: within 1e-4)
-        assert_close(a, b, 3e-2 if name == "dg" and dtype != torch.float32 else TOL.get(dtype, 1e-2), msg=name)
+    ref_grads = torch.autograd.grad((ro * w).sum(), ref_leaves)
+    names = ("dq", "dk", "dv", "dg", "dh0")
+    # In 16 bits the bound is what fla's chunk kernels (the default path) reach on the same inputs, when that is
+    # above TOL: dg is a reverse cumulative sum over the sequence of differences of 16-bit products (run O, H100,
+    # T = 1000, bf16: 4.3e-2 here, where a fixed 3e-2 had been set from the pairwise form's 1.7e-2 on an H200).
+    fla_err = {}
+    if dtype != torch.float32:
+        fla_leaves = [x.clone().requires_grad_() for x in (q, k, v, g, h0)]
+        fo, _ = fla_backend.gla(*fla_leaves[:4], None, 0.125, fla_leaves[4], False, "chunk")
+        fla_err = dict(zip(names, map(rel, torch.autograd.grad((fo.double() * w).sum(), fla_leaves), ref_grads)))
+    for name, a, b in zip(names, grads, ref_grads):
+        bound = max(TOL.get(dtype, 1e-2), 1.5 * fla_err.get(name, 0.0))
+        assert_close(a, b, bound, msg=f"{name} (fla's kernels: {fla_err.get(name, float('nan')):.1e})")
 
 
 @pytest.mark.parametrize("variant", ["gla", "hgrn2", "rwkv6", "mamba2", "gated_retention", "mlstm"])
@@ -71,8 +86,18 @@ def test_variant_on_the_kernels(variant, dtype, monkeypatch):
     assert grad_calls and not calls, "a call with gradients did not take the differentiable op"
     w = torch.randn_like(o_ref) * valid[..., None, None]
     grads = torch.autograd.grad((o.double() * w).sum(), leaves)
-    for name, a, b in zip("qkv", grads, torch.autograd.grad((o_ref * w).sum(), ref_leaves)):
-        assert_close(a, b, TOL[dtype], msg="d" + name)
+    ref_grads = torch.autograd.grad((o_ref * w).sum(), ref_leaves)
+    # in 16 bits, at most 1.5x fla's kernels' error on the same inputs when that is above TOL (run O, H100: hgrn2's
+    # bf16 dk, whose key is its gate's complement, came out 2.8e-2 from the float64 reference)
+    fla_err = {}
+    if dtype != torch.float32:
+        fla_rec = variants.get_recurrence(options(variant, chunk_backend="fla"))
+        fla_leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+        fo, _ = fla_rec(*fla_leaves, valid, state, "chunk", "fla")
+        fla_err = dict(zip("qkv", map(rel, torch.autograd.grad((fo.double() * w).sum(), fla_leaves), ref_grads)))
+    for name, a, b in zip("qkv", grads, ref_grads):
+        bound = max(TOL[dtype], 1.5 * fla_err.get(name, 0.0))
+        assert_close(a, b, bound, msg=f"d{name} (fla's kernels: {fla_err.get(name, float('nan')):.1e})")
 
 
 @pytest.mark.parametrize("dtype,sinks,cache", [(torch.float32, 4, 0), (torch.bfloat16, 4, 0), (torch.bfloat16, 0, 0),
