@@ -4,8 +4,11 @@
 # repository's ignored folder .lease/ (see `prepare` below), at most 64 MiB per call of the device tool, so the
 # 98 MB GGUF of SmolLM2 goes in two calls:
 #
-#   here:      bash benchmarks/lease.sh prepare            # .lease/part-a (GGUF half 1 + wheels), .lease/part-b
+#   here:      bash benchmarks/lease.sh prepare            # .lease/part-a (GGUF half 1 + wheels), part-b (half 2),
+#                                                          # part-c (the corpus)
 #   call 1:    bash benchmarks/lease.sh stash  part-a      # (carry .lease/part-a) kept in /root/lease
+#   call 1b:   bash benchmarks/lease.sh stash  part-c      # (carry .lease/part-c: with the ~9 MB working tree,
+#                                                          # half 2 and the corpus no longer fit one call)
 #   call 2:    bash benchmarks/lease.sh start part-b STUDENTS TIME_LIMIT_S [BASELINES [BENCH_S]]  # (carry part-b)
 #   call 3..:  bash benchmarks/lease.sh wait SECONDS       # progress; when done, the results land in $OUT
 #
@@ -70,21 +73,28 @@ recipe_options() {  # the liger_options of a bench recipe
     # global cache (issue 14: decode at 32K <= 1.2x the same model without the mechanism)
     window512-triton) echo "$window liger_options.window_size=512 $fused" ;;
     memory-recipe-triton) echo "$window liger_options.window_size=512 liger_options.global_cache_size=512 liger_options.global_cache_pool=8 $fused" ;;
+    # the same two with the prefill's window on the Triton kernels ("auto" keeps SDPA blocks with sinks or a global
+    # cache: run O's profiled 2K prefill of the recipe spent 130 of 344 ms of GPU time in copies of the blocks)
+    window512-wtriton) echo "$window liger_options.window_size=512 liger_options.window_backend=triton $fused" ;;
+    memory-recipe-wtriton) echo "$window liger_options.window_size=512 liger_options.global_cache_size=512 liger_options.global_cache_pool=8 liger_options.window_backend=triton $fused" ;;
+    # Liger-GLA's decode with the residual adds and norms inside the projection kernels (five launches a layer;
+    # off by default since run O)
+    decode-triton-norms) echo "$fused liger_options.decode_fuse_norms=true" ;;
     *) echo "lease.sh: unknown bench recipe '$1' (skipped)" >&2; return 2 ;;
   esac
 }
 
 case "${1:-}" in
 prepare)  # on the development machine: split what the lease needs into two carry folders
-  rm -rf .lease && mkdir -p .lease/part-a .lease/part-b
+  rm -rf .lease && mkdir -p .lease/part-a .lease/part-b .lease/part-c
   half=$(( ($(stat -c %s "$GGUF") + 1) / 2 ))
   head -c "$half" "$GGUF" > .lease/part-a/gguf.0
   tail -c +$((half + 1)) "$GGUF" > .lease/part-b/gguf.1
   cp .whl/*.whl .lease/part-a/
-  cp "$CORPUS_ARCHIVE" .lease/part-b/corpus.tar.xz
+  cp "$CORPUS_ARCHIVE" .lease/part-c/corpus.tar.xz
   mkdir -p .lease/wheels && cp .whl/*.whl .lease/wheels/
   sha256sum "$GGUF" | cut -d' ' -f1 > .lease/part-b/gguf.sha256
-  du -sh .lease/part-a .lease/part-b
+  du -sh .lease/part-a .lease/part-b .lease/part-c
   ;;
 stash)  # call 1: keep the first part on the device
   mkdir -p "$LEASE" && cp -r ".lease/$2/." "$LEASE/"
@@ -92,6 +102,9 @@ stash)  # call 1: keep the first part on the device
   ;;
 start)  # call 2: assemble, install, then the pipeline in the background (it outlives this call)
   cp -r ".lease/$2/." "$LEASE/"
+  for f in gguf.0 gguf.1 corpus.tar.xz; do  # (what the earlier calls stashed)
+    [ -f "$LEASE/$f" ] || { echo "lease.sh: $LEASE/$f is missing: stash part-a and part-c first" >&2; exit 2; }
+  done
   mkdir -p "$LEASE/cache/gguf" "$LEASE/out"
   rm -f "$LEASE/out/done"  # (a `light` run earlier in the same lease left its own)
   cat "$LEASE/gguf.0" "$LEASE/gguf.1" > "$LEASE/cache/gguf/SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -101,6 +101,11 @@ class LigerConfig(PretrainedConfig):
     SmolLM2 at batch 16 on an H200, run J of docs/gpu.md, where the PyTorch step took 3.7–4.4 ms in runs A–G —,
     torch elsewhere). "triton" asked for explicitly also runs gradient-free multi-token calls (prefill, evaluation)
     through the fused norms, residual adds and MLP activation (not yet measured on a GPU, hence not under "auto")."""
+    decode_fuse_norms: bool = False
+    """With the triton decoder layers: each residual add and RMSNorm computed inside the q/k/v and gate/up kernels
+    that read it (five launches a layer) instead of in its own kernel (seven). Off: on an H100 (run O of
+    docs/gpu.md, profiled step at 32K, batch 16) those kernels took 8.4 and 9.0 µs against 3.8 and 6.6 µs without
+    the norm (run M) — more than the two 1.6 µs norm kernels they replace."""
     chunk_backend: ChunkBackend = "auto"
     """With the fla backend, the recurrence of multi-token calls (prefill, evaluation, training, the global cache's
     recall): "fla" (fla's chunk kernels, keys/values/gates repeated to every query head), "triton" (Liger's
@@ -178,6 +183,8 @@ class LigerConfig(PretrainedConfig):
             fail("gate_normalizer", "must be a positive number", self.gate_normalizer)
         if not is_number(self.hgrn2_lower_bound) or not 0 <= self.hgrn2_lower_bound < 1:
             fail("hgrn2_lower_bound", "must be in [0, 1)", self.hgrn2_lower_bound)
+        if not isinstance(self.decode_fuse_norms, bool):
+            fail("decode_fuse_norms", "must be true or false", self.decode_fuse_norms)
         if not isinstance(self.use_qk_norm_in_linear, bool):
             fail("use_qk_norm_in_linear", "must be a bool", self.use_qk_norm_in_linear)
         head_dim = self.head_dim_

@@ -11,14 +11,16 @@ for one token as
                       h, x = h + a, post_norm(h + a);  a = down(silu(gate(x)) · up(x))
     return final_norm(h + a)
 
-where each residual add and the norm after it run inside the projection kernel that reads the norm's output —
-``linear3`` (q, k and v in one launch) and ``gate_up_silu`` (gate and up with the activation and the product in
-one), given ``residual=(h, a, norm)``: every program recomputes its rows' statistics (a row is 576 numbers for
-SmolLM2) and the first program of each row block writes ``h + a``. A layer is then five launches: the q/k/v
-kernel, the attention step, ``o_proj``, the gate/up kernel and ``down_proj`` (run M of docs/gpu.md had seven, two
-of them the norms: 1.6 µs each plus the gap between kernels in the CUDA graph; the model's final norm is
-``add_rms_norm``, one kernel). At decode batch sizes a GEMM is bound by its launch, not by its weights (3.6 µs per
-cuBLAS call at batch 16 in run H), so fewer, fatter launches are what counts. The projection kernels take plain
+where each residual add and the norm after it run in ``add_rms_norm`` (one kernel), ``linear3`` computes q, k and
+v in one launch and ``gate_up_silu`` gate and up with the activation and the product in one: seven launches a
+layer (q/k/v, the attention step, ``o_proj``, the gate/up kernel, ``down_proj`` and the two norms). With
+``decode_fuse_norms`` the add and the norm run inside the projection kernel that reads the norm's output instead
+(``residual=(h, a, norm)``: every program recomputes its rows' statistics — a row is 576 numbers for SmolLM2 — and
+the first program of each row block writes ``h + a``), five launches a layer; on an H100 that made the two
+kernels 8.4 and 9.0 µs against 3.8 and 6.6 (run O against run M of docs/gpu.md), more than the 2 × 1.6 µs of
+norms it saves, so it is off by default. At decode batch sizes a GEMM is bound by its launch, not by its
+weights (3.6 µs per cuBLAS call at batch 16 in run H), so fewer, fatter launches are what counts — as long as
+each launch stays as short. The projection kernels take plain
 ``nn.Linear`` modules and at most :data:`SKINNY_MAX_ROWS` tokens; a peft-wrapped projection (LoRA not merged)
 or a larger batch takes ``add_rms_norm`` and the modules' own calls (cuBLAS), with ``silu_mul`` for the
 activation. Same arithmetic as the families' decoder layers (the sum rounded to the residual stream's dtype, the
@@ -255,11 +257,12 @@ def decode_layers(model, hidden, position_embeddings, cache, token_mask, decode_
     cuBLAS's GEMMs as in the layers' own forward). ``hidden``: the token embeddings; returns the final norm's
     output."""
     layers = model.layers
+    fuse_norms = getattr(model.config, "decode_fuse_norms", False)  # (the add and norm inside the projections)
     h, a = hidden, None  # the residual stream and what the last sublayer adds to it
     for layer in layers:
         attn, mlp = layer.self_attn, layer.mlp
         qkv = (attn.q_proj, attn.k_proj, attn.v_proj)
-        if fusable_norm(h, a, layer.input_layernorm, *qkv):  # the add, the norm and q/k/v in one launch
+        if fuse_norms and fusable_norm(h, a, layer.input_layernorm, *qkv):  # the add, the norm and q/k/v in one launch
             *projections, h = linear3(None, *qkv, residual=(h, a, layer.input_layernorm))
             x = h  # (the attention reads its input's shape only when given the projections)
         else:
@@ -267,7 +270,7 @@ def decode_layers(model, hidden, position_embeddings, cache, token_mask, decode_
             projections = linear3(x, *qkv) if fusable_linears(x, *qkv) else None
         a, _ = attn(x, position_embeddings=position_embeddings, past_key_values=cache, token_mask=token_mask,
                     decode_step=decode_step, projections=projections)
-        if fusable_norm(h, a, layer.post_attention_layernorm, mlp.gate_proj, mlp.up_proj):
+        if fuse_norms and fusable_norm(h, a, layer.post_attention_layernorm, mlp.gate_proj, mlp.up_proj):
             act, h = gate_up_silu(None, mlp.gate_proj, mlp.up_proj, residual=(h, a, layer.post_attention_layernorm))
         else:
             h, x = add_rms_norm(h, a, layer.post_attention_layernorm)

@@ -216,13 +216,19 @@ MODEL = textwrap.dedent('''
         "llama window-pool": ("llama", dict(window_size=3, global_cache_size=3, global_cache_pool=3, linear_weight=0.0,
                                             window_weight=1.0)),
     }
-    from liger.models import triton_decode
+    from liger.models import triton_decode, triton_layer
+    norm_inside = []  # projection calls with the residual add and the norm inside (decode_fuse_norms)
+    linear3 = triton_layer.linear3
+    triton_layer.linear3 = lambda *a, residual=None: (norm_inside.append(1) if residual else None) or linear3(
+        *a, residual=residual)
     for n, (label, (family, options)) in enumerate(configs.items()):
         triton_decode.SPLIT = (1, 2)[n % 2]  # (two programs per KV head, their parts combined, on every other)
         teacher = tiny_teacher(family)
         logits, caches = {}, {}
         for backend in ("torch", "triton"):
-            model = liger.convert(teacher, decode_backend=backend, linear_backend="torch", **options)
+            # (every other triton model with the norms inside the projection kernels, the others in their own)
+            fuse = dict(decode_fuse_norms=n % 2 == 1) if backend == "triton" else {}
+            model = liger.convert(teacher, decode_backend=backend, linear_backend="torch", **options, **fuse)
             model.set_decoding("static")
             with torch.no_grad():
                 cache = LigerCache(model.config)
@@ -247,6 +253,10 @@ MODEL = textwrap.dedent('''
     # and every decode step of every triton model, and its gradient-free prefill, ran its decoder layers through
     # decode_layers
     assert len(layer_calls) == len(configs) * (x.shape[1] - prefill + 1), len(layer_calls)
+    # the models with decode_fuse_norms took the norm inside q/k/v in each layer of each such call, the others never
+    # (+ 2: the kernels' one trial run per dtype and device, triton_layer._kernels_fail)
+    fused_calls = (len(configs) // 2) * (x.shape[1] - prefill + 1) * teacher.config.num_hidden_layers + 2
+    assert len(norm_inside) == fused_calls, (len(norm_inside), fused_calls)
     print("WORST", worst)
 ''')
 
