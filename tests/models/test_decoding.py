@@ -144,3 +144,33 @@ def test_auto_decoding_on_cpu_is_eager_and_static_cache_is_reported():
     assert isinstance(cache, LigerCache) and cache.is_static and cache.decoder is None
     hybrid = liger.convert(tiny_teacher("llama"), full_attention_layers=[1])
     assert not LigerCache(hybrid.config).is_static
+
+
+def test_a_captured_decoder_matches_its_cache_by_bundle_as_by_signature():
+    """CUDAGraphDecoder.matches (each layer's buffer bundle by identity, ~30 checks a token) agrees with the
+    signature of every buffer's address, shape and dtype (180 buffers for SmolLM2, 200 us a token on a CPU): both
+    hold through decoding and an in-place beam reorder, both fail once buffers are replaced or for another cache."""
+    import weakref
+
+    from liger.models.decoding import CUDAGraphDecoder
+
+    model = liger.convert(tiny_teacher("llama"), window_size=4, num_sink_tokens=2, global_cache_size=3)
+    x, mask = left_padded(T=14)
+    model.set_decoding("static")
+    decoder = object.__new__(CUDAGraphDecoder)  # (the capture itself needs CUDA: only what matches compares)
+
+    def both(cache):
+        return decoder.matches(cache), decoder.matches_exactly(cache)
+
+    with torch.no_grad():
+        cache = model(x[:, :6], attention_mask=mask[:, :6], use_cache=True).past_key_values
+        decoder._cache = weakref.ref(cache)
+        decoder._remember(cache)
+        for t in range(6, 10):
+            model(x[:, t : t + 1], attention_mask=mask[:, : t + 1], past_key_values=cache)
+        cache.reorder_cache(torch.tensor([2, 0, 1]))
+        assert both(cache) == (True, True)
+        other = model(x[:, :6], attention_mask=mask[:, :6], use_cache=True).past_key_values
+        assert both(other) == (False, False)
+        cache.batch_select_indices(torch.tensor([0, 1, 2]))  # a new tensor for every buffer
+        assert both(cache) == (False, False)
