@@ -7,12 +7,13 @@ PyTorch kernels per layer (fewer once ``torch.compile`` fuses them), and a captu
 is bound by their number rather than by memory traffic. :func:`fused_decode_step` computes the same thing in one
 launch:
 
-* ``decode_step``, ``split`` window programs and ``split`` state programs per (sequence, KV head) (:data:`SPLIT`:
-  enough for about two programs per SM; one of each in the CPU tests' default), serving the ``HQ / H`` query heads of
-  its group. Window program ``j`` walks every ``split``-th block of the ring's and the global cache's keys
+* ``decode_step``, ``NA`` window programs and ``NR`` state programs per (sequence, KV head) (:data:`SPLIT`: enough
+  for about two programs per SM, more window programs for rings and caches of many key blocks, :data:`WINDOW_SPLIT`;
+  one of each in the CPU tests' default), serving the ``HQ / H`` query heads of its group. Window program ``j``
+  walks every ``NA``-th block of the ring's and the global cache's keys
   (:data:`KEY_BLOCK`) in an online softmax whose products run on tensor cores (exactly
   :func:`liger.models.window.window_decode_attention`'s mask; a member is visible while its score is above −inf).
-  State program ``j`` updates its ``head_dim / split`` columns of the float32 state in place (``S ← diag(α) S + φ(k)ᵀ
+  State program ``j`` updates its ``head_dim / NR`` columns of the float32 state in place (``S ← diag(α) S + φ(k)ᵀ
   v``, with the normaliser column when the readout divides by it or the global cache recalls through it; the gated
   delta rule's ``S' = α S``, ``S ← S' + k̂ᵀ β (v − k̂ S')`` with L2-normalised q̂/k̂), reads them out for each query
   head and, with a global cache, its share of the leaving token's squared recall error; the first state program also
@@ -170,6 +171,13 @@ SPLIT: int | None = None
 head_dim / 4 columns of the state each); None: as many as bring the launch to about two programs per SM of the
 GPU, at most 8 and head_dim / 16 (1 off CUDA). Tests set it."""
 
+WINDOW_SPLIT: int | None = None
+"""Window programs per (sequence, KV head) (a power of two); None: as many as the state's programs, doubled on CUDA
+while each would walk more than two blocks of the ring's and the global cache's keys, at most 16 — the memory
+recipe's 512 + 512 keys are 16 blocks of 64, four a program with SPLIT's 4 at batch 16 (SmolLM2 on an H100),
+against window512's two: its longer window path is what run L measured as the recipe's extra decode time (the
+state's programs keep SPLIT: their columns, not the keys, are their work). Tests set it."""
+
 _sm_counts: dict = {}
 _scratches: dict = {}
 _retired: list = []  # outgrown work spaces: a captured CUDA graph may still point at them
@@ -190,6 +198,18 @@ def _split(q: torch.Tensor, heads: int, BD: int) -> int:
     while split * 2 <= min(want, most):
         split *= 2
     return split
+
+
+def _window_split(q: torch.Tensor, split: int, blocks: int) -> int:
+    """Window programs per (sequence, KV head) for ``blocks`` key blocks (see :data:`WINDOW_SPLIT`)."""
+    if WINDOW_SPLIT is not None:
+        return WINDOW_SPLIT
+    if SPLIT is not None or not q.is_cuda:
+        return split
+    parts = split
+    while blocks > 2 * parts and parts < 16:
+        parts *= 2
+    return parts
 
 
 def _scratch(device: torch.device, heads: int, parts: int, NR: int, BGP: int, BD: int) -> tuple[torch.Tensor, ...]:
@@ -266,14 +286,16 @@ def fused_decode_step(spec, q, k, v, q_lin, k_lin, cos, sin, valid, buffers) -> 
     BD = max(16, next_power_of_2(D))
     BGP = max(16, next_power_of_2(G))
     split = _split(q, B * H, BD)
-    NA, NR = (split if has_win else 0), (split if has_rec else 0)  # window programs, state programs
+    BK = max(16, min(KEY_BLOCK // BD, next_power_of_2(max(L, NG)) // (split if has_win else 1)))
+    blocks = -(-L // BK) + -(-NG // BK)  # of the ring's and the global cache's keys
+    NA = _window_split(q, split, blocks) if has_win else 0  # window programs
+    NR = split if has_rec else 0  # state programs
     BVS = BD // max(NR, 1)
     BV = min(BVS, max(4, 4096 // BD))
-    BK = max(16, min(KEY_BLOCK // BD, next_power_of_2(max(L, NG)) // max(NA, 1)))
     # the sinks and the new token: one more window part, attended by the last state program when the window
-    # programs walk more than one key block each (the memory recipe: four, against a state program's one pass
+    # programs walk more than one key block each (the memory recipe: two, against a state program's one pass
     # over its columns), else by window program 0 (Liger-GLA: one block of 16 keys a program, the shorter path)
-    NPART = NA + (1 if NA and NR and -(-L // BK) + -(-NG // BK) > NA else 0)
+    NPART = NA + (1 if NA and NR and blocks > NA else 0)
     scratch = _scratch(q.device, B * H, NPART, NR, BGP, BD)
     ssb = cos.stride(0) if cos.shape[0] > 1 else 0
     meta = dict(

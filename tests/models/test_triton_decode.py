@@ -125,6 +125,8 @@ STEP = HELPERS + textwrap.dedent('''
     for i, (B, HQ, H, D, W, S, T, pads, opts, lw, ww, steps, NG) in enumerate(cases):
         triton_decode.KEY_BLOCK = 256 if i % 2 else 4096  # the window's online softmax over one block or several
         triton_decode.SPLIT = (1, 2, 4)[i % 3]  # one program per (sequence, KV head), or parts combined by the last
+        # window programs other than the state's (2 or 4 against 1 or 2) on every other case
+        triton_decode.WINDOW_SPLIT = (None, 2 if triton_decode.SPLIT < 2 else 4)[i // 3 % 2]
         opts = dict(opts)
         P = opts.pop("global_cache_pool", 0)
         rec = recurrence(**opts)
@@ -405,3 +407,23 @@ def test_split_fills_the_gpu_within_its_bounds(monkeypatch):
     assert triton_decode._split(SimpleNamespace(is_cuda=False, device="cpu"), 3, 64) == 1
     monkeypatch.setattr(triton_decode, "SPLIT", 8)
     assert triton_decode._split(gpu, 3, 16) == 4  # (at least 4 state columns a program)
+
+
+def test_window_programs_double_for_rings_and_caches_of_many_key_blocks(monkeypatch):
+    """On CUDA the decode step gives the window more programs than the state while each would walk more than two
+    key blocks: the memory recipe (512 ring + 512 cached keys, 16 blocks of 64) gets 8 window programs for the
+    state's 4 at batch 16, window512 (8 blocks) and Liger-GLA (4 blocks of 16) keep 4; SPLIT or WINDOW_SPLIT set,
+    or off CUDA, the window takes what it is given."""
+    from types import SimpleNamespace
+
+    from liger.models import triton_decode
+
+    monkeypatch.setattr(triton_decode, "SPLIT", None)
+    monkeypatch.setattr(triton_decode, "WINDOW_SPLIT", None)
+    gpu, cpu = SimpleNamespace(is_cuda=True), SimpleNamespace(is_cuda=False)
+    assert [triton_decode._window_split(gpu, 4, n) for n in (4, 8, 9, 16, 17, 100)] == [4, 4, 8, 8, 16, 16]
+    assert triton_decode._window_split(cpu, 4, 16) == 4
+    monkeypatch.setattr(triton_decode, "SPLIT", 2)
+    assert triton_decode._window_split(gpu, 2, 16) == 2
+    monkeypatch.setattr(triton_decode, "WINDOW_SPLIT", 8)
+    assert triton_decode._window_split(cpu, 2, 1) == 8
