@@ -16,8 +16,8 @@ can see, so memory is ``O(T · W)`` and no ``T × T`` mask is ever built (the CP
 through FlexAttention with a block-sparse mask built from block indices (kept and tested; slower inside the
 model on an H100, see docs/gpu.md).
 ``window_decode_attention`` is the single-token decode step over the cache's ring buffer (fixed shapes).
-All take grouped-query inputs (``HQ`` query heads over ``H`` key/value heads); all but the SDPA blocks read
-them without repeating K/V.
+All take grouped-query inputs (``HQ`` query heads over ``H`` key/value heads) and read them without repeating
+K/V (the SDPA blocks stack a group's query heads as rows of one query block).
 """
 
 from __future__ import annotations
@@ -117,6 +117,34 @@ def naive_window_attention(
     return out.reshape(B, Tq, HQ, D).to(q.dtype)
 
 
+class _QueryBlocks:
+    """The blocking shared by :func:`window_attention` and :func:`sdpa_window_attention`: the ``Tq`` queries in
+    ``nb`` blocks of ``bq``, each seeing the ``span = bq + W − 1`` keys (rounded up to a multiple of ``align``)
+    from ``W − 1`` before its first query to its last."""
+
+    def __init__(self, q, k, window_size: int, block_size: int, key_valid, align: int = 1):
+        B, Tq = q.shape[:2]
+        Tk = k.shape[1]
+        self.W, self.L = window_size, Tk - Tq
+        self.bq = max(1, min(block_size, Tq))
+        self.nb = -(-Tq // self.bq)
+        self.span = -(-(self.bq + self.W - 1) // align) * align
+        self.pad_right = self.nb * self.bq - Tq + self.span - (self.bq + self.W - 1)
+        self.key_valid = key_valid if key_valid is not None else torch.ones(B, Tk, dtype=torch.bool,
+                                                                             device=q.device)
+
+    def keys(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, Tk, ...]`` -> ``[B, nb, ..., span]``: the keys each query block can see (zero/False padded)."""
+        widths = (0, 0) * (x.dim() - 2) + (self.W - 1, self.pad_right)
+        return F.pad(x, widths)[:, self.L:].unfold(1, self.span, self.bq)
+
+    def band(self) -> torch.Tensor:
+        """``[bq, span]``: which of its block's keys each query's window holds."""
+        qq = torch.arange(self.bq, device=self.key_valid.device)[:, None]
+        jj = torch.arange(self.span, device=self.key_valid.device)[None, :]
+        return (jj >= qq) & (jj <= qq + self.W - 1)
+
+
 def window_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -135,35 +163,18 @@ def window_attention(
     keys that can fall in its windows, so time and memory are linear in the sequence length.
     """
     B, Tq, HQ, D = q.shape
-    Tk, H = k.shape[1], k.shape[2]
+    H = k.shape[2]
     G = HQ // H
-    W = window_size
-    L = Tk - Tq
-    bq = max(1, min(block_size, Tq))
-    nb = -(-Tq // bq)
-    span = bq + W - 1
-    if key_valid is None:
-        key_valid = torch.ones(B, Tk, dtype=torch.bool, device=q.device)
-
-    def key_blocks(x):
-        # [B, Tk, ...] -> [B, nb, ..., span]: the keys each query block can see (zero/False padded)
-        pad_right = nb * bq - Tq
-        widths = (0, 0) * (x.dim() - 2) + (W - 1, pad_right)
-        x = torch.nn.functional.pad(x, widths)[:, L:]
-        return x.unfold(1, span, bq)
-
-    kb, vb = key_blocks(k), key_blocks(v)  # [B, nb, H, D, span]
-    valid_b = key_blocks(key_valid)  # [B, nb, span]
-    qq = torch.arange(bq, device=q.device)[:, None]
-    jj = torch.arange(span, device=q.device)[None, :]
-    band = (jj >= qq) & (jj <= qq + W - 1)  # [bq, span]
-    mask = band[None, None, None, None] & valid_b[:, None, None, :, None, :]  # [B,1,1,nb,bq,span]
-
-    qpad = torch.nn.functional.pad(q, (0, 0, 0, 0, 0, nb * bq - Tq)).reshape(B, nb, bq, H, G, D)
+    blocks = _QueryBlocks(q, k, window_size, block_size, key_valid)
+    L, bq, nb = blocks.L, blocks.bq, blocks.nb
+    kb, vb = blocks.keys(k), blocks.keys(v)  # [B, nb, H, D, span]
+    mask = blocks.band()[None, None, None, None] & blocks.keys(blocks.key_valid)[:, None, None, :, None, :]
+    # (mask: [B,1,1,nb,bq,span])
+    qpad = F.pad(q, (0, 0, 0, 0, 0, nb * bq - Tq)).reshape(B, nb, bq, H, G, D)
     scores = [torch.einsum("bnqhgd,bnhdj->bhgnqj", qpad, kb) * scale]
     masks, values, eqs = [mask], [vb], ["bhgnqj,bnhdj->bnqhgd"]
     if sinks is not None:
-        visible = blocked_sink_visibility(sinks, L, nb, bq, W)
+        visible = blocked_sink_visibility(sinks, L, nb, bq, window_size)
         scores.append(torch.einsum("bnqhgd,bshd->bhgnqs", qpad, sinks.k) * scale)
         masks.append(visible[:, None, None])  # [B,1,1,nb,bq,S]
         values.append(sinks.v)
@@ -210,27 +221,16 @@ def sdpa_window_attention(
     a padding query returns its own value (finite; padding outputs are never read) instead of zeros.
     """
     B, Tq, HQ, D = q.shape
-    Tk, H = k.shape[1], k.shape[2]
+    H = k.shape[2]
     G = HQ // H
     W = window_size
-    L = Tk - Tq
-    bq = max(1, min(block_size, Tq))
-    nb = -(-Tq // bq)
-    span = -(-(bq + W - 1) // 16) * 16
-    if key_valid is None:
-        key_valid = torch.ones(B, Tk, dtype=torch.bool, device=q.device)
-
-    def key_blocks(x):
-        # [B, Tk, ...] -> [B, nb, span, ...]: the keys each query block can see (zero/False padded)
-        widths = (0, 0) * (x.dim() - 2) + (W - 1, nb * bq - Tq + span - (bq + W - 1))
-        x = F.pad(x, widths)[:, L:]
-        return x.unfold(1, span, bq).movedim(-1, 2)
-
-    kb, vb = key_blocks(k), key_blocks(v)  # [B, nb, span, H, D]
+    blocks = _QueryBlocks(q, k, W, block_size, key_valid, align=16)  # (span a multiple of 16: fused kernels)
+    L, bq, nb = blocks.L, blocks.bq, blocks.nb
+    kb, vb = blocks.keys(k).movedim(-1, 2), blocks.keys(v).movedim(-1, 2)  # [B, nb, span, H, D]
     qq = torch.arange(bq, device=q.device)[:, None]
-    jj = torch.arange(span, device=q.device)[None, :]
-    band = (jj >= qq) & (jj <= qq + W - 1)  # [bq, span]
-    mask = (band & key_blocks(key_valid)[:, :, None, :]) | (jj == qq + W - 1)  # [B, nb, bq, span]
+    jj = torch.arange(blocks.span, device=q.device)[None, :]
+    # [B, nb, bq, span]; a query always sees its own key
+    mask = (blocks.band() & blocks.keys(blocks.key_valid)[:, :, None, :]) | (jj == qq + W - 1)
     if sinks is not None and sinks.k.shape[1]:
         S = sinks.k.shape[1]
         visible = blocked_sink_visibility(sinks, L, nb, bq, W)
