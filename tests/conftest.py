@@ -44,12 +44,18 @@ def tiny_teacher(family: str = "llama", seed: int = 0, dtype=torch.float32, **ov
     return model
 
 
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """The relative RMS error of ``actual`` against ``expected`` (float64), :func:`assert_close`'s measure."""
+    actual, expected = actual.detach().double(), expected.detach().double()
+    return ((actual - expected).norm() / expected.norm().clamp_min(1e-300)).item()
+
+
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float = 0.0, msg: str = ""):
     """Relative RMS error below ``rtol`` (or max abs error below ``atol``); NaN/inf always fails."""
     actual, expected = actual.detach().double(), expected.detach().double()
     assert actual.shape == expected.shape, f"{msg} shape {tuple(actual.shape)} != {tuple(expected.shape)}"
     assert torch.isfinite(actual).all(), f"{msg} non-finite values in the result"
-    err = (actual - expected).norm() / expected.norm().clamp_min(1e-300)
+    err = relative_error(actual, expected)
     max_abs = (actual - expected).abs().max().item() if actual.numel() else 0.0
     assert err <= rtol or max_abs <= atol, f"{msg} relative error {err:.3e} > {rtol:.1e} (max abs {max_abs:.3e})"
 
