@@ -138,11 +138,12 @@ class _QueryBlocks:
         widths = (0, 0) * (x.dim() - 2) + (self.W - 1, self.pad_right)
         return F.pad(x, widths)[:, self.L:].unfold(1, self.span, self.bq)
 
-    def band(self) -> torch.Tensor:
-        """``[bq, span]``: which of its block's keys each query's window holds."""
+    def band(self, own_key: bool = False) -> torch.Tensor:
+        """``[bq, span]``: which of its block's keys each query's window holds (with ``own_key``, only its own
+        key: the block's key ``W − 1`` places after the query's row)."""
         qq = torch.arange(self.bq, device=self.key_valid.device)[:, None]
         jj = torch.arange(self.span, device=self.key_valid.device)[None, :]
-        return (jj >= qq) & (jj <= qq + self.W - 1)
+        return jj == qq + self.W - 1 if own_key else (jj >= qq) & (jj <= qq + self.W - 1)
 
 
 def window_attention(
@@ -227,10 +228,8 @@ def sdpa_window_attention(
     blocks = _QueryBlocks(q, k, W, block_size, key_valid, align=16)  # (span a multiple of 16: fused kernels)
     L, bq, nb = blocks.L, blocks.bq, blocks.nb
     kb, vb = blocks.keys(k).movedim(-1, 2), blocks.keys(v).movedim(-1, 2)  # [B, nb, span, H, D]
-    qq = torch.arange(bq, device=q.device)[:, None]
-    jj = torch.arange(blocks.span, device=q.device)[None, :]
     # [B, nb, bq, span]; a query always sees its own key
-    mask = (blocks.band() & blocks.keys(blocks.key_valid)[:, :, None, :]) | (jj == qq + W - 1)
+    mask = (blocks.band() & blocks.keys(blocks.key_valid)[:, :, None, :]) | blocks.band(own_key=True)
     if sinks is not None and sinks.k.shape[1]:
         S = sinks.k.shape[1]
         visible = blocked_sink_visibility(sinks, L, nb, bq, W)
