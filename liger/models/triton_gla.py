@@ -24,6 +24,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import torch
+import torch.nn.functional as F
 
 from .triton_common import MAX_ELEMENTS, cdiv, next_power_of_2
 
@@ -89,8 +90,10 @@ def chunk_gla_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Te
 
     Args:
         q: ``[B, T, HQ, K]``; k ``[B, T, H, K]``; v ``[B, T, H, V]``, one dtype (fp16/bf16/fp32).
-        g: log-decay per key channel ``[B, T, H, K]`` (float32; a stride-0 expansion of a per-head gate is
-            fine); ignored with ``liger_gla``.
+        g: log-decay per key channel ``[B, T, H, K]`` (float32; one that is not contiguous in its last dim,
+            e.g. a stride-0 expansion of a per-head gate, is copied: the kernels read it in rows, and with a
+            stride-0 row the bfloat16 forward of a scalar gate hit an illegal address on an H100, run P of
+            docs/gpu.md); ignored with ``liger_gla``.
         initial_state: ``[B, H, K, V]`` float32 or None (zeros).
         liger_gla: q and k are Liger-GLA's raw projections: the kernel takes softmax(q), softmax(k) and the
             log-decay ``logsigmoid(k) / normalizer`` itself, with ``valid`` (``[B, T]`` bool, False = padding:
@@ -109,7 +112,7 @@ def chunk_gla_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Te
     if liger_gla:
         g = k  # (unused by the kernel)
         valid = valid.to(torch.bool).contiguous() if valid is not None else None
-    elif g.stride(-1) not in (0, 1):
+    elif g.stride(-1) != 1:
         g = g.contiguous()
     BV = value_block or _value_block(B, H, DV)
     grid = (cdiv(DV, BV), B * H)
@@ -129,37 +132,41 @@ def chunk_gla_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Te
 class _ChunkGLA(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, g, scale, initial_state, output_final_state, chunk):
-        o, ht = chunk_gla_fwd(q, k, v, g, scale, initial_state, True, chunk=chunk)
-        ctx.save_for_backward(q, k, v, g, initial_state, ht)
+        o, ht = chunk_gla_fwd(q, k, v, g, scale, initial_state, output_final_state, chunk=chunk)
+        ctx.save_for_backward(q, k, v, g, initial_state)
         ctx.scale, ctx.chunk = scale, chunk
-        return o, (ht if output_final_state else None)
+        return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
-        q, k, v, g, h0, ht = ctx.saved_tensors
-        dq, dk, dv, dh0 = chunk_gla_bwd(q, k, v, g, ctx.scale, h0, do, dht, ctx.chunk)
-        # the log-decays' gradient: dg_t = Σ_{s ≥ t} (Σ_group q_s ⊙ dq_s − k_s ⊙ dk_s) + Σ_v S_T ⊙ dS_T
+        q, k, v, g, h0 = ctx.saved_tensors
+        dq, dk, dv, dh0, dg_after = chunk_gla_bwd(q, k, v, g, ctx.scale, h0, do, dht, ctx.chunk)
+        # the log-decays' gradient: dg_t = Σ_{s ≥ t} (Σ_group q_s ⊙ dq_s − k_s ⊙ dk_s) + Σ_v S_T ⊙ dS_T, the sum
+        # taken inside t's chunk, what lies after it from the kernel (Σ_v S_c ⊙ dS_c, `dg_after`)
         B, T, HQ, DK = q.shape
         H = k.shape[2]
         x = (q.float() * dq).view(B, T, H, HQ // H, DK).sum(3) - k.float() * dk
-        dg = x.flip(1).cumsum(1).flip(1)
-        if dht is not None:
-            dg = dg + (ht * dht.float()).sum(-1)[:, None]
+        n = dg_after.shape[1]
+        x = F.pad(x, (0, 0, 0, 0, 0, n * ctx.chunk - T)).view(B, n, ctx.chunk, H, DK)
+        dg = (x.flip(2).cumsum(2).flip(2) + dg_after[:, :, None]).view(B, n * ctx.chunk, H, DK)[:, :T]
         return (dq.to(q.dtype), dk.to(k.dtype), dv, dg.to(g.dtype),
                 None, dh0 if h0 is not None else None, None, None)
 
 
 @torch.no_grad()
 def chunk_gla_bwd(q, k, v, g, scale, initial_state, do, dht, chunk=CHUNK, value_block=None):
-    """The gradients of :func:`chunk_gla_fwd` (prepared inputs): ``(dq, dk, dv, dh0)``, dq and dk float32 (the
-    value blocks' shares summed), dv in v's dtype, dh0 float32 (None without an initial state)."""
+    """The gradients of :func:`chunk_gla_fwd` (prepared inputs): ``(dq, dk, dv, dh0, dg_after)``, dq and dk
+    float32 (the value blocks' shares summed), dv in v's dtype, dh0 float32 (None without an initial state);
+    ``dg_after`` ``[B, chunks, H, K]`` float32 is ``Σ_v S_c ⊙ dS_c`` per chunk c of ``chunk`` tokens (the state
+    after it and that state's gradient from the later chunks and ``dht``): the log-decays' gradient from
+    everything after the chunk."""
     B, T, HQ, DK = q.shape
     H, DV = k.shape[2], v.shape[-1]
     GROUP = HQ // H
     BV = value_block or _value_block(B, H, DV)
     nv = cdiv(DV, BV)
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
-    if g.stride(-1) not in (0, 1):
+    if g.stride(-1) != 1:
         g = g.contiguous()
     do = do.contiguous()
     dq = torch.empty(nv, B, T, HQ, DK, dtype=torch.float32, device=q.device)
@@ -168,17 +175,21 @@ def chunk_gla_bwd(q, k, v, g, scale, initial_state, do, dht, chunk=CHUNK, value_
     h0 = initial_state.float().contiguous() if initial_state is not None else None
     dh0 = torch.empty(B, H, DK, DV, dtype=torch.float32, device=q.device) if h0 is not None else None
     dht = dht.float().contiguous() if dht is not None else None
+    n = cdiv(T, chunk)
+    states = torch.empty(B * H, n, DK, DV, dtype=torch.float32, device=q.device)  # (scratch: S after each chunk)
+    dg_after = torch.empty(nv, B, n, H, DK, dtype=torch.float32, device=q.device)
     _kernels().chunk_gla_bwd[(nv, B * H)](
         q, k, v, g, h0 if h0 is not None else dq, do, dht if dht is not None else dq, dq, dk, dv,
-        dh0 if dh0 is not None else dq, T, H, float(scale),
+        dh0 if dh0 is not None else dq, states, dg_after, T, H, float(scale),
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), g.stride(0), g.stride(1), g.stride(2), g.stride(3),
-        dq.stride(0), dk.stride(0),
+        dq.stride(0), dk.stride(0), dg_after.stride(0),
         DK_=DK, DV_=DV, GROUP=GROUP, BG=next_power_of_2(GROUP), BT=chunk, BK=max(16, next_power_of_2(DK)), BV=BV,
         HAS_H0=h0 is not None, HAS_DHT=dht is not None, STORE_DH0=dh0 is not None,
         PRECISION="ieee" if q.dtype == torch.float32 else "half", SAFE=_safe_span(q.dtype),
     )
-    return dq.sum(0) if nv > 1 else dq[0], dk.sum(0) if nv > 1 else dk[0], dv, dh0
+    total = (lambda x: x.sum(0)) if nv > 1 else (lambda x: x[0])
+    return total(dq), total(dk), dv, dh0, total(dg_after)
 
 
 def chunk_gla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, scale: float = 1.0,

@@ -223,7 +223,7 @@ class Recurrence:
         else:
             q, k, v, g = self.prepare(q, k, v, valid)
             q, k, v, g = q.to(dtype), k.to(dtype), v.to(dtype), g.float()
-            if g.dim() == 3:  # a scalar gate: the same log-decay on every key channel (a stride-0 view)
+            if g.dim() == 3:  # a scalar gate: the same log-decay on every key channel (the kernels copy it)
                 g = g[..., None].expand(*k.shape)
         if grad:
             o, S = triton_chunk_gla(q, k, v, g, self.scale, prev, need_state)
