@@ -21,7 +21,7 @@ FLAG_KEYS = {
 def add_run_options(parser: argparse.ArgumentParser, default_config: str | None) -> None:
     """The options shared by ``liger finetune`` and ``liger linearize``."""
     parser.add_argument("--config", default=default_config, metavar="FILE.yaml",
-                        help="run config: a YAML file or a shipped recipe (liger-paper, smollm2-cpu)"
+                        help="run config: a YAML file or a shipped recipe (liger-paper, smollm2-cpu, liger-memory)"
                         + (f"; default: {default_config}" if default_config else "; default: the paper's recipe"))
     parser.add_argument("--model", help="base checkpoint (converted first) or Liger checkpoint: a directory, the "
                         "alias 'smollm2', or a hub id (model.path)")

