@@ -151,8 +151,9 @@ def chunk_gla_bwd(Q, K, V, G, H0, DO, DHT, DQ, DK, DV, DH0, HS, DGB, T, HEADS, s
     The log-decays' gradient is assembled outside (``triton_gla``) from dq and dk inside each chunk and, for
     what lies beyond it, the identity ``Σ_{s after the chunk} (q_s ⊙ dq_s − k_s ⊙ dk_s) + Σ_v S_T ⊙ dS_T =
     Σ_v S_c ⊙ dS_c`` (S_c the state after chunk c, dS_c its gradient from the later chunks): the forward walk
-    keeps each S_c in ``HS`` (float32 ``[B·H, chunks, DK, DV]``, scratch), the backward walk writes this value
-    block's share of ``Σ_v S_c ⊙ dS_c`` to ``DGB`` (float32 ``[blocks, B, chunks, H, DK]``). (A reverse sum
+    keeps each S_c in ``HS`` (float32 ``[B·H, chunks, DK, DV]``, scratch, int64 offsets), the backward walk
+    writes this value block's share of ``Σ_v S_c ⊙ dS_c`` to ``DGB`` (float32 ``[blocks, B, chunks, H, DK]``). (A
+    reverse sum
     over the whole sequence instead cancels large terms: on an H100 in bfloat16 it left dg 2.4e-2 from the
     float64 reference at T = 300 and 4.3e-2 at T = 1,000, where fla's kernels, which use the same identity,
     reach 1.7e-3: run P of docs/gpu.md.)"""
@@ -212,7 +213,7 @@ def chunk_gla_bwd(Q, K, V, G, H0, DO, DHT, DQ, DK, DV, DH0, HS, DGB, T, HEADS, s
                  mask=ok_r[:, None] & ok_k[None, :])
         k_dec = k * tl.exp(b_last[None, :] - bc)
         S = S * tl.exp(b_last)[:, None] + _dot(tl.trans(k_dec), v, dt, PRECISION)
-        tl.store(HS + (bh * n_chunks + t0 // BT) * DK_ * DV_ + state_off_c, S, mask=state_ok)
+        tl.store(HS + (bh.to(tl.int64) * n_chunks + t0 // BT) * DK_ * DV_ + state_off_c, S, mask=state_ok)
     # backward walk over dS (the gradient of the state after each chunk)
     dS = tl.zeros([BK, BV], tl.float32)
     if HAS_DHT:
@@ -221,7 +222,7 @@ def chunk_gla_bwd(Q, K, V, G, H0, DO, DHT, DQ, DK, DV, DH0, HS, DGB, T, HEADS, s
         c = n_chunks - 1 - i
         t0 = c * BT
         # this block's share of Σ_v S_c ⊙ dS_c: the log-decays' gradient from everything after chunk c
-        S_c = tl.load(HS + (bh * n_chunks + c) * DK_ * DV_ + state_off_c, mask=state_ok, other=0.0)
+        S_c = tl.load(HS + (bh.to(tl.int64) * n_chunks + c) * DK_ * DV_ + state_off_c, mask=state_ok, other=0.0)
         tl.store(DGB + pid_v * s_dgv + ((b * n_chunks + c) * HEADS + h) * DK_ + ck, tl.sum(S_c * dS, 1), mask=ok_k)
         t_r = t0 + ti
         ok_r = (t_r < T) & (head < GROUP)
