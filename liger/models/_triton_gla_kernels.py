@@ -152,11 +152,10 @@ def chunk_gla_bwd(Q, K, V, G, H0, DO, DHT, DQ, DK, DV, DH0, HS, DGB, T, HEADS, s
     what lies beyond it, the identity ``Σ_{s after the chunk} (q_s ⊙ dq_s − k_s ⊙ dk_s) + Σ_v S_T ⊙ dS_T =
     Σ_v S_c ⊙ dS_c`` (S_c the state after chunk c, dS_c its gradient from the later chunks): the forward walk
     keeps each S_c in ``HS`` (float32 ``[B·H, chunks, DK, DV]``, scratch, int64 offsets), the backward walk
-    writes this value block's share of ``Σ_v S_c ⊙ dS_c`` to ``DGB`` (float32 ``[blocks, B, chunks, H, DK]``). (A
-    reverse sum
-    over the whole sequence instead cancels large terms: on an H100 in bfloat16 it left dg 2.4e-2 from the
-    float64 reference at T = 300 and 4.3e-2 at T = 1,000, where fla's kernels, which use the same identity,
-    reach 1.7e-3: run P of docs/gpu.md.)"""
+    writes this value block's share of ``Σ_v S_c ⊙ dS_c`` to ``DGB`` (float32 ``[blocks, B, chunks, H, DK]``).
+    (A reverse sum over the whole sequence instead cancels large terms: on an H100 in bfloat16 it left dg 2.4e-2
+    from the float64 reference at T = 300 and 4.3e-2 at T = 1,000, where fla's kernels, which use the same
+    identity, reach 1.7e-3: run P of docs/gpu.md.)"""
     pid_v = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // HEADS
