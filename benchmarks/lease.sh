@@ -133,11 +133,16 @@ light-pipeline)  # the background run of `light`
     > "$LEASE/out/smoke.log" 2>&1 || true
   benches
   # ${GPU_TESTS}: the tier's files to run after the measures (default: all of tests/gpu; "none": no tests, e.g.
-  # when a `start` in the same lease runs the tier beside its training)
+  # when a `start` in the same lease runs the tier beside its training), one pytest process per entry: a kernel
+  # that leaves an illegal address poisons its CUDA context, and in one process every later test failed with it
+  # (run P)
   if [ "${GPU_TESTS:-}" != none ]; then
-    python3 -m pytest -q -p no:cacheprovider -m gpu ${GPU_TESTS:-tests/gpu} -rfE --durations=10 \
-      > "$LEASE/out/gpu_tests.log" 2>&1
-    echo "exit $?" >> "$LEASE/out/gpu_tests.log"
+    : > "$LEASE/out/gpu_tests.log"
+    for entry in ${GPU_TESTS:-tests/gpu}; do
+      echo "== $entry" >> "$LEASE/out/gpu_tests.log"
+      python3 -m pytest -q -p no:cacheprovider -m gpu "$entry" -rfE --durations=5 >> "$LEASE/out/gpu_tests.log" 2>&1
+      echo "exit $? ($entry)" >> "$LEASE/out/gpu_tests.log"
+    done
   fi
   touch "$LEASE/out/done"
   ;;
