@@ -37,7 +37,11 @@ benches() {  # the speed measures, alone on the GPU (nothing else runs then)
   # more bench flags, e.g. --profile; RECIPE_TRAIN: the training measure's flags, " " for none), RECIPE_S
   # (default 120 s) each (with 50 s, `plain` and `memory-triton` spent it compiling: run H of docs/gpu.md; with
   # fla's full autotuning, the default, `window-pool1024-triton` spent its 90 s before its first measure: run J)
-  for recipe in ${RECIPES:-plain memory memory-triton decode-triton}; do
+  # A recipe written NAME@C1,C2 runs at those contexts instead (e.g. chunk-triton@2048 beside RECIPE_ARGS'
+  # --context 32768), its files named bench_NAME_C1,C2.
+  for spec in ${RECIPES:-plain memory memory-triton decode-triton}; do
+    recipe=${spec%%@*} name=$spec contexts=()
+    if [ "$spec" != "$recipe" ]; then name="${recipe}_${spec#*@}" contexts=(--context "${spec#*@}"); fi
     # (an unknown name is skipped: in a command substitution its `exit 2` would only end the subshell, and the
     # bench would run the plain recipe under its name)
     text=$(recipe_options "$recipe") || continue
@@ -45,9 +49,26 @@ benches() {  # the speed measures, alone on the GPU (nothing else runs then)
     python3 -m liger bench --model random:smollm2 --device cuda --dtype bfloat16 --batch-size 16 --autotune fast \
       --context 2048,32768 --decode-steps 16 --prefill-repeats 1 --teachers gqa_graph --time-budget "${RECIPE_S:-120}" \
       ${RECIPE_TRAIN:---train --train-batch-sizes 8 --train-length 1024 --train-steps 6} \
-      --output "$LEASE/runs/gpu_check/bench_$recipe.json" ${RECIPE_ARGS:-} "${opts[@]}" \
-      > "$LEASE/out/bench_$recipe.log" 2>&1 || true
+      --output "$LEASE/runs/gpu_check/bench_$name.json" ${RECIPE_ARGS:-} "${contexts[@]}" "${opts[@]}" \
+      > "$LEASE/out/bench_$name.log" 2>&1 || true
   done
+}
+
+light_tests() {  # the GPU tests of `light`
+  # ${GPU_TESTS}: the tier's files to run (default: all of tests/gpu; "none": no tests, e.g.
+  # when a `start` in the same lease runs the tier beside its training), one pytest process per entry: a kernel
+  # that leaves an illegal address poisons its CUDA context, and in one process every later test failed with it
+  # (run P)
+  if [ "${GPU_TESTS:-}" != none ]; then
+    : > "$LEASE/out/gpu_tests.log"
+    for entry in ${GPU_TESTS:-tests/gpu}; do
+      echo "== $entry" >> "$LEASE/out/gpu_tests.log"
+      rc=0
+      python3 -m pytest -q -p no:cacheprovider -m gpu "$entry" -rfE --durations=5 >> "$LEASE/out/gpu_tests.log" 2>&1 \
+        || rc=$?
+      echo "exit $rc ($entry)" >> "$LEASE/out/gpu_tests.log"
+    done
+  fi
 }
 
 record_gpu() {  # the device and the versions that measured, into $LEASE/out/gpu.txt
@@ -131,19 +152,10 @@ light-pipeline)  # the background run of `light`
   # ${SMOKE_TESTS}: a few GPU tests first (seconds), so a broken kernel shows before the measures spend the lease
   [ -z "${SMOKE_TESTS:-}" ] || python3 -m pytest -q -p no:cacheprovider -m gpu $SMOKE_TESTS -x -rfE \
     > "$LEASE/out/smoke.log" 2>&1 || true
+  # TESTS_FIRST=1: the GPU tests before the measures (the fixes they check matter more than the timings)
+  [ -z "${TESTS_FIRST:-}" ] || light_tests
   benches
-  # ${GPU_TESTS}: the tier's files to run after the measures (default: all of tests/gpu; "none": no tests, e.g.
-  # when a `start` in the same lease runs the tier beside its training), one pytest process per entry: a kernel
-  # that leaves an illegal address poisons its CUDA context, and in one process every later test failed with it
-  # (run P)
-  if [ "${GPU_TESTS:-}" != none ]; then
-    : > "$LEASE/out/gpu_tests.log"
-    for entry in ${GPU_TESTS:-tests/gpu}; do
-      echo "== $entry" >> "$LEASE/out/gpu_tests.log"
-      python3 -m pytest -q -p no:cacheprovider -m gpu "$entry" -rfE --durations=5 >> "$LEASE/out/gpu_tests.log" 2>&1
-      echo "exit $? ($entry)" >> "$LEASE/out/gpu_tests.log"
-    done
-  fi
+  [ -n "${TESTS_FIRST:-}" ] || light_tests
   touch "$LEASE/out/done"
   ;;
 pipeline)  # the background run (started by `start`)
