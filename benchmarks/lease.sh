@@ -101,6 +101,9 @@ recipe_options() {  # the liger_options of a bench recipe
     # Liger-GLA's decode with the residual adds and norms inside the projection kernels (five launches a layer;
     # off by default since run O)
     decode-triton-norms) echo "$fused liger_options.decode_fuse_norms=true" ;;
+    # Liger-GLA's decode with programmatic dependent launch (decode_pdl: Hopper), and the memory recipe with it
+    decode-triton-pdl) echo "$fused liger_options.decode_pdl=true" ;;
+    memory-recipe-pdl) echo "$window liger_options.window_size=512 liger_options.global_cache_size=512 liger_options.global_cache_pool=8 $fused liger_options.decode_pdl=true" ;;
     *) echo "lease.sh: unknown bench recipe '$1' (skipped)" >&2; return 2 ;;
   esac
 }

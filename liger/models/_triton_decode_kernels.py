@@ -21,6 +21,16 @@ except ImportError:
 
 
 @triton.jit
+def dependent_launch(GDC: tl.constexpr):
+    """GDC (a kernel launched with programmatic dependent launch, ``LigerConfig.decode_pdl``): wait until the
+    kernel before has finished and its writes are visible, then let the next kernel launch (as the layer kernels'
+    twin in ``_triton_layer_kernels``: each kernel module stands alone in a saved checkpoint)."""
+    if GDC:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
+
+
+@triton.jit
 def _logsigmoid(x):
     return tl.minimum(x, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(x)))
 
@@ -147,7 +157,7 @@ def decode_step(
     HAS_SINKS: tl.constexpr, HAS_GLOBAL: tl.constexpr, HAS_RING: tl.constexpr,
     POOL: tl.constexpr, BP: tl.constexpr, B2P: tl.constexpr, NA: tl.constexpr, NR: tl.constexpr,
     NPART: tl.constexpr, BVS: tl.constexpr,
-    BB: tl.constexpr,
+    BB: tl.constexpr, GDC: tl.constexpr = False,
 ):
     """Log-decay GATE: 0 logsigmoid(k)/n per channel (GLA; HGRN2 with γ = 0), 1 log(γ + (1−γ)σ(k))/n per channel
     (HGRN2), 2 −exp(min(k, 10))/n per channel (RWKV6), 3 −softplus(mean k)/n (Mamba2), 4 logsigmoid(mean k)/n
@@ -163,7 +173,9 @@ def decode_step(
     P, 0 = off): the leaver instead joins the P pending tokens (PEND_K/PEND_V ``[B, P, H, D]``, oldest first) and
     its error the 2P recent ones (RECENT ``[B, 2P, H]`` float32, −inf = none); the oldest pending token (position
     ``seen − L − P``) is merged, scored by the largest of the 2P + 1 errors, or −inf when its own (recent[P]) is
-    −inf (``pooled_scores``)."""
+    −inf (``pooled_scores``). GDC: launched with programmatic dependent launch (``decode_pdl``): wait for the
+    kernel before first (:func:`dependent_launch`)."""
+    dependent_launch(GDC)
     pid = tl.program_id(0)
     # this program's role: j < NA the window's key blocks j, j + NA, ...; j >= NA the state's columns
     # [(j − NA)·BVS, (j − NA + 1)·BVS) (NA = 0 without a window, NR = 0 without a stepped state)

@@ -16,7 +16,20 @@ except ImportError:
 
 
 @triton.jit
-def add_rms_norm(H, A, W, H_OUT, X_OUT, N, eps, s_h, s_a, s_ho, s_xo, HAS_ADD: tl.constexpr, BN: tl.constexpr):
+def dependent_launch(GDC: tl.constexpr):
+    """GDC (a kernel launched with programmatic dependent launch, ``LigerConfig.decode_pdl``): wait until the
+    kernel before has finished and its writes are visible, then let the next kernel launch (it waits in turn).
+    Called first in a kernel, before any global memory access: nothing is read early, so any chain of such kernels
+    (and kernels launched without it) keeps stream order."""
+    if GDC:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
+
+
+@triton.jit
+def add_rms_norm(H, A, W, H_OUT, X_OUT, N, eps, s_h, s_a, s_ho, s_xo, HAS_ADD: tl.constexpr, BN: tl.constexpr,
+                 GDC: tl.constexpr = False):
+    dependent_launch(GDC)
     row = tl.program_id(0)
     offs = tl.arange(0, BN)
     ok = offs < N
@@ -113,11 +126,14 @@ def _tile(X, W, BIAS, M, N, K, s_xm, s_wn, pid_m, pid_n, H, A, NW, HO, eps, s_h,
 @triton.jit
 def linear3(X, W0, W1, W2, B0, B1, B2, O0, O1, O2, M, K, N0, N1, N2, s_xm, s_w0, s_w1, s_w2, s_o0, s_o1, s_o2,
             H, A, NW, HO, eps, s_h, s_a, s_ho, M_KEY, NORM: tl.constexpr, HAS_ADD: tl.constexpr,
-            HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+            HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+            GDC: tl.constexpr = False):
     """Three linears of one input (q/k/v), one launch: programs ``[0, P0)`` compute ``x @ W0.T``, ``[P0, P0+P1)``
     ``x @ W1.T``, the rest ``x @ W2.T`` (``Pi = ⌈Ni / BN⌉``), each rounded once to its output's dtype (as
     ``F.linear``). NORM: ``x = norm(h + a)`` computed in the tiles (see ``_tile``), the first program of each row
-    block writing ``h + a``. ``M_KEY``: the row count's bucket, for the autotuner's key only."""
+    block writing ``h + a``. ``M_KEY``: the row count's bucket, for the autotuner's key only. With N1 = N2 = 0 it is
+    one linear (``o_proj``, ``down_proj`` under ``decode_pdl``)."""
+    dependent_launch(GDC)
     pid = tl.program_id(0)
     pid_m = tl.program_id(1)
     P0 = tl.cdiv(N0, BN)
@@ -143,10 +159,11 @@ def linear3(X, W0, W1, W2, B0, B1, B2, O0, O1, O2, M, K, N0, N1, N2, s_xm, s_w0,
 @triton.jit
 def gate_up_silu(X, WG, WU, BG, BU, OUT, M, K, N, s_xm, s_wg, s_wu, s_o, H, A, NW, HO, eps, s_h, s_a, s_ho, M_KEY,
                  NORM: tl.constexpr, HAS_ADD: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
-                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GDC: tl.constexpr = False):
     """The MLP's ``silu(x @ Wg.T) * (x @ Wu.T)``, one launch: both products rounded to the output's dtype, the SiLU
     rounded before the product (as ``act_fn(gate_proj(x)) * up_proj(x)``). NORM: ``x = norm(h + a)`` computed in
     the tiles (see ``_tile``), the first column block writing ``h + a``."""
+    dependent_launch(GDC)
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     m_write = tl.where(pid_n == 0, M, 0)  # (the column block that writes the new residual stream, with NORM)

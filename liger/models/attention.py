@@ -29,10 +29,11 @@ from torch import nn
 from .cache import LayerBuffers, LigerCache, write_decoded_token
 from .compiling import CompiledOrEager
 from .global_cache import ExtraKeys, block_visibility, merge_leaver_, pooled_scores, recall_error
-from .triton_common import auto_takes_kernels
+from .triton_common import auto_takes_kernels, pdl_supported
 from .triton_common import is_available as triton_window_available
 from .triton_common import supports as triton_supports
 from .triton_decode import KernelUnavailable, fused_decode_step, log_fallback_once, unsupported_reason
+from .triton_layer import fusable_linears, linear
 from .triton_ops import rope_pair as triton_rope_pair
 from .variants import Recurrence, at_least_fp32, get_recurrence, resolve_backend
 from .window import first_real_tokens, sliding_window_attention, window_attention, window_decode_attention
@@ -79,11 +80,15 @@ class DecodeSpec:
     backend: str = "auto"
     """``LigerConfig.decode_backend``: "triton" takes the fused kernel (:mod:`liger.models.triton_decode`) where
     it covers the layer, "auto" too on an Ampere-or-newer GPU, "torch" the PyTorch step below."""
+    pdl: bool = False
+    """``LigerConfig.decode_pdl``: the fused kernel and ``o_proj`` launched with programmatic dependent launch
+    where the GPU has it."""
 
 
 @functools.cache
-def decode_spec(recurrence, scaling, linear_weight, window_weight, needs_state, backend="auto") -> DecodeSpec:
-    return DecodeSpec(recurrence, scaling, linear_weight, window_weight, needs_state, backend)
+def decode_spec(recurrence, scaling, linear_weight, window_weight, needs_state, backend="auto",
+                pdl=False) -> DecodeSpec:
+    return DecodeSpec(recurrence, scaling, linear_weight, window_weight, needs_state, backend, pdl)
 
 
 def uses_fused_step(spec: DecodeSpec, q, v, buffers: LayerBuffers) -> bool:
@@ -234,7 +239,7 @@ class LigerAttention(nn.Module):
         self.recurrence = get_recurrence(config)
         self.needs_state = self.linear_weight != 0 or bool(self.global_cache_size)
         self.decode_spec = decode_spec(self.recurrence, float(self.scaling), self.linear_weight, self.window_weight,
-                                       self.needs_state, self.decode_backend)
+                                       self.needs_state, self.decode_backend, config.decode_pdl)
         self.teacher_window = teacher_window
         """The teacher's own attention window in this layer (None = full causal attention)."""
         self.teacher_mode = False
@@ -322,7 +327,10 @@ class LigerAttention(nn.Module):
         cache = past_key_values.layers[self.layer_idx] if past_key_values is not None else None
         if decode_step is not None:
             out = self._decode_static(q, k, v, q_lin, k_lin, cos, sin, token_mask, cache, decode_step)
-            return self.o_proj(out.reshape(B, T, self.num_heads * D))
+            out = out.reshape(B, T, self.num_heads * D)
+            if self.decode_spec.pdl and pdl_supported(out) and fusable_linears(out, self.o_proj):
+                return linear(out, self.o_proj, pdl=True)  # (a kernel that takes part in the dependent launches)
+            return self.o_proj(out)
         decoding = cache is not None and cache.seen > 0
         single_token = decoding and T == 1
 

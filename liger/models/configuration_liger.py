@@ -106,6 +106,13 @@ class LigerConfig(PretrainedConfig):
     that read it (five launches a layer) instead of in its own kernel (seven). Off: on an H100 (run O of
     docs/gpu.md, profiled step at 32K, batch 16) those kernels took 8.4 and 9.0 µs against 3.8 and 6.6 µs without
     the norm (run M) — more than the two 1.6 µs norm kernels they replace."""
+    decode_pdl: bool = False
+    """With the triton decode step and decoder layers, on a Hopper-or-newer GPU: launch their kernels with
+    programmatic dependent launch (each kernel waits for the one before inside the GPU, so its launch and setup
+    overlap the end of that one instead of following it), and ``o_proj``/``down_proj`` on the Triton projection
+    kernel instead of cuBLAS (whose kernels do not take part). The same arithmetic as without it (checked by the
+    GPU tier); elsewhere it does nothing. Off until measured (docs/gpu.md): a decode step of SmolLM2 spends about a
+    quarter of its time between its ~210 kernels (run M)."""
     chunk_backend: ChunkBackend = "auto"
     """With the fla backend, the recurrence of multi-token calls (prefill, evaluation, training, the global cache's
     recall): "fla" (fla's chunk kernels, keys/values/gates repeated to every query head), "triton" (Liger's
@@ -185,6 +192,8 @@ class LigerConfig(PretrainedConfig):
             fail("hgrn2_lower_bound", "must be in [0, 1)", self.hgrn2_lower_bound)
         if not isinstance(self.decode_fuse_norms, bool):
             fail("decode_fuse_norms", "must be true or false", self.decode_fuse_norms)
+        if not isinstance(self.decode_pdl, bool):
+            fail("decode_pdl", "must be true or false", self.decode_pdl)
         if not isinstance(self.use_qk_norm_in_linear, bool):
             fail("use_qk_norm_in_linear", "must be a bool", self.use_qk_norm_in_linear)
         head_dim = self.head_dim_

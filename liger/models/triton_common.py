@@ -47,6 +47,18 @@ def next_power_of_2(n: int) -> int:
     return 1 << (n - 1).bit_length()
 
 
+def pdl_supported(x: torch.Tensor) -> bool:
+    """Whether kernels launched for ``x`` can use programmatic dependent launch (``LigerConfig.decode_pdl``): a
+    CUDA tensor on a GPU of compute capability 9.0 or newer (Hopper: the ``griddepcontrol`` instructions), not
+    under the CPU interpreter."""
+    return x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1" and _capability(x.device.index) >= (9, 0)
+
+
+@functools.cache
+def _capability(index: int | None) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
 def auto_takes_kernels(x: torch.Tensor | None) -> bool:
     """Whether a backend left at "auto" takes the fused Triton kernels for ``x``: a CUDA tensor on a GPU of compute
     capability 8.0 or newer (Ampere, Hopper: where the kernels were measured and tested; older GPUs lack bfloat16

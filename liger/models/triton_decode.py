@@ -61,7 +61,7 @@ from types import SimpleNamespace
 
 import torch
 
-from .triton_common import has_triton, next_power_of_2
+from .triton_common import has_triton, next_power_of_2, pdl_supported
 from .variants import FEATURE_MAPS, GLA, HGRN2, MLSTM, RWKV6, GatedDeltaNet, GatedRetention, Mamba2
 
 logger = logging.getLogger("liger")
@@ -308,6 +308,8 @@ def fused_decode_step(spec, q, k, v, q_lin, k_lin, cos, sin, valid, buffers) -> 
         HAS_WIN=has_win, HAS_SINKS=S > 0, HAS_GLOBAL=NG > 0, HAS_RING=L > 0, POOL=P,
         BP=max(2, next_power_of_2(P)), B2P=max(2, next_power_of_2(2 * P)), BB=max(2, next_power_of_2(B)),
         num_warps=4 if D <= 64 else 8)
+    if spec.pdl and pdl_supported(q):  # (decode_pdl: the launch overlaps the end of the kernel before)
+        meta.update(GDC=True, launch_pdl=True)
     key = (str(q.device), q.dtype, *meta.items())  # (the dict's order is fixed: no sort on this hot path)
     if key in _compile_failures:
         raise KernelUnavailable(_compile_failures[key])

@@ -40,9 +40,9 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
-from .triton_common import has_triton, next_power_of_2
+from .triton_common import has_triton, next_power_of_2, pdl_supported
 
-__all__ = ["add_rms_norm", "decode_layers", "fusable_linears", "gate_up_silu", "linear3", "silu_mul",
+__all__ = ["add_rms_norm", "decode_layers", "fusable_linears", "gate_up_silu", "linear", "linear3", "silu_mul",
            "unsupported_reason"]
 
 RMS_NORMS = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm")
@@ -94,17 +94,19 @@ def unsupported_reason(model, hidden: torch.Tensor) -> str | None:
         return "accelerate hooks (a device map or offloading) on the decoder layers"
     if any(p.device != hidden.device for p in (*model.layers.parameters(), *model.norm.parameters())):
         return "the decoder layers' weights are not all on the input's device"
-    return _kernels_fail(hidden.dtype, hidden.device)
+    return _kernels_fail(hidden.dtype, hidden.device,
+                         getattr(model.config, "decode_pdl", False) and pdl_supported(hidden))
 
 
 _kernel_checks: dict = {}
 
 
-def _kernels_fail(dtype: torch.dtype, device: torch.device) -> str | None:
-    """Run each kernel once on small tensors of this dtype and device (once per process): a kernel that does not
-    compile or launch here is found before a decode step has written any cache (the layers' own forward runs
-    then, with the reason logged) instead of halfway through one."""
-    key = (dtype, str(device))
+def _kernels_fail(dtype: torch.dtype, device: torch.device, pdl: bool = False) -> str | None:
+    """Run each kernel once on small tensors of this dtype and device (once per process; ``pdl``: also launched
+    with programmatic dependent launch): a kernel that does not compile or launch here is found before a decode
+    step has written any cache (the layers' own forward runs then, with the reason logged) instead of halfway
+    through one."""
+    key = (dtype, str(device), pdl)
     if key not in _kernel_checks:
         try:
             norm = SimpleNamespace(weight=torch.ones(32, dtype=dtype, device=device), variance_epsilon=1e-6)
@@ -117,6 +119,11 @@ def _kernels_fail(dtype: torch.dtype, device: torch.device) -> str | None:
                 linear3(None, lin, lin, lin, residual=(x, a, norm))
                 gate_up_silu(None, lin, lin, residual=(x, a, norm))
             silu_mul(x, x)
+            if pdl:
+                add_rms_norm(x, x, norm, pdl=True)
+                linear3(x, lin, lin, lin, pdl=True)
+                gate_up_silu(x, lin, lin, pdl=True)
+                linear(x, lin, pdl=True)
             _kernel_checks[key] = None
         except Exception as err:  # a compiler or driver problem on this machine
             text = str(err).strip().splitlines()
@@ -124,8 +131,16 @@ def _kernels_fail(dtype: torch.dtype, device: torch.device) -> str | None:
     return _kernel_checks[key]
 
 
-def add_rms_norm(h: torch.Tensor, a: torch.Tensor | None, norm) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(h + a, norm(h + a))`` (``(h, norm(h))`` when ``a`` is None) for ``[..., N]`` tensors, one kernel."""
+def _pdl(pdl: bool) -> dict:
+    """The launch arguments of a kernel launched with programmatic dependent launch (``LigerConfig.decode_pdl``;
+    the caller checked :func:`~liger.models.triton_common.pdl_supported`): the kernel's GDC branch and Triton's
+    launch flag."""
+    return dict(GDC=True, launch_pdl=True) if pdl else {}
+
+
+def add_rms_norm(h: torch.Tensor, a: torch.Tensor | None, norm, pdl: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(h + a, norm(h + a))`` (``(h, norm(h))`` when ``a`` is None) for ``[..., N]`` tensors, one kernel
+    (``pdl``: launched with programmatic dependent launch)."""
     h = h.contiguous()
     a = a.contiguous() if a is not None else None
     if a is not None:
@@ -140,7 +155,7 @@ def add_rms_norm(h: torch.Tensor, a: torch.Tensor | None, norm) -> tuple[torch.T
     _kernels().add_rms_norm[(rows,)](h2, a2, norm.weight, ho2, x2, N, float(norm.variance_epsilon),
                                      h2.stride(0), a2.stride(0), ho2.stride(0), x2.stride(0),
                                      HAS_ADD=a is not None, BN=max(16, next_power_of_2(N)),
-                                     num_warps=4 if N <= 4096 else 8)
+                                     num_warps=4 if N <= 4096 else 8, **_pdl(pdl))
     return h_out, x_out
 
 
@@ -207,10 +222,11 @@ def _norm_inputs(x, residual):
     return h2, args, ho.view(h.shape)
 
 
-def linear3(x: torch.Tensor | None, m0, m1, m2, residual=None):
+def linear3(x: torch.Tensor | None, m0, m1, m2, residual=None, pdl: bool = False):
     """``(m0(x), m1(x), m2(x))`` of three ``nn.Linear`` in one launch (check :func:`fusable_linears` first). With
     ``residual = (h, a, norm)`` (``x`` None; check :func:`fusable_norm`): ``x = norm(h + a)`` computed inside the
-    kernel — the residual add, the RMSNorm and the projections in one launch — and ``h + a`` returned fourth."""
+    kernel — the residual add, the RMSNorm and the projections in one launch — and ``h + a`` returned fourth.
+    ``pdl``: launched with programmatic dependent launch."""
     dtype = m0.weight.dtype
     x2, norm_args, h_new = _norm_inputs(x, residual)
     M, K = x2.shape
@@ -223,16 +239,34 @@ def linear3(x: torch.Tensor | None, m0, m1, m2, residual=None):
     kernel[grid](
         x2, m0.weight, m1.weight, m2.weight, *bias, *outs, M, K, *N, x2.stride(0),
         m0.weight.stride(0), m1.weight.stride(0), m2.weight.stride(0), *(o.stride(0) for o in outs),
-        **norm_args, HAS_BIAS=has_bias, **meta)
+        **norm_args, HAS_BIAS=has_bias, **meta, **_pdl(pdl))
     shape = (x if x is not None else residual[0]).shape[:-1]
     outs = tuple(o.view(*shape, o.shape[-1]) for o in outs)
     return outs if residual is None else (*outs, h_new)
 
 
-def gate_up_silu(x: torch.Tensor | None, gate, up, residual=None):
+def linear(x: torch.Tensor, m, pdl: bool = False) -> torch.Tensor:
+    """``m(x)`` of one ``nn.Linear`` on :func:`linear3`'s kernel (its second and third outputs empty; check
+    :func:`fusable_linears` first): ``o_proj`` and ``down_proj`` under ``decode_pdl``, where cuBLAS's kernels
+    would not take part in the dependent launches."""
+    x2 = x.reshape(-1, x.shape[-1]).contiguous()
+    M, K = x2.shape
+    N = m.out_features
+    out = torch.empty(M, N, dtype=m.weight.dtype, device=x2.device)
+    kernel, meta = _launch("linear3", m.weight.dtype, N, M)
+    _, norm_args, _ = _norm_inputs(x2, None)
+    bias = m.bias if m.bias is not None else m.weight
+    grid = lambda META: (-(-N // META["BN"]), -(-M // META["BM"]))  # noqa: E731
+    kernel[grid](x2, m.weight, m.weight, m.weight, bias, bias, bias, out, out, out, M, K, N, 0, 0, x2.stride(0),
+                 m.weight.stride(0), 0, 0, out.stride(0), 0, 0, **norm_args, HAS_BIAS=m.bias is not None, **meta,
+                 **_pdl(pdl))
+    return out.view(*x.shape[:-1], N)
+
+
+def gate_up_silu(x: torch.Tensor | None, gate, up, residual=None, pdl: bool = False):
     """``silu(gate(x)) * up(x)`` of two ``nn.Linear`` in one launch (check :func:`fusable_linears` first). With
     ``residual = (h, a, norm)`` (``x`` None; check :func:`fusable_norm`): ``x = norm(h + a)`` computed inside the
-    kernel, and ``(out, h + a)`` returned."""
+    kernel, and ``(out, h + a)`` returned. ``pdl``: launched with programmatic dependent launch."""
     dtype = gate.weight.dtype
     x2, norm_args, h_new = _norm_inputs(x, residual)
     M, K = x2.shape
@@ -244,7 +278,7 @@ def gate_up_silu(x: torch.Tensor | None, gate, up, residual=None):
     kernel[grid](
         x2, gate.weight, up.weight, gate.bias if has_bias else gate.weight, up.bias if has_bias else up.weight,
         out, M, K, N, x2.stride(0), gate.weight.stride(0), up.weight.stride(0), out.stride(0), **norm_args,
-        HAS_BIAS=has_bias, **meta)
+        HAS_BIAS=has_bias, **meta, **_pdl(pdl))
     out = out.view(*(x if x is not None else residual[0]).shape[:-1], N)
     return out if residual is None else (out, h_new)
 
@@ -258,25 +292,28 @@ def decode_layers(model, hidden, position_embeddings, cache, token_mask, decode_
     output."""
     layers = model.layers
     fuse_norms = getattr(model.config, "decode_fuse_norms", False)  # (the add and norm inside the projections)
+    # (decode_pdl: the decode step's kernels launched with programmatic dependent launch, down_proj on our kernel)
+    pdl = decode_step is not None and getattr(model.config, "decode_pdl", False) and pdl_supported(hidden)
     h, a = hidden, None  # the residual stream and what the last sublayer adds to it
     for layer in layers:
         attn, mlp = layer.self_attn, layer.mlp
         qkv = (attn.q_proj, attn.k_proj, attn.v_proj)
         if fuse_norms and fusable_norm(h, a, layer.input_layernorm, *qkv):  # the add, the norm and q/k/v in one launch
-            *projections, h = linear3(None, *qkv, residual=(h, a, layer.input_layernorm))
+            *projections, h = linear3(None, *qkv, residual=(h, a, layer.input_layernorm), pdl=pdl)
             x = h  # (the attention reads its input's shape only when given the projections)
         else:
-            h, x = add_rms_norm(h, a, layer.input_layernorm)
-            projections = linear3(x, *qkv) if fusable_linears(x, *qkv) else None
+            h, x = add_rms_norm(h, a, layer.input_layernorm, pdl=pdl)
+            projections = linear3(x, *qkv, pdl=pdl) if fusable_linears(x, *qkv) else None
         a, _ = attn(x, position_embeddings=position_embeddings, past_key_values=cache, token_mask=token_mask,
                     decode_step=decode_step, projections=projections)
         if fuse_norms and fusable_norm(h, a, layer.post_attention_layernorm, mlp.gate_proj, mlp.up_proj):
-            act, h = gate_up_silu(None, mlp.gate_proj, mlp.up_proj, residual=(h, a, layer.post_attention_layernorm))
+            act, h = gate_up_silu(None, mlp.gate_proj, mlp.up_proj, residual=(h, a, layer.post_attention_layernorm),
+                                  pdl=pdl)
         else:
-            h, x = add_rms_norm(h, a, layer.post_attention_layernorm)
+            h, x = add_rms_norm(h, a, layer.post_attention_layernorm, pdl=pdl)
             if fusable_linears(x, mlp.gate_proj, mlp.up_proj):
-                act = gate_up_silu(x, mlp.gate_proj, mlp.up_proj)
+                act = gate_up_silu(x, mlp.gate_proj, mlp.up_proj, pdl=pdl)
             else:
                 act = silu_mul(mlp.gate_proj(x), mlp.up_proj(x))
-        a = mlp.down_proj(act)
-    return add_rms_norm(h, a, model.norm)[1]
+        a = linear(act, mlp.down_proj, pdl=True) if pdl and fusable_linears(act, mlp.down_proj) else mlp.down_proj(act)
+    return add_rms_norm(h, a, model.norm, pdl=pdl)[1]

@@ -293,3 +293,48 @@ def test_generate_with_the_fused_step_in_bf16():
         out[backend] = generate(model, "cuda_graph", compile=False, **kwargs)
     assert torch.equal(out["triton"].sequences[:, :25], out["torch"].sequences[:, :25])  # (from the prefill)
     assert_close(out["triton"].logits[1].float(), out["torch"].logits[1].float(), 2e-2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (9, 0),
+                    reason="programmatic dependent launch needs a Hopper-or-newer GPU")
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 1e-2)])
+@pytest.mark.parametrize("options", [
+    {},
+    dict(global_cache_size=4, global_cache_pool=2, linear_weight=0.0, window_weight=1.0),
+])
+def test_dependent_launches_decode_as_the_stream_ordered_kernels(options, dtype, tol, monkeypatch):
+    """decode_pdl: the captured decode step with every kernel of the layers launched with programmatic dependent
+    launch (and o_proj/down_proj on the Triton projection kernel) gives the logits and cache of the same step
+    without it, step by step, left padding and a padding token while decoding included."""
+    from liger.models import attention, triton_layer
+
+    launches = []
+    for module in (attention, triton_layer):
+        real = module.linear
+        monkeypatch.setattr(module, "linear",
+                            lambda x, m, pdl=False, real=real: launches.append(pdl) or real(x, m, pdl))
+    teacher = gpu_teacher(dtype=dtype)
+    x, mask = left_padded(T=40)
+    mask[2, 30] = 0
+    pos = positions(mask)
+    out = {}
+    for pdl in (False, True):
+        model = liger.convert(teacher, linear_backend="torch", window_size=5, num_sink_tokens=3,
+                              decode_backend="triton", decode_pdl=pdl, **options)
+        model.set_decoding("cuda_graph", compile=False)
+        with torch.no_grad():
+            first = model(x[:, :12], attention_mask=mask[:, :12], position_ids=pos[:, :12], use_cache=True)
+            cache, logits = first.past_key_values, []
+            for t in range(12, 40):
+                step = model(x[:, t : t + 1], attention_mask=mask[:, : t + 1], position_ids=pos[:, t : t + 1],
+                             past_key_values=cache)
+                logits.append(step.logits)
+        out[pdl] = (torch.cat(logits, 1), cache)
+    assert isinstance(out[True][1].decoder, CUDAGraphDecoder)
+    assert launches and all(launches), "o_proj/down_proj did not take the dependent-launch kernel"
+    real = mask[:, 12:].bool()
+    assert_close(out[True][0][real].float(), out[False][0][real].float(), tol)
+    for a, b in zip(cache_tensors(out[True][1]), cache_tensors(out[False][1])):
+        finite = b.isfinite()
+        assert torch.equal(a.isfinite(), finite)
+        assert_close(a[finite].double(), b[finite].double(), tol, atol=1e-6)

@@ -221,8 +221,8 @@ MODEL = textwrap.dedent('''
     from liger.models import triton_decode, triton_layer
     norm_inside = []  # projection calls with the residual add and the norm inside (decode_fuse_norms)
     linear3 = triton_layer.linear3
-    triton_layer.linear3 = lambda *a, residual=None: (norm_inside.append(1) if residual else None) or linear3(
-        *a, residual=residual)
+    triton_layer.linear3 = lambda *a, residual=None, pdl=False: (norm_inside.append(1) if residual else None) or (
+        linear3(*a, residual=residual, pdl=pdl))
     for n, (label, (family, options)) in enumerate(configs.items()):
         triton_decode.SPLIT = (1, 2)[n % 2]  # (two programs per KV head, their parts combined, on every other)
         teacher = tiny_teacher(family)

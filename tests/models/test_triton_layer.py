@@ -63,7 +63,7 @@ PROJECTIONS = textwrap.dedent('''
     import torch
     import torch.nn.functional as F
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
-    from liger.models.triton_layer import gate_up_silu, linear3
+    from liger.models.triton_layer import gate_up_silu, linear, linear3
 
     g = torch.Generator().manual_seed(0)
     worst = {}
@@ -81,6 +81,10 @@ PROJECTIONS = textwrap.dedent('''
             ref = m(x)
             assert o.shape == ref.shape and o.dtype == ref.dtype, (o.shape, ref.shape)
             worst[key] = max(worst.get(key, 0), rel(o, ref))
+        # one linear on the same kernel (o_proj and down_proj under decode_pdl): the first module's
+        o, ref = linear(x, mods[0]), mods[0](x)
+        assert o.shape == ref.shape and o.dtype == ref.dtype, (o.shape, ref.shape)
+        worst[f"linear {M} {dtype} {bias}"] = rel(o, ref)
         gate, up = (torch.nn.Linear(K, N[0], bias=bias).to(dtype) for _ in range(2))
         out, ref = gate_up_silu(x, gate, up), F.silu(gate(x)) * up(x)
         assert out.shape == ref.shape and out.dtype == ref.dtype
@@ -111,7 +115,7 @@ PROJECTIONS = textwrap.dedent('''
 @needs_triton
 def test_projection_kernels_match_nn_linear_in_the_interpreter():
     worst = run_in_triton_interpreter(PROJECTIONS)
-    assert len(worst) == 24, worst
+    assert len(worst) == 28, worst
     for name, err in worst.items():
         assert err <= (1e-6 if "float32" in name else 1e-2), (name, err)
 
@@ -146,7 +150,7 @@ def test_layer_kernels_match_the_families_modules_in_the_interpreter():
 
 def test_layers_the_fused_step_does_not_cover_keep_their_own_forward(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # as if the kernels could run here: the reason is the model
-    monkeypatch.setattr(triton_layer, "_kernels_fail", lambda dtype, device: None)  # (and as if they ran here)
+    monkeypatch.setattr(triton_layer, "_kernels_fail", lambda dtype, device, pdl=False: None)  # (as if they ran here)
     x = torch.zeros(2, 1, 64)
     model = liger.convert(tiny_teacher("llama"), window_size=4, decode_backend="triton")
     if importlib.util.find_spec("triton") is not None:
@@ -177,7 +181,7 @@ def test_layers_split_or_hooked_by_accelerate_keep_their_own_forward(monkeypatch
     """decode_layers calls the layers' parts directly, so a model whose layers carry accelerate's hooks (a device
     map, offloading) or whose weights sit on several devices keeps the layers' own forward."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # (past the CUDA check: the structural checks come first)
-    monkeypatch.setattr(triton_layer, "_kernels_fail", lambda dtype, device: None)
+    monkeypatch.setattr(triton_layer, "_kernels_fail", lambda dtype, device, pdl=False: None)
     model = liger.convert(tiny_teacher("llama"), window_size=4, decode_backend="triton")
     x = torch.zeros(2, 1, model.config.hidden_size)
     assert triton_layer.unsupported_reason(model.model, x) is None
