@@ -44,6 +44,9 @@ class BenchConfig:
     """Batch of the eager / static / CUDA-graph decode comparison."""
     graph_steps: int = 32
     """Timed steps per mode of that comparison."""
+    decode_modes: bool = True
+    """Run that comparison (off: the per-context rows alone, e.g. in a short lease: the compiled mode's
+    compilation alone can take a minute)."""
     decode: bool = True
     """Measure prefill and decoding (and check the fast path against the reference ops first)."""
     teachers: list[Literal["eager", "static", "gqa_graph"]] = field(

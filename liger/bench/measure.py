@@ -583,7 +583,7 @@ def run_bench(cfg: BenchConfig, on_update=None) -> dict:
                             report["errors"].append(f"{kind} context {context}: {error}")
                             logger.warning("liger bench: %s context %d: %s", kind, context, error)
                         _reset_peak(device)
-                if kind == "liger" and budget.left() > 0:
+                if kind == "liger" and cfg.decode_modes and budget.left() > 0:
                     logger.info("liger bench: decode modes at batch %d", cfg.graph_batch_size)
                     _section(report, "graph", lambda m=m: _graph_rows(m, cfg, device, generator, report))
                     update()

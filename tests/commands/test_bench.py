@@ -153,3 +153,16 @@ def test_every_bench_key_is_documented():
     docs = (Path(__file__).resolve().parents[2] / "docs" / "gpu.md").read_text()
     missing = [row for row in bench_config_reference().splitlines()[2:] if row not in docs]
     assert not missing, missing
+
+
+def test_bench_without_the_decode_mode_comparison(tmp_path):
+    """decode_modes=false: the per-context rows without the batch-1 eager/static/graph comparison (which a short
+    GPU lease cannot always afford)."""
+    out = tmp_path / "bench.json"
+    args = ["bench", "--model", "random:tiny", "--device", "cpu", "--dtype", "float32", "--batch-size", "2",
+            "--context", "24", "--decode-steps", "1", "--warmup-steps", "0", "--prefill-repeats", "1",
+            "--prompt-length", "8", "--teachers", "eager", "--output", str(out), "decode_modes=false"]
+    assert main(args) == 0
+    report = json.loads(out.read_text())
+    assert report["graph"] == [] and report["errors"] == []
+    assert {(r["model"], r["context"]) for r in report["decode"]} >= {("teacher", 24), ("liger", 24)}
