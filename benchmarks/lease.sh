@@ -33,6 +33,13 @@ benches() {  # the speed measures, alone on the GPU (nothing else runs then)
   [ "${GPU_CHECK:-1}" = 0 ] || python3 benchmarks/gpu_check.py --out "$LEASE/runs/gpu_check" --skip-tests \
     --budget "$(cat "$LEASE/bench_budget")" ${GPU_CHECK_ARGS:---skip-batch1 --serve-budget 150} \
     > "$LEASE/out/gpu_check.log" 2>&1 || true
+  # SPLIT_RUNS: the fused decode step's program split at 32K (benchmarks/decode_split.py), one run per entry
+  # RECIPE:SPLITS:WINDOW_SPLITS, e.g. "memory:auto,2,4:auto,4,8,16 none:auto,2,4,8:auto"
+  for entry in ${SPLIT_RUNS:-}; do
+    IFS=: read -r recipe splits wsplits <<< "$entry"
+    python3 benchmarks/decode_split.py --recipe "$recipe" --splits "$splits" --window-splits "${wsplits:-auto}" \
+      --output "$LEASE/runs/gpu_check/decode_split_$recipe.json" > "$LEASE/out/decode_split_$recipe.log" 2>&1 || true
+  done
   # the memory recipes' decode cost (issue 14): the same decode bench without and with their options (RECIPE_ARGS:
   # more bench flags, e.g. --profile; RECIPE_TRAIN: the training measure's flags, " " for none), RECIPE_S
   # (default 120 s) each (with 50 s, `plain` and `memory-triton` spent it compiling: run H of docs/gpu.md; with
