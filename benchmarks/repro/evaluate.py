@@ -31,10 +31,12 @@ def merged_student(run: Path, teacher: str):
     from peft import PeftModel
 
     from liger.loading import load_model
+    from liger.recipes import recipe_options
     from liger.train.config import parse_yaml
 
-    cfg = parse_yaml((run / "config.yaml").read_text())
-    model, tokenizer = load_model(teacher, cfg["model"]["liger"] or {}, torch.float32)
+    model_cfg = parse_yaml((run / "config.yaml").read_text())["model"]
+    options = recipe_options(model_cfg.get("recipe"), **(model_cfg.get("liger") or {}))
+    model, tokenizer = load_model(teacher, options, torch.float32)
     return PeftModel.from_pretrained(model, run / "adapter").merge_and_unload(), tokenizer
 
 

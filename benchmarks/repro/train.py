@@ -162,7 +162,7 @@ def run_student(args) -> int:
         from liger.train import finetune
 
         cfg = student_config(name, Path(args.corpus), args.tokens, scratch, args.model, args.tiny, device)
-        summary["liger"] = cfg.model.liger
+        summary["liger"] = cfg.model.options()
         summary["loss"] = cfg.train.loss
         data = packed_data(cfg, Path(args.data_cache))
         result = finetune(cfg, data=data)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..typed_config import ConfigError, build, need, parse_yaml, read_yaml, reference_table, to_yaml
+from ..recipes import RECIPES, recipe_options
 
 __all__ = ["ConfigError", "TrainConfig", "config_reference", "load_config", "parse_yaml", "recipe_path"]
 # (parse_yaml is imported from here by benchmarks/reproduce.py)
@@ -26,9 +27,16 @@ class ModelConfig:
     path: str = "smollm2"
     """Base checkpoint (converted to Liger with ``liger`` options first) or an already converted Liger
     checkpoint: a local directory, the alias ``smollm2``, or a hub id."""
+    recipe: str | None = None
+    """A named set of LigerConfig fields for the conversion (``liger/recipes.py``: ``paper``, ``memory``), which
+    ``liger`` then overrides; unset = none. Ignored for a checkpoint that is already Liger."""
     liger: dict[str, Any] = field(default_factory=dict)
     """LigerConfig fields for the conversion, e.g. ``{variant: gla, window_size: 64}`` (unset = the paper's
-    values). Ignored for a checkpoint that is already Liger."""
+    values, or the recipe's). Ignored for a checkpoint that is already Liger."""
+
+    def options(self) -> dict[str, Any]:
+        """The conversion's LigerConfig fields: the recipe's, updated with ``liger``."""
+        return recipe_options(self.recipe, **self.liger)
 
 
 @dataclass
@@ -175,6 +183,8 @@ class TrainConfig:
 def check(cfg: TrainConfig) -> None:
     """Value checks beyond the types (the message names the key)."""
     d, t, o = cfg.data, cfg.train, cfg.optim
+    need(cfg.model.recipe is None or cfg.model.recipe in RECIPES, "model.recipe",
+         f"must be one of {', '.join(RECIPES)} or null", cfg.model.recipe)
     need(d.max_length >= 2, "data.max_length", "must be >= 2", d.max_length)
     need(d.val_records is None or d.val_records >= 1, "data.val_records", "must be >= 1 or null", d.val_records)
     need(d.max_records is None or d.max_records > (d.val_records or 1), "data.max_records",

@@ -54,7 +54,7 @@ def linearize(cfg: TrainConfig, resume: bool | str = False, progress=print) -> d
     progress(f"[1/3] convert {cfg.model.path} to Liger (after reading {cfg.data.path})")
     tokenizer = load_tokenizer(cfg.model.path)
     data = build_data(cfg.data, tokenizer)  # a missing, empty or too small data file fails before the model loads
-    model, _ = load_model(cfg.model.path, cfg.model.liger, dtype)
+    model, _ = load_model(cfg.model.path, cfg.model.options(), dtype)
     progress(f"[2/3] fine-tune on {cfg.data.path} -> {cfg.output}")
     result = finetune(cfg, resume=resume, model=model, tokenizer=tokenizer, data=data)
     if not result["main_process"]:
@@ -86,7 +86,7 @@ def _model_loaders(cfg: TrainConfig, liger_path: str) -> dict:
     loaders = {"teacher": lambda: load_pretrained(teacher_path, dtype)}
     if cfg.eval.baseline:
         loaders["baseline"] = lambda: baseline_model(cfg.eval.baseline, teacher_path, dtype)
-    loaders["converted"] = lambda: load_model(teacher_path, cfg.model.liger, dtype)[0]
+    loaders["converted"] = lambda: load_model(teacher_path, cfg.model.options(), dtype)[0]
     loaders["finetuned"] = lambda: load_model(liger_path, {}, dtype)[0]
     return loaders
 

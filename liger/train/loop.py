@@ -212,7 +212,7 @@ def _load_model(run: _Run, model) -> None:
     """The model (loaded from ``cfg.model`` unless given) in the run's dtype."""
     cfg = run.cfg
     if model is None:
-        model, _ = load_model(cfg.model.path, cfg.model.liger, run.dtype)
+        model, _ = load_model(cfg.model.path, cfg.model.options(), run.dtype)
     elif model.dtype != run.dtype:
         model = model.to(run.dtype)
     run.is_liger = hasattr(model, "teacher_mode")

@@ -92,9 +92,19 @@ def test_memory_recipe_config_trains_the_memory_recipe():
     from liger.recipes import RECIPES
 
     cfg = load_config("liger-memory")
-    assert cfg.model.liger == {"variant": "gla", **RECIPES["memory"]}
+    assert cfg.model.recipe == "memory" and cfg.model.options() == RECIPES["memory"]
     # as measured (docs/results-memory.md, run P): 4,096-token sequences, 2 a step, 20 M tokens
     assert cfg.data.max_length * cfg.train.batch_size * cfg.train.max_steps == 19_996_672
+
+
+def test_model_recipe_is_overridden_by_liger_options_and_checked():
+    from liger.recipes import RECIPES
+
+    cfg = load_config(None, ["model.recipe=memory", "model.liger.window_size=256"])
+    assert cfg.model.options() == {**RECIPES["memory"], "window_size": 256}
+    assert load_config(None, ["model.liger.window_size=32"]).model.options() == {"window_size": 32}
+    with pytest.raises(ConfigError, match="model.recipe must be one of paper, memory or null, got 'memroy'"):
+        load_config(None, ["model.recipe=memroy"])
 
 
 def test_paper_recipe_by_name_equals_the_defaults():
