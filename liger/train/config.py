@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..typed_config import ConfigError, build, need, parse_yaml, read_yaml, reference_table, to_yaml
 from ..recipes import RECIPES, recipe_options
+from ..typed_config import ConfigError, build, need, parse_yaml, read_yaml, reference_table, to_yaml
 
 __all__ = ["ConfigError", "TrainConfig", "config_reference", "load_config", "parse_yaml", "recipe_path"]
 # (parse_yaml is imported from here by benchmarks/reproduce.py)
