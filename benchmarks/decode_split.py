@@ -1,14 +1,16 @@
 """The fused decode step's program split: time one model's decode step for each number of window and state
-programs per (sequence, KV head) (``SPLIT`` and ``WINDOW_SPLIT`` of ``liger/models/triton_decode.py``; "auto" is
-what the model takes by default) at one context, in one process.
+programs per (sequence, KV head) and each key block size (``SPLIT``, ``WINDOW_SPLIT`` and ``KEY_BLOCK`` of
+``liger/models/triton_decode.py``; "auto" is what the model takes by default) at one context, in one process.
 
 Why: at 32K and batch 16 the ``memory`` recipe's step took 1.35 ms against 1.10 for the same model without its
 global cache (run Q of docs/gpu.md, issue 14 asks <= 1.2x); by default its step runs 8 window and 4 state programs
 per KV head, 576 at batch 16 against window512's 192, and whether that launch fits one wave of the GPU, or walks
-too few keys a program, is what this measures. Liger-GLA (``--recipe none``) for issue 15's 1.0 ms.
+too few keys a program, is what this measures (compiled for sm_90 without a GPU, its kernel takes 212 registers a
+thread at the default key block of 64 keys, 2 programs an SM, and 138 at 32 keys, 126 at 16:
+``benchmarks/analysis/decode_kernel_sass.py``). Liger-GLA (``--recipe none``) for issue 15's 1.0 ms.
 
-    python benchmarks/decode_split.py --recipe memory --context 32768 --splits auto,1,2,4 \\
-        --window-splits auto,4,8,16 --output decode_split.json
+    python benchmarks/decode_split.py --recipe memory --context 32768 --splits auto,1,2 \\
+        --window-splits auto,4,8 --key-blocks 4096,2048,1024 --output decode_split.json
 
 Random SmolLM2-shaped weights (``--model``), one prefill of ``--batch-size`` x ``--context`` random tokens, then
 per setting: a fresh CUDA-graph capture (``--mode cuda_graph``; ``static`` runs the uncaptured step, e.g. on a
@@ -20,6 +22,7 @@ per KV head, empty where the fused step did not run —, medians, all step times
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
@@ -81,11 +84,11 @@ def plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = report["rows"]
-    labels = [f"{r['split'] or 'auto'}/{r['window_split'] or 'auto'}" for r in rows]
+    labels = [f"{r['split'] or 'auto'}/{r['window_split'] or 'auto'}/{r['key_block'] or 'auto'}" for r in rows]
     fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(rows) + 2), 3.5))
     ax.bar(range(len(rows)), [r["median_ms"] for r in rows], color="tab:blue")
     ax.set_xticks(range(len(rows)), labels, rotation=45, ha="right")
-    ax.set_xlabel("SPLIT / WINDOW_SPLIT (programs per KV head)")
+    ax.set_xlabel("SPLIT / WINDOW_SPLIT (programs per KV head) / KEY_BLOCK")
     ax.set_ylabel("ms per decode step")
     ax.set_title(f"{report['recipe']} at {report['context']} tokens, batch {report['batch_size']}", fontsize=10)
     fig.tight_layout()
@@ -102,6 +105,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--splits", default="auto", help="SPLIT values: auto and/or powers of two")
     parser.add_argument("--window-splits", default="auto", help="WINDOW_SPLIT values: auto and/or powers of two")
+    parser.add_argument("--key-blocks", default="auto",
+                        help="KEY_BLOCK values (elements of a key block, head dim x keys): auto and/or powers of two")
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--mode", choices=("cuda_graph", "static"), default="cuda_graph")
@@ -118,6 +123,7 @@ def main(argv=None) -> int:
 
     try:
         splits, window_splits = _choices(args.splits), _choices(args.window_splits)
+        key_blocks = _choices(args.key_blocks)
         options = _options(args.option)
     except argparse.ArgumentTypeError as err:
         return fail(str(err))
@@ -150,7 +156,8 @@ def main(argv=None) -> int:
     report = dict(provenance=provenance(device), recipe=args.recipe, options=options, model=args.model,
                   context=args.context, batch_size=args.batch_size, mode=args.mode, dtype=args.dtype, rows=[])
     output = Path(args.output)
-    saved = triton_decode.SPLIT, triton_decode.WINDOW_SPLIT, triton_decode._split, triton_decode._window_split
+    saved = (triton_decode.SPLIT, triton_decode.WINDOW_SPLIT, triton_decode._split, triton_decode._window_split,
+             triton_decode.KEY_BLOCK)
     taken = {}  # what the step's launcher chose (its state programs per KV head, its window programs)
 
     def record(name, fn):
@@ -163,21 +170,24 @@ def main(argv=None) -> int:
             cache = model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
             del ids
             model.set_decoding(args.mode, compile=False)
-            for split in splits:
-                for window_split in window_splits:
-                    triton_decode.SPLIT, triton_decode.WINDOW_SPLIT = split, window_split
-                    cache.drop_decoder()  # (a new capture with this split)
-                    taken.clear()
-                    times = time_steps(model, cache, token, args.warmup, args.steps, device)
-                    row = dict(split=split, window_split=window_split, median_ms=1e3 * statistics.median(times),
-                               step_ms=[1e3 * t for t in times], taken=dict(taken))
-                    report["rows"].append(row)
-                    print(f"split {split or 'auto'} window_split {window_split or 'auto'}: "
-                          f"{row['median_ms']:.3f} ms per step (launcher: {taken or 'no fused step'})", flush=True)
-                    output.write_text(json.dumps(report, indent=1))
+            for key_block, split, window_split in itertools.product(key_blocks, splits, window_splits):
+                triton_decode.SPLIT, triton_decode.WINDOW_SPLIT = split, window_split
+                triton_decode.KEY_BLOCK = key_block or saved[4]
+                cache.drop_decoder()  # (a new capture with this split)
+                taken.clear()
+                times = time_steps(model, cache, token, args.warmup, args.steps, device)
+                row = dict(split=split, window_split=window_split, key_block=key_block,
+                           median_ms=1e3 * statistics.median(times), step_ms=[1e3 * t for t in times],
+                           taken=dict(taken))
+                report["rows"].append(row)
+                print(f"split {split or 'auto'} window_split {window_split or 'auto'} key_block "
+                      f"{key_block or 'auto'}: {row['median_ms']:.3f} ms per step (launcher: "
+                      f"{taken or 'no fused step'})", flush=True)
+                output.write_text(json.dumps(report, indent=1))
             cache.drop_decoder()
     finally:
-        triton_decode.SPLIT, triton_decode.WINDOW_SPLIT, triton_decode._split, triton_decode._window_split = saved
+        (triton_decode.SPLIT, triton_decode.WINDOW_SPLIT, triton_decode._split, triton_decode._window_split,
+         triton_decode.KEY_BLOCK) = saved
         restrict_triton_autotuning("full")  # (Triton's own autotuning back, for a caller in the same process)
     plot(report, output.with_suffix(".png"))
     print(f"report: {output}, plot: {output.with_suffix('.png')}")

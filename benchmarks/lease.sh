@@ -34,11 +34,11 @@ benches() {  # the speed measures, alone on the GPU (nothing else runs then)
     --budget "$(cat "$LEASE/bench_budget")" ${GPU_CHECK_ARGS:---skip-batch1 --serve-budget 150} \
     > "$LEASE/out/gpu_check.log" 2>&1 || true
   # SPLIT_RUNS: the fused decode step's program split at 32K (benchmarks/decode_split.py), one run per entry
-  # RECIPE:SPLITS:WINDOW_SPLITS, e.g. "memory:auto,2,4:auto,4,8,16 none:auto,2,4,8:auto"
+  # RECIPE:SPLITS:WINDOW_SPLITS:KEY_BLOCKS, e.g. "memory:auto,1,2:auto,4:4096,2048 none:auto,2,8"
   for entry in ${SPLIT_RUNS:-}; do
-    IFS=: read -r recipe splits wsplits <<< "$entry"
+    IFS=: read -r recipe splits wsplits blocks <<< "$entry"
     python3 benchmarks/decode_split.py --recipe "$recipe" --splits "$splits" --window-splits "${wsplits:-auto}" \
-      --output "$LEASE/runs/gpu_check/decode_split_$recipe.json" > "$LEASE/out/decode_split_$recipe.log" 2>&1 || true
+      --key-blocks "${blocks:-auto}" --output "$LEASE/runs/gpu_check/decode_split_$recipe.json" > "$LEASE/out/decode_split_$recipe.log" 2>&1 || true
   done
   # the memory recipes' decode cost (issue 14): the same decode bench without and with their options (RECIPE_ARGS:
   # more bench flags, e.g. --profile; RECIPE_TRAIN: the training measure's flags, " " for none), RECIPE_S

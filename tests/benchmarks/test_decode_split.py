@@ -16,17 +16,19 @@ def test_each_split_is_timed_and_the_default_comes_back(tmp_path, capsys):
     out = tmp_path / "split.json"
     assert sweep.main(["--model", "random:tiny", "--recipe", "memory", "--option", "window_size=8",
                        "--option", "global_cache_size=4", "--context", "40", "--batch-size", "2", "--splits",
-                       "auto,2", "--window-splits", "auto,4", "--steps", "2", "--warmup", "1", "--mode", "static",
+                       "auto,2", "--window-splits", "auto,4", "--key-blocks", "auto,1024", "--steps", "2", "--warmup",
+                       "1", "--mode", "static",
                        "--device", "cpu", "--dtype", "float32", "--output", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert [(r["split"], r["window_split"]) for r in report["rows"]] == [(None, None), (None, 4), (2, None), (2, 4)]
+    assert [(r["key_block"], r["split"], r["window_split"]) for r in report["rows"]] == [
+        (kb, s, w) for kb in (None, 1024) for s in (None, 2) for w in (None, 4)]
     assert all(r["median_ms"] > 0 and len(r["step_ms"]) == 2 for r in report["rows"])
     assert report["options"] == {"window_size": 8, "global_cache_size": 4} and report["recipe"] == "memory"
     assert out.with_suffix(".png").stat().st_size > 0
-    assert "split 2 window_split 4:" in capsys.readouterr().out
+    assert "split 2 window_split 4 key_block 1024:" in capsys.readouterr().out
     assert all(r["taken"] == {} for r in report["rows"])  # (on a CPU without the interpreter: the PyTorch step)
     # the module's defaults restored
-    assert triton_decode.SPLIT is None and triton_decode.WINDOW_SPLIT is None
+    assert triton_decode.SPLIT is None and triton_decode.WINDOW_SPLIT is None and triton_decode.KEY_BLOCK == 4096
     assert triton_decode._split.__name__ == "_split" and triton_decode._window_split.__name__ == "_window_split"
 
 
