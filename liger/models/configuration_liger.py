@@ -111,8 +111,8 @@ class LigerConfig(PretrainedConfig):
     programmatic dependent launch (each kernel waits for the one before inside the GPU, so its launch and setup
     overlap the end of that one instead of following it), and ``o_proj``/``down_proj`` on the Triton projection
     kernel instead of cuBLAS (whose kernels do not take part). The same arithmetic as without it (checked by the
-    GPU tier); elsewhere it does nothing. Off until measured (docs/gpu.md): a decode step of SmolLM2 spends about a
-    quarter of its time between its ~210 kernels (run M)."""
+    GPU tier); elsewhere it does nothing. Off: on an H100 it took Liger-GLA's step at 32K, batch 16, from 1.043
+    to 1.028 ms (1.4 %, run Q of docs/gpu.md) — too little to make it the default on one measure."""
     chunk_backend: ChunkBackend = "auto"
     """With the fla backend, the recurrence of multi-token calls (prefill, evaluation, training, the global cache's
     recall): "fla" (fla's chunk kernels, keys/values/gates repeated to every query head), "triton" (Liger's

@@ -20,7 +20,9 @@ the first program of each row block writes ``h + a``), five launches a layer; on
 kernels 8.4 and 9.0 µs against 3.8 and 6.6 (run O against run M of docs/gpu.md), more than the 2 × 1.6 µs of
 norms it saves, so it is off by default. At decode batch sizes a GEMM is bound by its launch, not by its
 weights (3.6 µs per cuBLAS call at batch 16 in run H), so fewer, fatter launches are what counts — as long as
-each launch stays as short. The projection kernels take plain
+each launch stays as short. With ``decode_pdl`` (Hopper) every kernel of the step is launched with programmatic
+dependent launch and ``o_proj``/``down_proj`` run on :func:`linear` (run Q: 1.4 % off the step). The projection
+kernels take plain
 ``nn.Linear`` modules and at most :data:`SKINNY_MAX_ROWS` tokens; a peft-wrapped projection (LoRA not merged)
 or a larger batch takes ``add_rms_norm`` and the modules' own calls (cuBLAS), with ``silu_mul`` for the
 activation. Same arithmetic as the families' decoder layers (the sum rounded to the residual stream's dtype, the
