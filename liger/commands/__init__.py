@@ -21,13 +21,14 @@ def add_liger_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("Liger options (unset = the paper's value)")
     group.add_argument("--recipe", choices=list(RECIPES), default=None, dest="liger_recipe",
                        help="a named set of the options below (the flags given override it): 'paper' (the defaults), "
-                       "'memory' (window 64 + 4 sinks + a 1,024-key cache of the tokens the state recalls worst, "
-                       "no recurrent output: long-range retrieval with constant decode memory, used without "
-                       "fine-tuning; liger/recipes.py)")
+                       "'memory' (window 512 + 4 sinks + a 512-key pooled cache of the tokens the state recalls "
+                       "worst, no recurrent output: long-range retrieval with constant decode memory, used as it is "
+                       "or fine-tuned with `liger finetune --config liger-memory`; liger/recipes.py)")
     for field in file_fields(_CONFIG_SOURCE, "LigerConfig"):
         if field.name in _NOT_OPTIONS:
             continue
-        kwargs: dict = dict(default=None, help=f"{field.doc} Default: {field.default}.", dest=f"liger_{field.name}")
+        kwargs: dict = dict(default=None, help=f"{field.doc} Default: {field.default}.".replace("%", "%%"),
+                            dest=f"liger_{field.name}")
         annotation = field.annotation
         if annotation.startswith("Literal["):
             kwargs["choices"] = list(ast.literal_eval(annotation[len("Literal"):]))
