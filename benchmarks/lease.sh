@@ -12,6 +12,9 @@
 #   call 2:    bash benchmarks/lease.sh start part-b STUDENTS TIME_LIMIT_S [BASELINES [BENCH_S]]  # (carry part-b)
 #   call 3..:  bash benchmarks/lease.sh wait SECONDS       # progress; when done, the results land in $OUT
 #
+#   (here, after the last commit and before call 1: `bash benchmarks/lease.sh stamp` writes the commit the carried
+#   working tree is into .lease/wheels and part-b, for the reports' provenance: the device's copy of .git is stale)
+#
 # or, for the speed measures and the GPU tier alone (random SmolLM2-shaped weights, no GGUF, one call):
 #   call 1:    bash benchmarks/lease.sh light .lease/wheels [BENCH_S]   # (carry .lease/wheels: the .whl files)
 #   call 2..:  bash benchmarks/lease.sh wait SECONDS
@@ -124,6 +127,8 @@ prepare)  # on the development machine: split what the lease needs into two carr
   cp .whl/*.whl .lease/part-a/
   cp "$CORPUS_ARCHIVE" .lease/part-c/corpus.tar.xz
   mkdir -p .lease/wheels && cp .whl/*.whl .lease/wheels/
+  git rev-parse HEAD > .lease/wheels/COMMIT  # (`stamp` renews it: the device's copy of .git is stale)
+  cp .lease/wheels/COMMIT .lease/part-b/COMMIT
   sha256sum "$GGUF" | cut -d' ' -f1 > .lease/part-b/gguf.sha256
   du -sh .lease/part-a .lease/part-b .lease/part-c
   ;;
@@ -148,8 +153,13 @@ start)  # call 2: assemble, install, then the pipeline in the background (it out
   setsid nohup bash benchmarks/lease.sh pipeline > "$LEASE/out/pipeline.log" 2>&1 < /dev/null &
   sleep 60; tail -n 20 "$LEASE/out/pipeline.log"
   ;;
+stamp)  # here, before a lease's first call: the commit the carried working tree is, for the reports' provenance
+  git rev-parse HEAD > .lease/wheels/COMMIT && cp .lease/wheels/COMMIT .lease/part-b/COMMIT 2>/dev/null || true
+  cat .lease/wheels/COMMIT
+  ;;
 light)  # one call, no GGUF and no corpus (random weights): wheels from $2, the speed measures, then the GPU tier
   mkdir -p "$LEASE/out" "$LEASE/runs/gpu_check"
+  [ ! -f "$2/COMMIT" ] || cp "$2/COMMIT" "$LEASE/commit"
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$LEASE/site" \
     "$2"/*.whl
   echo "${3:-380}" > "$LEASE/bench_budget"
@@ -158,6 +168,7 @@ light)  # one call, no GGUF and no corpus (random weights): wheels from $2, the 
   ;;
 light-pipeline)  # the background run of `light`
   export PYTHONPATH="$LEASE/site:$PWD" TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+  [ ! -f "$LEASE/commit" ] || export LIGER_GIT_COMMIT="$(cat "$LEASE/commit")"  # (the reports' provenance)
   record_gpu
   # ${SMOKE_TESTS}: a few GPU tests first (seconds), so a broken kernel shows before the measures spend the lease
   [ -z "${SMOKE_TESTS:-}" ] || python3 -m pytest -q -p no:cacheprovider -m gpu $SMOKE_TESTS -x -rfE \
@@ -170,6 +181,7 @@ light-pipeline)  # the background run of `light`
   ;;
 pipeline)  # the background run (started by `start`)
   export PYTHONPATH="$LEASE/site:$PWD" LIGER_CACHE="$LEASE/cache" TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+  [ ! -f "$LEASE/COMMIT" ] || export LIGER_GIT_COMMIT="$(cat "$LEASE/COMMIT")"  # (part-b's, from `stamp`)
   export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
   corpus=$(dirname "$(find "$LEASE" -maxdepth 3 -name manifest.json | head -1)")
   python3 -c "from liger.assets import smollm2_dir; print(smollm2_dir())"
@@ -230,8 +242,8 @@ print(s['student'], s.get('status'), s.get('steps'), s.get('final_val_loss'), s.
   fi
   ;;
 *)
-  echo "usage: bash benchmarks/lease.sh prepare | stash PART | start PART STUDENTS TIME_LIMIT_S [BASELINES [BENCH_S]]" \
-    "| light WHEELS [BENCH_S] | wait SECONDS" >&2
+  echo "usage: bash benchmarks/lease.sh prepare | stamp | stash PART | start PART STUDENTS TIME_LIMIT_S [BASELINES" \
+    "[BENCH_S]] | light WHEELS [BENCH_S] | wait SECONDS" >&2
   exit 2
   ;;
 esac

@@ -46,7 +46,11 @@ def provenance(device: str | torch.device, **settings) -> dict:
 
 
 def git_state() -> dict:
-    """``{"git_commit", "git_dirty"}`` of the checkout liger runs from ("unknown"/None outside a git checkout)."""
+    """``{"git_commit", "git_dirty"}`` of the checkout liger runs from ("unknown"/None outside a git checkout), or
+    the commit named by the environment variable ``LIGER_GIT_COMMIT`` (``git_dirty`` None): for a copy of a working
+    tree whose own ``.git`` is missing or stale, as on the lent GPU machines (benchmarks/lease.sh sets it)."""
+    if os.environ.get("LIGER_GIT_COMMIT"):
+        return dict(git_commit=os.environ["LIGER_GIT_COMMIT"], git_dirty=None)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
