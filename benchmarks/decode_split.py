@@ -46,18 +46,6 @@ def _choices(text: str) -> list[int | None]:
     return out
 
 
-def _options(items: list[str]) -> dict:
-    import yaml
-
-    options = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise argparse.ArgumentTypeError(f"--option takes KEY=VALUE, got '{item}'")
-        options[key] = yaml.safe_load(value)
-    return options
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -121,11 +109,15 @@ def main(argv=None) -> int:
         print(f"decode_split: error: {message}", file=sys.stderr)
         return 2
 
+    from liger.typed_config import ConfigError, apply_override
+
     try:
         splits, window_splits = _choices(args.splits), _choices(args.window_splits)
         key_blocks = _choices(args.key_blocks)
-        options = _options(args.option)
-    except argparse.ArgumentTypeError as err:
+        options = {}
+        for item in args.option:
+            apply_override(options, item)
+    except (argparse.ArgumentTypeError, ConfigError) as err:
         return fail(str(err))
     if min(args.context, args.batch_size, args.steps) < 1 or args.warmup < 0:
         return fail("--context, --batch-size and --steps must be >= 1, --warmup >= 0")

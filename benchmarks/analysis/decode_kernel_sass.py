@@ -135,18 +135,14 @@ def main(argv=None) -> int:
     parser.add_argument("--sms", type=int, default=132)
     parser.add_argument("--smem-kib", type=int, default=228)
     args = parser.parse_args(argv)
-    import yaml
-
     from liger.models import _triton_decode_kernels as kernels
+    from liger.typed_config import apply_override
 
     recipe = None if args.recipe == "none" else args.recipe
     try:
         options = {}
         for item in args.option:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ValueError(f"--option takes KEY=VALUE, got '{item}'")
-            options[key] = yaml.safe_load(value)
+            apply_override(options, item)  # (ConfigError, a ValueError, for one that is not KEY=VALUE)
         launch_args, kwargs, grid = record_launch(recipe, args.batch_size, args.split, args.window_split, options)
         compiled = compile_for(kernels.decode_step, launch_args, kwargs, args.arch)
         use = resources(compiled.asm["cubin"])
