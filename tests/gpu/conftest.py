@@ -58,3 +58,16 @@ def left_padded(B=3, T=40, pads=(0, 7, 19), vocab=256, seed=0, device="cuda"):
 
 def positions(mask):
     return (mask.cumsum(1) - 1).clamp(min=0)
+
+
+def prefill_then_decode(model, x, mask, pos, prefill=12):
+    """Prefill the first ``prefill`` tokens of ``x`` with a cache, then decode the rest one token a step (the
+    model's current decoding mode); returns the steps' logits ``[B, T - prefill, vocab]`` and the cache."""
+    with torch.no_grad():
+        first = model(x[:, :prefill], attention_mask=mask[:, :prefill], position_ids=pos[:, :prefill], use_cache=True)
+        cache, logits = first.past_key_values, []
+        for t in range(prefill, x.shape[1]):
+            step = model(x[:, t : t + 1], attention_mask=mask[:, : t + 1], position_ids=pos[:, t : t + 1],
+                         past_key_values=cache)
+            logits.append(step.logits)
+    return torch.cat(logits, 1), cache

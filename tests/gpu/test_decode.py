@@ -13,7 +13,7 @@ import liger
 from liger.models import compiling
 from liger.models.decoding import CUDAGraphDecoder
 from tests.conftest import VARIANTS, assert_close, cache_tensors
-from tests.gpu.conftest import gpu_teacher, left_padded, positions
+from tests.gpu.conftest import gpu_teacher, left_padded, positions, prefill_then_decode
 
 
 def reference_model(family="llama", **options):
@@ -57,14 +57,7 @@ def test_graph_logits_match_eager_logits_step_by_step(compile):
     out = {}
     for mode in ("eager", "cuda_graph"):
         model.set_decoding(mode, compile=compile)
-        with torch.no_grad():
-            first = model(x[:, :12], attention_mask=mask[:, :12], position_ids=pos[:, :12], use_cache=True)
-            cache, logits = first.past_key_values, []
-            for t in range(12, 40):
-                step = model(x[:, t : t + 1], attention_mask=mask[:, : t + 1], position_ids=pos[:, t : t + 1],
-                             past_key_values=cache)
-                logits.append(step.logits)
-        out[mode] = (torch.cat(logits, 1), cache)
+        out[mode] = prefill_then_decode(model, x, mask, pos)
     assert isinstance(out["cuda_graph"][1].decoder, CUDAGraphDecoder)
     real = mask[:, 12:].bool()
     assert_close(out["cuda_graph"][0][real], out["eager"][0][real], 1e-4)
@@ -257,14 +250,7 @@ def test_cuda_graph_decoding_with_the_fused_step_matches_eager(compile, options,
     out = {}
     for mode in ("eager", "cuda_graph"):
         model.set_decoding(mode, compile=compile)
-        with torch.no_grad():
-            first = model(x[:, :12], attention_mask=mask[:, :12], position_ids=pos[:, :12], use_cache=True)
-            cache, logits = first.past_key_values, []
-            for t in range(12, 40):
-                step = model(x[:, t : t + 1], attention_mask=mask[:, : t + 1], position_ids=pos[:, t : t + 1],
-                             past_key_values=cache)
-                logits.append(step.logits)
-        out[mode] = (torch.cat(logits, 1), cache)
+        out[mode] = prefill_then_decode(model, x, mask, pos)
     assert isinstance(out["cuda_graph"][1].decoder, CUDAGraphDecoder)
     assert calls, "the captured step did not take the fused kernel"
     assert layer_calls, "the captured step did not run its layers through triton_layer.decode_layers"
@@ -322,14 +308,7 @@ def test_dependent_launches_decode_as_the_stream_ordered_kernels(options, dtype,
         model = liger.convert(teacher, linear_backend="torch", window_size=5, num_sink_tokens=3,
                               decode_backend="triton", decode_pdl=pdl, **options)
         model.set_decoding("cuda_graph", compile=False)
-        with torch.no_grad():
-            first = model(x[:, :12], attention_mask=mask[:, :12], position_ids=pos[:, :12], use_cache=True)
-            cache, logits = first.past_key_values, []
-            for t in range(12, 40):
-                step = model(x[:, t : t + 1], attention_mask=mask[:, : t + 1], position_ids=pos[:, t : t + 1],
-                             past_key_values=cache)
-                logits.append(step.logits)
-        out[pdl] = (torch.cat(logits, 1), cache)
+        out[pdl] = prefill_then_decode(model, x, mask, pos)
     assert isinstance(out[True][1].decoder, CUDAGraphDecoder)
     assert launches and all(launches), "o_proj/down_proj did not take the dependent-launch kernel"
     real = mask[:, 12:].bool()

@@ -11,7 +11,7 @@ from liger.models.global_cache import ExtraKeys
 from liger.models.variants import get_recurrence
 from liger.models.window import Sinks, naive_window_attention, sliding_window_attention
 from tests.conftest import assert_close
-from tests.gpu.conftest import gpu_teacher, left_padded, positions
+from tests.gpu.conftest import gpu_teacher, left_padded, positions, prefill_then_decode
 from tests.gpu.test_model_gpu import TOL, assert_no_fallback, options
 
 
@@ -119,14 +119,7 @@ def test_cuda_graph_decoding_with_global_cache_gives_the_eager_logits(compile, p
     out = {}
     for mode in ("eager", "cuda_graph"):
         model.set_decoding(mode, compile=compile)
-        with torch.no_grad():
-            first = model(x[:, :12], attention_mask=mask[:, :12], position_ids=pos[:, :12], use_cache=True)
-            cache, logits = first.past_key_values, []
-            for t in range(12, 50):
-                step = model(x[:, t:t + 1], attention_mask=mask[:, :t + 1], position_ids=pos[:, t:t + 1],
-                             past_key_values=cache)
-                logits.append(step.logits)
-        out[mode] = (torch.cat(logits, 1), cache)
+        out[mode] = prefill_then_decode(model, x, mask, pos)
     real = mask[:, 12:].bool()
     assert_close(out["cuda_graph"][0][real], out["eager"][0][real], 1e-4)
     if compile:
