@@ -37,11 +37,17 @@ benches() {  # the speed measures, alone on the GPU (nothing else runs then)
     --budget "$(cat "$LEASE/bench_budget")" ${GPU_CHECK_ARGS:---skip-batch1 --serve-budget 150} \
     > "$LEASE/out/gpu_check.log" 2>&1 || true
   # SPLIT_RUNS: the fused decode step's program split at 32K (benchmarks/decode_split.py), one run per entry
-  # RECIPE:SPLITS:WINDOW_SPLITS:KEY_BLOCKS, e.g. "memory:auto,1,2:auto,4:4096,2048 none:auto,2,8"
+  # RECIPE:SPLITS:WINDOW_SPLITS:KEY_BLOCKS[:KEY=VALUE,...], e.g. "memory:auto,1,2:auto,4:4096,2048 none:auto,2,8
+  # memory:auto:auto:auto:global_cache_size=0" (the last: the recipe without its global cache, window512, the
+  # control of issue 14's decode ratio); files decode_split_N_RECIPE.json, N the entry's place
+  n=0
   for entry in ${SPLIT_RUNS:-}; do
-    IFS=: read -r recipe splits wsplits blocks <<< "$entry"
+    IFS=: read -r recipe splits wsplits blocks extra <<< "$entry"
+    n=$((n + 1)) opts=()
+    for kv in ${extra//,/ }; do opts+=(--option "$kv"); done
     python3 benchmarks/decode_split.py --recipe "$recipe" --splits "$splits" --window-splits "${wsplits:-auto}" \
-      --key-blocks "${blocks:-auto}" --output "$LEASE/runs/gpu_check/decode_split_$recipe.json" > "$LEASE/out/decode_split_$recipe.log" 2>&1 || true
+      --key-blocks "${blocks:-auto}" "${opts[@]}" --output "$LEASE/runs/gpu_check/decode_split_${n}_$recipe.json" \
+      > "$LEASE/out/decode_split_${n}_$recipe.log" 2>&1 || true
   done
   # the memory recipes' decode cost (issue 14): the same decode bench without and with their options (RECIPE_ARGS:
   # more bench flags, e.g. --profile; RECIPE_TRAIN: the training measure's flags, " " for none), RECIPE_S
