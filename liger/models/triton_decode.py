@@ -173,10 +173,11 @@ GPU, at most 8 and head_dim / 16 (1 off CUDA). Tests set it."""
 
 WINDOW_SPLIT: int | None = None
 """Window programs per (sequence, KV head) (a power of two); None: as many as the state's programs, doubled on CUDA
-while each would walk more than two blocks of the ring's and the global cache's keys, at most 16 — the memory
-recipe's 512 + 512 keys are 16 blocks of 64, four a program with SPLIT's 4 at batch 16 (SmolLM2 on an H100),
-against window512's two: its longer window path is what run L measured as the recipe's extra decode time (the
-state's programs keep SPLIT: their columns, not the keys, are their work). Tests set it."""
+while each would walk more than two blocks of the ring's and the global cache's keys and the launch would still be
+at most about two programs per SM, at most 16. At batch 16 (SmolLM2, an H100) that keeps the memory recipe's 512 +
+512 keys (16 blocks of 64) on 4 window programs, 4 blocks each: 1.26 ms per token at 32K against 1.36–1.40 with the
+8 programs the rule gave before it counted the launch (run R of docs/gpu.md, ``benchmarks/decode_split.py``: its
+576 programs took 2.18 waves of an H100); at batch 1 the few programs double as before. Tests set it."""
 
 _sm_counts: dict = {}
 _scratches: dict = {}
@@ -200,14 +201,17 @@ def _split(q: torch.Tensor, heads: int, BD: int) -> int:
     return split
 
 
-def _window_split(q: torch.Tensor, split: int, blocks: int) -> int:
-    """Window programs per (sequence, KV head) for ``blocks`` key blocks (see :data:`WINDOW_SPLIT`)."""
+def _window_split(q: torch.Tensor, split: int, blocks: int, heads: int, state_programs: int) -> int:
+    """Window programs per (sequence, KV head) for ``blocks`` key blocks, beside ``state_programs`` of the state,
+    ``heads`` (sequence, KV head) pairs in the launch (see :data:`WINDOW_SPLIT`)."""
     if WINDOW_SPLIT is not None:
         return WINDOW_SPLIT
     if SPLIT is not None or not q.is_cuda:
         return split
+    if q.device not in _sm_counts:
+        _sm_counts[q.device] = torch.cuda.get_device_properties(q.device).multi_processor_count
     parts = split
-    while blocks > 2 * parts and parts < 16:
+    while blocks > 2 * parts and parts < 16 and heads * (2 * parts + state_programs) <= 2 * _sm_counts[q.device]:
         parts *= 2
     return parts
 
@@ -288,8 +292,8 @@ def fused_decode_step(spec, q, k, v, q_lin, k_lin, cos, sin, valid, buffers) -> 
     split = _split(q, B * H, BD)
     BK = max(16, min(KEY_BLOCK // BD, next_power_of_2(max(L, NG)) // (split if has_win else 1)))
     blocks = -(-L // BK) + -(-NG // BK)  # of the ring's and the global cache's keys
-    NA = _window_split(q, split, blocks) if has_win else 0  # window programs
     NR = split if has_rec else 0  # state programs
+    NA = _window_split(q, split, blocks, B * H, NR) if has_win else 0  # window programs
     BVS = BD // max(NR, 1)
     BV = min(BVS, max(4, 4096 // BD))
     # the sinks and the new token: one more window part, attended by the last state program when the window

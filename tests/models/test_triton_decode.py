@@ -409,21 +409,27 @@ def test_split_fills_the_gpu_within_its_bounds(monkeypatch):
     assert triton_decode._split(gpu, 3, 16) == 4  # (at least 4 state columns a program)
 
 
-def test_window_programs_double_for_rings_and_caches_of_many_key_blocks(monkeypatch):
+def test_window_programs_double_for_many_key_blocks_while_the_launch_fills_the_gpu(monkeypatch):
     """On CUDA the decode step gives the window more programs than the state while each would walk more than two
-    key blocks: the memory recipe (512 ring + 512 cached keys, 16 blocks of 64) gets 8 window programs for the
-    state's 4 at batch 16, window512 (8 blocks) and Liger-GLA (4 blocks of 16) keep 4; SPLIT or WINDOW_SPLIT set,
-    or off CUDA, the window takes what it is given."""
+    key blocks and the launch stays within about two programs per SM: at batch 16 (48 KV heads of SmolLM2, 132
+    SMs) the memory recipe (512 ring + 512 cached keys, 16 blocks of 64) keeps the state's 4 (8 would be 576
+    programs: run R measured 4 faster), at batch 1 it gets 16; window512 (8 blocks) and Liger-GLA (4 blocks of 16)
+    keep 4; SPLIT or WINDOW_SPLIT set, or off CUDA, the window takes what it is given."""
     from types import SimpleNamespace
 
     from liger.models import triton_decode
 
     monkeypatch.setattr(triton_decode, "SPLIT", None)
     monkeypatch.setattr(triton_decode, "WINDOW_SPLIT", None)
-    gpu, cpu = SimpleNamespace(is_cuda=True), SimpleNamespace(is_cuda=False)
-    assert [triton_decode._window_split(gpu, 4, n) for n in (4, 8, 9, 16, 17, 100)] == [4, 4, 8, 8, 16, 16]
-    assert triton_decode._window_split(cpu, 4, 16) == 4
+    monkeypatch.setattr(triton_decode, "_sm_counts", {"gpu": 132})
+    gpu, cpu = SimpleNamespace(is_cuda=True, device="gpu"), SimpleNamespace(is_cuda=False, device="cpu")
+    assert [triton_decode._window_split(gpu, 4, n, 3, 4) for n in (4, 8, 9, 16, 17, 100)] == [4, 4, 8, 8, 16, 16]
+    assert triton_decode._window_split(gpu, 4, 16, 48, 4) == 4  # batch 16: 48 x (8 + 4) > 264
+    assert triton_decode._window_split(gpu, 4, 16, 16, 4) == 8  # 16 x (8 + 4) <= 264; then two blocks each
+    assert triton_decode._window_split(gpu, 4, 16, 48, 0) == 4  # no state programs: 48 x 8 > 264 still
+    assert triton_decode._window_split(gpu, 2, 16, 24, 0) == 8  # 24 x 4, 24 x 8 <= 264; two blocks each
+    assert triton_decode._window_split(cpu, 4, 16, 3, 4) == 4
     monkeypatch.setattr(triton_decode, "SPLIT", 2)
-    assert triton_decode._window_split(gpu, 2, 16) == 2
+    assert triton_decode._window_split(gpu, 2, 16, 3, 2) == 2
     monkeypatch.setattr(triton_decode, "WINDOW_SPLIT", 8)
-    assert triton_decode._window_split(cpu, 2, 1) == 8
+    assert triton_decode._window_split(cpu, 2, 1, 3, 2) == 8
