@@ -31,11 +31,9 @@ def merged_student(run: Path, teacher: str):
     from peft import PeftModel
 
     from liger.loading import load_model
-    from liger.recipes import recipe_options
-    from liger.train.config import parse_yaml
+    from liger.train.config import load_config
 
-    model_cfg = parse_yaml((run / "config.yaml").read_text())["model"]
-    options = recipe_options(model_cfg.get("recipe"), **(model_cfg.get("liger") or {}))
+    options = load_config(str(run / "config.yaml")).model.options()  # (the run's recipe, updated with its liger)
     model, tokenizer = load_model(teacher, options, torch.float32)
     return PeftModel.from_pretrained(model, run / "adapter").merge_and_unload(), tokenizer
 
