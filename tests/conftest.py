@@ -62,9 +62,7 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol
 
 INTERPRETER_PREAMBLE = """
 import torch
-
-def rel(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+from tests.conftest import relative_error as rel
 
 worst = {}
 
