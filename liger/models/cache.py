@@ -162,8 +162,10 @@ class LigerLayerCache:
             seen_t=torch.full((), self.seen, dtype=torch.long, device=device), **extra)
 
     def _in_time_order(self, ring: torch.Tensor) -> torch.Tensor:
-        # slot (seen + j) % L holds the j-th oldest of the last L tokens
-        return ring.roll(-(self.seen % self.ring_size), dims=1) if self.ring_size else ring
+        # slot (seen + j) % L holds the j-th oldest of the last L tokens (already in order at a multiple of L, e.g.
+        # an empty cache's first prefill: no copy then)
+        shift = self.seen % self.ring_size if self.ring_size else 0
+        return ring.roll(-shift, dims=1) if shift else ring
 
     def window_inputs(self, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor):
         """What the window branch attends over for the new tokens ``k``, ``v`` ``[B, T, H, D]``.
