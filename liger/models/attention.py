@@ -360,25 +360,28 @@ class LigerAttention(nn.Module):
             state = recall_state if state is None else state
         if self.window_weight != 0:
             o_win = sliding_window_attention(q_rot, keys, values, self.window_size, self.scaling, key_valid, sinks,
-                                             backend=self._window_backend(fast, single_token), extra=extra)
+                                             backend=self._window_backend(q.is_cuda, single_token), extra=extra)
         if cache is not None:
             cache.commit(keys, values, key_valid, sinks, state, klin_keys, members)
 
         out = mix_branches(o_rec, o_win, self.linear_weight, self.window_weight, hidden_states.dtype)
         return self.o_proj(out.reshape(B, T, self.num_heads * D))
 
-    def _window_backend(self, fast: bool, single_token: bool) -> str:
-        """The window op of this call. ``fast``: on CUDA with the fast paths allowed (``linear_backend`` is not
-        "torch"). Single-token eager steps always take the banded torch op."""
+    def _window_backend(self, cuda: bool, single_token: bool) -> str:
+        """The window op of this call (``cuda``: the tensors are on a CUDA device). Single-token eager steps
+        always take the banded torch op, and so does every call with ``linear_backend`` "torch" (the reference
+        ops)."""
         if single_token:
             return "torch"
         if self.window_backend != "auto":
             return self.window_backend  # "triton" off CUDA raises in the op (it names what is missing)
-        if not fast:
+        if self.backend == "torch":
             return "torch"
-        # Liger's Triton kernels unless there are sinks or a global cache (then fused SDPA blocks); FlexAttention
+        # off CUDA, fused SDPA blocks: on a CPU 1.6-5x the banded op's speed forward and backward, a 2K prefill
+        # 1.2x (Liger-GLA) to 1.8x (the memory recipe) faster (benchmarks/results/cpu_window/); on CUDA,
+        # Liger's Triton kernels unless there are sinks or a global cache (then SDPA blocks too); FlexAttention
         # measured slower inside the model (docs/gpu.md)
-        if self.num_sink_tokens or self.global_cache_size or not triton_window_available():
+        if not cuda or self.num_sink_tokens or self.global_cache_size or not triton_window_available():
             return "sdpa"
         return "triton"
 

@@ -20,7 +20,10 @@ def test_half_precision_check_measures_both_paths_against_float32(monkeypatch):
         measure._check_fast_path(model, None, torch.device("cpu"), generator, report)
     check = report["checks"]
     assert check["float32_prefill_rel_err"]["reference"] > 0  # bf16 rounding, measured
-    assert check["float32_prefill_rel_err"]["fast"] == check["float32_prefill_rel_err"]["reference"]  # same ops
+    # (on a CPU the fast path differs from the reference ops only in the window's op, SDPA blocks: bf16 rounding
+    # of the same size)
+    fast, ref = check["float32_prefill_rel_err"]["fast"], check["float32_prefill_rel_err"]["reference"]
+    assert abs(fast - ref) <= 0.05 * ref, (fast, ref)
     assert check["passed"]
 
     real = measure._path_logits

@@ -175,14 +175,67 @@ def test_triton_window_backend_takes_sinks():
     assert model.config.window_backend == "triton"
 
 
-def test_window_backend_auto_picks_the_torch_op_on_cpu():
+def test_window_backend_auto_picks_sdpa_blocks_on_cpu_and_the_torch_op_for_the_reference(monkeypatch):
+    """"auto": fused SDPA blocks off CUDA (faster than the banded op on a CPU), the banded torch op for single
+    tokens and with linear_backend "torch" (the reference ops); on CUDA the Triton kernels, SDPA blocks with
+    sinks or a global cache."""
+    from liger.models import attention
+
+    monkeypatch.setattr(attention, "triton_window_available", lambda: True)
     model = liger.convert(tiny_teacher("llama"), window_size=8)
     attn = model.model.layers[0].self_attn
     assert attn.window_backend == "auto"
-    assert attn._window_backend(fast=False, single_token=False) == "torch"
-    assert attn._window_backend(fast=True, single_token=True) == "torch"
+    assert attn._window_backend(cuda=False, single_token=False) == "sdpa"
+    assert attn._window_backend(cuda=True, single_token=False) == "triton"
+    assert attn._window_backend(cuda=False, single_token=True) == "torch"
+    assert attn._window_backend(cuda=True, single_token=True) == "torch"
+    reference = liger.convert(tiny_teacher("llama"), window_size=8, linear_backend="torch").model.layers[0].self_attn
+    assert reference._window_backend(cuda=False, single_token=False) == "torch"
+    assert reference._window_backend(cuda=True, single_token=False) == "torch"
     with_sinks = liger.convert(tiny_teacher("llama"), window_size=8, num_sink_tokens=2)
-    assert with_sinks.model.layers[0].self_attn._window_backend(fast=True, single_token=False) == "sdpa"
+    assert with_sinks.model.layers[0].self_attn._window_backend(cuda=True, single_token=False) == "sdpa"
+
+
+def test_cpu_prefill_on_sdpa_blocks_matches_the_torch_op_with_a_cache_and_padding(monkeypatch):
+    """A converted model on the CPU ("auto": SDPA blocks) against the same weights on the banded torch op
+    (window_backend "torch"): logits of the real tokens and the caches after a padded prefill, and the
+    LoRA-style gradients of a padded forward, within float32 rounding."""
+    from liger.models import window
+    from liger.models.cache import LigerCache
+    from tests.conftest import assert_close
+
+    calls = []
+    sdpa = window.sdpa_window_attention
+    monkeypatch.setattr(window, "sdpa_window_attention", lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+    torch.manual_seed(0)
+    teacher = tiny_teacher("llama")
+    x = torch.randint(3, 128, (2, 24))
+    mask = torch.ones_like(x)
+    mask[1, :5] = 0
+    real = mask.bool()
+    for options in (dict(window_size=6), dict(window_size=6, num_sink_tokens=2, global_cache_size=4)):
+        out = {}
+        for backend in ("auto", "torch"):
+            calls.clear()
+            model = liger.convert(teacher, window_backend=backend, **options)
+            cache = LigerCache(model.config)
+            with torch.no_grad():
+                logits = model(x, attention_mask=mask, past_key_values=cache, use_cache=True).logits
+            model.zero_grad()
+            model(x, attention_mask=mask).logits[real].square().mean().backward()
+            grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+            out[backend] = (logits[real], list(cache.buffers()), grads)
+            # (every layer's prefill and forward on the SDPA blocks with "auto", none with "torch")
+            assert len(calls) == (2 * teacher.config.num_hidden_layers if backend == "auto" else 0), (backend, calls)
+        assert_close(out["auto"][0], out["torch"][0], 1e-5, msg=f"{options} logits")
+        for a, b in zip(out["auto"][1], out["torch"][1]):
+            if b.dtype in (torch.bool, torch.long):
+                assert torch.equal(a, b), options
+            else:
+                finite = b.isfinite()
+                assert torch.equal(finite, a.isfinite()), options
+                assert_close(a[finite], b[finite], 1e-5, msg=f"{options} cache")
+        assert_close(out["auto"][2], out["torch"][2], 1e-5, msg=f"{options} gradients")
 
 
 def test_tensors_too_large_for_32_bit_indexing_take_the_fallback_ops(monkeypatch):
