@@ -184,6 +184,13 @@ _scratches: dict = {}
 _retired: list = []  # outgrown work spaces: a captured CUDA graph may still point at them
 
 
+def _sm_count(device: torch.device) -> int:
+    """The CUDA device's SMs (read once per device)."""
+    if device not in _sm_counts:
+        _sm_counts[device] = torch.cuda.get_device_properties(device).multi_processor_count
+    return _sm_counts[device]
+
+
 def _split(q: torch.Tensor, heads: int, BD: int) -> int:
     """Programs per (sequence, KV head): each takes its share of the window's key blocks and of the state's
     columns, and the last to finish combines them (see the kernel)."""
@@ -192,9 +199,7 @@ def _split(q: torch.Tensor, heads: int, BD: int) -> int:
     most = max(1, min(8, BD // 16))
     if not q.is_cuda:
         return 1
-    if q.device not in _sm_counts:
-        _sm_counts[q.device] = torch.cuda.get_device_properties(q.device).multi_processor_count
-    want = -(-2 * _sm_counts[q.device] // heads)
+    want = -(-2 * _sm_count(q.device) // heads)
     split = 1
     while split * 2 <= min(want, most):
         split *= 2
@@ -208,10 +213,8 @@ def _window_split(q: torch.Tensor, split: int, blocks: int, heads: int, state_pr
         return WINDOW_SPLIT
     if SPLIT is not None or not q.is_cuda:
         return split
-    if q.device not in _sm_counts:
-        _sm_counts[q.device] = torch.cuda.get_device_properties(q.device).multi_processor_count
     parts = split
-    while blocks > 2 * parts and parts < 16 and heads * (2 * parts + state_programs) <= 2 * _sm_counts[q.device]:
+    while blocks > 2 * parts and parts < 16 and heads * (2 * parts + state_programs) <= 2 * _sm_count(q.device):
         parts *= 2
     return parts
 
