@@ -99,8 +99,7 @@ recipe_options() {  # the liger_options of a bench recipe
   local memory="liger_options.global_cache_size=64 liger_options.num_sink_tokens=4 liger_options.linear_normalizer=sum"
   case "$1" in
     plain) echo "liger_options.decode_backend=torch" ;;  # Liger-GLA, the PyTorch decode step ("auto" is the fused one)
-    decode-triton) echo "$fused" ;;  # Liger-GLA, the fused decode step (and decoder layers; decode_pdl on by default)
-    decode-triton-nopdl) echo "$fused liger_options.decode_pdl=false" ;;  # the same launched in stream order
+    decode-triton) echo "$fused" ;;  # Liger-GLA, the fused decode step (and decoder layers)
     chunk-triton) echo "$fused liger_options.chunk_backend=triton" ;;  # and the grouped-query prefill kernel
     memory) echo "$memory liger_options.decode_backend=torch" ;;  # GLA + 64 global keys + 4 sinks, the PyTorch step
     memory-triton) echo "$memory liger_options.window_backend=triton $fused" ;;

@@ -107,14 +107,13 @@ class LigerConfig(PretrainedConfig):
     that read it (five launches a layer) instead of in its own kernel (seven). Off: on an H100 (run O of
     docs/gpu.md, profiled step at 32K, batch 16) those kernels took 8.4 and 9.0 µs against 3.8 and 6.6 µs without
     the norm (run M) — more than the two 1.6 µs norm kernels they replace."""
-    decode_pdl: bool = True
+    decode_pdl: bool = False
     """With the triton decode step and decoder layers, on a Hopper-or-newer GPU: launch their kernels with
     programmatic dependent launch (each kernel waits for the one before inside the GPU, so its launch and setup
     overlap the end of that one instead of following it), and ``o_proj``/``down_proj`` on the Triton projection
     kernel instead of cuBLAS (whose kernels do not take part). The same arithmetic as without it (checked by the
-    GPU tier); elsewhere it does nothing. On by default: on an H100 it took Liger-GLA's step at 32K, batch 16, from
-    1.043 to 1.028 ms in ``liger bench`` (run Q of docs/gpu.md) and from 1.150 to 0.999 ms in
-    ``benchmarks/decode_split.py`` (run R, the same call); false launches them in stream order."""
+    GPU tier); elsewhere it does nothing. Off: on an H100 it took Liger-GLA's step at 32K, batch 16, from 1.043
+    to 1.028 ms (1.4 %, run Q of docs/gpu.md) — too little to make it the default on one measure."""
     chunk_backend: ChunkBackend = "auto"
     """With the fla backend, the recurrence of multi-token calls (prefill, evaluation, training, the global cache's
     recall): "fla" (fla's chunk kernels, keys/values/gates repeated to every query head), "triton" (Liger's
