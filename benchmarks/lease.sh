@@ -12,6 +12,12 @@
 #   call 2:    bash benchmarks/lease.sh start part-b STUDENTS TIME_LIMIT_S [BASELINES [BENCH_S]]  # (carry part-b)
 #   call 3..:  bash benchmarks/lease.sh wait SECONDS       # progress; when done, the results land in $OUT
 #
+#   A lease lost before its students finished (a machine taken back, a hold or budget spent) is continued in the
+#   next one: every `wait` brings back each running student's newest checkpoint (runs/STUDENT/resume/, as a
+#   student stopped at its time limit keeps it), and the students resume from there (`reproduce.py train --resume`):
+#   here:      bash benchmarks/lease.sh salvage FILES_AT    # the last `wait`'s files -> .lease/part-d (or $3)
+#   call 1c:   bash benchmarks/lease.sh stash  part-d      # (carry .lease/part-d) before `start`
+#
 #   (here, after the last commit and before call 1: `bash benchmarks/lease.sh stamp` writes the commit the carried
 #   working tree is into .lease/wheels and part-b, for the reports' provenance: the device's copy of .git is stale)
 #
@@ -154,10 +160,22 @@ start)  # call 2: assemble, install, then the pipeline in the background (it out
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$LEASE/site" \
     "$LEASE"/*.whl
   tar -xJf "$LEASE/corpus.tar.xz" -C "$LEASE"
+  # (a salvaged lease: the students' kept checkpoints, runs/STUDENT/resume/, which `train --resume` continues)
+  [ ! -f "$LEASE/resume.tar.gz" ] || tar -xzf "$LEASE/resume.tar.gz" -C "$LEASE"
   echo "$3" > "$LEASE/students" && echo "$4" > "$LEASE/time_limit"
   echo "${5:-teacher,swa:64:4}" > "$LEASE/baselines" && echo "${6:-0}" > "$LEASE/bench_budget"
   setsid nohup bash benchmarks/lease.sh pipeline > "$LEASE/out/pipeline.log" 2>&1 < /dev/null &
   sleep 60; tail -n 20 "$LEASE/out/pipeline.log"
+  ;;
+salvage)  # here: the kept checkpoints of a lost lease's students (from its last `wait`'s files in $2) -> part-d
+  dest=${3:-.lease/part-d}
+  tmp=$(mktemp -d)
+  cat "$2"/runs.tar.gz.part-* | tar -xz -C "$tmp"
+  kept=$(cd "$tmp" && ls -d runs/*/resume 2>/dev/null || true)
+  [ -n "$kept" ] || { echo "lease.sh: no kept checkpoint (runs/STUDENT/resume) in $2" >&2; rm -rf "$tmp"; exit 2; }
+  mkdir -p "$dest" && tar -czf "$dest/resume.tar.gz" -C "$tmp" $kept
+  for run in $kept; do echo "$run: $(ls "$tmp/$run/checkpoints")"; done
+  rm -rf "$tmp"; du -sh "$dest"
   ;;
 stamp)  # here, before a lease's first call: the commit the carried working tree is, for the reports' provenance
   git rev-parse HEAD > .lease/wheels/COMMIT && cp .lease/wheels/COMMIT .lease/part-b/COMMIT 2>/dev/null || true
@@ -222,7 +240,7 @@ pipeline)  # the background run (started by `start`)
   fi
   # STUDENTS "none": the tests (and baselines) only
   [ "$students" = none ] || TOKENIZERS_PARALLELISM=true python3 benchmarks/reproduce.py train --corpus "$corpus" --students "$students" --gpus 1 --per-gpu "$per_gpu" \
-    --out "$LEASE/runs" --scratch "$LEASE/scratch" --timeout "$(cat "$LEASE/time_limit")" || true
+    --out "$LEASE/runs" --scratch "$LEASE/scratch" --timeout "$(cat "$LEASE/time_limit")" --resume || true
   # at most LONGCTX_S (default 360 s) for the students' measures: each model's part is kept as it ends
   [ "$students" = none ] || timeout "${LONGCTX_S:-360}" python3 benchmarks/reproduce.py longctx --corpus "$corpus" --runs "$LEASE/runs" \
     --models "$students" --scratch "$LEASE/scratch" --output "$LEASE/runs/longctx-students.json" --device cuda \
@@ -242,14 +260,24 @@ print(s['student'], s.get('status'), s.get('steps'), s.get('final_val_loss'), s.
   tail -n 3 "$LEASE/out/smoke.log" "$LEASE/out/gpu_tests.log" 2>/dev/null || true
   if [ -n "${OUT:-}" ]; then
     cp "$LEASE/out/"*.txt "$LEASE/out/"*.log "$LEASE/runs/" 2>/dev/null || true
-    tar -czf "$LEASE/out/now.tar.gz" -C "$LEASE" --exclude "*.lock" runs
+    # and each running student's newest checkpoint with its config and metrics, as runs/STUDENT/resume/ (what a
+    # student stopped at its time limit keeps itself): if this machine is lost, the next lease continues from it
+    live=()
+    for run in "$LEASE"/scratch/runs/*/*/; do
+      newest=$(ls -d "$run"checkpoints/step-* 2>/dev/null | sort | tail -n 1 || true)
+      [ -n "$newest" ] && [ -f "$newest/state.pt" ] || continue
+      live+=("${run#"$LEASE"/}config.yaml" "${run#"$LEASE"/}metrics.jsonl" "${newest#"$LEASE"/}")
+    done
+    # (|| true: a checkpoint replaced while it is read leaves a warning, and the archive of everything else)
+    tar -czf "$LEASE/out/now.tar.gz" -C "$LEASE" --exclude "*.lock" \
+      --transform 's,^scratch/runs/[^/]*/\([^/]*\)/,runs/\1/resume/,' runs "${live[@]}" || true
     split -b 15m "$LEASE/out/now.tar.gz" "$OUT/runs.tar.gz.part-"
     ls -la "$OUT"
   fi
   ;;
 *)
   echo "usage: bash benchmarks/lease.sh prepare | stamp | stash PART | start PART STUDENTS TIME_LIMIT_S [BASELINES" \
-    "[BENCH_S]] | light WHEELS [BENCH_S] | wait SECONDS" >&2
+    "[BENCH_S]] | light WHEELS [BENCH_S] | wait SECONDS | salvage FILES_AT [DEST]" >&2
   exit 2
   ;;
 esac

@@ -72,10 +72,11 @@ def patch_lang_once() -> None:
         import triton.runtime.interpreter as interpreter
     except ImportError:
         return
-    device_call = getattr(getattr(interpreter, "InterpretedFunction", None), "__call__", None)
+    function = getattr(interpreter, "InterpretedFunction", None)
     patch_lang = getattr(interpreter, "_patch_lang", None)
-    if device_call is None or patch_lang is None or getattr(device_call, "patched_once", False):
+    if function is None or patch_lang is None or getattr(function.__call__, "patched_once", False):
         return
+    device_call = function.__call__
     done = set()
 
     def patch_once(fn):
@@ -91,7 +92,7 @@ def patch_lang_once() -> None:
             interpreter._patch_lang = patch_lang
 
     call.patched_once = True
-    interpreter.InterpretedFunction.__call__ = call
+    function.__call__ = call
 
 
 INTERPRETER_PREAMBLE = """
@@ -104,8 +105,9 @@ worst = {}
 def note(name, err):
     worst[name] = max(worst.get(name, 0.0), err)
 """
-"""What every interpreter script starts with: :func:`patch_lang_once`, ``rel(a, b)`` (relative error in float64) and ``note(name, err)``,
-which keeps the worst error of each name in ``worst`` (printed after "WORST" at the end of a script)."""
+"""What every interpreter script starts with: :func:`patch_lang_once`, ``rel(a, b)`` (relative error in float64)
+and ``note(name, err)``, which keeps the worst error of each name in ``worst`` (printed after "WORST" at the end of
+a script)."""
 
 
 def run_in_triton_interpreter(script: str):

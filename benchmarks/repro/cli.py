@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiny", action="store_true", help="CPU test recipe: 128-token chunks, 2 per step")
     p.add_argument("--timeout", type=float, default=None, help="seconds per student process")
     p.add_argument("--keep-scratch", action="store_true", help="keep each run's checkpoints and merged weights")
+    p.add_argument("--resume", action="store_true",
+                   help="continue each student from its newest checkpoint: this machine's scratch, else the one a "
+                   "stopped run kept in OUT/STUDENT/resume/ (e.g. carried from an earlier lease); new runs otherwise")
     p.set_defaults(run=cmd_train)
 
     p = sub.add_parser("_student", help=argparse.SUPPRESS)
@@ -58,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-gpu", type=int, default=1)
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--keep-scratch", action="store_true")
+    p.add_argument("--resume", action="store_true")
     p.set_defaults(run=run_student)
 
     p = sub.add_parser("eval", help="merge the students and run one `liger eval --compare`")

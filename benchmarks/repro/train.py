@@ -92,6 +92,65 @@ def packed_data(cfg, cache: Path):
 
 
 KEEP_FILES = ("metrics.jsonl", "config.yaml", "environment.json", "loss_curve.png")
+RESUME_FILES = ("config.yaml", "metrics.jsonl")
+"""What a run folder needs beside its newest checkpoint to be continued (``finetune(resume=...)``)."""
+
+
+def keep_for_resume(scratch: Path, out: Path) -> bool:
+    """Copy the newest checkpoint of the run in ``scratch`` and :data:`RESUME_FILES` to ``out/resume/`` (a run
+    folder of its own: ``train --resume`` continues from it, also on another machine). False if there is none."""
+    from liger.train.checkpoint import checkpoints
+
+    found = checkpoints(scratch)
+    if not found:
+        return False
+    target = out / "resume"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(found[-1], target / "checkpoints" / found[-1].name)
+    for file in RESUME_FILES:
+        if (scratch / file).is_file():
+            shutil.copy2(scratch / file, target / file)
+    return True
+
+
+def restore_for_resume(scratch: Path, out: Path) -> int | None:
+    """Before a resumed run: the step it continues from — the newest checkpoint in ``scratch`` (the same
+    machine), else the one kept in ``out/resume/`` (:func:`keep_for_resume`, e.g. carried from a lost lease),
+    copied into ``scratch`` — or None (a new run)."""
+    import yaml
+
+    from liger.train.checkpoint import checkpoints
+
+    found = checkpoints(scratch)
+    if not found and checkpoints(out / "resume"):
+        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.copytree(out / "resume", scratch)
+        # the run's config names the folder it ran in (its checkpoint folder there); it runs on in this one
+        saved = scratch / "config.yaml"
+        if saved.is_file():
+            cfg = yaml.safe_load(saved.read_text())
+            cfg["output"] = str(scratch)
+            saved.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        found = checkpoints(scratch)
+    return int(found[-1].name.split("-")[-1]) if found else None
+
+
+def val_history(metrics: Path) -> dict:
+    """The run's validation losses from its metrics log (whole history, also of a resumed run): the teacher's,
+    the first and the last of the model."""
+    teacher = first = last = None
+    if metrics.is_file():
+        for line in metrics.read_text().splitlines():
+            record = json.loads(line)
+            if record.get("type") != "val":
+                continue
+            if record.get("model") == "teacher":
+                teacher = record["val_loss"]
+            else:
+                first = record if first is None else first
+                last = record
+    return dict(teacher=teacher, first=first and first["val_loss"], last=last and last["val_loss"],
+                last_ppl=last and last["val_ppl"])
 
 
 def scratch_run(scratch: Path, out: Path, name: str) -> Path:
@@ -139,9 +198,14 @@ def run_student(args) -> int:
         return BUSY
     for stale in (out / "summary.json", out / "metrics.jsonl"):
         stale.unlink(missing_ok=True)
-    shutil.rmtree(scratch, ignore_errors=True)
+    # --resume: continue from the newest checkpoint (this machine's scratch, else out/resume/), if there is one
+    resumed_from = restore_for_resume(scratch, out) if args.resume else None
+    if resumed_from is None:
+        shutil.rmtree(scratch, ignore_errors=True)
     summary = dict(student=name, device=None, gpu=os.environ.get("CUDA_VISIBLE_DEVICES"), tokens_budget=args.tokens,
                    processes_per_gpu=args.per_gpu)
+    if resumed_from is not None:
+        summary["resumed_from_step"] = resumed_from
     started = time.time()
     cfg = None
 
@@ -165,22 +229,21 @@ def run_student(args) -> int:
         summary["liger"] = cfg.model.options()
         summary["loss"] = cfg.train.loss
         data = packed_data(cfg, Path(args.data_cache))
-        result = finetune(cfg, data=data)
-        steps = result["trained_steps"]
+        result = finetune(cfg, resume="auto" if resumed_from is not None else False, data=data)
+        steps = result["start_step"] + result["trained_steps"]  # (a resumed run: the steps of all its parts)
         tokens = steps * cfg.train.batch_size * cfg.data.max_length
         ckpt = sorted((scratch / "checkpoints").glob("step-*"))[-1]
         shutil.copytree(ckpt / "adapter", out / "adapter", dirs_exist_ok=True)
+        shutil.rmtree(out / "resume", ignore_errors=True)  # (finished: nothing to continue)
+        vals = val_history(scratch / "metrics.jsonl")
         summary.update(
             status="ok", steps=steps, tokens=tokens, sequence_length=cfg.data.max_length,
             sequences_per_step=cfg.train.batch_size, train_chunks=result["train_chunks"],
             val_chunks=result["val_chunks"], train_seconds=round(result["train_seconds"], 1),
             tokens_per_s=round(result["tokens_per_s"], 1) if result["tokens_per_s"] else None,
             peak_cuda_bytes=result.get("peak_cuda_bytes"), peak_rss_bytes=result["peak_rss_bytes"],
-            teacher_val_loss=(result.get("teacher_val") or {}).get("loss"),
-            initial_val_loss=result["val"][0]["loss"] if result["val"] else None,
-            final_val_loss=result["val"][-1]["loss"] if result["val"] else None,
-            final_val_ppl=result["val"][-1]["ppl"] if result["val"] else None,
-            trainable_parameters=result["trainable_parameters"])
+            teacher_val_loss=vals["teacher"], initial_val_loss=vals["first"], final_val_loss=vals["last"],
+            final_val_ppl=vals["last_ppl"], trainable_parameters=result["trainable_parameters"])
     except BaseException as err:  # noqa: BLE001 - recorded, the other students go on
         summary.update(status="failed", error=f"{type(err).__name__}: {err}",
                        traceback=traceback.format_exc()[-4000:])
@@ -191,6 +254,7 @@ def run_student(args) -> int:
             shutil.copytree(checkpoints[-1] / "adapter", out / "adapter", dirs_exist_ok=True)
             summary.update(status="stopped", steps=steps, tokens=steps * cfg.train.batch_size * cfg.data.max_length,
                            sequence_length=cfg.data.max_length, sequences_per_step=cfg.train.batch_size)
+            keep_for_resume(scratch, out)  # (`train --resume` continues it, here or on another machine)
     finally:
         for file in KEEP_FILES:
             if (scratch / file).is_file():
@@ -256,6 +320,7 @@ def cmd_train(args) -> int:
                    "--data-cache", str(data_caches[name]), "--model", args.model]
             cmd += ["--tiny"] if args.tiny else []
             cmd += ["--keep-scratch"] if args.keep_scratch else []
+            cmd += ["--resume"] if args.resume else []
             cmd += ["--per-gpu", str(args.per_gpu)]
             print(f"reproduce: {name} starts" + (f" on GPU {gpu}" if cuda else ""), flush=True)
             with open(logs / f"{name}.log", "w") as log:

@@ -6,10 +6,12 @@ from __future__ import annotations
 import functools
 import importlib
 import json
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = ("cli", "evaluate", "results", "train", "corpus", "common")
@@ -96,6 +98,46 @@ def _tiny_corpus(path: Path) -> Path:
                                        validation=dict(tokens=1), heldout=dict(tokens=1))})
     (path / "manifest.json").write_text(json.dumps(manifest))
     return path
+
+
+def test_a_stopped_student_continues_from_its_kept_checkpoint_as_if_never_stopped(tiny_base, tmp_path, reproduce,
+                                                                                 monkeypatch):
+    """`train --resume`: a run lost after its step-4 checkpoint (a lease taken back) continues on another machine
+    from the checkpoint it kept in OUT/STUDENT/resume/, with another --out and --scratch, and ends where the run
+    that was never stopped ends: the same adapter, the same validation losses, the steps of both parts."""
+    from safetensors.torch import load_file
+
+    corpus = _tiny_corpus(tmp_path / "corpus")
+    monkeypatch.setattr(sys, "argv", ["reproduce.py"])
+    name = "gla+train.save_every=2+train.keep_checkpoints=3+train.eval_every=3"  # 6 steps of 2 x 128 tokens
+
+    def train(run, *extra):
+        return reproduce.main(["train", "--corpus", str(corpus), "--students", name, "--tokens", "1536", "--out",
+                               str(tmp_path / run), "--scratch", str(tmp_path / f"scratch-{run}"), "--model",
+                               str(tiny_base), "--tiny", *extra])
+
+    assert train("whole", "--keep-scratch") == 0
+    whole = json.loads((tmp_path / "whole" / name / "summary.json").read_text())
+    assert whole["status"] == "ok" and whole["steps"] == 6 and "resumed_from_step" not in whole
+    assert not (tmp_path / "whole" / name / "resume").exists()
+    # the same run lost after step 4: its newest checkpoint kept beside its small files, its machine gone
+    scratch = reproduce.scratch_run(tmp_path / "scratch-whole", tmp_path / "whole", name)
+    shutil.rmtree(scratch / "checkpoints" / "step-000006")
+    lost = tmp_path / "lost" / name
+    assert reproduce.keep_for_resume(scratch, lost)
+    assert sorted(p.name for p in (lost / "resume" / "checkpoints").iterdir()) == ["step-000004"]
+    assert train("lost", "--resume") == 0
+    resumed = json.loads((lost / "summary.json").read_text())
+    assert resumed["status"] == "ok" and resumed["steps"] == 6 and resumed["resumed_from_step"] == 4, resumed
+    assert resumed["tokens"] == whole["tokens"] == 1536
+    for key in ("teacher_val_loss", "initial_val_loss", "final_val_loss"):
+        assert resumed[key] == pytest.approx(whole[key], rel=1e-6), key
+    a, b = (load_file(run / "adapter" / "adapter_model.safetensors") for run in (tmp_path / "whole" / name, lost))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert not (lost / "resume").exists()  # finished: nothing left to continue
+    # --resume where nothing was kept: a new run
+    assert train("new", "--resume") == 0
+    assert "resumed_from_step" not in json.loads((tmp_path / "new" / name / "summary.json").read_text())
 
 
 def test_train_tiny_then_eval(tiny_base, tmp_path, reproduce, monkeypatch):
