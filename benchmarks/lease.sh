@@ -106,6 +106,7 @@ recipe_options() {  # the liger_options of a bench recipe
   case "$1" in
     plain) echo "liger_options.decode_backend=torch" ;;  # Liger-GLA, the PyTorch decode step ("auto" is the fused one)
     decode-triton) echo "$fused" ;;  # Liger-GLA, the fused decode step (and decoder layers)
+    decode-triton-nopdl) echo "$fused liger_options.decode_pdl=false" ;;  # the same in stream order (decode_pdl off)
     chunk-triton) echo "$fused liger_options.chunk_backend=triton" ;;  # and the grouped-query prefill kernel
     memory) echo "$memory liger_options.decode_backend=torch" ;;  # GLA + 64 global keys + 4 sinks, the PyTorch step
     memory-triton) echo "$memory liger_options.window_backend=triton $fused" ;;
