@@ -277,6 +277,12 @@ def cmd_train(args) -> int:
     students = parse_students(args.students)
     budgets = {name: student_tokens(name, args.tokens) for name in students}
     corpus, out = Path(args.corpus).expanduser().resolve(), Path(args.out).expanduser().resolve()
+    requested = students
+    if args.resume:  # (a student that already finished is not trained again)
+        done = [name for name in students if read_summary(out, name).get("status") == "ok"]
+        for name in done:
+            print(f"reproduce: {name} already trained ({out / name / 'summary.json'}): skipped", flush=True)
+        students = [name for name in students if name not in done]
     scratch = Path(args.scratch).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     scratch.mkdir(parents=True, exist_ok=True)
@@ -344,9 +350,9 @@ def cmd_train(args) -> int:
     for t in threads:
         t.join()
     print()
-    print(training_table(out, students))
+    print(training_table(out, requested))
     print(f"\nreproduce: {len(students)} students in {time.time() - started:.0f} s wall")
-    return 0 if all(read_summary(out, s).get("status") == "ok" for s in students) else 1
+    return 0 if all(read_summary(out, s).get("status") == "ok" for s in requested) else 1
 
 
 def training_table(runs: Path, students: list[str]) -> str:

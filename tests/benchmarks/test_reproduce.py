@@ -135,6 +135,8 @@ def test_a_stopped_student_continues_from_its_kept_checkpoint_as_if_never_stoppe
     a, b = (load_file(run / "adapter" / "adapter_model.safetensors") for run in (tmp_path / "whole" / name, lost))
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     assert not (lost / "resume").exists()  # finished: nothing left to continue
+    assert train("lost", "--resume") == 0  # and not trained again
+    assert json.loads((lost / "summary.json").read_text()) == resumed
     # --resume where nothing was kept: a new run
     assert train("new", "--resume") == 0
     assert "resumed_from_step" not in json.loads((tmp_path / "new" / name / "summary.json").read_text())
