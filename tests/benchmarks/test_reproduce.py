@@ -308,21 +308,28 @@ def test_a_student_stopped_at_its_time_limit_keeps_its_last_adapter(reproduce, t
     corpus = _tiny_corpus(tmp_path / "corpus")
     scratch_root, runs = tmp_path / "scratch", tmp_path / "runs"
 
-    def stopped_finetune(cfg, data=None):
+    def stopped_finetune(cfg, resume=False, data=None):
         adapter = Path(cfg.output) / "checkpoints" / "step-000003" / "adapter"
         adapter.mkdir(parents=True)
         (adapter / "adapter_model.safetensors").write_text("weights")
+        (adapter.parent / "state.pt").write_text("state")
+        (Path(cfg.output) / "config.yaml").write_text("output: x\n")
         raise SystemExit("stopped by signal 15 at the time limit")
 
     monkeypatch.setattr(liger.train, "finetune", stopped_finetune)
     monkeypatch.setattr(reproduce.train, "packed_data", lambda cfg, cache: None)
     args = argparse.Namespace(student="gla", out=str(runs), scratch=str(scratch_root), tokens=4096, per_gpu=1,
                               corpus=str(corpus), model="smollm2", tiny=True, data_cache=str(tmp_path / "d.pt"),
-                              keep_scratch=False)
+                              keep_scratch=False, resume=False)
     assert reproduce.run_student(args) == 1
     summary = json.loads((runs / "gla" / "summary.json").read_text())
     assert summary["status"] == "stopped" and summary["steps"] == 3 and summary["tokens"] == 3 * 2 * 128
     assert (runs / "gla" / "adapter" / "adapter_model.safetensors").read_text() == "weights"
+    # and its checkpoint with the run's config, for `train --resume` (the scratch itself is gone)
+    kept = runs / "gla" / "resume"
+    assert (kept / "checkpoints" / "step-000003" / "state.pt").read_text() == "state"
+    assert (kept / "config.yaml").is_file()
+    assert not [p for p in scratch_root.rglob("*") if p.is_file() and p.suffix != ".lock"]
     reproduce.record_end(runs, "gla", "timeout")  # the dispatcher keeps the student's own summary
     assert json.loads((runs / "gla" / "summary.json").read_text())["status"] == "stopped"
 
