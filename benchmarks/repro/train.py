@@ -224,6 +224,7 @@ def run_student(args) -> int:
             restrict_triton_autotuning("fast")
             summary["gpu_name"] = torch.cuda.get_device_name(0)
         from liger.train import finetune
+        from liger.train.checkpoint import checkpoints
 
         cfg = student_config(name, Path(args.corpus), args.tokens, scratch, args.model, args.tiny, device)
         summary["liger"] = cfg.model.options()
@@ -232,7 +233,7 @@ def run_student(args) -> int:
         result = finetune(cfg, resume="auto" if resumed_from is not None else False, data=data)
         steps = result["start_step"] + result["trained_steps"]  # (a resumed run: the steps of all its parts)
         tokens = steps * cfg.train.batch_size * cfg.data.max_length
-        ckpt = sorted((scratch / "checkpoints").glob("step-*"))[-1]
+        ckpt = checkpoints(scratch)[-1]
         shutil.copytree(ckpt / "adapter", out / "adapter", dirs_exist_ok=True)
         shutil.rmtree(out / "resume", ignore_errors=True)  # (finished: nothing to continue)
         vals = val_history(scratch / "metrics.jsonl")
@@ -247,11 +248,11 @@ def run_student(args) -> int:
     except BaseException as err:  # noqa: BLE001 - recorded, the other students go on
         summary.update(status="failed", error=f"{type(err).__name__}: {err}",
                        traceback=traceback.format_exc()[-4000:])
-        checkpoints = sorted((scratch / "checkpoints").glob("step-*")) if cfg is not None else []
-        if checkpoints and (checkpoints[-1] / "adapter").is_dir():
+        found = checkpoints(scratch) if cfg is not None else []
+        if found and (found[-1] / "adapter").is_dir():
             # stopped early: the adapter of the last checkpoint, with the budget it reached
-            steps = int(checkpoints[-1].name.split("-")[-1])
-            shutil.copytree(checkpoints[-1] / "adapter", out / "adapter", dirs_exist_ok=True)
+            steps = int(found[-1].name.split("-")[-1])
+            shutil.copytree(found[-1] / "adapter", out / "adapter", dirs_exist_ok=True)
             summary.update(status="stopped", steps=steps, tokens=steps * cfg.train.batch_size * cfg.data.max_length,
                            sequence_length=cfg.data.max_length, sequences_per_step=cfg.train.batch_size)
             keep_for_resume(scratch, out)  # (`train --resume` continues it, here or on another machine)
