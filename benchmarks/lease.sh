@@ -263,16 +263,30 @@ print(s['student'], s.get('status'), s.get('steps'), s.get('final_val_loss'), s.
     cp "$LEASE/out/"*.txt "$LEASE/out/"*.log "$LEASE/runs/" 2>/dev/null || true
     # and each running student's newest checkpoint with its config and metrics, as runs/STUDENT/resume/ (what a
     # student stopped at its time limit keeps itself): if this machine is lost, the next lease continues from it
-    live=()
+    # (each is copied first, then packed: a checkpoint rotated away while tar read it cost the archive its files,
+    # 2026-12-07; a copy that fails so is taken again from the then newest one)
+    stage="$LEASE/out/resume-stage"
+    rm -rf "$stage"
     for run in "$LEASE"/scratch/runs/*/*/; do
-      newest=$(ls -d "$run"checkpoints/step-* 2>/dev/null | sort | tail -n 1 || true)
-      [ -n "$newest" ] && [ -f "$newest/state.pt" ] || continue
-      live+=("${run#"$LEASE"/}config.yaml" "${run#"$LEASE"/}metrics.jsonl" "${newest#"$LEASE"/}")
+      kept="$stage/runs/$(basename "$run")/resume"
+      for _ in 1 2 3; do
+        newest=$(ls -d "$run"checkpoints/step-* 2>/dev/null | sort | tail -n 1 || true)
+        [ -n "$newest" ] && [ -f "$newest/state.pt" ] || break
+        rm -rf "$kept" && mkdir -p "$kept/checkpoints"
+        if cp -a "$newest" "$kept/checkpoints/" 2>/dev/null && [ -f "$kept/checkpoints/${newest##*/}/state.pt" ] \
+            && cp "$run"config.yaml "$run"metrics.jsonl "$kept/" 2>/dev/null; then
+          break
+        fi
+        rm -rf "$kept"
+      done
     done
-    # (|| true: a checkpoint replaced while it is read leaves a warning, and the archive of everything else)
-    tar -czf "$LEASE/out/now.tar.gz" -C "$LEASE" --exclude "*.lock" \
-      --transform 's,^scratch/runs/[^/]*/\([^/]*\)/,runs/\1/resume/,' runs "${live[@]}" || true
+    staged=()
+    [ -d "$stage/runs" ] && staged=(-C "$stage" runs)
+    tar -czf "$LEASE/out/now.tar.gz" -C "$LEASE" --exclude "*.lock" runs "${staged[@]}" || true
     split -b 15m "$LEASE/out/now.tar.gz" "$OUT/runs.tar.gz.part-"
+    size=$(stat -c %s "$LEASE/out/now.tar.gz")
+    [ "$size" -le $((60 * 1024 * 1024)) ] || echo "lease: the archive is $((size / 1024 / 1024)) MiB, more than one" \
+      "call brings back (64 MiB): its last parts will be left out; take them with another command" >&2
     ls -la "$OUT"
   fi
   ;;

@@ -127,6 +127,26 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_base, alpaca_fil
     assert not (ckpt / ".tmp-step-000004").exists()
 
 
+def test_a_tied_model_checkpoints_only_its_trainable_weights_and_resumes_exactly(alpaca_file, tmp_path, capsys):
+    """With tied embeddings the frozen ``lm_head.weight`` alias is not written into ``state.pt`` (for SmolLM2 it was
+    57 of a checkpoint's 65 MB), and a run resumed from such a checkpoint equals one never stopped."""
+    from tests.conftest import byte_tokenizer, tiny_teacher
+
+    base = tmp_path / "tied"
+    tiny_teacher("llama", vocab_size=260, tie_word_embeddings=True).save_pretrained(base)
+    byte_tokenizer().save_pretrained(base)
+    args = [*tiny_args(base, alpaca_file, tmp_path / "full"), "--save-every", "2", "optim.max_grad_norm=0.5"]
+    assert main(["finetune", *args, "--max-steps", "4"]) == 0
+    state = torch.load(tmp_path / "full" / "checkpoints" / "step-000002" / "state.pt", weights_only=False)
+    assert state["trainable"] and all("lora_" in name for name in state["trainable"]), list(state["trainable"])
+    cut = [*tiny_args(base, alpaca_file, tmp_path / "cut"), "--save-every", "2", "optim.max_grad_norm=0.5"]
+    assert main(["finetune", *cut, "--max-steps", "2"]) == 0
+    assert main(["finetune", *cut, "--max-steps", "4", "--resume"]) == 0
+    assert train_losses(tmp_path / "cut") == train_losses(tmp_path / "full")
+    a, b = (load_file(tmp_path / run / "final" / "model.safetensors") for run in ("full", "cut"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_resume_refuses_a_changed_config(tiny_base, alpaca_file, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["finetune", *tiny_args(tiny_base, alpaca_file, out), "--max-steps", "2"]) == 0
