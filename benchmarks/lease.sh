@@ -133,7 +133,8 @@ recipe_options() {  # the liger_options of a bench recipe
 
 case "${1:-}" in
 prepare)  # on the development machine: split what the lease needs into two carry folders
-  rm -rf .lease && mkdir -p .lease/part-a .lease/part-b .lease/part-c
+  # (a salvaged .lease/part-d, the kept checkpoints of a lease cut short, stays)
+  rm -rf .lease/part-a .lease/part-b .lease/part-c .lease/wheels && mkdir -p .lease/part-a .lease/part-b .lease/part-c
   half=$(( ($(stat -c %s "$GGUF") + 1) / 2 ))
   head -c "$half" "$GGUF" > .lease/part-a/gguf.0
   tail -c +$((half + 1)) "$GGUF" > .lease/part-b/gguf.1
