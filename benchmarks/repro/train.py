@@ -113,10 +113,11 @@ def keep_for_resume(scratch: Path, out: Path) -> bool:
     return True
 
 
-def restore_for_resume(scratch: Path, out: Path) -> int | None:
+def restore_for_resume(scratch: Path, out: Path, corpus: Path | None = None) -> int | None:
     """Before a resumed run: the step it continues from — the newest checkpoint in ``scratch`` (the same
     machine), else the one kept in ``out/resume/`` (:func:`keep_for_resume`, e.g. carried from a lost lease),
-    copied into ``scratch`` — or None (a new run)."""
+    copied into ``scratch`` — or None (a new run). A kept run goes on in ``scratch`` and reads the corpus at
+    ``corpus`` (the same corpus, wherever this machine keeps it: the lease's is ``/root/lease/repro-corpus``)."""
     import yaml
 
     from liger.train.checkpoint import checkpoints
@@ -130,6 +131,8 @@ def restore_for_resume(scratch: Path, out: Path) -> int | None:
         if saved.is_file():
             cfg = yaml.safe_load(saved.read_text())
             cfg["output"] = str(scratch)
+            if corpus is not None:
+                cfg["data"]["path"] = str(corpus / "train")  # (as student_config names it)
             saved.write_text(yaml.safe_dump(cfg, sort_keys=False))
         found = checkpoints(scratch)
     return int(found[-1].name.split("-")[-1]) if found else None
@@ -199,7 +202,7 @@ def run_student(args) -> int:
     for stale in (out / "summary.json", out / "metrics.jsonl"):
         stale.unlink(missing_ok=True)
     # --resume: continue from the newest checkpoint (this machine's scratch, else out/resume/), if there is one
-    resumed_from = restore_for_resume(scratch, out) if args.resume else None
+    resumed_from = restore_for_resume(scratch, out, Path(args.corpus)) if args.resume else None
     if resumed_from is None:
         shutil.rmtree(scratch, ignore_errors=True)
     summary = dict(student=name, device=None, gpu=os.environ.get("CUDA_VISIBLE_DEVICES"), tokens_budget=args.tokens,

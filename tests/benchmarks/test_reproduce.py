@@ -103,7 +103,8 @@ def _tiny_corpus(path: Path) -> Path:
 def test_a_stopped_student_continues_from_its_kept_checkpoint_as_if_never_stopped(tiny_base, tmp_path, reproduce,
                                                                                  monkeypatch):
     """`train --resume`: a run lost after its step-4 checkpoint (a lease taken back) continues on another machine
-    from the checkpoint it kept in OUT/STUDENT/resume/, with another --out and --scratch, and ends where the run
+    from the checkpoint it kept in OUT/STUDENT/resume/, with another --out, --scratch and corpus folder (run S's
+    students were refused on the development machine: "--resume with a different data.path"), and ends where the run
     that was never stopped ends: the same adapter, the same validation losses, the steps of both parts."""
     from safetensors.torch import load_file
 
@@ -111,7 +112,7 @@ def test_a_stopped_student_continues_from_its_kept_checkpoint_as_if_never_stoppe
     monkeypatch.setattr(sys, "argv", ["reproduce.py"])
     name = "gla+train.save_every=2+train.keep_checkpoints=3+train.eval_every=3"  # 6 steps of 2 x 128 tokens
 
-    def train(run, *extra):
+    def train(run, *extra, corpus=corpus):
         return reproduce.main(["train", "--corpus", str(corpus), "--students", name, "--tokens", "1536", "--out",
                                str(tmp_path / run), "--scratch", str(tmp_path / f"scratch-{run}"), "--model",
                                str(tiny_base), "--tiny", *extra])
@@ -126,7 +127,8 @@ def test_a_stopped_student_continues_from_its_kept_checkpoint_as_if_never_stoppe
     lost = tmp_path / "lost" / name
     assert reproduce.keep_for_resume(scratch, lost)
     assert sorted(p.name for p in (lost / "resume" / "checkpoints").iterdir()) == ["step-000004"]
-    assert train("lost", "--resume") == 0
+    # (and this machine keeps the corpus elsewhere)
+    assert train("lost", "--resume", corpus=shutil.copytree(corpus, tmp_path / "elsewhere" / "corpus")) == 0
     resumed = json.loads((lost / "summary.json").read_text())
     assert resumed["status"] == "ok" and resumed["steps"] == 6 and resumed["resumed_from_step"] == 4, resumed
     assert resumed["tokens"] == whole["tokens"] == 1536
