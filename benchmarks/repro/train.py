@@ -28,6 +28,11 @@ from .common import (
 )
 
 
+def training_text(corpus: Path) -> str:
+    """The folder of a corpus's training text, as a run config names it (``data.path``)."""
+    return str(corpus / "train")
+
+
 def student_config(name: str, corpus: Path, tokens: int, output: Path, model: str, tiny: bool, device: str):
     """The run config of student ``name``: the paper's recipe (the shipped ``liger-paper`` YAML) on the
     corpus, ``tokens // (8 * 1024)`` steps (``--tiny``: 128-token chunks, 2 per step)."""
@@ -54,7 +59,7 @@ def student_config(name: str, corpus: Path, tokens: int, output: Path, model: st
     steps = max(1, tokens // (batch * length))
     settings = {
         "model.path": model, "model.liger": liger_options,
-        "data.path": str(corpus / "train"), "data.format": "text", "data.max_length": length,
+        "data.path": training_text(corpus), "data.format": "text", "data.max_length": length,
         "data.val_records": manifest["val_records"],
         "train.batch_size": batch, "train.micro_batch_size": micro, "train.max_steps": steps,
         # a checkpoint every tenth of the run: a student stopped at its time limit keeps its last adapter
@@ -113,7 +118,7 @@ def keep_for_resume(scratch: Path, out: Path) -> bool:
     return True
 
 
-def restore_for_resume(scratch: Path, out: Path, corpus: Path | None = None) -> int | None:
+def restore_for_resume(scratch: Path, out: Path, corpus: Path) -> int | None:
     """Before a resumed run: the step it continues from — the newest checkpoint in ``scratch`` (the same
     machine), else the one kept in ``out/resume/`` (:func:`keep_for_resume`, e.g. carried from a lost lease),
     copied into ``scratch`` — or None (a new run). A kept run goes on in ``scratch`` and reads the corpus at
@@ -131,8 +136,7 @@ def restore_for_resume(scratch: Path, out: Path, corpus: Path | None = None) -> 
         if saved.is_file():
             cfg = yaml.safe_load(saved.read_text())
             cfg["output"] = str(scratch)
-            if corpus is not None:
-                cfg["data"]["path"] = str(corpus / "train")  # (as student_config names it)
+            cfg["data"]["path"] = training_text(corpus)
             saved.write_text(yaml.safe_dump(cfg, sort_keys=False))
         found = checkpoints(scratch)
     return int(found[-1].name.split("-")[-1]) if found else None
