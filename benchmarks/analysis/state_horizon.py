@@ -1,0 +1,229 @@
+"""How far back the recurrent state of a Liger model can carry a token, from its forget gates alone (issue 14).
+
+Every Liger layer's gate comes from its key projection, ``log α_t = logsigmoid(Pool(k_t)) / n``: a token written
+into the state at position ``t`` is still there ``D`` tokens later only as ``exp(Σ_{s=t+1..t+D} log α_s)`` of
+itself (per key channel for GLA, per head for the scalar-gate variants and the delta rule). This script runs the
+model over held-out sequences (``liger.eval.longtext``'s, as the loss by position), reads each layer's key
+projection (LoRA included) through a forward hook, computes the layer's gates exactly as the model does
+(``Recurrence.gate_input`` and ``log_gate``) and reports, for each distance ``D``:
+
+* ``mean``: the retention ``exp(Σ log α)`` averaged over positions, layers, heads and channels (the share of a
+  written key's contribution left ``D`` tokens later, on average);
+* ``best_layer_channel``: the best (layer, head, channel)'s position-averaged retention (a passkey needs only a few
+  channels to carry it);
+* ``share_above_0.1``: the share of (layer, head, channel) whose position-averaged retention is above 0.1;
+
+and, per bucket of distances from a sequence's end, how much of each token the final state still holds
+(``recall``, :func:`state_recall`: the state read with the token's own key against the token's value, beyond what
+an unrelated value scores; the global cache's self-recall, at the end of the sequence).
+
+The retention is an upper bound on what the state keeps: the delta rule also overwrites (``I − β k̂ᵀk̂``), and what a key
+contributes must still be read back through ``φ(q)``. A model whose gates retain nothing at ``D`` cannot retrieve
+from ``D`` tokens back through its state, whatever its training did elsewhere.
+
+    OMP_NUM_THREADS=2 python benchmarks/analysis/state_horizon.py --output OUT.json \\
+        --models convert:gla convert:gated_deltanet convert:gla:gate_normalizer=64 RUNS/gla@20M
+
+A model is ``convert:VARIANT[:KEY=VALUE,...]`` (SmolLM2 converted with those ``LigerConfig`` options, no
+training) or a run folder of ``liger finetune`` / ``reproduce.py train`` (its config's options, its LoRA adapter
+merged).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: its repro package
+
+DISTANCES = (1, 16, 64, 256, 1024, 2048)
+RECALL_EDGES = (0, 64, 256, 1024, 4096)
+
+
+def retention(log_gates: torch.Tensor, distances) -> dict[int, torch.Tensor]:
+    """``log_gates`` ``[T, *rest]`` (log α of one sequence, position first) -> for each distance ``D < T``, the
+    position-averaged retention ``mean_t exp(Σ_{s=t+1..t+D} log α_s)`` over ``t = 0 .. T-1-D``: ``[*rest]``."""
+    c = torch.cumsum(log_gates.double(), dim=0)
+    out = {}
+    for d in distances:
+        if d < log_gates.shape[0]:
+            out[d] = torch.exp(c[d:] - c[:-d]).mean(0).float()
+    return out
+
+
+def state_recall(rec, k: torch.Tensor, v: torch.Tensor, edges, seed: int = 0) -> dict[str, torch.Tensor]:
+    """What the state at the end of a sequence still holds of each token: ``k`` ``[1, T, H, D]`` (the raw keys the
+    recurrence is fed), ``v`` ``[1, T, H, V]``. The recurrence ``rec`` runs over the sequence; its final state is
+    read with each token's own key (``rec.read``: the normalised readout, the global cache's self-recall) and the
+    read is compared with that token's value: the cosine of the two, both centred on their sequence means, minus
+    the same cosine with the values shuffled among the tokens (what an unrelated value scores). Returns, per
+    bucket of distances from the end ``[a, b)`` of ``edges``, the mean of that difference per head ``[H]``: about
+    0 where the state holds nothing token-specific, up to 1 for a perfect associative memory."""
+    k, v = k.float(), v.float()
+    T = k.shape[1]
+    _, state = rec.recall(k, k, v, None, None, "chunk", "torch", need_state=True)
+    reads = []
+    for a in range(0, T, 512):  # the final state read with 512 keys at a time
+        n = min(512, T - a)
+        reads.append(rec.read(tuple(x.expand(n, *x.shape[1:]) for x in state), k[0, a:a + n, None])[:, 0])
+    r = torch.cat(reads).float()  # [T, H, V]
+    r = r - r.mean(0)
+    vc = v[0] - v[0].mean(0)
+    shuffled = vc[torch.randperm(T, generator=torch.Generator().manual_seed(seed))]
+    gain = F.cosine_similarity(r, vc, dim=-1) - F.cosine_similarity(r, shuffled, dim=-1)  # [T, H]
+    distance = torch.arange(T - 1, -1, -1)
+    out = {}
+    for a, b in zip(edges[:-1], edges[1:]):
+        chosen = (distance >= a) & (distance < b)
+        if chosen.any():
+            out[f"{a}-{b - 1}"] = gain[chosen].mean(0)
+    return out
+
+
+def summarise(per_layer: list[dict[int, torch.Tensor]], distances) -> dict:
+    """Per-layer retentions ``{D: [heads, channels]}`` (each averaged over sequences) -> the report's numbers."""
+    rows = {}
+    for d in distances:
+        if not all(d in layer for layer in per_layer):
+            continue
+        stacked = torch.stack([layer[d].reshape(-1) for layer in per_layer])  # [layers, heads·channels]
+        rows[str(d)] = {
+            "mean": stacked.mean().item(),
+            "best_layer_channel": stacked.max().item(),
+            "share_above_0.1": (stacked > 0.1).float().mean().item(),
+            "per_layer_mean": stacked.mean(1).tolist(),
+        }
+    return rows
+
+
+def load(spec: str, teacher: str):
+    """``(model, tokenizer)`` for ``convert:VARIANT[:K=V,...]`` or a run folder."""
+    from liger.loading import load_model
+    from liger.typed_config import parse_yaml
+
+    if spec.startswith("convert:"):
+        variant, _, rest = spec[len("convert:"):].partition(":")
+        options = {"variant": variant}
+        for item in filter(None, rest.split(",")):
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise SystemExit(f"state_horizon.py: {spec!r}: options are KEY=VALUE, got {item!r}")
+            options[key] = parse_yaml(value)
+        return load_model(teacher, options, torch.float32)
+    run = Path(spec)
+    if not (run / "config.yaml").is_file() or not (run / "adapter").is_dir():
+        raise SystemExit(f"state_horizon.py: {spec!r} is neither convert:VARIANT nor a run folder with "
+                         "config.yaml and adapter/")
+    from repro.evaluate import merged_student
+
+    return merged_student(run, teacher)
+
+
+@torch.no_grad()
+def measure(model, sequences, distances, recall_edges=RECALL_EDGES) -> dict:
+    """The gates' retention of ``model`` over ``sequences`` (lists of token ids), and with ``recall_edges`` the
+    final state's recall of each token by distance (:func:`state_recall`), summarised."""
+    from liger.models.attention import LigerAttention
+
+    layers = [m for m in model.modules() if isinstance(m, LigerAttention)]
+    if not layers:
+        raise SystemExit("state_horizon.py: the model has no Liger layer")
+    sums: list[dict[int, torch.Tensor]] = [{} for _ in layers]
+    recalls: list[dict[str, torch.Tensor]] = [{} for _ in layers]
+    keys: dict[int, torch.Tensor] = {}
+    hooks = []
+    for i, layer in enumerate(layers):
+        def heads(output, layer=layer):
+            return output.float().view(output.shape[0], output.shape[1], layer.num_key_value_heads, -1)
+
+        def on_key(module, args, output, i=i, layer=layer):
+            k = heads(output)
+            if layer.q_norm is not None and layer.use_qk_norm_in_linear:
+                k = layer.k_norm(k)
+            keys[i] = k
+            rec = layer.recurrence
+            g = rec.log_gate(rec.gate_input(k))[0]  # [T, H] or [T, H, D]
+            for d, r in retention(g, distances).items():
+                sums[i][d] = sums[i].get(d, 0) + r
+
+        def on_value(module, args, output, i=i, layer=layer):
+            if recall_edges:
+                for bucket, r in state_recall(layer.recurrence, keys.pop(i), heads(output), recall_edges).items():
+                    recalls[i][bucket] = recalls[i].get(bucket, 0) + r
+
+        hooks += [layer.k_proj.register_forward_hook(on_key), layer.v_proj.register_forward_hook(on_value)]
+    try:
+        for ids in sequences:
+            model(input_ids=torch.tensor([ids]), use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    per_layer = [{d: v / len(sequences) for d, v in layer.items()} for layer in sums]
+    rec = layers[0].recurrence
+    out = {"variant": type(rec).__name__, "gate_normalizer": rec.normalizer,
+           "gate": "per head" if rec.scalar_gate else "per key channel",
+           "distances": summarise(per_layer, distances)}
+    if recall_edges:
+        out["recall"] = {}
+        for bucket in recalls[0]:
+            stacked = torch.stack([layer[bucket] / len(sequences) for layer in recalls])  # [layers, heads]
+            out["recall"][bucket] = {"mean": stacked.mean().item(), "best_layer_head": stacked.max().item(),
+                                     "per_layer_mean": stacked.mean(1).tolist()}
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", required=True)
+    parser.add_argument("--teacher", default="smollm2")
+    parser.add_argument("--corpus", default=os.path.expanduser("~/.cache/liger/repro-corpus/heldout"))
+    parser.add_argument("--length", type=int, default=4096)
+    parser.add_argument("--sequences", type=int, default=8)
+    parser.add_argument("--distances", default=",".join(map(str, DISTANCES)))
+    parser.add_argument("--recall-edges", default=",".join(map(str, RECALL_EDGES)),
+                        help="distance buckets from the end for the final state's recall ('' for none)")
+    parser.add_argument("--output", required=True)
+    args = parser.parse_args(argv)
+    try:
+        distances = [int(d) for d in args.distances.split(",")]
+        edges = [int(d) for d in args.recall_edges.split(",") if d]
+    except ValueError:
+        raise SystemExit("state_horizon.py: --distances and --recall-edges take whole numbers") from None
+    if edges and (len(edges) < 2 or edges != sorted(set(edges)) or edges[0] < 0):
+        raise SystemExit("state_horizon.py: --recall-edges: two or more increasing whole numbers from 0")
+    if any(d < 1 for d in distances) or args.length < 2 or args.sequences < 1:
+        raise SystemExit("state_horizon.py: distances >= 1, --length >= 2 and --sequences >= 1")
+    files = sorted(glob.glob(os.path.join(args.corpus, "*.txt")))
+    if not files:
+        raise SystemExit(f"state_horizon.py: no .txt file in {args.corpus}")
+    from liger.eval.longtext import as_long_text
+
+    report = {"command": " ".join(sys.argv), "length": args.length, "sequences": args.sequences, "models": {}}
+    corpus = None
+    for spec in args.models:
+        start = time.time()
+        model, tok = load(spec, args.teacher)
+        corpus = corpus or as_long_text(files, tok)
+        seqs = [s["ids"] for s in corpus.sequences(args.length, args.sequences)]
+        name = spec if spec.startswith("convert:") else Path(spec).name  # a run: its folder's name
+        report["models"][name] = measure(model.eval(), seqs, distances, edges)
+        report["models"][name]["seconds"] = round(time.time() - start, 1)
+        row = report["models"][name]["distances"]
+        print(name, " ".join(f"D={d}: {v['mean']:.3g}/{v['best_layer_channel']:.3g}/{v['share_above_0.1']:.3f}"
+                             for d, v in row.items()), flush=True)
+        for bucket, v in report["models"][name].get("recall", {}).items():
+            print(f"  recall {bucket} tokens back: mean {v['mean']:.3f}, best layer-head {v['best_layer_head']:.3f}")
+        Path(args.output).write_text(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+import json
+
+import pytest
+import torch
+
+from tests.conftest import load_benchmark
+
+
+def test_retention_is_the_product_of_the_gates_averaged_over_positions():
+    horizon = load_benchmark("analysis/state_horizon")
+    g = -torch.rand(50, 3, 4)
+    out = horizon.retention(g, [1, 7, 49, 50])
+    assert sorted(out) == [1, 7, 49]  # no position has 50 tokens after it
+    for d, r in out.items():
+        brute = torch.stack([torch.exp(g[t + 1:t + d + 1].sum(0)) for t in range(50 - d)]).mean(0)
+        torch.testing.assert_close(r, brute, rtol=1e-5, atol=1e-6)
+
+
+def test_the_hook_reads_the_gates_the_model_uses(tiny_base, text_dir, tmp_path, monkeypatch):
+    """The gates computed from each layer's k_proj output equal the log-decays the recurrence itself is fed."""
+    horizon = load_benchmark("analysis/state_horizon")
+    from liger.models import variants
+
+    fed, measured = [], []
+    prepare = variants.Recurrence.prepare
+
+    def recording_prepare(self, q, k, v, valid):
+        out = prepare(self, q, k, v, valid)
+        fed.append(out[3][0].detach().clone())
+        return out
+
+    retention = horizon.retention
+    monkeypatch.setattr(variants.Recurrence, "prepare", recording_prepare)
+    monkeypatch.setattr(horizon, "retention", lambda g, d: (measured.append(g.clone()), retention(g, d))[1])
+    out = tmp_path / "h.json"
+    assert horizon.main(["--models", "convert:gla", "--teacher", str(tiny_base), "--corpus", str(text_dir),
+                         "--length", "64", "--sequences", "2", "--distances", "1,16", "--recall-edges", "",
+                         "--output", str(out)]) == 0
+    assert len(fed) == len(measured) == 4  # 2 layers x 2 sequences
+    for a, b in zip(fed, measured):
+        torch.testing.assert_close(a, b)
+    row = json.loads(out.read_text())["models"]["convert:gla"]
+    assert row["gate"] == "per key channel" and row["gate_normalizer"] == 16.0
+    assert set(row["distances"]) == {"1", "16"} and len(row["distances"]["16"]["per_layer_mean"]) == 2
+    assert "recall" not in row
+
+
+def test_a_larger_gate_normalizer_retains_longer(tiny_base, text_dir, tmp_path):
+    horizon = load_benchmark("analysis/state_horizon")
+    out = tmp_path / "h.json"
+    assert horizon.main(["--models", "convert:gated_deltanet", "convert:gated_deltanet:gate_normalizer=1000000",
+                         "--teacher", str(tiny_base), "--corpus", str(text_dir), "--length", "64",
+                         "--sequences", "1", "--distances", "16", "--output", str(out)]) == 0
+    models = json.loads(out.read_text())["models"]
+    plain = models["convert:gated_deltanet"]["distances"]["16"]
+    slow = models["convert:gated_deltanet:gate_normalizer=1000000"]["distances"]["16"]
+    assert models["convert:gated_deltanet"]["gate"] == "per head"
+    assert slow["mean"] > 0.999 and slow["share_above_0.1"] == 1.0
+    assert plain["mean"] < 0.9  # logsigmoid(m)/16 over 16 tokens: about exp(-16·0.69/16) = 0.5 at m = 0
+    recall = models["convert:gated_deltanet"]["recall"]
+    assert list(recall) == ["0-63"] and len(recall["0-63"]["per_layer_mean"]) == 2  # (the default edges, T = 64)
+
+
+@pytest.mark.parametrize("args", [["--models", "convert:gla:gate_normalizer"], ["--models", "nowhere"],
+                                  ["--models", "convert:gla", "--distances", "a"],
+                                  ["--models", "convert:gla", "--recall-edges", "64,0"]])
+def test_bad_input_is_one_line_and_a_non_zero_exit(tiny_base, text_dir, tmp_path, args):
+    horizon = load_benchmark("analysis/state_horizon")
+    with pytest.raises(SystemExit) as err:
+        horizon.main(args + ["--teacher", str(tiny_base), "--corpus", str(text_dir), "--output",
+                             str(tmp_path / "h.json")])
+    assert str(err.value).startswith("state_horizon.py: ") and "\n" not in str(err.value)
+
+
+def _delta_rule(**options):
+    from liger.models.configuration_liger import LigerConfig
+    from liger.models.variants import get_recurrence
+
+    return get_recurrence(LigerConfig(variant="gated_deltanet", delta_write_strength=1.0, **options))
+
+
+def test_state_recall_of_a_perfect_memory_and_of_one_that_forgets():
+    """Orthonormal keys written with strength 1 and no decay: the delta rule's state is an exact associative
+    memory (each key reads back its value); a gate that forgets within tokens keeps only the last ones."""
+    horizon = load_benchmark("analysis/state_horizon")
+    torch.manual_seed(0)
+    T, H, D = 48, 2, 64
+    basis = torch.linalg.qr(torch.randn(H, D, D))[0][:, :, :T]  # [H, D, T]: orthonormal columns
+    k = basis.permute(2, 0, 1)[None] * 3.0  # [1, T, H, D] (mean ~0: gate logsigmoid(~0))
+    v = torch.randn(1, T, H, 16)
+    edges = [0, 1, 16, 48]
+    kept = horizon.state_recall(_delta_rule(gate_normalizer=1e9), k, v, edges)
+    assert list(kept) == ["0-0", "1-15", "16-47"]
+    assert all(gain.min() > 0.8 for gain in kept.values()), kept
+    lost = horizon.state_recall(_delta_rule(gate_normalizer=0.5), k, v, edges)  # log α ≈ −1.4 a token
+    assert lost["0-0"].min() > 0.8 and lost["16-47"].abs().max() < 0.3, lost
