@@ -15,7 +15,7 @@ projection (LoRA included) through a forward hook, computes the layer's gates ex
 
 and, per bucket of distances from a sequence's end, how much of each token the final state still holds
 (``recall``, :func:`state_recall`: the state read with the token's own key against the token's value, beyond what
-an unrelated value scores; the global cache's self-recall, at the end of the sequence).
+the same read scores for tokens the state was never written; the global cache's self-recall, at the end).
 
 The retention is an upper bound on what the state keeps: the delta rule also overwrites (``I − β k̂ᵀk̂``), and what a key
 contributes must still be read back through ``φ(q)``. A model whose gates retain nothing at ``D`` cannot retrieve
@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: its
 
 DISTANCES = (1, 16, 64, 256, 1024, 2048)
 RECALL_EDGES = (0, 64, 256, 1024, 4096)
+UNWRITTEN = 256
 
 
 def retention(log_gates: torch.Tensor, distances) -> dict[int, torch.Tensor]:
@@ -59,32 +60,36 @@ def retention(log_gates: torch.Tensor, distances) -> dict[int, torch.Tensor]:
     return out
 
 
-def state_recall(rec, k: torch.Tensor, v: torch.Tensor, edges, seed: int = 0) -> dict[str, torch.Tensor]:
-    """What the state at the end of a sequence still holds of each token: ``k`` ``[1, T, H, D]`` (the raw keys the
-    recurrence is fed), ``v`` ``[1, T, H, V]``. The recurrence ``rec`` runs over the sequence; its final state is
-    read with each token's own key (``rec.read``: the normalised readout, the global cache's self-recall) and the
-    read is compared with that token's value: the cosine of the two, both centred on their sequence means, minus
-    the same cosine with the values shuffled among the tokens (what an unrelated value scores). Returns, per
-    bucket of distances from the end ``[a, b)`` of ``edges``, the mean of that difference per head ``[H]``: about
-    0 where the state holds nothing token-specific, up to 1 for a perfect associative memory."""
+def state_recall(rec, k: torch.Tensor, v: torch.Tensor, edges, unwritten: int = 256) -> dict[str, torch.Tensor]:
+    """What the state still holds of each token it was written: ``k`` ``[1, T, H, D]`` (the raw keys the recurrence
+    is fed), ``v`` ``[1, T, H, V]``. The recurrence ``rec`` runs over the first ``T − unwritten`` tokens; its final
+    state is read with every token's own key (``rec.read``: the normalised readout, the global cache's
+    self-recall) and each read is compared with the token's value (the cosine of the two, centred on the written
+    tokens' means). A state also maps keys to values it never stored (keys and values are projections of the same
+    hidden state, and the state is in part a regression of one on the other), so the last ``unwritten`` tokens,
+    never written, are the control. Returns ``"unwritten"``: their mean cosine per head ``[H]``, and per bucket
+    of distances ``[a, b)`` (``edges``) from the last written token, the written tokens' mean cosine minus that
+    control, per head: about 0 where the state holds nothing of those tokens themselves."""
     k, v = k.float(), v.float()
     T = k.shape[1]
-    _, state = rec.recall(k, k, v, None, None, "chunk", "torch", need_state=True)
+    written = T - unwritten
+    if written < 1 or unwritten < 1:
+        raise ValueError(f"a sequence of {T} tokens cannot leave {unwritten} unwritten and write some")
+    _, state = rec.recall(k[:, :written], k[:, :written], v[:, :written], None, None, "chunk", "torch",
+                          need_state=True)
     reads = []
     for a in range(0, T, 512):  # the final state read with 512 keys at a time
         n = min(512, T - a)
         reads.append(rec.read(tuple(x.expand(n, *x.shape[1:]) for x in state), k[0, a:a + n, None])[:, 0])
     r = torch.cat(reads).float()  # [T, H, V]
-    r = r - r.mean(0)
-    vc = v[0] - v[0].mean(0)
-    shuffled = vc[torch.randperm(T, generator=torch.Generator().manual_seed(seed))]
-    gain = F.cosine_similarity(r, vc, dim=-1) - F.cosine_similarity(r, shuffled, dim=-1)  # [T, H]
-    distance = torch.arange(T - 1, -1, -1)
-    out = {}
+    cos = F.cosine_similarity(r - r[:written].mean(0), v[0] - v[0, :written].mean(0), dim=-1)  # [T, H]
+    control = cos[written:].mean(0)
+    out = {"unwritten": control}
+    distance = written - 1 - torch.arange(written)
     for a, b in zip(edges[:-1], edges[1:]):
         chosen = (distance >= a) & (distance < b)
         if chosen.any():
-            out[f"{a}-{b - 1}"] = gain[chosen].mean(0)
+            out[f"{a}-{b - 1}"] = cos[:written][chosen].mean(0) - control
     return out
 
 
@@ -128,7 +133,7 @@ def load(spec: str, teacher: str):
 
 
 @torch.no_grad()
-def measure(model, sequences, distances, recall_edges=RECALL_EDGES) -> dict:
+def measure(model, sequences, distances, recall_edges=RECALL_EDGES, unwritten=UNWRITTEN) -> dict:
     """The gates' retention of ``model`` over ``sequences`` (lists of token ids), and with ``recall_edges`` the
     final state's recall of each token by distance (:func:`state_recall`), summarised."""
     from liger.models.attention import LigerAttention
@@ -156,7 +161,8 @@ def measure(model, sequences, distances, recall_edges=RECALL_EDGES) -> dict:
 
         def on_value(module, args, output, i=i, layer=layer):
             if recall_edges:
-                for bucket, r in state_recall(layer.recurrence, keys.pop(i), heads(output), recall_edges).items():
+                for bucket, r in state_recall(layer.recurrence, keys.pop(i), heads(output), recall_edges,
+                                                 unwritten).items():
                     recalls[i][bucket] = recalls[i].get(bucket, 0) + r
 
         hooks += [layer.k_proj.register_forward_hook(on_key), layer.v_proj.register_forward_hook(on_value)]
@@ -190,6 +196,8 @@ def main(argv=None) -> int:
     parser.add_argument("--distances", default=",".join(map(str, DISTANCES)))
     parser.add_argument("--recall-edges", default=",".join(map(str, RECALL_EDGES)),
                         help="distance buckets from the end for the final state's recall ('' for none)")
+    parser.add_argument("--unwritten", type=int, default=UNWRITTEN,
+                        help="the last tokens of each sequence the recall's state is not written (its control)")
     parser.add_argument("--output", required=True)
     args = parser.parse_args(argv)
     try:
@@ -197,6 +205,8 @@ def main(argv=None) -> int:
         edges = [int(d) for d in args.recall_edges.split(",") if d]
     except ValueError:
         raise SystemExit("state_horizon.py: --distances and --recall-edges take whole numbers") from None
+    if edges and not 1 <= args.unwritten < args.length:
+        raise SystemExit(f"state_horizon.py: --unwritten must be from 1 to --length − 1, got {args.unwritten}")
     if edges and (len(edges) < 2 or edges != sorted(set(edges)) or edges[0] < 0):
         raise SystemExit("state_horizon.py: --recall-edges: two or more increasing whole numbers from 0")
     if any(d < 1 for d in distances) or args.length < 2 or args.sequences < 1:
@@ -206,7 +216,8 @@ def main(argv=None) -> int:
         raise SystemExit(f"state_horizon.py: no .txt file in {args.corpus}")
     from liger.eval.longtext import as_long_text
 
-    report = {"command": " ".join(sys.argv), "length": args.length, "sequences": args.sequences, "models": {}}
+    report = {"command": " ".join(sys.argv), "length": args.length, "sequences": args.sequences,
+              "unwritten": args.unwritten, "models": {}}
     corpus = None
     for spec in args.models:
         start = time.time()
@@ -214,13 +225,13 @@ def main(argv=None) -> int:
         corpus = corpus or as_long_text(files, tok)
         seqs = [s["ids"] for s in corpus.sequences(args.length, args.sequences)]
         name = spec if spec.startswith("convert:") else Path(spec).name  # a run: its folder's name
-        report["models"][name] = measure(model.eval(), seqs, distances, edges)
+        report["models"][name] = measure(model.eval(), seqs, distances, edges, args.unwritten)
         report["models"][name]["seconds"] = round(time.time() - start, 1)
         row = report["models"][name]["distances"]
         print(name, " ".join(f"D={d}: {v['mean']:.3g}/{v['best_layer_channel']:.3g}/{v['share_above_0.1']:.3f}"
                              for d, v in row.items()), flush=True)
         for bucket, v in report["models"][name].get("recall", {}).items():
-            print(f"  recall {bucket} tokens back: mean {v['mean']:.3f}, best layer-head {v['best_layer_head']:.3f}")
+            print(f"  recall {bucket}: mean {v['mean']:.3f}, best layer-head {v['best_layer_head']:.3f}")
         Path(args.output).write_text(json.dumps(report, indent=1) + "\n")
     return 0
 

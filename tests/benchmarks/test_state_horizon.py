@@ -50,7 +50,7 @@ def test_a_larger_gate_normalizer_retains_longer(tiny_base, text_dir, tmp_path):
     out = tmp_path / "h.json"
     assert horizon.main(["--models", "convert:gated_deltanet", "convert:gated_deltanet:gate_normalizer=1000000",
                          "--teacher", str(tiny_base), "--corpus", str(text_dir), "--length", "64",
-                         "--sequences", "1", "--distances", "16", "--output", str(out)]) == 0
+                         "--sequences", "1", "--distances", "16", "--unwritten", "16", "--output", str(out)]) == 0
     models = json.loads(out.read_text())["models"]
     plain = models["convert:gated_deltanet"]["distances"]["16"]
     slow = models["convert:gated_deltanet:gate_normalizer=1000000"]["distances"]["16"]
@@ -58,12 +58,13 @@ def test_a_larger_gate_normalizer_retains_longer(tiny_base, text_dir, tmp_path):
     assert slow["mean"] > 0.999 and slow["share_above_0.1"] == 1.0
     assert plain["mean"] < 0.9  # logsigmoid(m)/16 over 16 tokens: about exp(-16·0.69/16) = 0.5 at m = 0
     recall = models["convert:gated_deltanet"]["recall"]
-    assert list(recall) == ["0-63"] and len(recall["0-63"]["per_layer_mean"]) == 2  # (the default edges, T = 64)
+    assert list(recall) == ["unwritten", "0-63"] and len(recall["0-63"]["per_layer_mean"]) == 2  # (default edges)
 
 
 @pytest.mark.parametrize("args", [["--models", "convert:gla:gate_normalizer"], ["--models", "nowhere"],
                                   ["--models", "convert:gla", "--distances", "a"],
-                                  ["--models", "convert:gla", "--recall-edges", "64,0"]])
+                                  ["--models", "convert:gla", "--recall-edges", "64,0"],
+                                  ["--models", "convert:gla", "--unwritten", "0"]])
 def test_bad_input_is_one_line_and_a_non_zero_exit(tiny_base, text_dir, tmp_path, args):
     horizon = load_benchmark("analysis/state_horizon")
     with pytest.raises(SystemExit) as err:
@@ -88,9 +89,27 @@ def test_state_recall_of_a_perfect_memory_and_of_one_that_forgets():
     basis = torch.linalg.qr(torch.randn(H, D, D))[0][:, :, :T]  # [H, D, T]: orthonormal columns
     k = basis.permute(2, 0, 1)[None] * 3.0  # [1, T, H, D] (mean ~0: gate logsigmoid(~0))
     v = torch.randn(1, T, H, 16)
-    edges = [0, 1, 16, 48]
-    kept = horizon.state_recall(_delta_rule(gate_normalizer=1e9), k, v, edges)
-    assert list(kept) == ["0-0", "1-15", "16-47"]
-    assert all(gain.min() > 0.8 for gain in kept.values()), kept
-    lost = horizon.state_recall(_delta_rule(gate_normalizer=0.5), k, v, edges)  # log α ≈ −1.4 a token
-    assert lost["0-0"].min() > 0.8 and lost["16-47"].abs().max() < 0.3, lost
+    edges = [0, 1, 16, 40]
+    kept = horizon.state_recall(_delta_rule(gate_normalizer=1e9), k, v, edges, unwritten=8)
+    assert list(kept) == ["unwritten", "0-0", "1-15", "16-39"]
+    assert kept["unwritten"].abs().max() < 0.3  # unseen orthogonal keys read nothing of their values
+    assert all(kept[b].min() > 0.7 for b in ("0-0", "1-15", "16-39")), kept
+    lost = horizon.state_recall(_delta_rule(gate_normalizer=0.5), k, v, edges, unwritten=8)  # log α ≈ −1.4 a token
+    assert lost["0-0"].min() > 0.7 and lost["16-39"].abs().max() < 0.3, lost
+    with pytest.raises(ValueError, match="cannot leave 48 unwritten"):
+        horizon.state_recall(_delta_rule(), k, v, edges, unwritten=48)
+
+
+def test_state_recall_does_not_count_a_key_to_value_map_as_memory():
+    """Values a fixed linear map of the keys: a state that forgets within tens of tokens still reads a decent value
+    for any key (a regression of values on keys, not memory); the unwritten tokens' control takes that out."""
+    horizon = load_benchmark("analysis/state_horizon")
+    torch.manual_seed(0)
+    T, H, D = 400, 2, 64
+    k = torch.randn(1, T, H, D)
+    k = k - k.mean(-1, keepdim=True)  # mean 0: every token's gate is logsigmoid(0) / n
+    v = torch.einsum("bthd,hdv->bthv", k, torch.randn(H, D, 16))
+    out = horizon.state_recall(_delta_rule(gate_normalizer=4), k, v, [0, 8, 128, 336], unwritten=64)
+    assert out["unwritten"].min() > 0.3  # the map is there for tokens never written
+    assert out["128-335"].abs().max() < 0.1, out  # retention exp(-128 · 0.69 / 4): nothing of those tokens left
+    assert out["0-7"].min() > 0.05, out  # the last ones are still there, beyond the map
