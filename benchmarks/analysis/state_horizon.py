@@ -68,8 +68,9 @@ def state_recall(rec, k: torch.Tensor, v: torch.Tensor, edges, unwritten: int = 
     tokens' means). A state also maps keys to values it never stored (keys and values are projections of the same
     hidden state, and the state is in part a regression of one on the other), so the last ``unwritten`` tokens,
     never written, are the control. Returns ``"unwritten"``: their mean cosine per head ``[H]``, and per bucket
-    of distances ``[a, b)`` (``edges``) from the last written token, the written tokens' mean cosine minus that
-    control, per head: about 0 where the state holds nothing of those tokens themselves."""
+    of distances ``[a, b)`` (``edges``) from the last written token (``"a-(b-1)"``), the written tokens' mean cosine
+    minus that control, per head: about 0 where the state holds nothing of those tokens themselves; the same per
+    bucket of positions from the sequence's start (``"at a-(b-1)"``: what the text there does to the measure)."""
     k, v = k.float(), v.float()
     T = k.shape[1]
     written = T - unwritten
@@ -85,11 +86,12 @@ def state_recall(rec, k: torch.Tensor, v: torch.Tensor, edges, unwritten: int = 
     cos = F.cosine_similarity(r - r[:written].mean(0), v[0] - v[0, :written].mean(0), dim=-1)  # [T, H]
     control = cos[written:].mean(0)
     out = {"unwritten": control}
-    distance = written - 1 - torch.arange(written)
-    for a, b in zip(edges[:-1], edges[1:]):
-        chosen = (distance >= a) & (distance < b)
-        if chosen.any():
-            out[f"{a}-{b - 1}"] = cos[:written][chosen].mean(0) - control
+    position = torch.arange(written)
+    for key, where in (("{}-{}", written - 1 - position), ("at {}-{}", position)):  # back from the end; from the start
+        for a, b in zip(edges[:-1], edges[1:]):
+            chosen = (where >= a) & (where < b)
+            if chosen.any():
+                out[key.format(a, b - 1)] = cos[:written][chosen].mean(0) - control
     return out
 
 

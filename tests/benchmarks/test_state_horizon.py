@@ -58,7 +58,8 @@ def test_a_larger_gate_normalizer_retains_longer(tiny_base, text_dir, tmp_path):
     assert slow["mean"] > 0.999 and slow["share_above_0.1"] == 1.0
     assert plain["mean"] < 0.9  # logsigmoid(m)/16 over 16 tokens: about exp(-16·0.69/16) = 0.5 at m = 0
     recall = models["convert:gated_deltanet"]["recall"]
-    assert list(recall) == ["unwritten", "0-63"] and len(recall["0-63"]["per_layer_mean"]) == 2  # (default edges)
+    assert list(recall) == ["unwritten", "0-63", "at 0-63"]  # (the default edges)
+    assert len(recall["0-63"]["per_layer_mean"]) == 2
 
 
 @pytest.mark.parametrize("args", [["--models", "convert:gla:gate_normalizer"], ["--models", "nowhere"],
@@ -91,7 +92,9 @@ def test_state_recall_of_a_perfect_memory_and_of_one_that_forgets():
     v = torch.randn(1, T, H, 16)
     edges = [0, 1, 16, 40]
     kept = horizon.state_recall(_delta_rule(gate_normalizer=1e9), k, v, edges, unwritten=8)
-    assert list(kept) == ["unwritten", "0-0", "1-15", "16-39"]
+    assert list(kept) == ["unwritten", "0-0", "1-15", "16-39", "at 0-0", "at 1-15", "at 16-39"]
+    last = horizon.state_recall(_delta_rule(gate_normalizer=1e9), k, v, [39, 40], unwritten=8)
+    torch.testing.assert_close(kept["at 0-0"], last["39-39"])  # position 0 is 39 tokens back
     assert kept["unwritten"].abs().max() < 0.3  # unseen orthogonal keys read nothing of their values
     assert all(kept[b].min() > 0.7 for b in ("0-0", "1-15", "16-39")), kept
     lost = horizon.state_recall(_delta_rule(gate_normalizer=0.5), k, v, edges, unwritten=8)  # log α ≈ −1.4 a token
