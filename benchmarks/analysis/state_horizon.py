@@ -60,7 +60,8 @@ def retention(log_gates: torch.Tensor, distances) -> dict[int, torch.Tensor]:
     return out
 
 
-def state_recall(rec, k: torch.Tensor, v: torch.Tensor, edges, unwritten: int = 256) -> dict[str, torch.Tensor]:
+def state_recall(rec, k: torch.Tensor, v: torch.Tensor, edges, unwritten: int = 256,
+                 groups: dict[str, list[int]] | None = None) -> dict[str, torch.Tensor]:
     """What the state still holds of each token it was written: ``k`` ``[1, T, H, D]`` (the raw keys the recurrence
     is fed), ``v`` ``[1, T, H, V]``. The recurrence ``rec`` runs over the first ``T − unwritten`` tokens; its final
     state is read with every token's own key (``rec.read``: the normalised readout, the global cache's
@@ -70,7 +71,8 @@ def state_recall(rec, k: torch.Tensor, v: torch.Tensor, edges, unwritten: int = 
     never written, are the control. Returns ``"unwritten"``: their mean cosine per head ``[H]``, and per bucket
     of distances ``[a, b)`` (``edges``) from the last written token (``"a-(b-1)"``), the written tokens' mean cosine
     minus that control, per head: about 0 where the state holds nothing of those tokens themselves; the same per
-    bucket of positions from the sequence's start (``"at a-(b-1)"``: what the text there does to the measure)."""
+    bucket of positions from the sequence's start (``"at a-(b-1)"``: what the text there does to the measure), and
+    for each of ``groups`` (name -> positions of written tokens, e.g. a passkey's needle) the same for those tokens."""
     k, v = k.float(), v.float()
     T = k.shape[1]
     written = T - unwritten
@@ -92,6 +94,10 @@ def state_recall(rec, k: torch.Tensor, v: torch.Tensor, edges, unwritten: int = 
             chosen = (where >= a) & (where < b)
             if chosen.any():
                 out[key.format(a, b - 1)] = cos[:written][chosen].mean(0) - control
+    for name, positions in (groups or {}).items():
+        if not positions or max(positions) >= written:
+            raise ValueError(f"group {name!r}: positions must be written tokens (< {written})")
+        out[name] = cos[positions].mean(0) - control
     return out
 
 
@@ -136,8 +142,9 @@ def load(spec: str, teacher: str):
 
 @torch.no_grad()
 def measure(model, sequences, distances, recall_edges=RECALL_EDGES, unwritten=UNWRITTEN) -> dict:
-    """The gates' retention of ``model`` over ``sequences`` (lists of token ids), and with ``recall_edges`` the
-    final state's recall of each token by distance (:func:`state_recall`), summarised."""
+    """The gates' retention of ``model`` over ``sequences`` (lists of token ids, or ``(ids, groups)`` pairs: see
+    :func:`state_recall`), and with ``recall_edges`` the final state's recall of each token by distance, and of
+    each group, summarised."""
     from liger.models.attention import LigerAttention
 
     layers = [m for m in model.modules() if isinstance(m, LigerAttention)]
@@ -146,6 +153,7 @@ def measure(model, sequences, distances, recall_edges=RECALL_EDGES, unwritten=UN
     sums: list[dict[int, torch.Tensor]] = [{} for _ in layers]
     recalls: list[dict[str, torch.Tensor]] = [{} for _ in layers]
     keys: dict[int, torch.Tensor] = {}
+    current: dict = {}  # the groups of the sequence being run
     hooks = []
     for i, layer in enumerate(layers):
         def heads(output, layer=layer):
@@ -164,12 +172,13 @@ def measure(model, sequences, distances, recall_edges=RECALL_EDGES, unwritten=UN
         def on_value(module, args, output, i=i, layer=layer):
             if recall_edges:
                 for bucket, r in state_recall(layer.recurrence, keys.pop(i), heads(output), recall_edges,
-                                                 unwritten).items():
+                                                 unwritten, current.get("groups")).items():
                     recalls[i][bucket] = recalls[i].get(bucket, 0) + r
 
         hooks += [layer.k_proj.register_forward_hook(on_key), layer.v_proj.register_forward_hook(on_value)]
     try:
-        for ids in sequences:
+        for seq in sequences:
+            ids, current["groups"] = seq if isinstance(seq, tuple) else (seq, None)
             model(input_ids=torch.tensor([ids]), use_cache=False)
     finally:
         for h in hooks:
@@ -188,6 +197,30 @@ def measure(model, sequences, distances, recall_edges=RECALL_EDGES, unwritten=UN
     return out
 
 
+def passkey_sequences(tok, length: int, trials: int, unwritten: int) -> list[tuple[list[int], dict]]:
+    """``liger.eval.passkey``'s prompts (its draws for ``length``, seed 0), each with its needle's token positions
+    (``{"needle": [...]}``); trials whose needle is not wholly among the written tokens are left out."""
+    import random
+
+    from liger.eval.passkey import NEEDLE, n_tokens, passkey_prompt
+
+    rng = random.Random(f"0-{length}")
+    out = []
+    for i in range(trials):
+        key = rng.randint(10000, 99999)
+        prompt = passkey_prompt(tok, length, key, (i + rng.random()) / trials)
+        needle = NEEDLE.format(key=key)
+        start = n_tokens(tok, prompt[:prompt.index(needle)].rstrip())
+        width = len(tok(" " + needle, add_special_tokens=False).input_ids)
+        ids = tok(prompt).input_ids
+        if start + width <= len(ids) - unwritten:
+            out.append((ids, {"needle": list(range(start, start + width))}))
+    if not out:
+        raise SystemExit(f"state_horizon.py: no passkey trial of {length} tokens has its needle before the last "
+                         f"{unwritten} tokens")
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", required=True)
@@ -200,6 +233,10 @@ def main(argv=None) -> int:
                         help="distance buckets from the end for the final state's recall ('' for none)")
     parser.add_argument("--unwritten", type=int, default=UNWRITTEN,
                         help="the last tokens of each sequence the recall's state is not written (its control)")
+    parser.add_argument("--passkey", action="store_true",
+                        help="the sequences are `liger eval`'s passkey prompts of about --length tokens (its draws, "
+                             "seed 0, --sequences trials; those with the needle among the unwritten tokens are left "
+                             "out) and the recall is also reported for the needle's tokens")
     parser.add_argument("--output", required=True)
     args = parser.parse_args(argv)
     try:
@@ -225,7 +262,11 @@ def main(argv=None) -> int:
         start = time.time()
         model, tok = load(spec, args.teacher)
         corpus = corpus or as_long_text(files, tok)
-        seqs = [s["ids"] for s in corpus.sequences(args.length, args.sequences)]
+        if args.passkey:
+            seqs = passkey_sequences(tok, args.length, args.sequences, args.unwritten)
+            report["needle_distances"] = [len(ids) - args.unwritten - 1 - g["needle"][-1] for ids, g in seqs]
+        else:
+            seqs = [s["ids"] for s in corpus.sequences(args.length, args.sequences)]
         name = spec if spec.startswith("convert:") else Path(spec).name  # a run: its folder's name
         report["models"][name] = measure(model.eval(), seqs, distances, edges, args.unwritten)
         report["models"][name]["seconds"] = round(time.time() - start, 1)

@@ -116,3 +116,24 @@ def test_state_recall_does_not_count_a_key_to_value_map_as_memory():
     assert out["unwritten"].min() > 0.3  # the map is there for tokens never written
     assert out["128-335"].abs().max() < 0.1, out  # retention exp(-128 · 0.69 / 4): nothing of those tokens left
     assert out["0-7"].min() > 0.05, out  # the last ones are still there, beyond the map
+
+
+def test_passkey_prompts_mark_their_needle_and_report_its_recall(tiny_base, text_dir, tmp_path):
+    horizon = load_benchmark("analysis/state_horizon")
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    seqs = horizon.passkey_sequences(tok, 600, 4, unwritten=64)
+    assert seqs and all(g["needle"][-1] < len(ids) - 64 for ids, g in seqs)
+    for ids, g in seqs:
+        text = tok.decode([ids[p] for p in g["needle"]])
+        assert text.strip().startswith("The pass key is") and text.strip().endswith("is the pass key."), text
+    out = tmp_path / "p.json"
+    assert horizon.main(["--models", "convert:gated_deltanet", "--teacher", str(tiny_base), "--corpus", str(text_dir),
+                         "--passkey", "--length", "600", "--sequences", "4", "--unwritten", "64",
+                         "--recall-edges", "0,64,600", "--distances", "16", "--output", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert "needle" in report["models"]["convert:gated_deltanet"]["recall"]
+    assert len(report["needle_distances"]) == len(seqs) and min(report["needle_distances"]) >= 0
+    with pytest.raises(SystemExit, match="no passkey trial"):
+        horizon.passkey_sequences(tok, 600, 2, unwritten=590)
