@@ -72,20 +72,14 @@ def state_recall(rec, k: torch.Tensor, v: torch.Tensor, edges, unwritten: int = 
     of distances ``[a, b)`` (``edges``) from the last written token (``"a-(b-1)"``), the written tokens' mean cosine
     minus that control, per head: about 0 where the state holds nothing of those tokens themselves; the same per
     bucket of positions from the sequence's start (``"at a-(b-1)"``: what the text there does to the measure), and
-    for each of ``groups`` (name -> positions of written tokens, e.g. a passkey's needle) the same for those tokens."""
+    for each of ``groups`` (name -> positions of written tokens, e.g. a passkey's needle) its tokens' mean cosine
+    minus theirs read from the state just before the group (paired: the same tokens, never written)."""
     k, v = k.float(), v.float()
     T = k.shape[1]
     written = T - unwritten
     if written < 1 or unwritten < 1:
         raise ValueError(f"a sequence of {T} tokens cannot leave {unwritten} unwritten and write some")
-    _, state = rec.recall(k[:, :written], k[:, :written], v[:, :written], None, None, "chunk", "torch",
-                          need_state=True)
-    reads = []
-    for a in range(0, T, 512):  # the final state read with 512 keys at a time
-        n = min(512, T - a)
-        reads.append(rec.read(tuple(x.expand(n, *x.shape[1:]) for x in state), k[0, a:a + n, None])[:, 0])
-    r = torch.cat(reads).float()  # [T, H, V]
-    cos = F.cosine_similarity(r - r[:written].mean(0), v[0] - v[0, :written].mean(0), dim=-1)  # [T, H]
+    cos = _read_cosines(rec, k, v, written)
     control = cos[written:].mean(0)
     out = {"unwritten": control}
     position = torch.arange(written)
@@ -95,10 +89,25 @@ def state_recall(rec, k: torch.Tensor, v: torch.Tensor, edges, unwritten: int = 
             if chosen.any():
                 out[key.format(a, b - 1)] = cos[:written][chosen].mean(0) - control
     for name, positions in (groups or {}).items():
-        if not positions or max(positions) >= written:
-            raise ValueError(f"group {name!r}: positions must be written tokens (< {written})")
-        out[name] = cos[positions].mean(0) - control
+        if not positions or min(positions) < 1 or max(positions) >= written:
+            raise ValueError(f"group {name!r}: positions must be written tokens after the first (1 .. {written - 1})")
+        before = _read_cosines(rec, k, v, min(positions))  # the state just before the group: it never saw it
+        out[name] = cos[positions].mean(0) - before[positions].mean(0)
     return out
+
+
+def _read_cosines(rec, k: torch.Tensor, v: torch.Tensor, written: int) -> torch.Tensor:
+    """``[T, H]``: the state written with the first ``written`` tokens, read with every token's key; each read's
+    cosine with the token's value, both centred on the written tokens' means."""
+    T = k.shape[1]
+    _, state = rec.recall(k[:, :written], k[:, :written], v[:, :written], None, None, "chunk", "torch",
+                          need_state=True)
+    reads = []
+    for a in range(0, T, 512):  # the state read with 512 keys at a time
+        n = min(512, T - a)
+        reads.append(rec.read(tuple(x.expand(n, *x.shape[1:]) for x in state), k[0, a:a + n, None])[:, 0])
+    r = torch.cat(reads).float()  # [T, H, V]
+    return F.cosine_similarity(r - r[:written].mean(0), v[0] - v[0, :written].mean(0), dim=-1)
 
 
 def summarise(per_layer: list[dict[int, torch.Tensor]], distances) -> dict:

@@ -99,6 +99,10 @@ def test_state_recall_of_a_perfect_memory_and_of_one_that_forgets():
     assert all(kept[b].min() > 0.7 for b in ("0-0", "1-15", "16-39")), kept
     lost = horizon.state_recall(_delta_rule(gate_normalizer=0.5), k, v, edges, unwritten=8)  # log α ≈ −1.4 a token
     assert lost["0-0"].min() > 0.7 and lost["16-39"].abs().max() < 0.3, lost
+    group = {"needle": [10, 11, 12]}  # against the same tokens read from the state just before them
+    assert horizon.state_recall(_delta_rule(gate_normalizer=1e9), k, v, edges, 8, group)["needle"].min() > 0.5
+    with pytest.raises(ValueError, match="group 'needle'"):
+        horizon.state_recall(_delta_rule(), k, v, edges, 8, {"needle": [0, 1]})
     with pytest.raises(ValueError, match="cannot leave 48 unwritten"):
         horizon.state_recall(_delta_rule(), k, v, edges, unwritten=48)
 
@@ -116,6 +120,9 @@ def test_state_recall_does_not_count_a_key_to_value_map_as_memory():
     assert out["unwritten"].min() > 0.3  # the map is there for tokens never written
     assert out["128-335"].abs().max() < 0.1, out  # retention exp(-128 · 0.69 / 4): nothing of those tokens left
     assert out["0-7"].min() > 0.05, out  # the last ones are still there, beyond the map
+    groups = {"far": list(range(50, 80)), "near": list(range(330, 336))}  # each against the state just before it
+    out = horizon.state_recall(_delta_rule(gate_normalizer=4), k, v, [0, 8, 128, 336], 64, groups)
+    assert out["far"].abs().max() < 0.15 and out["near"].min() > 0.3, out
 
 
 def test_passkey_prompts_mark_their_needle_and_report_its_recall(tiny_base, text_dir, tmp_path):
