@@ -1,4 +1,4 @@
-"""How far back the recurrent state of a Liger model can carry a token, from its forget gates alone (issue 14).
+"""How far back the recurrent state of a Liger model can carry a token: its forget gates, its recall (issue 14).
 
 Every Liger layer's gate comes from its key projection, ``log α_t = logsigmoid(Pool(k_t)) / n``: a token written
 into the state at position ``t`` is still there ``D`` tokens later only as ``exp(Σ_{s=t+1..t+D} log α_s)`` of
@@ -15,7 +15,9 @@ projection (LoRA included) through a forward hook, computes the layer's gates ex
 
 and, per bucket of distances from a sequence's end, how much of each token the final state still holds
 (``recall``, :func:`state_recall`: the state read with the token's own key against the token's value, beyond what
-the same read scores for tokens the state was never written; the global cache's self-recall, at the end).
+the same read scores for tokens the state was never written; the global cache's self-recall, at the end). With
+``--passkey`` the sequences are ``liger eval``'s passkey prompts and the recall is also given for the needle's
+tokens, against the same tokens read from the state just before the needle.
 
 The retention is an upper bound on what the state keeps: the delta rule also overwrites (``I − β k̂ᵀk̂``), and what a key
 contributes must still be read back through ``φ(q)``. A model whose gates retain nothing at ``D`` cannot retrieve
@@ -23,6 +25,8 @@ from ``D`` tokens back through its state, whatever its training did elsewhere.
 
     OMP_NUM_THREADS=2 python benchmarks/analysis/state_horizon.py --output OUT.json \\
         --models convert:gla convert:gated_deltanet convert:gla:gate_normalizer=64 RUNS/gla@20M
+    OMP_NUM_THREADS=2 python benchmarks/analysis/state_horizon.py --passkey --length 2048 --sequences 20 \\
+        --models convert:gated_deltanet RUNS/deltanet@20M --output OUT.json
 
 A model is ``convert:VARIANT[:KEY=VALUE,...]`` (SmolLM2 converted with those ``LigerConfig`` options, no
 training) or a run folder of ``liger finetune`` / ``reproduce.py train`` (its config's options, its LoRA adapter
@@ -139,7 +143,10 @@ def load(spec: str, teacher: str):
             if not sep:
                 raise SystemExit(f"state_horizon.py: {spec!r}: options are KEY=VALUE, got {item!r}")
             options[key] = parse_yaml(value)
-        return load_model(teacher, options, torch.float32)
+        try:
+            return load_model(teacher, options, torch.float32)
+        except (ValueError, TypeError, FileNotFoundError) as err:
+            raise SystemExit(f"state_horizon.py: {spec!r}: {err}") from None
     run = Path(spec)
     if not (run / "config.yaml").is_file() or not (run / "adapter").is_dir():
         raise SystemExit(f"state_horizon.py: {spec!r} is neither convert:VARIANT nor a run folder with "

@@ -65,7 +65,8 @@ def test_a_larger_gate_normalizer_retains_longer(tiny_base, text_dir, tmp_path):
 @pytest.mark.parametrize("args", [["--models", "convert:gla:gate_normalizer"], ["--models", "nowhere"],
                                   ["--models", "convert:gla", "--distances", "a"],
                                   ["--models", "convert:gla", "--recall-edges", "64,0"],
-                                  ["--models", "convert:gla", "--unwritten", "0"]])
+                                  ["--models", "convert:gla", "--unwritten", "0"], ["--models", "convert:nosuch"],
+                                  ["--models", "convert:gla:no_such_option=1"]])
 def test_bad_input_is_one_line_and_a_non_zero_exit(tiny_base, text_dir, tmp_path, args):
     horizon = load_benchmark("analysis/state_horizon")
     with pytest.raises(SystemExit) as err:
