@@ -132,19 +132,18 @@ def summarise(per_layer: list[dict[int, torch.Tensor]], distances) -> dict:
 
 def load(spec: str, teacher: str):
     """``(model, tokenizer)`` for ``convert:VARIANT[:K=V,...]`` or a run folder."""
+    from conversion_loss import parse_setting  # (benchmarks/conversion_loss.py: NAME:key=value,...)
+
     from liger.loading import load_model
-    from liger.typed_config import parse_yaml
 
     if spec.startswith("convert:"):
-        variant, _, rest = spec[len("convert:"):].partition(":")
-        options = {"variant": variant}
-        for item in filter(None, rest.split(",")):
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise SystemExit(f"state_horizon.py: {spec!r}: options are KEY=VALUE, got {item!r}")
-            options[key] = parse_yaml(value)
+        text = spec[len("convert:"):]
         try:
-            return load_model(teacher, options, torch.float32)
+            variant, options = parse_setting(text if ":" in text else text + ":")
+        except argparse.ArgumentTypeError as err:
+            raise SystemExit(f"state_horizon.py: {spec!r}: {err}") from None
+        try:
+            return load_model(teacher, {"variant": variant, **options}, torch.float32)
         except (ValueError, TypeError, FileNotFoundError) as err:
             raise SystemExit(f"state_horizon.py: {spec!r}: {err}") from None
     run = Path(spec)
@@ -273,16 +272,15 @@ def main(argv=None) -> int:
 
     report = {"command": " ".join(sys.argv), "length": args.length, "sequences": args.sequences,
               "unwritten": args.unwritten, "models": {}}
-    corpus = None
+    seqs = None  # the same for every model: all share --teacher's tokenizer
     for spec in args.models:
         start = time.time()
         model, tok = load(spec, args.teacher)
-        corpus = corpus or as_long_text(files, tok)
-        if args.passkey:
+        if seqs is None and args.passkey:
             seqs = passkey_sequences(tok, args.length, args.sequences, args.unwritten)
             report["needle_distances"] = [len(ids) - args.unwritten - 1 - g["needle"][-1] for ids, g in seqs]
-        else:
-            seqs = [s["ids"] for s in corpus.sequences(args.length, args.sequences)]
+        elif seqs is None:
+            seqs = [s["ids"] for s in as_long_text(files, tok).sequences(args.length, args.sequences)]
         name = spec if spec.startswith("convert:") else Path(spec).name  # a run: its folder's name
         report["models"][name] = measure(model.eval(), seqs, distances, edges, args.unwritten)
         report["models"][name]["seconds"] = round(time.time() - start, 1)
